@@ -1,0 +1,103 @@
+"""Errors raised by fmai.
+
+Every fmai error derives from [`FMAIError`][fmai_core.errors.FMAIError], and every message
+says what to do next. Catch the base class to handle any fmai failure, or a subclass to
+handle one kind.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "BackendError",
+    "BackendTimeoutError",
+    "BudgetError",
+    "CheckpointError",
+    "ConfigurationError",
+    "EmptyMessageError",
+    "FMAIError",
+    "InvalidMessageError",
+    "MessageTooLongError",
+    "MissingDependencyError",
+    "RateLimitError",
+    "UnknownPolicyError",
+]
+
+
+class FMAIError(Exception):
+    """Base class of every error fmai raises."""
+
+
+class ConfigurationError(FMAIError, ValueError):
+    """A constructor argument or setting is invalid."""
+
+
+class UnknownPolicyError(ConfigurationError):
+    """A memory policy name is not registered."""
+
+
+class BudgetError(ConfigurationError):
+    """The token budget cannot hold what must always be in the prompt.
+
+    Raised when `max_tokens` minus `max_new_tokens` is too small for the pinned system
+    prompt and pinned facts.
+    """
+
+
+class InvalidMessageError(FMAIError, ValueError):
+    """A message is malformed (unknown role, not a string)."""
+
+
+class EmptyMessageError(InvalidMessageError):
+    """A user message is empty or only whitespace."""
+
+
+class MessageTooLongError(FMAIError, ValueError):
+    """A single message cannot fit in the prompt even with all history evicted.
+
+    Attributes:
+        tokens: The tokens the message needs.
+        available: The tokens left for it under the budget.
+    """
+
+    def __init__(self, message: str, *, tokens: int = 0, available: int = 0) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+        self.available = available
+
+
+class CheckpointError(FMAIError):
+    """A checkpoint is missing, corrupt, of an unknown version, or from another tokenizer."""
+
+
+class MissingDependencyError(FMAIError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class BackendError(FMAIError):
+    """The model backend failed (network, server, or model error)."""
+
+
+class BackendTimeoutError(BackendError, TimeoutError):
+    """The backend did not answer in time."""
+
+
+class RateLimitError(BackendError):
+    """The provider refused the request for rate limits, and retries were exhausted."""
+
+
+class AuthenticationError(BackendError):
+    """The provider rejected the API key."""
+
+
+def missing_dependency(module: str, extra: str, package: str = "fmai-core") -> MissingDependencyError:
+    """Build the error for an optional module that is not installed.
+
+    Args:
+        module: The module that failed to import.
+        extra: The extra that installs it.
+        package: The distribution that declares the extra.
+    """
+    return MissingDependencyError(
+        f"{module!r} is not installed. Install it with: pip install '{package}[{extra}]'"
+    )

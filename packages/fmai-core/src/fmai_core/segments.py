@@ -1,0 +1,71 @@
+"""Segments: the units a memory policy keeps or drops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["Segment", "SegmentKind"]
+
+SegmentKind = Literal["message", "part", "pinned", "summary"]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A piece of the conversation with its exact token cost.
+
+    A short message is one segment of kind `"message"`. A long one is split at sentence
+    boundaries into several segments of kind `"part"` that share a `message_id`. Pinned items
+    (the system prompt, facts the user pins) have kind `"pinned"` and are never dropped; a
+    rolling summary has kind `"summary"`.
+
+    Attributes:
+        id: Unique, increasing in conversation order.
+        message_id: The message this segment comes from (equal for all parts of one message).
+        role: `"system"`, `"user"` or `"assistant"`.
+        text: The text of the segment.
+        tokens: Its token count under the active backend (text only, no template overhead).
+        kind: See above.
+        turn: The turn in which the message was added (0-based).
+        part: Index of this part within its message (0 for whole messages).
+        parts: Number of parts of the message (1 for whole messages).
+    """
+
+    id: int
+    message_id: int
+    role: str
+    text: str
+    tokens: int
+    kind: SegmentKind = "message"
+    turn: int = 0
+    part: int = 0
+    parts: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready mapping."""
+        return {
+            "id": self.id,
+            "message_id": self.message_id,
+            "role": self.role,
+            "text": self.text,
+            "tokens": self.tokens,
+            "kind": self.kind,
+            "turn": self.turn,
+            "part": self.part,
+            "parts": self.parts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Segment:
+        """Inverse of [`to_dict`][fmai_core.segments.Segment.to_dict]."""
+        return cls(
+            id=int(data["id"]),
+            message_id=int(data["message_id"]),
+            role=str(data["role"]),
+            text=str(data["text"]),
+            tokens=int(data["tokens"]),
+            kind=data.get("kind", "message"),
+            turn=int(data.get("turn", 0)),
+            part=int(data.get("part", 0)),
+            parts=int(data.get("parts", 1)),
+        )
