@@ -24,7 +24,10 @@ class Segment:
         message_id: The message this segment comes from (equal for all parts of one message).
         role: `"system"`, `"user"` or `"assistant"`.
         text: The text of the segment.
-        tokens: Its token count under the active backend (text only, no template overhead).
+        tokens: Its token cost in the prompt under the active backend: the tokens of its
+            text plus, for a whole message or the first part of one, the chat template's
+            per-message overhead (for later parts, the separator). Sums of `tokens` are what
+            policies budget with; the engine checks the final prompt exactly.
         kind: See above.
         turn: The turn in which the message was added (0-based).
         part: Index of this part within its message (0 for whole messages).

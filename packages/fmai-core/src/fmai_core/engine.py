@@ -1,0 +1,436 @@
+"""`FiniteMemoryLLM`: a chat with a bounded prompt and an unbounded record."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from os import PathLike
+from typing import Any
+
+from fmai_core.backend import (
+    AsyncBackend,
+    Backend,
+    Embedder,
+    Generation,
+    ImportanceScorer,
+    SentenceSplitter,
+    Summarizer,
+)
+from fmai_core.context import ContextBuilder
+from fmai_core.errors import (
+    BackendError,
+    BudgetError,
+    ConfigurationError,
+    EmptyMessageError,
+    FMAIError,
+    InvalidMessageError,
+)
+from fmai_core.memory import MemoryState, segment_message
+from fmai_core.messages import Message
+from fmai_core.planner import Plan, Planner
+from fmai_core.policies import Policy, get_policy
+from fmai_core.policies.base import Signals
+from fmai_core.segments import Segment
+from fmai_core.signals import backend_summarizer
+from fmai_core.stats import MemoryStats, TurnStats
+from fmai_core.text import split_sentences
+from fmai_core.tokens import TokenCounter
+
+__all__ = ["ChatResult", "FiniteMemoryLLM"]
+
+logger = logging.getLogger("fmai")
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """The reply to one turn and its figures."""
+
+    response: str
+    stats: TurnStats
+
+
+class FiniteMemoryLLM:
+    """A conversation with any backend whose prompt never outgrows `max_tokens`.
+
+    Args:
+        backend: Any [`Backend`][fmai_core.backend.Backend].
+        policy: A policy name (`sliding`, `importance`, `semantic`, `rolling_summary`,
+            `hybrid`) or a [`Policy`][fmai_core.policies.base.Policy] instance.
+        max_tokens: Hard limit: prompt tokens + `max_new_tokens` never exceed it.
+        max_new_tokens: Tokens reserved for (and the most generated in) each reply.
+        system_prompt: Pinned at the top of every prompt; never dropped.
+        max_policy_ms: Latency budget of the policy per call; past it the policy is
+            abandoned and `sliding` used (`TurnStats.fallback`). `None` disables it.
+        low_water: After an eviction, history fills at most this share of its budget, so
+            many turns pass (and caches stay valid) before the next eviction.
+        recall_fraction: Share of the free budget reserved for recalled segments
+            (policies that recall).
+        segment_tokens: Messages longer than this are split into sentence-aligned parts.
+        archive_limit: Most segments kept in the archive (`None`: unbounded); a full
+            archive drops its lowest-value segment first.
+        hooks: Objects with `on_turn(stats)`, called after every turn (see telemetry).
+        embedder, scorer, summarizer: Override the model signals found on the backend.
+        **generation: Default generation parameters (`temperature`, `top_p`, `seed`, `stop`).
+
+    Example:
+        ```python
+        from fmai_core import FiniteMemoryLLM
+        from fmai_core.testing import EchoBackend
+
+        llm = FiniteMemoryLLM(EchoBackend(), policy="sliding", max_tokens=256,
+                              max_new_tokens=32, system_prompt="Be brief.")
+        print(llm.chat("Hello!").response)
+        ```
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        policy: str | Policy = "hybrid",
+        max_tokens: int = 2048,
+        max_new_tokens: int = 256,
+        system_prompt: str | None = None,
+        max_policy_ms: float | None = 200.0,
+        *,
+        low_water: float = 0.6,
+        recall_fraction: float = 0.25,
+        segment_tokens: int = 64,
+        archive_limit: int | None = 10_000,
+        hooks: Iterable[Any] = (),
+        embedder: Embedder | None = None,
+        scorer: ImportanceScorer | None = None,
+        summarizer: Summarizer | None = None,
+        **generation: Any,
+    ) -> None:
+        for name, value in (("max_tokens", max_tokens), ("max_new_tokens", max_new_tokens)):
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive int, got {value!r}.")
+        if max_new_tokens >= max_tokens:
+            raise BudgetError(
+                f"max_new_tokens ({max_new_tokens}) must be below max_tokens ({max_tokens}): "
+                "lower max_new_tokens or raise max_tokens."
+            )
+        if not 0.0 < low_water <= 1.0:
+            raise ConfigurationError(f"low_water must be in (0, 1], got {low_water!r}.")
+        if not 0.0 <= recall_fraction < 1.0:
+            raise ConfigurationError(f"recall_fraction must be in [0, 1), got {recall_fraction!r}.")
+        if segment_tokens < 8:
+            raise ConfigurationError(f"segment_tokens must be at least 8, got {segment_tokens!r}.")
+        if max_policy_ms is not None and max_policy_ms <= 0:
+            raise ConfigurationError("max_policy_ms must be positive, or None for no deadline.")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ConfigurationError("system_prompt must be a str or None.")
+        self.backend = backend
+        self.policy = get_policy(policy)
+        self.max_tokens = max_tokens
+        self.max_new_tokens = max_new_tokens
+        self.system_prompt = system_prompt or None
+        self.segment_tokens = segment_tokens
+        self.generation = dict(generation)
+        self.generation.setdefault("temperature", 0.0)
+        self.hooks = list(hooks)
+        self.counter = TokenCounter(backend)
+        self.builder = ContextBuilder()
+        scorer = scorer or (backend if isinstance(backend, ImportanceScorer) else None)
+        embedder = embedder or (backend if isinstance(backend, Embedder) else None)
+        summarizer = summarizer or (backend if isinstance(backend, Summarizer) else None)
+        signals = Signals(
+            importance=scorer.score_importance if scorer else None,
+            embed=embedder.embed if embedder else None,
+            summarize=summarizer.summarize if summarizer else backend_summarizer(backend),
+        )
+        self._planner = Planner(
+            self.policy, self.counter, self.builder, self.system_prompt, max_tokens,
+            max_new_tokens, low_water, recall_fraction, archive_limit, max_policy_ms, signals,
+        )
+        if isinstance(self.policy, SentenceSplitter):
+            self._split = self.policy.split_sentences
+        elif isinstance(backend, SentenceSplitter):
+            self._split = backend.split_sentences
+        else:
+            self._split = split_sentences
+        self._lock = threading.RLock()
+        self._alock: asyncio.Lock | None = None
+        self._state = MemoryState()
+        self._version = 0
+        self._stats = MemoryStats()
+        self._check_fixed(self._state)
+
+    # -- configuration checks ---------------------------------------------------------------
+    def _check_fixed(self, state: MemoryState) -> None:
+        fixed = self.counter.base + self._planner.system_cost(state, state.summary)
+        smallest = self.counter.message_overhead + 1
+        if fixed + smallest + self.max_new_tokens > self.max_tokens:
+            raise BudgetError(
+                f"The system prompt and pinned facts take {fixed} tokens; with max_new_tokens="
+                f"{self.max_new_tokens} no room is left for a message under max_tokens="
+                f"{self.max_tokens}. Raise max_tokens, lower max_new_tokens, or shorten them."
+            )
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def state(self) -> MemoryState:
+        """The current (immutable) memory state."""
+        return self._state
+
+    @property
+    def stats(self) -> MemoryStats:
+        """Cumulative figures over the conversation."""
+        s = self._state
+        return replace(
+            self._stats,
+            segments=len(s.history) + len(s.archive),
+            prompt_segments=len(s.history),
+            archived_segments=len(s.archive),
+            messages=len({seg.message_id for seg in (*s.history, *s.archive)}),
+        )
+
+    def _segments(self, state: MemoryState, role: str, text: str) -> list[Segment]:
+        return segment_message(
+            role, text, counter=self.counter, splitter=self._split,
+            max_tokens=self.segment_tokens, first_id=state.next_segment_id,
+            message_id=state.next_message_id, turn=state.turn,
+        )
+
+    def _new_user(self, text: str) -> tuple[MemoryState, list[Segment]]:
+        if not isinstance(text, str):
+            raise InvalidMessageError(f"A message must be a str, got {type(text).__name__}.")
+        if not text.strip():
+            raise EmptyMessageError("The message is empty: send some text.")
+        state = self._state
+        return state, self._segments(state, "user", text)
+
+    def pin(self, fact: str) -> None:
+        """Pin a fact: it stays in the system message of every prompt."""
+        if not isinstance(fact, str) or not fact.strip():
+            raise EmptyMessageError("A pinned fact must be non-empty text.")
+        with self._lock:
+            s = self._state
+            seg = Segment(s.next_segment_id, s.next_message_id, "system", fact.strip(),
+                          self.counter.text(fact.strip()), "pinned", s.turn)
+            new = replace(s, pinned=(*s.pinned, seg), next_segment_id=seg.id + 1,
+                          next_message_id=seg.message_id + 1)
+            self._check_fixed(new)
+            self._commit(new)
+
+    def extend(self, messages: Iterable[Message]) -> None:
+        """Add history without generating (system messages become pinned facts)."""
+        items = list(messages)
+        for m in items:
+            if not isinstance(m, Message):
+                raise InvalidMessageError(f"extend() takes Message objects, got {type(m).__name__}.")
+        with self._lock:
+            state = self._state
+            for m in items:
+                if m.role == "system":
+                    self.pin(m.content)
+                    state = self._state
+                    continue
+                if not m.content.strip():
+                    continue
+                state = state.append(self._segments(state, m.role, m.content))
+            self._commit(state)
+
+    def context(self, text: str) -> list[Message]:
+        """Return the exact prompt the next turn would send for `text` (changes nothing)."""
+        with self._lock:
+            state, new = self._new_user(text)
+            return self._planner.plan(state, new, text).messages
+
+    def reset(self) -> None:
+        """Forget the conversation (pinned facts included) and the cumulative stats."""
+        with self._lock:
+            self._commit(MemoryState())
+            self._stats = MemoryStats()
+
+    def _commit(self, state: MemoryState) -> None:
+        self._state = state
+        self._version += 1
+
+    # -- turns ----------------------------------------------------------------------------
+    def _params(self, params: dict[str, Any]) -> dict[str, Any]:
+        merged = {**self.generation, **params}
+        merged["max_new_tokens"] = min(int(merged.get("max_new_tokens", self.max_new_tokens)),
+                                       self.max_new_tokens)
+        return merged
+
+    def _plan_turn(self, text: str) -> tuple[int, MemoryState, list[Segment], Plan, float]:
+        start = time.perf_counter()
+        with self._lock:
+            state, new = self._new_user(text)
+            return self._version, state, new, self._planner.plan(state, new, text), start
+
+    def _finish(self, version: int, new: list[Segment], plan: Plan, gen: Generation,
+                start: float) -> ChatResult:
+        with self._lock:
+            if version != self._version:
+                raise FMAIError(
+                    "The conversation changed while this turn was running (concurrent sync and "
+                    "async calls on one conversation). The reply was not stored; retry the turn."
+                )
+            state = plan.state.append(new)
+            reply = self._segments(state, "assistant", gen.text) if gen.text.strip() else []
+            state = replace(state.append(reply), turn=state.turn + 1)
+            self._commit(state)
+            u = gen.usage
+            prompt = u.prompt_tokens or plan.prompt_tokens
+            stats = TurnStats(
+                turn=state.turn - 1, prompt_tokens=prompt, reused_tokens=u.reused_tokens,
+                prefill_tokens=u.prefill_tokens or max(prompt - u.reused_tokens, 0),
+                completion_tokens=u.completion_tokens,
+                context_tokens=prompt + u.completion_tokens,
+                evicted_tokens=plan.evicted_tokens,
+                recalled_tokens=sum(s.tokens for s in plan.recalled),
+                summary_tokens=plan.state.summary.tokens if plan.state.summary else 0,
+                latency_ms=(time.perf_counter() - start) * 1000,
+                ttft_ms=gen.ttft_ms, policy=plan.policy, policy_ms=plan.policy_ms,
+                fallback=plan.fallback, evicted=plan.evicted, policy_stats=plan.policy_stats,
+            )
+            t = self._stats
+            t.turns += 1
+            t.prompt_tokens += stats.prompt_tokens
+            t.reused_tokens += stats.reused_tokens
+            t.prefill_tokens += stats.prefill_tokens
+            t.completion_tokens += stats.completion_tokens
+            t.evicted_tokens += stats.evicted_tokens
+            t.evictions += int(stats.evicted)
+            t.fallbacks += int(stats.fallback)
+        for hook in self.hooks:
+            try:
+                hook.on_turn(stats)
+            except Exception:
+                logger.exception("fmai: a telemetry hook failed; the turn is kept")
+        return ChatResult(gen.text, stats)
+
+    @staticmethod
+    def _backend_error(exc: Exception) -> FMAIError:
+        if isinstance(exc, FMAIError):
+            return exc
+        return BackendError(
+            f"The backend failed: {type(exc).__name__}: {exc}. The turn was not stored; "
+            "check the backend and retry."
+        )
+
+    def chat(self, text: str, **params: Any) -> ChatResult:
+        """Send `text`, return the reply and the turn's figures.
+
+        Raises:
+            EmptyMessageError: `text` is empty.
+            MessageTooLongError: `text` cannot fit even with all history evicted.
+            BackendError: the backend failed; memory is unchanged.
+        """
+        version, _, new, plan, start = self._plan_turn(text)
+        try:
+            gen = self.backend.generate(plan.messages, **self._params(params))
+        except Exception as exc:
+            raise self._backend_error(exc) from exc
+        return self._finish(version, new, plan, gen, start)
+
+    def stream(self, text: str, **params: Any) -> Iterator[str]:
+        """Yield the reply's text as it arrives; the turn is stored when the stream ends.
+
+        After the stream is exhausted, `last_stats` holds the turn's figures. A stream that
+        is closed early or fails stores nothing.
+        """
+        version, _, new, plan, start = self._plan_turn(text)
+        gen: Generation | None = None
+        parts: list[str] = []
+        try:
+            for chunk in self.backend.stream(plan.messages, **self._params(params)):
+                if chunk.text:
+                    parts.append(chunk.text)
+                    yield chunk.text
+                if chunk.generation is not None:
+                    gen = chunk.generation
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            raise self._backend_error(exc) from exc
+        gen = _complete(gen, "".join(parts), start)
+        self.last_stats = self._finish(version, new, plan, gen, start).stats
+
+    last_stats: TurnStats | None = None
+
+    def _async_lock(self) -> asyncio.Lock:
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        return self._alock
+
+    async def achat(self, text: str, **params: Any) -> ChatResult:
+        """Async [`chat`][fmai_core.engine.FiniteMemoryLLM.chat]; concurrent calls take turns."""
+        async with self._async_lock():
+            version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
+            try:
+                if isinstance(self.backend, AsyncBackend):
+                    gen = await self.backend.agenerate(plan.messages, **self._params(params))
+                else:
+                    gen = await asyncio.to_thread(
+                        self.backend.generate, plan.messages, **self._params(params)
+                    )
+            except Exception as exc:
+                raise self._backend_error(exc) from exc
+            return self._finish(version, new, plan, gen, start)
+
+    async def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
+        """Async [`stream`][fmai_core.engine.FiniteMemoryLLM.stream]."""
+        async with self._async_lock():
+            version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
+            gen: Generation | None = None
+            parts: list[str] = []
+            try:
+                if isinstance(self.backend, AsyncBackend):
+                    async for chunk in self.backend.astream(plan.messages, **self._params(params)):
+                        if chunk.text:
+                            parts.append(chunk.text)
+                            yield chunk.text
+                        if chunk.generation is not None:
+                            gen = chunk.generation
+                else:
+                    gen = await asyncio.to_thread(
+                        self.backend.generate, plan.messages, **self._params(params)
+                    )
+                    parts.append(gen.text)
+                    yield gen.text
+            except (GeneratorExit, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                raise self._backend_error(exc) from exc
+            gen = _complete(gen, "".join(parts), start)
+            self.last_stats = self._finish(version, new, plan, gen, start).stats
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self, path: str | PathLike[str]) -> None:
+        """Write a checkpoint atomically (see [`checkpoint`][fmai_core.checkpoint])."""
+        from fmai_core.checkpoint import save_checkpoint
+
+        with self._lock:
+            save_checkpoint(self, path)
+
+    @classmethod
+    def load(cls, path: str | PathLike[str], backend: Backend, **overrides: Any) -> FiniteMemoryLLM:
+        """Restore a conversation saved with `save`; `overrides` replace saved settings."""
+        from fmai_core.checkpoint import load_checkpoint
+
+        return load_checkpoint(cls, path, backend, **overrides)
+
+    def __repr__(self) -> str:
+        return (f"FiniteMemoryLLM(backend={getattr(self.backend, 'name', '?')!r}, "
+                f"policy={self.policy.name!r}, max_tokens={self.max_tokens})")
+
+    def messages(self) -> Sequence[Segment]:
+        """Every segment of the record (archive and history), in conversation order."""
+        s = self._state
+        return sorted((*s.archive, *s.history), key=lambda seg: seg.id)
+
+
+def _complete(gen: Generation | None, text: str, start: float) -> Generation:
+    if gen is None:
+        ms = (time.perf_counter() - start) * 1000
+        return Generation(text=text, latency_ms=ms, ttft_ms=ms)
+    if not gen.text and text:
+        return replace(gen, text=text)
+    return gen

@@ -1,0 +1,148 @@
+"""The conversation record: pinned items, summary, history in the prompt, and the archive.
+
+[`MemoryState`][fmai_core.memory.MemoryState] is immutable: a turn computes a new state and
+the engine swaps it in only when the turn succeeds, so a failure never leaves memory half
+changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fmai_core.segments import Segment
+from fmai_core.text import words
+from fmai_core.tokens import TokenCounter
+
+__all__ = ["MemoryState", "archive_value", "segment_message"]
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """Everything the engine remembers about one conversation.
+
+    Attributes:
+        pinned: Pinned facts (never dropped; the system prompt is kept by the engine).
+        summary: The rolling summary of evicted history, if any.
+        history: Segments in the prompt's append-only history, in conversation order.
+        archive: Segments evicted from the prompt, in conversation order, recallable.
+        turn: Turns completed.
+        next_segment_id: Id for the next segment.
+        next_message_id: Id for the next message.
+        archive_dropped: Segments dropped because the archive was full.
+    """
+
+    pinned: tuple[Segment, ...] = ()
+    summary: Segment | None = None
+    history: tuple[Segment, ...] = ()
+    archive: tuple[Segment, ...] = ()
+    turn: int = 0
+    next_segment_id: int = 0
+    next_message_id: int = 0
+    archive_dropped: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def history_tokens(self) -> int:
+        """Token cost of the history."""
+        return sum(s.tokens for s in self.history)
+
+    def append(self, segments: Sequence[Segment]) -> MemoryState:
+        """Return a state with `segments` appended to the history."""
+        if not segments:
+            return self
+        return replace(
+            self,
+            history=self.history + tuple(segments),
+            next_segment_id=max(self.next_segment_id, segments[-1].id + 1),
+            next_message_id=max(self.next_message_id, segments[-1].message_id + 1),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready mapping."""
+        return {
+            "pinned": [s.to_dict() for s in self.pinned],
+            "summary": self.summary.to_dict() if self.summary else None,
+            "history": [s.to_dict() for s in self.history],
+            "archive": [s.to_dict() for s in self.archive],
+            "turn": self.turn,
+            "next_segment_id": self.next_segment_id,
+            "next_message_id": self.next_message_id,
+            "archive_dropped": self.archive_dropped,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemoryState:
+        """Inverse of [`to_dict`][fmai_core.memory.MemoryState.to_dict]."""
+        summary = data.get("summary")
+        return cls(
+            pinned=tuple(Segment.from_dict(s) for s in data["pinned"]),
+            summary=Segment.from_dict(summary) if summary else None,
+            history=tuple(Segment.from_dict(s) for s in data["history"]),
+            archive=tuple(Segment.from_dict(s) for s in data["archive"]),
+            turn=int(data["turn"]),
+            next_segment_id=int(data["next_segment_id"]),
+            next_message_id=int(data["next_message_id"]),
+            archive_dropped=int(data.get("archive_dropped", 0)),
+        )
+
+
+def segment_message(
+    role: str,
+    text: str,
+    *,
+    counter: TokenCounter,
+    splitter: Callable[[str], list[str]],
+    max_tokens: int,
+    first_id: int,
+    message_id: int,
+    turn: int,
+) -> list[Segment]:
+    """Cut a message into segments at sentence boundaries.
+
+    A message of at most `max_tokens` tokens is one segment. A longer one is split into
+    sentences (the anchors), and consecutive sentences are grouped into parts of at most
+    `max_tokens` tokens; a single sentence longer than that is cut between words.
+    """
+    if counter.text(text) <= max_tokens:
+        cost = counter.message(text)
+        return [Segment(first_id, message_id, role, text, cost, "message", turn)]
+    pieces: list[str] = []
+    for sentence in splitter(text) or [text]:
+        if counter.text(sentence) <= max_tokens:
+            pieces.append(sentence)
+            continue
+        chunk: list[str] = []
+        for word in sentence.split():
+            if chunk and counter.text(" ".join([*chunk, word])) > max_tokens:
+                pieces.append(" ".join(chunk))
+                chunk = []
+            chunk.append(word)
+        if chunk:
+            pieces.append(" ".join(chunk))
+    parts: list[str] = []
+    for piece in pieces:
+        if parts and counter.text(parts[-1] + " " + piece) <= max_tokens:
+            parts[-1] = parts[-1] + " " + piece
+        else:
+            parts.append(piece)
+    segments = []
+    for i, part in enumerate(parts):
+        cost = counter.text(part) + (counter.message_overhead if i == 0 else counter.separator)
+        segments.append(
+            Segment(first_id + i, message_id, role, part, cost, "part", turn, i, len(parts))
+        )
+    return segments
+
+
+def archive_value(segment: Segment) -> float:
+    """A cheap information score used to decide what a full archive drops first.
+
+    Counts distinct words, with extra weight for numbers and capitalised words (names,
+    places), which are what people ask about later. Ties go to the older segment.
+    """
+    ws = set(words(segment.text))
+    digits = sum(1 for w in ws if any(c.isdigit() for c in w))
+    capitals = sum(1 for w in segment.text.split()[1:] if w[:1].isupper())
+    return len(ws) + 2.0 * digits + 1.5 * capitals
