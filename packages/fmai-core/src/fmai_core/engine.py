@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from os import PathLike
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmai_core.backend import (
     AsyncBackend,
@@ -40,9 +38,10 @@ from fmai_core.stats import MemoryStats, TurnStats
 from fmai_core.text import split_sentences
 from fmai_core.tokens import TokenCounter
 
-__all__ = ["ChatResult", "FiniteMemoryLLM"]
+if TYPE_CHECKING:
+    import asyncio
 
-logger = logging.getLogger("fmai")
+__all__ = ["ChatResult", "FiniteMemoryLLM"]
 
 
 @dataclass(frozen=True)
@@ -204,18 +203,25 @@ class FiniteMemoryLLM:
         state = self._state
         return state, self._segments(state, "user", text)
 
-    def pin(self, fact: str) -> None:
-        """Pin a fact: it stays in the system message of every prompt."""
+    def _with_pin(self, state: MemoryState, fact: str) -> MemoryState:
         if not isinstance(fact, str) or not fact.strip():
             raise EmptyMessageError("A pinned fact must be non-empty text.")
+        text = fact.strip()
+        seg = Segment(state.next_segment_id, state.next_message_id, "system", text,
+                      self.counter.text(text), "pinned", state.turn)
+        new = replace(state, pinned=(*state.pinned, seg), next_segment_id=seg.id + 1,
+                      next_message_id=seg.message_id + 1)
+        self._check_fixed(new)
+        return new
+
+    def pin(self, fact: str) -> None:
+        """Pin a fact: it stays in the system message of every prompt, never dropped.
+
+        Raises:
+            BudgetError: the pins would leave no room for a message; nothing is pinned.
+        """
         with self._lock:
-            s = self._state
-            seg = Segment(s.next_segment_id, s.next_message_id, "system", fact.strip(),
-                          self.counter.text(fact.strip()), "pinned", s.turn)
-            new = replace(s, pinned=(*s.pinned, seg), next_segment_id=seg.id + 1,
-                          next_message_id=seg.message_id + 1)
-            self._check_fixed(new)
-            self._commit(new)
+            self._commit(self._with_pin(self._state, fact))
 
     def extend(self, messages: Iterable[Message]) -> None:
         """Add history without generating (system messages become pinned facts)."""
@@ -227,8 +233,7 @@ class FiniteMemoryLLM:
             state = self._state
             for m in items:
                 if m.role == "system":
-                    self.pin(m.content)
-                    state = self._state
+                    state = self._with_pin(state, m.content)
                     continue
                 if not m.content.strip():
                     continue
@@ -303,7 +308,9 @@ class FiniteMemoryLLM:
             try:
                 hook.on_turn(stats)
             except Exception:
-                logger.exception("fmai: a telemetry hook failed; the turn is kept")
+                import logging  # imported here: keeps `import fmai_core` fast
+
+                logging.getLogger("fmai").exception("fmai: a telemetry hook failed; turn kept")
         return ChatResult(gen.text, stats)
 
     @staticmethod
@@ -356,12 +363,16 @@ class FiniteMemoryLLM:
     last_stats: TurnStats | None = None
 
     def _async_lock(self) -> asyncio.Lock:
+        import asyncio  # imported here: keeps `import fmai_core` fast
+
         if self._alock is None:
             self._alock = asyncio.Lock()
         return self._alock
 
     async def achat(self, text: str, **params: Any) -> ChatResult:
         """Async [`chat`][fmai_core.engine.FiniteMemoryLLM.chat]; concurrent calls take turns."""
+        import asyncio
+
         async with self._async_lock():
             version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
             try:
@@ -377,6 +388,8 @@ class FiniteMemoryLLM:
 
     async def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
         """Async [`stream`][fmai_core.engine.FiniteMemoryLLM.stream]."""
+        import asyncio
+
         async with self._async_lock():
             version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
             gen: Generation | None = None
@@ -395,8 +408,6 @@ class FiniteMemoryLLM:
                     )
                     parts.append(gen.text)
                     yield gen.text
-            except (GeneratorExit, asyncio.CancelledError):
-                raise
             except Exception as exc:
                 raise self._backend_error(exc) from exc
             gen = _complete(gen, "".join(parts), start)

