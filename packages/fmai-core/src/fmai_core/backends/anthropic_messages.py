@@ -1,0 +1,247 @@
+"""`AnthropicBackend`: Claude models through the Messages API, on the official SDK.
+
+Install with `pip install 'fmai-core[anthropic]'`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, ClassVar
+
+from fmai_core.backend import Generation, StreamChunk
+from fmai_core.backends._hosted import HostedBackend, StreamTracker
+from fmai_core.backends.tokens import TextCount
+from fmai_core.errors import BackendError
+from fmai_core.messages import Message
+
+__all__ = ["AnthropicBackend", "to_anthropic"]
+
+_CACHE = {"type": "ephemeral"}
+
+
+def to_anthropic(messages: Sequence[Message], cache_control: bool = True) -> dict[str, Any]:
+    """Convert fmai messages to the Messages API's `system` and `messages` fields.
+
+    System messages are joined into `system`; consecutive messages of one role are merged
+    (the API wants user and assistant to alternate, starting with user). With
+    `cache_control`, prompt-cache breakpoints go on the system prompt, on the last message and
+    on the user message before it, so each turn reads the prefix the previous turn wrote.
+    """
+    system = "\n\n".join(m.content for m in messages if m.role == "system")
+    turns: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "system":
+            continue
+        if turns and turns[-1]["role"] == m.role:
+            turns[-1]["content"] += "\n\n" + m.content
+        else:
+            turns.append({"role": m.role, "content": m.content})
+    if turns and turns[0]["role"] != "user":
+        turns.insert(0, {"role": "user", "content": "(conversation continues)"})
+    body: dict[str, Any] = {"messages": turns}
+    if system:
+        body["system"] = [{"type": "text", "text": system}] if cache_control else system
+    if cache_control:
+        if system:
+            body["system"][0]["cache_control"] = _CACHE
+        users = [i for i, t in enumerate(turns) if t["role"] == "user"]
+        for i in {len(turns) - 1, *users[-2:-1]} if turns else ():
+            turns[i]["content"] = [
+                {"type": "text", "text": turns[i]["content"], "cache_control": _CACHE}
+            ]
+    return body
+
+
+class AnthropicBackend(HostedBackend):
+    """A Claude model through Anthropic's Messages API.
+
+    The system prompt goes in the API's `system` field; cache breakpoints mark the stable
+    prefix (see [`to_anthropic`][fmai_core.backends.anthropic_messages.to_anthropic]); the
+    provider's `cache_read_input_tokens` become `Usage.reused_tokens`, and `prompt_tokens`
+    is input plus cache-read plus cache-write tokens.
+
+    Args:
+        model: The model name, e.g. `"claude-sonnet-4-5"`.
+        api_key: The key; else `$ANTHROPIC_API_KEY` (or `api_key_env`). Never logged or stored.
+        base_url: Another endpoint speaking the Messages API (a proxy, a gateway).
+        timeout: Seconds per attempt (for a stream: the longest wait between events).
+        max_retries: Retries after 429, 5xx (529 overloaded included), timeouts and connection
+            errors, with backoff honouring `Retry-After`.
+        tokenizer: How to count before a call; Claude's tokenizer is not public, so the
+            default is the calibrated estimate, corrected by each call's reported usage.
+        cache_control: Set prompt-cache breakpoints (on by default).
+        client_options: More keyword arguments for `anthropic.Anthropic(...)`.
+
+    Example:
+        ```python
+        from fmai_core import FiniteMemoryLLM
+        from fmai_core.backends import AnthropicBackend
+
+        llm = FiniteMemoryLLM(AnthropicBackend("claude-sonnet-4-5"), max_tokens=16000,
+                              system_prompt="You are terse.")
+        print(llm.chat("Remember: the door code is 4417.").response)
+        ```
+    """
+
+    provider: ClassVar[str] = "anthropic"
+    sdk_name: ClassVar[str] = "anthropic"
+    extra: ClassVar[str] = "anthropic"
+    key_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY",)
+
+    def __init__(
+        self,
+        model: str,
+        api_key: str | None = None,
+        *,
+        api_key_env: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+        tokenizer: str | TextCount | None = None,
+        cache_control: bool = True,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            tokenizer=tokenizer,
+            client_options=client_options,
+        )
+        self.cache_control = cache_control
+        # Recent SDKs dropped `temperature` / `top_p` (newer models reject them): send them
+        # only where the installed SDK still takes them.
+        create = self._sdk.resources.messages.Messages.create
+        self._sampling = "temperature" in inspect.signature(create).parameters
+
+    def _sync(self) -> Any:
+        if self._client is None:
+            self._client = self._sdk.Anthropic(**self._client_args())
+        return self._client
+
+    def _async(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aloop is not loop:
+            self._aclient = self._sdk.AsyncAnthropic(**self._client_args())
+            self._aloop = loop
+        return self._aclient
+
+    def _request(
+        self, messages: Sequence[Message], params: dict[str, Any], stream: bool
+    ) -> dict[str, Any]:
+        req: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": int(params.get("max_new_tokens", 256)),
+            **to_anthropic(messages, self.cache_control),
+        }
+        for key in ("temperature", "top_p"):
+            if params.get(key) is not None and self._sampling:
+                req[key] = float(params[key])
+        if params.get("stop"):
+            req["stop_sequences"] = list(params["stop"])
+        if stream:
+            req["stream"] = True
+        return req
+
+    def _generation(self, messages: Sequence[Message], resp: Any, start: float) -> Generation:
+        try:
+            text = "".join(b.text for b in resp.content if getattr(b, "type", "") == "text")
+            finish = resp.stop_reason or "end_turn"
+        except (AttributeError, TypeError) as exc:
+            raise BackendError(
+                f"The Messages API returned a message without content ({type(exc).__name__}). "
+                "Check base_url."
+            ) from None
+        prompt, reused, extra = _read_usage(resp.usage)
+        usage, reported = self._usage(messages, prompt, reused, resp.usage.output_tokens, text)
+        ms = (time.perf_counter() - start) * 1000
+        extra |= {"provider": self.provider, "usage_reported": reported, "model": resp.model}
+        return Generation(text, usage, ms, ms, finish, extra)
+
+    def _event(self, tracker: StreamTracker, event: Any) -> str:
+        kind = getattr(event, "type", "")
+        if kind == "message_start":
+            tracker.prompt, tracker.reused, extra = _read_usage(event.message.usage)
+            tracker.extra.update(extra)
+        elif kind == "content_block_delta" and getattr(event.delta, "type", "") == "text_delta":
+            return tracker.add(event.delta.text)
+        elif kind == "message_delta":
+            tracker.completion = event.usage.output_tokens
+            tracker.extra["stop_reason"] = event.delta.stop_reason or "end_turn"
+        elif kind == "message_stop":
+            tracker.finish = str(tracker.extra.pop("stop_reason", "end_turn"))
+        elif kind == "error":
+            raise BackendError(f"The Messages API stream reported an error: {event}. Retry.")
+        return ""
+
+    def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        """Send `messages` and return the whole reply."""
+        start = time.perf_counter()
+        try:
+            resp = self._sync().messages.create(**self._request(messages, params, False))
+            return self._generation(messages, resp, start)
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
+        """Yield text deltas, then the Generation; raises if the stream breaks off."""
+        tracker = StreamTracker(self)
+        try:
+            events = self._sync().messages.create(**self._request(messages, params, True))
+        except Exception as exc:
+            raise self._error(exc) from None
+        try:
+            for event in events:
+                text = self._event(tracker, event)
+                if text:
+                    yield StreamChunk(text)
+            gen = tracker.generation(messages)
+        except Exception as exc:
+            raise self._stream_error(exc, tracker) from None
+        finally:
+            events.close()
+        yield StreamChunk("", generation=gen)
+
+    async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        """Async twin of `generate`."""
+        start = time.perf_counter()
+        try:
+            resp = await self._async().messages.create(**self._request(messages, params, False))
+            return self._generation(messages, resp, start)
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    async def astream(
+        self, messages: Sequence[Message], **params: Any
+    ) -> AsyncIterator[StreamChunk]:
+        """Async twin of `stream`."""
+        tracker = StreamTracker(self)
+        try:
+            events = await self._async().messages.create(**self._request(messages, params, True))
+        except Exception as exc:
+            raise self._error(exc) from None
+        try:
+            async for event in events:
+                text = self._event(tracker, event)
+                if text:
+                    yield StreamChunk(text)
+            gen = tracker.generation(messages)
+        except Exception as exc:
+            raise self._stream_error(exc, tracker) from None
+        finally:
+            await events.close()
+        yield StreamChunk("", generation=gen)
+
+
+def _read_usage(u: Any) -> tuple[int, int, dict[str, Any]]:
+    """(prompt, cache-read, extra) from Anthropic usage: prompt = input + read + written."""
+    read = getattr(u, "cache_read_input_tokens", None) or 0
+    written = getattr(u, "cache_creation_input_tokens", None) or 0
+    prompt = (u.input_tokens or 0) + read + written
+    return prompt, int(read), {"cache_write_tokens": int(written)}

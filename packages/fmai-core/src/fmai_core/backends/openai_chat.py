@@ -1,0 +1,227 @@
+"""`OpenAIBackend`: any OpenAI-compatible chat-completions endpoint, on the official SDK.
+
+Install with `pip install 'fmai-core[openai]'`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, ClassVar
+
+from fmai_core.backend import Generation, StreamChunk
+from fmai_core.backends._hosted import HostedBackend, StreamTracker
+from fmai_core.backends.tokens import TextCount
+from fmai_core.errors import BackendError
+from fmai_core.messages import Message
+
+__all__ = ["OpenAIBackend"]
+
+
+class OpenAIBackend(HostedBackend):
+    """A chat model behind an OpenAI-compatible `/chat/completions` endpoint.
+
+    Messages go out as real chat messages in prompt order, so the provider's prefix cache
+    sees the stable head of fmai's layout unchanged from turn to turn; its cached prompt
+    tokens (`usage.prompt_tokens_details.cached_tokens`) become `Usage.reused_tokens`.
+
+    Args:
+        model: The provider's model name (`"gpt-4o-mini"`, `"deepseek-chat"`, ...).
+        base_url: The endpoint root, e.g. `"http://localhost:8000/v1"` (vLLM),
+            `"http://localhost:11434/v1"` (Ollama), `"https://api.deepseek.com"`. `None` is
+            OpenAI.
+        api_key: The key; else `$OPENAI_API_KEY` (or `api_key_env`). With `base_url` and no
+            key anywhere, a placeholder is sent (local servers ignore it). Never logged or
+            stored in checkpoints.
+        api_key_env: Read the key from this environment variable instead.
+        timeout: Seconds per attempt (for a stream: the longest wait between chunks).
+        max_retries: Retries after 429, 5xx, timeouts and connection errors, with backoff
+            honouring `Retry-After`.
+        tokenizer: How to count tokens before a call (see
+            [`resolve_counter`][fmai_core.backends.tokens.resolve_counter]).
+        max_tokens_param: The request field for the reply limit: `"max_completion_tokens"`
+            (OpenAI's current name; the default without `base_url`) or `"max_tokens"` (what
+            older compatible servers read; the default with `base_url`).
+        stream_usage: Ask for usage in the stream's last chunk (`stream_options`); turn off
+            for servers that reject it.
+        client_options: More keyword arguments for `openai.OpenAI(...)`.
+
+    Example:
+        ```python
+        from fmai_core import FiniteMemoryLLM
+        from fmai_core.backends import OpenAIBackend
+
+        llm = FiniteMemoryLLM(OpenAIBackend("gpt-4o-mini"), max_tokens=8000)
+        print(llm.chat("Hi! My sister is called Ada.").response)
+        ```
+    """
+
+    provider: ClassVar[str] = "openai"
+    sdk_name: ClassVar[str] = "openai"
+    extra: ClassVar[str] = "openai"
+    key_env: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        api_key_env: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+        tokenizer: str | TextCount | None = None,
+        max_tokens_param: str | None = None,
+        stream_usage: bool = True,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            tokenizer=tokenizer,
+            client_options=client_options,
+        )
+        default = "max_tokens" if base_url is not None else "max_completion_tokens"
+        self.max_tokens_param = max_tokens_param or default
+        self.stream_usage = stream_usage
+
+    # -- clients ------------------------------------------------------------------------
+    def _sync(self) -> Any:
+        if self._client is None:
+            self._client = self._sdk.OpenAI(**self._client_args())
+        return self._client
+
+    def _async(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aloop is not loop:
+            self._aclient = self._sdk.AsyncOpenAI(**self._client_args())
+            self._aloop = loop
+        return self._aclient
+
+    # -- request and response -----------------------------------------------------------
+    def _request(
+        self, messages: Sequence[Message], params: dict[str, Any], stream: bool
+    ) -> dict[str, Any]:
+        req: dict[str, Any] = {
+            "model": self.model,
+            "messages": [m.to_dict() for m in messages],
+            self.max_tokens_param: int(params.get("max_new_tokens", 256)),
+            "temperature": float(params.get("temperature", 0.0)),
+        }
+        for key in ("top_p", "stop", "seed"):
+            if params.get(key) is not None:
+                req[key] = params[key]
+        if stream:
+            req["stream"] = True
+            if self.stream_usage:
+                req["stream_options"] = {"include_usage": True}
+        return req
+
+    def _generation(self, messages: Sequence[Message], resp: Any, start: float) -> Generation:
+        try:
+            choice = resp.choices[0]
+            text = choice.message.content or ""
+            finish = choice.finish_reason or "stop"
+        except (AttributeError, IndexError, TypeError) as exc:
+            raise BackendError(
+                f"{self.base_url or 'OpenAI'} returned a completion without a message "
+                f"({type(exc).__name__}). Check that base_url is an OpenAI-compatible server."
+            ) from None
+        u = getattr(resp, "usage", None)
+        prompt, completion, reused = _read_usage(u)
+        usage, reported = self._usage(messages, prompt, reused, completion, text)
+        ms = (time.perf_counter() - start) * 1000
+        extra = {"provider": self.provider, "usage_reported": reported, "model": resp.model}
+        return Generation(text, usage, ms, ms, finish, extra)
+
+    def _chunk(self, tracker: StreamTracker, chunk: Any) -> str:
+        if getattr(chunk, "usage", None) is not None:
+            tracker.prompt, tracker.completion, tracker.reused = _read_usage(chunk.usage)
+        text = ""
+        for choice in chunk.choices or ():
+            if choice.delta is not None and choice.delta.content:
+                text += choice.delta.content
+            if choice.finish_reason:
+                tracker.finish = choice.finish_reason
+        return tracker.add(text)
+
+    # -- the Backend protocol -----------------------------------------------------------
+    def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        """Send `messages` and return the whole reply (see `Backend.generate`)."""
+        start = time.perf_counter()
+        try:
+            resp = self._sync().chat.completions.create(**self._request(messages, params, False))
+            return self._generation(messages, resp, start)
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
+        """Yield text deltas as they arrive, then a chunk with the Generation.
+
+        Raises a [`BackendError`][fmai_core.errors.BackendError] (never returns normally) when
+        the stream breaks off before the provider's final chunk.
+        """
+        tracker = StreamTracker(self)
+        try:
+            sdk_stream = self._sync().chat.completions.create(
+                **self._request(messages, params, True)
+            )
+        except Exception as exc:
+            raise self._error(exc) from None
+        try:
+            for chunk in sdk_stream:
+                text = self._chunk(tracker, chunk)
+                if text:
+                    yield StreamChunk(text)
+            gen = tracker.generation(messages)
+        except Exception as exc:
+            raise self._stream_error(exc, tracker) from None
+        finally:
+            sdk_stream.close()
+        yield StreamChunk("", generation=gen)
+
+    async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        """Async twin of [`generate`][fmai_core.backends.OpenAIBackend.generate]."""
+        start = time.perf_counter()
+        try:
+            create = self._async().chat.completions.create
+            resp = await create(**self._request(messages, params, False))
+            return self._generation(messages, resp, start)
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    async def astream(
+        self, messages: Sequence[Message], **params: Any
+    ) -> AsyncIterator[StreamChunk]:
+        """Async twin of [`stream`][fmai_core.backends.OpenAIBackend.stream]."""
+        tracker = StreamTracker(self)
+        try:
+            create = self._async().chat.completions.create
+            sdk_stream = await create(**self._request(messages, params, True))
+        except Exception as exc:
+            raise self._error(exc) from None
+        try:
+            async for chunk in sdk_stream:
+                text = self._chunk(tracker, chunk)
+                if text:
+                    yield StreamChunk(text)
+            gen = tracker.generation(messages)
+        except Exception as exc:
+            raise self._stream_error(exc, tracker) from None
+        finally:
+            await sdk_stream.close()
+        yield StreamChunk("", generation=gen)
+
+
+def _read_usage(u: Any) -> tuple[int | None, int | None, int]:
+    """(prompt, completion, cached) from an OpenAI usage object (None where absent)."""
+    if u is None:
+        return None, None, 0
+    details = getattr(u, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) or 0
+    return u.prompt_tokens, u.completion_tokens, int(cached)
