@@ -48,8 +48,14 @@ def main(modules: list[str]) -> None:
             bare.append(_time("pass"))
             imported.append(_time(f"import {module}"))
         over = statistics.median(imported) - statistics.median(bare)
-        rows.append((module, f"{over:.1f}", f"{statistics.median(bare):.1f}",
-                     ", ".join(_loaded(module)) or "none"))
+        rows.append(
+            (
+                module,
+                f"{over:.1f}",
+                f"{statistics.median(bare):.1f}",
+                ", ".join(_loaded(module)) or "none",
+            )
+        )
     print(f"Python {sys.version.split()[0]}, median of {RUNS} fresh interpreters\n")
     print("| package | import cost over bare start (ms) | bare start (ms) | heavy modules loaded |")
     print("| --- | ---: | ---: | --- |")

@@ -13,8 +13,15 @@ from fmai_core.testing import EchoBackend
 
 
 def _conversation() -> FiniteMemoryLLM:
-    llm = FiniteMemoryLLM(EchoBackend(), "sliding", max_tokens=120, max_new_tokens=16,
-                          system_prompt="Be brief.", max_policy_ms=None, temperature=0.0)
+    llm = FiniteMemoryLLM(
+        EchoBackend(),
+        "sliding",
+        max_tokens=120,
+        max_new_tokens=16,
+        system_prompt="Be brief.",
+        max_policy_ms=None,
+        temperature=0.0,
+    )
     llm.pin("The user's sister is Ada.")
     for i in range(12):
         llm.chat(f"message {i} about the weather in town {i}")
@@ -42,8 +49,7 @@ def test_overrides_on_load(tmp_path: Path) -> None:
 def test_checkpoint_is_plain_versioned_json_without_secrets(tmp_path: Path) -> None:
     backend = EchoBackend()
     backend.api_key = "sk-secret-123"  # type: ignore[attr-defined]
-    llm = FiniteMemoryLLM(backend, "sliding", max_tokens=200, max_new_tokens=16,
-                          max_policy_ms=None)
+    llm = FiniteMemoryLLM(backend, "sliding", max_tokens=200, max_new_tokens=16, max_policy_ms=None)
     llm.chat("hello")
     path = tmp_path / "c.json"
     llm.save(path)

@@ -145,8 +145,13 @@ def test_stream_closed_early_stores_nothing() -> None:
 
 def test_extend_and_pin() -> None:
     llm = make(max_tokens=300)
-    llm.extend([Message("user", "I live in Oslo."), Message("assistant", "Nice."),
-                Message("system", "The user is vegan.")])
+    llm.extend(
+        [
+            Message("user", "I live in Oslo."),
+            Message("assistant", "Nice."),
+            Message("system", "The user is vegan."),
+        ]
+    )
     ctx = llm.context("where do I live?")
     assert "The user is vegan." in ctx[0].content
     assert ctx[1] == Message("user", "I live in Oslo.")

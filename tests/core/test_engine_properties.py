@@ -6,22 +6,49 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fmai_core import FiniteMemoryLLM, Message
-from fmai_core.errors import MessageTooLongError
+from fmai_core.errors import BudgetError, MessageTooLongError
 from fmai_core.policies import POLICY_NAMES
 from fmai_core.testing import EchoBackend
 
-WORDS = ["sister", "Ada", "Oslo", "42", "blue", "cat", "train", "paid", "$3.50", "Tuesday",
-         "likes", "jazz", "the", "a", "is", "my", "went", "to", "and", "."]
+WORDS = [
+    "sister",
+    "Ada",
+    "Oslo",
+    "42",
+    "blue",
+    "cat",
+    "train",
+    "paid",
+    "$3.50",
+    "Tuesday",
+    "likes",
+    "jazz",
+    "the",
+    "a",
+    "is",
+    "my",
+    "went",
+    "to",
+    "and",
+    ".",
+]
 text_st = st.lists(st.sampled_from(WORDS), min_size=1, max_size=40).map(" ".join)
-conversation_st = st.lists(st.tuples(st.sampled_from(["user", "assistant"]), text_st),
-                           min_size=0, max_size=60)
-SETTINGS = settings(max_examples=40, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+conversation_st = st.lists(
+    st.tuples(st.sampled_from(["user", "assistant"]), text_st), min_size=0, max_size=60
+)
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _llm(policy: str, max_tokens: int, max_new: int, system: str | None) -> FiniteMemoryLLM:
-    return FiniteMemoryLLM(EchoBackend(), policy, max_tokens=max_tokens, max_new_tokens=max_new,
-                           system_prompt=system, max_policy_ms=None, segment_tokens=16)
+    return FiniteMemoryLLM(
+        EchoBackend(),
+        policy,
+        max_tokens=max_tokens,
+        max_new_tokens=max_new,
+        system_prompt=system,
+        max_policy_ms=None,
+        segment_tokens=16,
+    )
 
 
 @SETTINGS
@@ -34,21 +61,25 @@ def _llm(policy: str, max_tokens: int, max_new: int, system: str | None) -> Fini
     query=text_st,
 )
 def test_budget_system_prompt_and_new_message_always_hold(
-    policy: str, conversation: list[tuple[str, str]], max_tokens: int, max_new: int,
-    system: str | None, query: str,
+    policy: str,
+    conversation: list[tuple[str, str]],
+    max_tokens: int,
+    max_new: int,
+    system: str | None,
+    query: str,
 ) -> None:
     try:
         llm = _llm(policy, max_tokens, max_new, system)
-    except Exception as exc:  # a system prompt too large for the budget is refused up front
-        assert type(exc).__name__ == "BudgetError"
+    except BudgetError:  # a system prompt too large for the budget is refused up front
         return
     llm.extend([Message(r, t) for r, t in conversation])  # type: ignore[arg-type]
     try:
         ctx = llm.context(query)
     except MessageTooLongError:
-        assert llm.backend.count_tokens([Message("user", query)]) + max_new > max_tokens - (
-            llm.counter.message(system) if system else 0
-        ) - 40  # only a message near the whole budget may be refused
+        assert (
+            llm.backend.count_tokens([Message("user", query)]) + max_new
+            > max_tokens - (llm.counter.message(system) if system else 0) - 40
+        )  # only a message near the whole budget may be refused
         return
     assert llm.backend.count_tokens(ctx) + max_new <= max_tokens
     if system:
@@ -62,8 +93,11 @@ def test_budget_system_prompt_and_new_message_always_hold(
 
 
 @SETTINGS
-@given(policy=st.sampled_from(POLICY_NAMES), turns=st.lists(text_st, min_size=1, max_size=25),
-       max_tokens=st.integers(120, 400))
+@given(
+    policy=st.sampled_from(POLICY_NAMES),
+    turns=st.lists(text_st, min_size=1, max_size=25),
+    max_tokens=st.integers(120, 400),
+)
 def test_budget_holds_over_live_turns(policy: str, turns: list[str], max_tokens: int) -> None:
     llm = _llm(policy, max_tokens, 16, "Be brief.")
     for text in turns:

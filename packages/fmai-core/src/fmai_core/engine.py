@@ -143,8 +143,17 @@ class FiniteMemoryLLM:
             summarize=summarizer.summarize if summarizer else backend_summarizer(backend),
         )
         self._planner = Planner(
-            self.policy, self.counter, self.builder, self.system_prompt, max_tokens,
-            max_new_tokens, low_water, recall_fraction, archive_limit, max_policy_ms, signals,
+            self.policy,
+            self.counter,
+            self.builder,
+            self.system_prompt,
+            max_tokens,
+            max_new_tokens,
+            low_water,
+            recall_fraction,
+            archive_limit,
+            max_policy_ms,
+            signals,
         )
         if isinstance(self.policy, SentenceSplitter):
             self._split = self.policy.split_sentences
@@ -190,9 +199,14 @@ class FiniteMemoryLLM:
 
     def _segments(self, state: MemoryState, role: str, text: str) -> list[Segment]:
         return segment_message(
-            role, text, counter=self.counter, splitter=self._split,
-            max_tokens=self.segment_tokens, first_id=state.next_segment_id,
-            message_id=state.next_message_id, turn=state.turn,
+            role,
+            text,
+            counter=self.counter,
+            splitter=self._split,
+            max_tokens=self.segment_tokens,
+            first_id=state.next_segment_id,
+            message_id=state.next_message_id,
+            turn=state.turn,
         )
 
     def _new_user(self, text: str) -> tuple[MemoryState, list[Segment]]:
@@ -207,10 +221,21 @@ class FiniteMemoryLLM:
         if not isinstance(fact, str) or not fact.strip():
             raise EmptyMessageError("A pinned fact must be non-empty text.")
         text = fact.strip()
-        seg = Segment(state.next_segment_id, state.next_message_id, "system", text,
-                      self.counter.text(text), "pinned", state.turn)
-        new = replace(state, pinned=(*state.pinned, seg), next_segment_id=seg.id + 1,
-                      next_message_id=seg.message_id + 1)
+        seg = Segment(
+            state.next_segment_id,
+            state.next_message_id,
+            "system",
+            text,
+            self.counter.text(text),
+            "pinned",
+            state.turn,
+        )
+        new = replace(
+            state,
+            pinned=(*state.pinned, seg),
+            next_segment_id=seg.id + 1,
+            next_message_id=seg.message_id + 1,
+        )
         self._check_fixed(new)
         return new
 
@@ -228,7 +253,9 @@ class FiniteMemoryLLM:
         items = list(messages)
         for m in items:
             if not isinstance(m, Message):
-                raise InvalidMessageError(f"extend() takes Message objects, got {type(m).__name__}.")
+                raise InvalidMessageError(
+                    f"extend() takes Message objects, got {type(m).__name__}."
+                )
         with self._lock:
             state = self._state
             for m in items:
@@ -259,8 +286,9 @@ class FiniteMemoryLLM:
     # -- turns ----------------------------------------------------------------------------
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         merged = {**self.generation, **params}
-        merged["max_new_tokens"] = min(int(merged.get("max_new_tokens", self.max_new_tokens)),
-                                       self.max_new_tokens)
+        merged["max_new_tokens"] = min(
+            int(merged.get("max_new_tokens", self.max_new_tokens)), self.max_new_tokens
+        )
         return merged
 
     def _plan_turn(self, text: str) -> tuple[int, MemoryState, list[Segment], Plan, float]:
@@ -269,8 +297,9 @@ class FiniteMemoryLLM:
             state, new = self._new_user(text)
             return self._version, state, new, self._planner.plan(state, new, text), start
 
-    def _finish(self, version: int, new: list[Segment], plan: Plan, gen: Generation,
-                start: float) -> ChatResult:
+    def _finish(
+        self, version: int, new: list[Segment], plan: Plan, gen: Generation, start: float
+    ) -> ChatResult:
         with self._lock:
             if version != self._version:
                 raise FMAIError(
@@ -284,7 +313,9 @@ class FiniteMemoryLLM:
             u = gen.usage
             prompt = u.prompt_tokens or plan.prompt_tokens
             stats = TurnStats(
-                turn=state.turn - 1, prompt_tokens=prompt, reused_tokens=u.reused_tokens,
+                turn=state.turn - 1,
+                prompt_tokens=prompt,
+                reused_tokens=u.reused_tokens,
                 prefill_tokens=u.prefill_tokens or max(prompt - u.reused_tokens, 0),
                 completion_tokens=u.completion_tokens,
                 context_tokens=prompt + u.completion_tokens,
@@ -292,8 +323,12 @@ class FiniteMemoryLLM:
                 recalled_tokens=sum(s.tokens for s in plan.recalled),
                 summary_tokens=plan.state.summary.tokens if plan.state.summary else 0,
                 latency_ms=(time.perf_counter() - start) * 1000,
-                ttft_ms=gen.ttft_ms, policy=plan.policy, policy_ms=plan.policy_ms,
-                fallback=plan.fallback, evicted=plan.evicted, policy_stats=plan.policy_stats,
+                ttft_ms=gen.ttft_ms,
+                policy=plan.policy,
+                policy_ms=plan.policy_ms,
+                fallback=plan.fallback,
+                evicted=plan.evicted,
+                policy_stats=plan.policy_stats,
             )
             t = self._stats
             t.turns += 1
@@ -429,8 +464,10 @@ class FiniteMemoryLLM:
         return load_checkpoint(cls, path, backend, **overrides)
 
     def __repr__(self) -> str:
-        return (f"FiniteMemoryLLM(backend={getattr(self.backend, 'name', '?')!r}, "
-                f"policy={self.policy.name!r}, max_tokens={self.max_tokens})")
+        return (
+            f"FiniteMemoryLLM(backend={getattr(self.backend, 'name', '?')!r}, "
+            f"policy={self.policy.name!r}, max_tokens={self.max_tokens})"
+        )
 
     def messages(self) -> Sequence[Segment]:
         """Every segment of the record (archive and history), in conversation order."""

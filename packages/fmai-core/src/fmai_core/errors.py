@@ -90,7 +90,9 @@ class AuthenticationError(BackendError):
     """The provider rejected the API key."""
 
 
-def missing_dependency(module: str, extra: str, package: str = "fmai-core") -> MissingDependencyError:
+def missing_dependency(
+    module: str, extra: str, package: str = "fmai-core"
+) -> MissingDependencyError:
     """Build the error for an optional module that is not installed.
 
     Args:

@@ -49,7 +49,6 @@ class Message:
         """Build a message from a `{"role": ..., "content": ...}` mapping."""
         if not isinstance(data, dict) or "role" not in data or "content" not in data:
             raise InvalidMessageError(
-                "A message mapping needs the keys 'role' and 'content', "
-                f"got {data!r}."
+                f"A message mapping needs the keys 'role' and 'content', got {data!r}."
             )
         return cls(data["role"], data["content"])

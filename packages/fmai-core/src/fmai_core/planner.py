@@ -66,7 +66,9 @@ def _run_with_deadline(
     if "error" in box:
         import logging
 
-        logging.getLogger("fmai").error("fmai: memory policy failed (%s); using sliding", box["error"])
+        logging.getLogger("fmai").error(
+            "fmai: memory policy failed (%s); using sliding", box["error"]
+        )
         return None, str(box["error"])
     return box["result"], None
 
@@ -87,9 +89,7 @@ class Planner:
     max_policy_ms: float | None
     signals: Signals
 
-    def _select(
-        self, request: PolicyRequest
-    ) -> tuple[Selection, float, bool, dict[str, Any]]:
+    def _select(self, request: PolicyRequest) -> tuple[Selection, float, bool, dict[str, Any]]:
         start = time.perf_counter()
         result, error = _run_with_deadline(lambda: self.policy.select(request), self.max_policy_ms)
         fallback = result is None
@@ -107,7 +107,9 @@ class Planner:
         text = self.builder.system_text(self.system_prompt, state.pinned, summary)
         return self.counter.message(text) if text is not None else 0
 
-    def _archive(self, archive: Sequence[Segment], add: Sequence[Segment]) -> tuple[tuple[Segment, ...], int]:
+    def _archive(
+        self, archive: Sequence[Segment], add: Sequence[Segment]
+    ) -> tuple[tuple[Segment, ...], int]:
         merged = sorted((*archive, *add), key=lambda s: s.id)
         if self.archive_limit is None or len(merged) <= self.archive_limit:
             return tuple(merged), 0
@@ -141,8 +143,15 @@ class Planner:
             old_summary = summary.tokens if summary else 0
             budget = max(0, int(self.low_water * (high_water + old_summary)) - old_summary)
             request = PolicyRequest(
-                "evict", history, budget, query, self.signals, summary,
-                state.pinned, self.counter.text, state.turn,
+                "evict",
+                history,
+                budget,
+                query,
+                self.signals,
+                summary,
+                state.pinned,
+                self.counter.text,
+                state.turn,
             )
             selection, ms, fb, stats = self._select(request)
             policy_ms += ms
@@ -166,10 +175,19 @@ class Planner:
             archive, dropped = self._archive(archive, gone)
         recalled: tuple[Segment, ...] = ()
         if self.policy.recalls and archive and recall_reserve > 0:
-            header = self.counter.text(self.builder.recall_header + "\n" + self.builder.recall_footer)
+            header = self.counter.text(
+                self.builder.recall_header + "\n" + self.builder.recall_footer
+            )
             request = PolicyRequest(
-                "recall", archive, max(0, recall_reserve - header - 2), query, self.signals,
-                summary, state.pinned + history, self.counter.text, state.turn,
+                "recall",
+                archive,
+                max(0, recall_reserve - header - 2),
+                query,
+                self.signals,
+                summary,
+                state.pinned + history,
+                self.counter.text,
+                state.turn,
             )
             selection, ms, fb, rstats = self._select(request)
             policy_ms += ms
@@ -198,7 +216,8 @@ class Planner:
                 raise MessageTooLongError(
                     f"The prompt needs {prompt_tokens} tokens plus max_new_tokens="
                     f"{self.max_new_tokens}, over max_tokens={self.max_tokens}, with all "
-                    "history evicted. Shorten the message or raise max_tokens. Nothing was changed.",
+                    "history evicted. Shorten the message or raise max_tokens. "
+                    "Nothing was changed.",
                     tokens=prompt_tokens,
                     available=self.max_tokens - self.max_new_tokens,
                 )

@@ -76,7 +76,9 @@ class EchoBackend:
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Exact prompt length: message tokens + 3 per message + 2 for the reply opener."""
-        return sum(len(tokenize(m.content)) + MESSAGE_OVERHEAD for m in messages) + GENERATION_PROMPT
+        return (
+            sum(len(tokenize(m.content)) + MESSAGE_OVERHEAD for m in messages) + GENERATION_PROMPT
+        )
 
     def count_text(self, text: str) -> int:
         """Tokens of bare text."""
@@ -150,7 +152,9 @@ class EchoBackend:
             await asyncio.sleep(0)
         return self.generate(messages, **params)
 
-    async def astream(self, messages: Sequence[Message], **params: Any) -> AsyncIterator[StreamChunk]:
+    async def astream(
+        self, messages: Sequence[Message], **params: Any
+    ) -> AsyncIterator[StreamChunk]:
         """Async twin of `stream`."""
         for chunk in self.stream(messages, **params):
             yield chunk

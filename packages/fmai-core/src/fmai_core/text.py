@@ -15,7 +15,7 @@ _ABBREVIATIONS = frozenset(
     """mr mrs ms dr prof sr jr st vs etc e.g i.e inc ltd co corp dept fig no vol
     jan feb mar apr jun jul aug sep sept oct nov dec approx est min max""".split()
 )
-# A sentence ends at . ! ? (or CJK 。！？) followed by whitespace or the end; CJK marks need no space.
+# A sentence ends at . ! ? followed by whitespace, or at CJK 。！？ (no space needed).
 _BOUNDARY = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|(?<=[。！？])")
 _WORD = re.compile(r"\w+", re.UNICODE)
 

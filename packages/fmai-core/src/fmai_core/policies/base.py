@@ -99,7 +99,7 @@ class Selection:
 
 
 class Policy(ABC):
-    """Base class of memory policies: subclasses override [`select`][fmai_core.policies.base.Policy.select].
+    """Base class of memory policies: subclasses override `select`.
 
     Attributes:
         name: The registry name (`"sliding"`, `"hybrid"`, ...).
