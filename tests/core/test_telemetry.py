@@ -344,3 +344,39 @@ def test_importing_telemetry_loads_no_prometheus_client() -> None:
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# -- with the engine -----------------------------------------------------------------------
+def test_engine_feeds_hooks_and_survives_a_broken_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fmai_core import FiniteMemoryLLM
+    from fmai_core.testing import EchoBackend
+
+    metrics, recorder = Metrics(), Recorder()
+    path = tmp_path / "turns.jsonl"
+    llm = FiniteMemoryLLM(
+        EchoBackend(prompt_cache=True),
+        policy="sliding",
+        max_tokens=96,
+        max_new_tokens=16,
+        hooks=[metrics, Broken(), recorder, JSONLTurnLog(path)],
+    )
+    texts = ["I live in Lyon.", "I have two cats.", "I play the cello.", "Where do I live?"]
+    results = []
+    with caplog.at_level(logging.ERROR, logger="fmai"):
+        for text in texts:
+            results.append(llm.chat(text))
+    assert [r.response for r in results] == [f"echo: {t}" for t in texts]
+    assert recorder.seen == [0, 1, 2, 3]
+    assert sum("hook exploded" in str(r.exc_info[1]) for r in caplog.records if r.exc_info) == 4
+    snap = metrics.snapshot()
+    total = llm.stats
+    assert snap["turns"] == total.turns == 4
+    assert snap["prompt_tokens"] == total.prompt_tokens
+    assert snap["reused_tokens"] == total.reused_tokens
+    assert snap["reuse_ratio"] == pytest.approx(total.reuse_ratio)
+    assert snap["evictions"] == total.evictions
+    assert snap["evicted_tokens"] == total.evicted_tokens
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["prompt_tokens"] for x in lines] == [r.stats.prompt_tokens for r in results]
