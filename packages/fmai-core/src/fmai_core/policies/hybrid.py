@@ -1,0 +1,170 @@
+"""`hybrid`: recency, importance and relevance mixed under one budget by a 0/1 knapsack."""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from fmai_core.policies.base import Policy, PolicyRequest, Selection
+from fmai_core.policies.importance import importance_scores
+from fmai_core.relevance import newest, recency
+
+__all__ = ["HybridPolicy", "knapsack"]
+
+
+def knapsack(
+    weights: Sequence[int],
+    values: Sequence[float],
+    capacity: int,
+    *,
+    core: int = 48,
+    max_cells: int = 1024,
+) -> list[int]:
+    """Choose items maximising total value with total weight at most `capacity`.
+
+    Exact dynamic programming when the items that matter are few and the capacity small;
+    otherwise the classic *core* approximation (Pisinger): sort by value per weight; the
+    greedy solution takes a prefix and stops at a break item; items far from the break are
+    almost surely in (before) or out (after) of the optimum, so they are fixed, and the DP
+    runs only over the `core` items around the break. When the remaining capacity exceeds
+    `max_cells`, weights are scaled down by `s` (rounded up, so the answer stays feasible) and
+    a final greedy pass spends what the rounding left. At 500 segments this is a few
+    milliseconds in pure Python; with at most `core` useful items and `capacity <= max_cells`
+    it is exactly optimal.
+
+    Args:
+        weights: Non-negative integer cost of each item (token counts).
+        values: Value of each item; items with value <= 0 are never chosen.
+        capacity: The budget.
+        core: Items solved exactly around the greedy break item.
+        max_cells: Most DP capacity cells.
+
+    Returns:
+        Indices of the chosen items, in increasing order.
+
+    Example:
+        >>> knapsack([5, 4, 3], [10.0, 7.0, 6.0], 7)
+        [1, 2]
+    """
+    items = [i for i in range(len(weights)) if values[i] > 0 and weights[i] <= capacity]
+    if sum(weights[i] for i in items) <= capacity:
+        return items
+    items.sort(key=lambda i: (-values[i] / max(weights[i], 1e-9), i))
+    room = capacity
+    brk = len(items)
+    for pos, i in enumerate(items):
+        if weights[i] > room:
+            brk = pos
+            break
+        room -= weights[i]
+    lo = max(0, brk - core // 2)
+    hi = min(len(items), lo + core)
+    lo = max(0, hi - core)
+    chosen = list(items[:lo])
+    room = capacity - sum(weights[i] for i in chosen)
+    pool = items[lo:hi]
+    scale = max(1, math.ceil(room / max_cells))
+    cells = room // scale
+    best = [0.0] * (cells + 1)
+    took: list[list[bool]] = []
+    for i in pool:
+        w = math.ceil(weights[i] / scale)
+        v = values[i]
+        if w > cells:
+            took.append([])
+            continue
+        with_item = [b + v for b in best[: cells + 1 - w]]
+        without = best[w:]
+        took.append([False] * w + list(map(operator.gt, with_item, without)))
+        best = best[:w] + list(map(max, with_item, without))
+    c = cells
+    for pos in range(len(pool) - 1, -1, -1):
+        row = took[pos]
+        if row and row[c]:
+            chosen.append(pool[pos])
+            c -= math.ceil(weights[pool[pos]] / scale)
+    room = capacity - sum(weights[i] for i in chosen)
+    taken = set(chosen)
+    for i in items:  # spend what scaling or fixing left, best density first
+        if i not in taken and weights[i] <= room:
+            chosen.append(i)
+            room -= weights[i]
+    return sorted(chosen)
+
+
+@dataclass(frozen=True)
+class HybridPolicy(Policy):
+    """Mix recency, importance and relevance, then solve a knapsack over token cost.
+
+    Each candidate's value is `recency_weight * recency + importance_weight * importance +
+    relevance_weight * relevance` (each part in [0, 1]; importance is the model's attention
+    through `signals.importance` or the information-content proxy; relevance is BM25 mixed
+    with embedding cosine). Then a 0/1 knapsack
+    (see [`knapsack`][fmai_core.policies.hybrid.knapsack]) keeps the set of greatest total
+    value that fits the budget. In `"evict"` mode the newest `keep_recent` segments are
+    always kept. In `"recall"` mode recency is left out and only
+    segments with `relevance > min_relevance` may come back.
+
+    Attributes:
+        recency_weight: Weight of the recency prior (evict mode only).
+        importance_weight: Weight of importance.
+        relevance_weight: Weight of relevance to the incoming message.
+        half_life: Recency half-life, in segments.
+        keep_recent: Newest segments always kept in evict mode.
+        min_relevance: Relevance a segment needs to be recalled.
+
+    Stats: `signal`, `kept`, `kept_tokens`, `value` (total value kept).
+    """
+
+    name: ClassVar[str] = "hybrid"
+
+    recency_weight: float = 0.3
+    importance_weight: float = 0.3
+    relevance_weight: float = 0.4
+    half_life: float = 24.0
+    keep_recent: int = 2
+    min_relevance: float = 0.15
+
+    def select(self, request: PolicyRequest) -> Selection:
+        """Score every candidate and keep the best-value set that fits the budget."""
+        candidates = request.candidates
+        if not candidates or request.budget <= 0:
+            return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
+        importance, relevance, signal = importance_scores(request)
+        budget = request.budget
+        keep: list[int] = []
+        if request.mode == "evict":
+            prior = recency(len(candidates), self.half_life)
+            values = [
+                self.recency_weight * rec
+                + self.importance_weight * imp
+                + self.relevance_weight * rel
+                for rec, imp, rel in zip(prior, importance, relevance)
+            ]
+            for segment in newest(candidates, self.keep_recent, budget):
+                keep.append(segment.id)
+                budget -= segment.tokens
+        else:
+            values = [
+                self.importance_weight * imp + self.relevance_weight * rel
+                if rel > self.min_relevance
+                else 0.0
+                for imp, rel in zip(importance, relevance)
+            ]
+        reserved = set(keep)
+        pool = [i for i, c in enumerate(candidates) if c.id not in reserved]
+        chosen = knapsack([candidates[i].tokens for i in pool], [values[i] for i in pool], budget)
+        keep += [candidates[pool[j]].id for j in chosen]
+        index = {c.id: i for i, c in enumerate(candidates)}
+        return Selection(
+            keep=tuple(keep),
+            stats={
+                "signal": signal,
+                "kept": len(keep),
+                "kept_tokens": sum(candidates[index[i]].tokens for i in keep),
+                "value": round(sum(values[index[i]] for i in keep), 4),
+            },
+        )

@@ -1,0 +1,146 @@
+"""`semantic`: relevance to the incoming message plus coverage of the conversation's topics."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+from fmai_core.policies.base import Policy, PolicyRequest, Selection
+from fmai_core.relevance import (
+    LexicalIndex,
+    cluster,
+    default_topic_count,
+    newest,
+    query_relevance,
+    terms,
+    tfidf_vectors,
+)
+
+__all__ = ["SemanticPolicy", "centrality"]
+
+K = TypeVar("K", bound=Hashable)
+
+
+def centrality(vectors: Sequence[Mapping[K, float]], labels: Sequence[int]) -> list[float]:
+    """Cosine of each vector with the centroid of its topic (0 for unclustered vectors)."""
+    sums: dict[int, dict[K, float]] = {}
+    for vec, label in zip(vectors, labels):
+        if label < 0:
+            continue
+        total = sums.setdefault(label, {})
+        for f, w in vec.items():
+            total[f] = total.get(f, 0.0) + w
+    norms = {c: math.sqrt(sum(w * w for w in t.values())) or 1.0 for c, t in sums.items()}
+    out: list[float] = []
+    for vec, label in zip(vectors, labels):
+        if label < 0:
+            out.append(0.0)
+            continue
+        total = sums[label]
+        out.append(sum(w * total.get(f, 0.0) for f, w in vec.items()) / norms[label])
+    return out
+
+
+@dataclass(frozen=True)
+class SemanticPolicy(Policy):
+    """Keep what is relevant to the incoming message and cover every topic of the rest.
+
+    Each candidate gets a relevance score (BM25 mixed with embedding cosine: the model's
+    embeddings through `signals.embed`, else hashed embeddings) and a topic label (spherical
+    k-means over the model's embeddings, else over TF-IDF term vectors). Selection is greedy
+    with diminishing returns per topic: a candidate's value is
+    `relevance_weight * relevance + (1 - relevance_weight) * centrality`, divided by
+    `1 + (segments already kept from its topic)`, so the second segment of a topic competes
+    with the first of another. In `"evict"` mode the newest `keep_recent` segments are always
+    kept; in `"recall"` mode only segments with `relevance > min_relevance` may come back.
+
+    Attributes:
+        relevance_weight: Weight of relevance against topic centrality.
+        topics: Number of topics to form; `None` picks about `sqrt(n / 2)` (at most 16).
+        keep_recent: Newest segments always kept in evict mode.
+        min_relevance: Relevance a segment needs to be recalled.
+
+    Stats: `signal`, `topics` (topics formed), `topics_kept` (topics with a kept segment),
+    `kept`, `kept_tokens`.
+    """
+
+    name: ClassVar[str] = "semantic"
+
+    relevance_weight: float = 0.6
+    topics: int | None = None
+    keep_recent: int = 2
+    min_relevance: float = 0.15
+
+    def select(self, request: PolicyRequest) -> Selection:
+        """Pick relevant segments, spreading the rest of the budget over topics."""
+        candidates = request.candidates
+        if not candidates or request.budget <= 0:
+            return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
+        texts = [c.text for c in candidates]
+        docs = [terms(t) for t in texts]
+        embed = request.signals.embed
+        relevance, vectors = query_relevance(
+            request.query, texts, index=LexicalIndex(docs), embed=embed
+        )
+        k = self.topics if self.topics is not None else default_topic_count(len(candidates))
+        if embed is not None:  # topics over the model's embeddings
+            labels = cluster(vectors, k)
+            central = centrality(vectors, labels)
+        else:  # topics over TF-IDF term vectors
+            term_vectors = tfidf_vectors(docs)
+            labels = cluster(term_vectors, k)
+            central = centrality(term_vectors, labels)
+
+        budget = request.budget
+        keep: list[int] = []
+        if request.mode == "evict":
+            for segment in newest(candidates, self.keep_recent, budget):
+                keep.append(segment.id)
+                budget -= segment.tokens
+        eligible = [
+            i
+            for i, c in enumerate(candidates)
+            if c.id not in keep and (request.mode == "evict" or relevance[i] > self.min_relevance)
+        ]
+        n = len(candidates)
+        base = [
+            self.relevance_weight * r
+            + (1.0 - self.relevance_weight) * c
+            # in evict mode a tiny recency term fills spare budget with the newest leftovers
+            + (1e-3 * (i + 1) / n if request.mode == "evict" else 0.0)
+            for i, (r, c) in enumerate(zip(relevance, central))
+        ]
+        picked: dict[int, int] = {}
+        for i, c in enumerate(candidates):
+            if c.id in keep:
+                picked[labels[i]] = picked.get(labels[i], 0) + 1
+        heap = [(-base[i] / (1 + picked.get(labels[i], 0)), -i) for i in eligible]
+        heapq.heapify(heap)
+        while heap and budget > 0:
+            neg, neg_i = heapq.heappop(heap)
+            i = -neg_i
+            current = base[i] / (1 + picked.get(labels[i], 0))
+            if current < -neg - 1e-12:  # stale: its topic gained a segment since
+                heapq.heappush(heap, (-current, neg_i))
+                continue
+            if current <= 0.0 or candidates[i].tokens > budget:
+                continue
+            keep.append(candidates[i].id)
+            budget -= candidates[i].tokens
+            picked[labels[i]] = picked.get(labels[i], 0) + 1
+        kept = set(keep)
+        return Selection(
+            keep=tuple(keep),
+            stats={
+                "signal": "model" if embed is not None else "proxy",
+                "topics": len({lab for lab in labels if lab >= 0}),
+                "topics_kept": len(
+                    {labels[i] for i, c in enumerate(candidates) if c.id in kept and labels[i] >= 0}
+                ),
+                "kept": len(keep),
+                "kept_tokens": request.budget - budget,
+            },
+        )

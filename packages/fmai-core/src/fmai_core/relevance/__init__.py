@@ -1,0 +1,40 @@
+"""Torch-free relevance signals for the memory policies.
+
+Everything here uses the standard library only: content terms and a light stemmer, BM25,
+hashed embeddings (feature hashing of words and character trigrams), topic clustering
+(spherical k-means through an inverted index), and an information-content score that stands
+in for a model's attention. Model signals, when a backend offers them, replace the proxies;
+see the policies page of the docs.
+"""
+
+from __future__ import annotations
+
+from fmai_core.relevance.information import information, recency
+from fmai_core.relevance.lexical import (
+    STOPWORDS,
+    LexicalIndex,
+    cosine,
+    hashed_embedding,
+    stem,
+    terms,
+)
+from fmai_core.relevance.scoring import dense_to_sparse, greedy_fill, newest, query_relevance
+from fmai_core.relevance.topics import cluster, default_topic_count, tfidf_vectors
+
+__all__ = [
+    "STOPWORDS",
+    "LexicalIndex",
+    "cluster",
+    "cosine",
+    "default_topic_count",
+    "dense_to_sparse",
+    "greedy_fill",
+    "hashed_embedding",
+    "information",
+    "newest",
+    "query_relevance",
+    "recency",
+    "stem",
+    "terms",
+    "tfidf_vectors",
+]

@@ -1,0 +1,201 @@
+"""Lexical relevance: content terms, BM25 and hashed embeddings, standard library only.
+
+These are the torch-free stand-ins for model signals. Every function is deterministic
+(hashes are CRC-32, not Python's salted `hash`), and the per-text work is memoised, so a
+policy that sees mostly the same segments turn after turn pays for each text once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+
+__all__ = [
+    "STOPWORDS",
+    "LexicalIndex",
+    "cosine",
+    "hashed_embedding",
+    "stem",
+    "terms",
+]
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+STOPWORDS: frozenset[str] = frozenset(
+    """a about above after again against all also am an and any are as at be because been
+    before being below between both but by can cannot could d did do does doing don down
+    during each few for from further get got had has have having he her here hers herself
+    him himself his how i if in into is it its itself just ll let m me more most much my
+    myself no nor not now o of off oh ok okay on once only or other our ours ourselves out
+    over own re really s same she should so some such t than thank thanks that the their
+    theirs them themselves then there these they this those through to too under until up
+    us ve very was we were what when where which while who whom why will with would y yeah
+    yes you your yours yourself yourselves""".split()
+)
+_DOUBLE_OK = frozenset("lsz")
+# Common irregular English verbs: the base form, then its past forms.
+_IRREGULAR_TABLE = """
+begin began begun; break broke broken; bring brought; buy bought; choose chose chosen;
+come came; do did done; drive drove driven; eat ate eaten; fall fell fallen; feel felt;
+find found; fly flew flown; forget forgot forgotten; give gave given; go went gone;
+grow grew grown; have had; hear heard; keep kept; know knew known; leave left; lose lost;
+make made; meet met; pay paid; ride rode ridden; say said; see saw seen; sell sold;
+send sent; sing sang sung; speak spoke spoken; spend spent; take took taken; teach taught;
+tell told; think thought; wear wore worn; win won; write wrote written
+"""
+_IRREGULAR: dict[str, str] = {
+    form: entry.split()[0] for entry in _IRREGULAR_TABLE.split(";") for form in entry.split()[1:]
+}
+
+
+def stem(word: str) -> str:
+    """Strip common English suffixes so that `names`/`name` and `called`/`call` meet.
+
+    A light, rule-based stemmer (plural, `-ing`, `-ed`, `-ly`, `-ies`, and the past forms of
+    about forty common irregular verbs, so `grew` meets `grow`): cheap and predictable, not
+    linguistically complete. Numbers and words of three letters or fewer are unchanged.
+
+    Example:
+        >>> [stem(w) for w in ["names", "called", "running", "stories", "boxes", "grew"]]
+        ['name', 'call', 'run', 'story', 'box', 'grow']
+    """
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    for suffix in ("ing", "ed"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            base = word[: -len(suffix)]
+            if len(base) >= 2 and base[-1] == base[-2] and base[-1] not in _DOUBLE_OK:
+                base = base[:-1]
+            return base
+    if word.endswith("ly") and len(word) > 5:
+        return word[:-2]
+    if word.endswith(("sses", "xes", "zes", "ches", "shes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+@lru_cache(maxsize=1 << 16)
+def terms(text: str) -> tuple[str, ...]:
+    """Return the content terms of `text`: lower-cased, stemmed, stopwords removed.
+
+    Example:
+        >>> terms("What is my sister's name?")
+        ('sister', 'name')
+    """
+    out: list[str] = []
+    for raw in _WORD.findall(text.lower()):
+        if raw in STOPWORDS or (len(raw) == 1 and not raw.isdigit()):
+            continue
+        out.append(stem(raw))
+    return tuple(out)
+
+
+def _bucket(feature: str, dim: int) -> int:
+    return zlib.crc32(feature.encode("utf-8")) % dim
+
+
+@lru_cache(maxsize=1 << 16)
+def hashed_embedding(text: str, dim: int = 1 << 20) -> Mapping[int, float]:
+    """Embed `text` as a sparse unit vector by feature hashing (no model, no numpy).
+
+    Features are the stemmed content terms (weight 1) and the character trigrams of each
+    content word, padded with `<` and `>` (weight 0.25 each), so that related word forms
+    (`grew`/`grown`, typos) still overlap. Term frequency is dampened with `1 + log(tf)`.
+    Collisions are negligible at the default `dim` of 2^20 buckets.
+
+    Returns:
+        A mapping from bucket to weight with unit L2 norm (empty for a text with no content
+        word). Treat it as read-only: it is shared through a cache.
+    """
+    counts: Counter[int] = Counter()
+    for raw in _WORD.findall(text.lower()):
+        if raw in STOPWORDS or (len(raw) == 1 and not raw.isdigit()):
+            continue
+        counts[_bucket("w:" + stem(raw), dim)] += 4
+        padded = f"<{raw}>"
+        for i in range(len(padded) - 2):
+            counts[_bucket("c:" + padded[i : i + 3], dim)] += 1
+    if not counts:
+        return {}
+    vec = {k: 1.0 + math.log(v) for k, v in counts.items()}
+    norm = math.sqrt(sum(w * w for w in vec.values()))
+    return {k: w / norm for k, w in vec.items()}
+
+
+def cosine(a: Mapping[int, float], b: Mapping[int, float]) -> float:
+    """Dot product of two sparse vectors (their cosine when both have unit norm)."""
+    if len(a) > len(b):
+        a, b = b, a
+    return sum(w * b.get(k, 0.0) for k, w in a.items())
+
+
+class LexicalIndex:
+    """BM25 over a small corpus of term sequences (a conversation's segments).
+
+    Args:
+        documents: One term sequence per document (see [`terms`][fmai_core.relevance.terms]).
+        k1: Term-frequency saturation.
+        b: Length normalisation.
+
+    Example:
+        >>> index = LexicalIndex([terms("My sister is called Ada."), terms("Nice weather.")])
+        >>> [round(s, 2) for s in index.normalized_scores(terms("my sister's name?"))]
+        [0.92, 0.0]
+    """
+
+    def __init__(self, documents: Sequence[Sequence[str]], *, k1: float = 1.2, b: float = 0.75):
+        self.k1 = k1
+        self.b = b
+        self.size = len(documents)
+        self._lengths = [len(doc) for doc in documents]
+        self._avg = (sum(self._lengths) / self.size) if self.size else 1.0
+        self._postings: dict[str, list[tuple[int, int]]] = {}
+        for i, doc in enumerate(documents):
+            for term, tf in Counter(doc).items():
+                self._postings.setdefault(term, []).append((i, tf))
+
+    def df(self, term: str) -> int:
+        """Number of documents containing `term`."""
+        return len(self._postings.get(term, ()))
+
+    def idf(self, term: str) -> float:
+        """Inverse document frequency, always positive (a rare term weighs more)."""
+        df = self.df(term)
+        return math.log(1.0 + (self.size - df + 0.5) / (df + 0.5))
+
+    def scores(self, query: Sequence[str]) -> list[float]:
+        """Return the BM25 score of every document for the query terms."""
+        out = [0.0] * self.size
+        avg = self._avg or 1.0
+        for term in set(query):
+            postings = self._postings.get(term)
+            if not postings:
+                continue
+            idf = self.idf(term)
+            for doc, tf in postings:
+                norm = self.k1 * (1.0 - self.b + self.b * self._lengths[doc] / avg)
+                out[doc] += idf * tf * (self.k1 + 1.0) / (tf + norm)
+        return out
+
+    def normalized_scores(self, query: Sequence[str]) -> list[float]:
+        """BM25 divided by the query's total IDF, clipped to [0, 1].
+
+        About the share of the query's information a document matches: a document that
+        contains every query term once, at average length, scores about 1. Query terms that
+        no document contains are left out (nothing could match them). Unlike dividing by
+        the best score, this is absolute, so it can be thresholded.
+        """
+        mass = sum(self.idf(t) for t in set(query) if t in self._postings)
+        if mass <= 0.0:
+            return [0.0] * self.size
+        return [min(1.0, s / mass) for s in self.scores(query)]
