@@ -81,7 +81,9 @@ class FakeProvider:
         self._closing = threading.Event()
         self._server = _QuietServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> FakeProvider:

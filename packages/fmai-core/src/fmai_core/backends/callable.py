@@ -60,7 +60,7 @@ class CallableBackend:
         per_reply_tokens: int = 3,
     ) -> None:
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "callable")
+        self.name: str = name or str(getattr(fn, "__name__", "callable"))
         count, self.tokenizer_id, self.exact_count = resolve_counter(self.name, tokenizer)
         self._counter = ChatCounter(count, per_message_tokens, per_reply_tokens)
         try:
