@@ -53,46 +53,50 @@ def knapsack(
     if sum(weights[i] for i in items) <= capacity:
         return items
     items.sort(key=lambda i: (-values[i] / max(weights[i], 1e-9), i))
-    room = capacity
-    brk = len(items)
-    for pos, i in enumerate(items):
-        if weights[i] > room:
-            brk = pos
-            break
-        room -= weights[i]
-    lo = max(0, brk - core // 2)
-    hi = min(len(items), lo + core)
-    lo = max(0, hi - core)
+    greedy = _fill([], items, weights, capacity)
+    in_greedy = set(greedy)
+    brk = next(pos for pos, i in enumerate(items) if i not in in_greedy)  # the break item
+    lo = max(0, min(brk - core // 2, len(items) - core))
+    pool = items[lo : lo + core]
     chosen = list(items[:lo])
     room = capacity - sum(weights[i] for i in chosen)
-    pool = items[lo:hi]
     scale = max(1, math.ceil(room / max_cells))
     cells = room // scale
     best = [0.0] * (cells + 1)
     took: list[list[bool]] = []
     for i in pool:
         w = math.ceil(weights[i] / scale)
-        v = values[i]
         if w > cells:
             took.append([])
             continue
-        with_item = [b + v for b in best[: cells + 1 - w]]
+        with_item = [b + values[i] for b in best[: cells + 1 - w]]
         without = best[w:]
         took.append([False] * w + list(map(operator.gt, with_item, without)))
         best = best[:w] + list(map(max, with_item, without))
     c = cells
     for pos in range(len(pool) - 1, -1, -1):
-        row = took[pos]
-        if row and row[c]:
+        if took[pos] and took[pos][c]:
             chosen.append(pool[pos])
             c -= math.ceil(weights[pool[pos]] / scale)
-    room = capacity - sum(weights[i] for i in chosen)
-    taken = set(chosen)
-    for i in items:  # spend what scaling or fixing left, best density first
-        if i not in taken and weights[i] <= room:
-            chosen.append(i)
-            room -= weights[i]
+    chosen = _fill(chosen, items, weights, capacity)
+    # The DP over scaled weights can lose to plain greedy when scaling is coarse: keep the best.
+    if sum(values[i] for i in greedy) > sum(values[i] for i in chosen):
+        chosen = greedy
     return sorted(chosen)
+
+
+def _fill(
+    chosen: list[int], order: Sequence[int], weights: Sequence[int], capacity: int
+) -> list[int]:
+    """Add items of `order` to `chosen` while they fit (greedy by the given order)."""
+    out = list(chosen)
+    taken = set(out)
+    room = capacity - sum(weights[i] for i in out)
+    for i in order:
+        if i not in taken and weights[i] <= room:
+            out.append(i)
+            room -= weights[i]
+    return out
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,12 @@ K = TypeVar("K", bound=Hashable)
 
 
 def default_topic_count(n: int) -> int:
-    """A topic count for `n` segments: about sqrt(n / 2), between 1 and 16."""
-    return max(1, min(16, round(math.sqrt(n / 2))))
+    """A topic count for `n` segments: about sqrt(n), between 1 and 16.
+
+    Erring high is cheap for coverage (a topic split in two gets two shares), erring low is
+    not (two topics merged into one can lose one of them).
+    """
+    return max(1, min(16, round(math.sqrt(n))))
 
 
 def tfidf_vectors(documents: Sequence[Sequence[str]]) -> list[dict[str, float]]:
