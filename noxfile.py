@@ -98,5 +98,10 @@ def imports(session: nox.Session) -> None:
     """Report fresh-process import time of each package (a report, not a pass/fail timing)."""
     session.install(CORE, TORCH, MULTILINGUAL)
     session.run(
-        "python", "benchmarks/import_time.py", "fmai_core", "fmai_multilingual", "fmai_torch"
+        "python",
+        "benchmarks/import_time.py",
+        "fmai_core",
+        "fmai_core.engine",
+        "fmai_multilingual",
+        "fmai_torch",
     )
