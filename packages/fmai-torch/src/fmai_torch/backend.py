@@ -1,0 +1,232 @@
+"""`HFBackend`: a local Hugging Face causal LM with a KV cache kept across turns."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from fmai_core.backend import Generation, StreamChunk
+from fmai_core.errors import BackendError, ConfigurationError
+from fmai_core.messages import Message
+from fmai_torch.generation import GenerationRun
+from fmai_torch.kv import KVCache, cache_kwarg
+from fmai_torch.loading import (
+    LoadedModel,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    tokenizer_fingerprint,
+)
+from fmai_torch.signals import ModelSignals
+
+__all__ = ["HFBackend"]
+
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
+
+
+class HFBackend(ModelSignals):
+    """A local Hugging Face chat model that reuses its KV cache from turn to turn.
+
+    Each call renders the prompt with the tokenizer's chat template, finds the longest common
+    token prefix with what the cache holds, crops the cache to it and lets `generate` prefill
+    only the rest. Greedy output is token-identical with `kv_reuse` on or off; turns get
+    faster as the conversation grows, because each pays only for its new tokens.
+
+    Args:
+        model: `"default"` (the embedded SmolLM2-135M-Instruct, see
+            [`default_model`][fmai_torch.default_model]), a Hugging Face model folder, a
+            llama-architecture `.gguf` file, a hub id, or an already loaded
+            `PreTrainedModel` (then pass `tokenizer` too).
+        tokenizer: The tokenizer, when `model` is a loaded model.
+        device: `"auto"` (CUDA, then MPS, then CPU), or anything `torch.device` takes.
+        dtype: `"auto"` (float32 on CPU, bfloat16 on CUDA), or a torch dtype or its name.
+        kv_reuse: Keep the KV cache across calls. Off, every call recomputes its prompt.
+        progress: Show a progress indicator on stderr while loading or converting.
+        local_files_only: For hub ids: use the local Hugging Face cache, never download.
+        signal_tokens: Most tokens one importance or embedding forward pass reads.
+
+    Example:
+        ```python
+        from fmai_core import FiniteMemoryLLM
+        from fmai_torch import HFBackend
+
+        llm = FiniteMemoryLLM(HFBackend("default"), policy="sliding", max_tokens=2048)
+        r = llm.chat("Hi! My name is Ada.")
+        print(r.response, r.stats.reused_tokens, r.stats.prefill_tokens)
+        ```
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | Any = "default",
+        *,
+        tokenizer: Any = None,
+        device: str | Any = "auto",
+        dtype: str | Any = "auto",
+        kv_reuse: bool = True,
+        progress: bool = False,
+        local_files_only: bool = False,
+        signal_tokens: int = 1024,
+    ) -> None:
+        if isinstance(model, (str, os.PathLike)):
+            dev = resolve_device(device)
+            loaded = load_model(
+                model,
+                device=dev,
+                dtype=resolve_dtype(dtype, dev),
+                progress=progress,
+                local_files_only=local_files_only,
+            )
+        else:
+            if tokenizer is None:
+                raise ConfigurationError("Pass tokenizer= together with a loaded model.")
+            name = getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
+            loaded = LoadedModel(model.eval(), tokenizer, str(name), "object")
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.name = loaded.name
+        self.source = loaded.source
+        self.load_seconds = loaded.seconds
+        self.device = next(self.model.parameters()).device
+        self.kv_reuse = kv_reuse
+        self.signal_tokens = signal_tokens
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ConfigurationError(
+                f"The tokenizer of {self.name!r} has no chat template: use an instruction-tuned "
+                "model, or set tokenizer.chat_template."
+            )
+        self.tokenizer_id = tokenizer_fingerprint(self.tokenizer, self.name)
+        self.eos_ids = self._end_ids()
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else self.eos_ids[0]
+        self.max_context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        self._kv = KVCache()
+        self._cache_kw = cache_kwarg()
+        self._lock = threading.Lock()  # not reentrant: a stream may end in another thread
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    def _end_ids(self) -> list[int]:
+        ids: list[int] = []
+        eos = self.tokenizer.eos_token_id
+        if eos is not None:
+            ids.append(int(eos))
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in configured if isinstance(configured, list) else [configured]:
+            if value is not None and int(value) not in ids:
+                ids.append(int(value))
+        vocab = self.tokenizer.get_vocab()
+        for token in _END_OF_TURN:
+            if token in vocab and vocab[token] not in ids:
+                ids.append(int(vocab[token]))
+        if not ids:
+            raise ConfigurationError(f"{self.name!r} has no end-of-sequence token to stop at.")
+        return ids
+
+    # -- tokens ---------------------------------------------------------------------------
+    def render(self, messages: Sequence[Message]) -> str:
+        """The prompt text: `messages` through the chat template, with the reply opener."""
+        return str(
+            self.tokenizer.apply_chat_template(
+                [m.to_dict() for m in messages], tokenize=False, add_generation_prompt=True
+            )
+        )
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        """The prompt's token ids, exactly as the model will read them."""
+        ids = self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        return [int(i) for i in ids]
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Exact prompt length of `messages`, chat-template overhead included."""
+        return len(self.encode(messages))
+
+    def count_text(self, text: str) -> int:
+        """Tokens of bare `text` (no template)."""
+        hit = self._counts.get(text)
+        if hit is None:
+            hit = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            self._counts[text] = hit
+            if len(self._counts) > 8192:
+                self._counts.popitem(last=False)
+        return hit
+
+    # -- the KV cache -----------------------------------------------------------------------
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens whose keys and values the cross-turn cache holds now."""
+        return len(self._kv)
+
+    def reset_cache(self) -> None:
+        """Drop the cross-turn KV cache (the next call recomputes its whole prompt)."""
+        with self._lock:
+            self._kv.reset()
+
+    # -- generation -------------------------------------------------------------------------
+    def _start(
+        self, messages: Sequence[Message], params: dict[str, Any], session: bool = True
+    ) -> GenerationRun:
+        start = time.perf_counter()
+        prompt = self.encode(messages)
+        max_new = int(params.get("max_new_tokens", 256))
+        if self.max_context and len(prompt) + max_new > self.max_context:
+            raise BackendError(
+                f"The prompt ({len(prompt)} tokens) plus max_new_tokens ({max_new}) exceeds "
+                f"{self.name}'s context of {self.max_context} tokens: lower max_tokens."
+            )
+        kv = self._kv if (session and self.kv_reuse) else None
+        return GenerationRun(self, prompt, params, kv, start)
+
+    def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        """Generate a reply (see [`Backend.generate`][fmai_core.backend.Backend.generate]).
+
+        Params: `max_new_tokens` (default 256), `temperature` (0: greedy), `top_p`, `top_k`,
+        `seed`, `stop` (strings), `repetition_penalty`, `min_new_tokens`.
+        """
+        with self._lock:
+            run = self._start(messages, params)
+            return run.run()
+
+    def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
+        """Yield text as the model produces it; the last chunk carries the Generation.
+
+        `generate` runs in a worker thread and hands over each token as it is sampled.
+        Closing the stream early stops generation after the current token.
+        """
+        with self._lock:
+            run = self._start(messages, params)
+            yield from run.iterate()
+
+    def _generate_detached(self, messages: Sequence[Message], **params: Any) -> Generation:
+        """Generate without touching the conversation's KV cache (summaries, signals)."""
+        with self._lock:
+            return self._start(messages, params, session=False).run()
+
+    async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        """Async [`generate`][fmai_torch.HFBackend.generate] (runs in a worker thread)."""
+        return await asyncio.to_thread(self.generate, messages, **params)
+
+    async def astream(
+        self, messages: Sequence[Message], **params: Any
+    ) -> AsyncIterator[StreamChunk]:
+        """Async [`stream`][fmai_torch.HFBackend.stream]: chunks arrive as tokens are made."""
+        iterator = self.stream(messages, **params)
+        done = object()
+        try:
+            while True:
+                chunk = await asyncio.to_thread(next, iterator, done)
+                if chunk is done:
+                    break
+                assert isinstance(chunk, StreamChunk)
+                yield chunk
+        finally:
+            await asyncio.to_thread(iterator.close)
+
+    def __repr__(self) -> str:
+        return (
+            f"HFBackend(model={self.name!r}, device={str(self.device)!r}, kv_reuse={self.kv_reuse})"
+        )

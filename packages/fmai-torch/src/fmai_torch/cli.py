@@ -1,0 +1,254 @@
+"""The `fmai` command line.
+
+```text
+fmai chat [--model M] [--policy P] [--max-tokens N] [--max-new-tokens N] [--system TEXT]
+          [--temperature T] [--top-p P] [--seed S] [--device D] [--no-kv-reuse]
+          [--checkpoint PATH] [--script FILE] [--json]
+fmai model [--model M] [--device D]
+```
+
+`fmai chat` is interactive by default: it streams each reply and prints one status line per
+turn (context tokens, tokens reused from the KV cache / prefilled, evictions, latency).
+`--script FILE` reads one user message per line (`-` for stdin) and runs without prompting;
+`--json` prints one JSON object per turn with `turn`, `response` and every `TurnStats`
+field. `--checkpoint PATH` resumes from PATH when it exists and saves after every turn.
+`fmai model` loads (converting on first use) and describes a model, with its load time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["build_parser", "main", "status_line"]
+
+_HELP = "commands: /reset forgets the conversation, /stats shows totals, /quit leaves"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `fmai` (its options are the command line's contract)."""
+    parser = argparse.ArgumentParser(
+        prog="fmai",
+        description="Finite Memory AI: chat with "
+        "a bounded memory and a KV cache kept across turns.",
+    )
+    parser.add_argument("--version", action="version", version=f"fmai {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chat = sub.add_parser("chat", help="chat with a local model (interactive by default)")
+    chat.add_argument(
+        "--model",
+        default="default",
+        help="'default' (embedded SmolLM2-135M-Instruct), a folder, .gguf or hub id",
+    )
+    chat.add_argument(
+        "--policy",
+        default="hybrid",
+        help="memory policy: sliding, importance, semantic, rolling_summary, hybrid",
+    )
+    chat.add_argument("--max-tokens", type=int, default=2048, help="prompt + reply budget")
+    chat.add_argument("--max-new-tokens", type=int, default=256, help="longest reply")
+    chat.add_argument("--system", default=None, help="system prompt (pinned)")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    chat.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
+    chat.add_argument("--seed", type=int, default=None, help="sampling seed")
+    chat.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    chat.add_argument(
+        "--max-policy-ms",
+        type=float,
+        default=None,
+        help="policy latency budget before falling back to sliding",
+    )
+    chat.add_argument(
+        "--no-kv-reuse", action="store_true", help="recompute the whole prompt every turn"
+    )
+    chat.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="resume from this file when it exists; save to it after every turn",
+    )
+    chat.add_argument(
+        "--script", default=None, help="read one user message per line from FILE ('-': stdin)"
+    )
+    chat.add_argument("--json", action="store_true", help="one JSON object per turn")
+    model = sub.add_parser("model", help="load (converting once) and describe a model")
+    model.add_argument("--model", default="default")
+    model.add_argument("--device", default="auto")
+    return parser
+
+
+def _version() -> str:
+    from fmai_torch import __version__
+
+    return __version__
+
+
+def status_line(stats: Any, max_tokens: int) -> str:
+    """The one-line memory/caching summary printed after each reply."""
+    evicted = f"evicted {stats.evicted_tokens}" if stats.evicted else "no eviction"
+    return (
+        f"[context {stats.context_tokens}/{max_tokens} tok | reused {stats.reused_tokens}"
+        f" / prefilled {stats.prefill_tokens} | {evicted} | {stats.latency_ms / 1000:.2f}s,"
+        f" first token {stats.ttft_ms / 1000:.2f}s]"
+    )
+
+
+def _load_backend(model: str, device: str, kv_reuse: bool) -> Any:
+    from transformers.utils import logging as hf_logging
+
+    from fmai_torch.backend import HFBackend
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    return HFBackend(model, device=device, kv_reuse=kv_reuse, progress=True)
+
+
+def _engine(args: argparse.Namespace, backend: Any) -> Any:
+    from fmai_core import FiniteMemoryLLM
+
+    params: dict[str, Any] = {"temperature": args.temperature}
+    if args.top_p is not None:
+        params["top_p"] = args.top_p
+    if args.seed is not None:
+        params["seed"] = args.seed
+    if args.checkpoint is not None and args.checkpoint.exists():
+        llm = FiniteMemoryLLM.load(args.checkpoint, backend)
+        print(f"fmai: resumed {args.checkpoint} ({llm.stats.turns} turns)", file=sys.stderr)
+        return llm
+    extra = {} if args.max_policy_ms is None else {"max_policy_ms": args.max_policy_ms}
+    return FiniteMemoryLLM(
+        backend,
+        policy=args.policy,
+        max_tokens=args.max_tokens,
+        max_new_tokens=args.max_new_tokens,
+        system_prompt=args.system,
+        **extra,
+        **params,
+    )
+
+
+def _script_lines(path: str) -> Iterator[str]:
+    lines: Iterable[str] = sys.stdin if path == "-" else Path(path).read_text("utf-8").splitlines()
+    for line in lines:
+        if line.strip():
+            yield line.rstrip("\n")
+
+
+def _interactive_lines(out: TextIO) -> Iterator[str]:
+    print(f"fmai chat: {_HELP}", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=out)
+            return
+        if line.strip():
+            yield line
+
+
+def _turn(llm: Any, text: str, args: argparse.Namespace, out: TextIO) -> None:
+    if args.json:
+        r = llm.chat(text)
+        print(
+            json.dumps(
+                {"turn": r.stats.turn, "response": r.response, **r.stats.to_dict()},
+                ensure_ascii=False,
+            ),
+            file=out,
+            flush=True,
+        )
+        return
+    if args.script is not None:
+        print(f"you> {text}", file=out)
+    print("fmai> ", end="", file=out, flush=True)
+    for piece in llm.stream(text):
+        print(piece, end="", file=out, flush=True)
+    print(file=out)
+    stats = llm.last_stats
+    if stats is not None:
+        dim, reset = ("\033[2m", "\033[0m") if sys.stderr.isatty() else ("", "")
+        print(f"{dim}{status_line(stats, llm.max_tokens)}{reset}", file=sys.stderr, flush=True)
+
+
+def _command(llm: Any, line: str) -> bool:
+    """Handle a /command; return False to quit."""
+    word = line.strip().split()[0].lower()
+    if word in ("/quit", "/exit"):
+        return False
+    if word == "/reset":
+        llm.reset()
+        print("fmai: conversation forgotten", file=sys.stderr)
+    elif word == "/stats":
+        print(json.dumps(llm.stats.to_dict(), indent=2), file=sys.stderr)
+    else:
+        print(f"fmai: {_HELP}", file=sys.stderr)
+    return True
+
+
+def _chat(args: argparse.Namespace, out: TextIO) -> int:
+    from fmai_core.errors import FMAIError
+
+    try:
+        backend = _load_backend(args.model, args.device, not args.no_kv_reuse)
+        llm = _engine(args, backend)
+    except FMAIError as exc:
+        print(f"fmai: error: {exc}", file=sys.stderr)
+        return 2
+    lines = _script_lines(args.script) if args.script is not None else _interactive_lines(out)
+    for line in lines:
+        if args.script is None and line.startswith("/"):
+            if not _command(llm, line):
+                break
+            continue
+        try:
+            _turn(llm, line, args, out)
+        except FMAIError as exc:
+            print(f"fmai: error: {exc}", file=sys.stderr)
+            if args.script is not None:
+                return 1
+            continue
+        if args.checkpoint is not None:
+            llm.save(args.checkpoint)
+    return 0
+
+
+def _model(args: argparse.Namespace, out: TextIO) -> int:
+    from fmai_core.errors import FMAIError
+
+    start = time.perf_counter()
+    try:
+        backend = _load_backend(args.model, args.device, True)
+    except FMAIError as exc:
+        print(f"fmai: error: {exc}", file=sys.stderr)
+        return 2
+    params = sum(p.numel() for p in backend.model.parameters())
+    info = {
+        "name": backend.name,
+        "source": backend.source,
+        "device": str(backend.device),
+        "parameters": params,
+        "context": backend.max_context,
+        "tokenizer_id": backend.tokenizer_id,
+        "load_seconds": round(backend.load_seconds, 2),
+        "total_seconds": round(time.perf_counter() - start, 2),
+    }
+    print(json.dumps(info, indent=2), file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run `fmai` with `argv` (default: the process's arguments); return the exit status."""
+    args = build_parser().parse_args(argv)
+    stream = out if out is not None else sys.stdout
+    if args.command == "chat":
+        return _chat(args, stream)
+    return _model(args, stream)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

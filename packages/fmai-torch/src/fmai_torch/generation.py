@@ -1,0 +1,201 @@
+"""One call to `model.generate`: prompt prefix reuse, streaming, stop strings, usage."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from fmai_core.backend import Generation, StreamChunk, Usage
+from fmai_core.errors import BackendError
+from fmai_torch.kv import KVCache
+from fmai_torch.streaming import IncrementalDecoder, StopCriteria, TokenStreamer, cut_at_stop
+
+if TYPE_CHECKING:
+    from fmai_torch.backend import HFBackend
+
+__all__ = ["GenerationRun"]
+
+
+class GenerationRun:
+    """Runs one generation for an [`HFBackend`][fmai_torch.HFBackend].
+
+    Args:
+        backend: The backend (model, tokenizer, end-of-turn ids).
+        prompt: The full prompt's token ids.
+        params: Generation parameters (see `HFBackend.generate`).
+        kv: The cross-turn cache to reuse and update, or `None` to compute from scratch.
+        start: `time.perf_counter()` when the call began (latency and TTFT count from it).
+    """
+
+    def __init__(
+        self,
+        backend: HFBackend,
+        prompt: list[int],
+        params: dict[str, Any],
+        kv: KVCache | None,
+        start: float,
+    ) -> None:
+        self.backend = backend
+        self.prompt = prompt
+        self.params = params
+        self.kv = kv
+        self.start = start
+        stop = params.get("stop") or []
+        self.stop = [stop] if isinstance(stop, str) else [str(s) for s in stop]
+        self.streamer = TokenStreamer()
+        self.stopper = StopCriteria(backend.tokenizer, len(prompt), self.stop)
+        self.reused = 0
+        self.sequence: list[int] = []
+        self.error: BaseException | None = None
+
+    # -- the generate call -------------------------------------------------------------------
+    def _kwargs(self) -> dict[str, Any]:
+        p = self.params
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": int(p.get("max_new_tokens", 256)),
+            "eos_token_id": self.backend.eos_ids,
+            "pad_token_id": self.backend.pad_id,
+        }
+        temperature = float(p.get("temperature") or 0.0)
+        if temperature > 0:
+            kwargs.update(
+                do_sample=True,
+                temperature=temperature,
+                top_p=float(p.get("top_p", 1.0)),
+                top_k=int(p.get("top_k", 0)),
+            )
+        else:
+            kwargs["do_sample"] = False
+        for name, cast in (("min_new_tokens", int), ("repetition_penalty", float)):
+            if p.get(name) is not None:
+                kwargs[name] = cast(p[name])
+        return kwargs
+
+    def _generate(self) -> None:
+        """Run `generate` (in the calling thread); sets `self.sequence`."""
+        from transformers import StoppingCriteriaList
+
+        import torch
+
+        backend = self.backend
+        kwargs = self._kwargs()
+        if self.kv is not None:
+            cache, self.reused = self.kv.prepare(self.prompt)
+            kwargs[backend._cache_kw] = cache
+        if self.params.get("seed") is not None:
+            torch.manual_seed(int(self.params["seed"]))
+        input_ids = torch.tensor([self.prompt], dtype=torch.long, device=backend.device)
+        try:
+            with torch.inference_mode():
+                out = backend.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    streamer=self.streamer,
+                    stopping_criteria=StoppingCriteriaList([self.stopper]),
+                    **kwargs,
+                )
+        except Exception:
+            if self.kv is not None:
+                self.kv.reset()
+            raise
+        self.sequence = [int(i) for i in out[0].tolist()]
+        if self.kv is not None:
+            self.kv.commit(self.sequence)
+
+    def _worker(self) -> None:
+        try:
+            self._generate()
+        except BaseException as exc:  # handed to the consumer, raised there
+            self.error = exc
+            self.streamer.fail(exc)
+
+    # -- results -----------------------------------------------------------------------------
+    def _generation(self, text: str) -> Generation:
+        end = time.perf_counter()
+        generated = self.sequence[len(self.prompt) :]
+        eos = set(self.backend.eos_ids)
+        completion = [t for t in generated if t not in eos]
+        text, stopped = cut_at_stop(text, self.stop)
+        finished = stopped or bool(generated and generated[-1] in eos)
+        first = self.streamer.first_token_at
+        latency = (end - self.start) * 1000
+        usage = Usage(
+            prompt_tokens=len(self.prompt),
+            reused_tokens=self.reused,
+            prefill_tokens=len(self.prompt) - self.reused,
+            completion_tokens=len(completion),
+        )
+        return Generation(
+            text=text,
+            usage=usage,
+            latency_ms=latency,
+            ttft_ms=(first - self.start) * 1000 if first is not None else latency,
+            finish_reason="stop" if finished else "length",
+            extra={"model": self.backend.name, "cached_tokens": len(self.kv) if self.kv else 0},
+        )
+
+    def _decode_all(self) -> str:
+        generated = self.sequence[len(self.prompt) :]
+        return str(self.backend.tokenizer.decode(generated, skip_special_tokens=True))
+
+    def run(self) -> Generation:
+        """Generate in the calling thread and return the complete Generation."""
+        try:
+            self._generate()
+        except Exception as exc:
+            raise _wrap(exc) from exc
+        return self._generation(self._decode_all())
+
+    def iterate(self) -> Iterator[StreamChunk]:
+        """Generate in a worker thread, yielding text as tokens arrive, then the Generation."""
+        worker = threading.Thread(target=self._worker, name="fmai-generate", daemon=True)
+        decoder = IncrementalDecoder(self.backend.tokenizer, skip=self.backend.eos_ids)
+        worker.start()
+        emitted = ""
+        try:
+            try:
+                for ids in self.streamer:
+                    piece = decoder.push(ids)
+                    if not piece:
+                        continue
+                    safe = _safe_prefix(emitted + piece, self.stop)
+                    if len(safe) > len(emitted):
+                        yield StreamChunk(safe[len(emitted) :])
+                        emitted = safe
+            except Exception as exc:
+                raise _wrap(exc) from exc
+            worker.join()  # `generate` ends the stream before it returns the sequence
+            if isinstance(self.error, Exception):
+                raise _wrap(self.error) from self.error
+            decoder.flush()
+            text, _ = cut_at_stop(self._decode_all(), self.stop)
+            if len(text) > len(emitted) and text.startswith(emitted):
+                yield StreamChunk(text[len(emitted) :])
+            yield StreamChunk("", generation=self._generation(text))
+        finally:
+            self.stopper.cancel.set()  # a consumer that leaves early stops the worker
+            worker.join()
+
+
+def _safe_prefix(text: str, stop: list[str]) -> str:
+    """The part of `text` that can be shown: before any stop string or its possible start."""
+    text, stopped = cut_at_stop(text, stop)
+    if stopped:
+        return text
+    hold = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return text[: len(text) - hold]
+
+
+def _wrap(exc: Exception) -> Exception:
+    if isinstance(exc, BackendError):
+        return exc
+    return BackendError(
+        f"Generation failed: {type(exc).__name__}: {exc}. Retry, or check the model."
+    )

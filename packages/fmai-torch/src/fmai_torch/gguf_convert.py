@@ -1,0 +1,200 @@
+"""Convert a llama-architecture GGUF file into a Hugging Face model folder.
+
+transformers can read GGUF itself (`gguf_file=`), but it dequantizes on every load and needs
+`accelerate`. fmai converts once, with the `gguf` package, into a plain folder
+(`config.json`, `model.safetensors`, tokenizer files) that later loads in about a second.
+
+The conversion undoes what llama.cpp's converter did: it dequantizes every tensor to
+float32, renames tensors to the Hugging Face Llama names and reverses the row permutation
+llama.cpp applies to the query and key projections. The tokenizer is rebuilt from the
+file's vocabulary and merges as a byte-level BPE with the pre-tokenizer the file names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fmai_core.errors import ConfigurationError
+
+__all__ = ["CONVERTER_VERSION", "convert_gguf"]
+
+#: Bumped when the output of the conversion changes; cached folders of another version are redone.
+CONVERTER_VERSION = 1
+
+_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_TOP_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_CONTROL = 3  # llama.cpp token type of special tokens such as <|im_end|>
+_USER_DEFINED = 4
+
+
+def _field(reader: Any, key: str, default: Any = None) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    value = field.contents()
+    return value
+
+
+def _unpermute(w: Any, n_head: int) -> Any:
+    """Reverse llama.cpp's `permute` of a query or key projection (rows grouped per head)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _hf_name(name: str) -> str:
+    stem, _, suffix = name.rpartition(".")
+    if stem.startswith("blk."):
+        _, index, part = stem.split(".", 2)
+        if part not in _LAYER_NAMES:
+            raise ConfigurationError(
+                f"Unknown tensor {name!r} in the GGUF file: not a llama model."
+            )
+        return f"model.layers.{index}.{_LAYER_NAMES[part]}.{suffix}"
+    if stem not in _TOP_NAMES:
+        raise ConfigurationError(f"Unknown tensor {name!r} in the GGUF file: not a llama model.")
+    return f"{_TOP_NAMES[stem]}.{suffix}"
+
+
+def _build_tokenizer(reader: Any, out: Path) -> dict[str, Any]:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    if _field(reader, "tokenizer.ggml.model") != "gpt2":
+        raise ConfigurationError(
+            "Only byte-level BPE (GGUF tokenizer 'gpt2') tokenizers are converted; "
+            "load this model from a Hugging Face folder instead."
+        )
+    tokens: list[str] = list(_field(reader, "tokenizer.ggml.tokens"))
+    types: list[int] = list(_field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))
+    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", [])]
+    bpe = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False)
+    tok = Tokenizer(bpe)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    if _field(reader, "tokenizer.ggml.pre") == "smollm":
+        # SmolLM's tokenizer splits digits one by one before the GPT-2 byte-level split.
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
+    else:
+        tok.pre_tokenizer = byte_level
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.add_special_tokens(
+        [
+            AddedToken(t, special=True, normalized=False)
+            for t, k in zip(tokens, types)
+            if k == _CONTROL
+        ]
+    )
+    tok.add_tokens(
+        [AddedToken(t, normalized=False) for t, k in zip(tokens, types) if k == _USER_DEFINED]
+    )
+
+    def special(key: str) -> str | None:
+        index = _field(reader, f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(index)] if index is not None else None
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=special("bos"),
+        eos_token=special("eos"),
+        unk_token=special("unknown"),
+        pad_token=special("padding") or special("eos"),
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        clean_up_tokenization_spaces=False,
+    )
+    fast.save_pretrained(str(out))
+    return {
+        "bos": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos": _field(reader, "tokenizer.ggml.eos_token_id"),
+        "pad": _field(reader, "tokenizer.ggml.padding_token_id"),
+        "vocab": len(tokens),
+    }
+
+
+def convert_gguf(path: Path, out: Path, report: Callable[[str], None] = lambda _: None) -> None:
+    """Convert the llama-architecture GGUF file `path` into the Hugging Face folder `out`.
+
+    Args:
+        path: The `.gguf` file.
+        out: An empty (or new) folder to write into.
+        report: Called with a short description of each step (for a progress display).
+
+    Raises:
+        ConfigurationError: The file is not a llama model with a byte-level BPE tokenizer.
+    """
+    import gguf
+    import numpy as np
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig, LlamaConfig
+
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    report("reading the GGUF file")
+    reader = gguf.GGUFReader(str(path))
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise ConfigurationError(
+            f"fmai converts llama-architecture GGUF files only; {path.name} is {arch!r}. "
+            "Load that model from a Hugging Face folder or hub id instead."
+        )
+    n_head = int(_field(reader, "llama.attention.head_count"))
+    n_kv = int(_field(reader, "llama.attention.head_count_kv", n_head))
+    report("building the tokenizer")
+    special = _build_tokenizer(reader, out)
+    report("dequantizing the weights")
+    tensors: dict[str, Any] = {}
+    for t in reader.tensors:
+        array = np.ascontiguousarray(
+            gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32
+        )
+        if t.name.endswith("attn_q.weight"):
+            array = _unpermute(array, n_head)
+        elif t.name.endswith("attn_k.weight"):
+            array = _unpermute(array, n_kv)
+        tensors[_hf_name(t.name)] = torch.from_numpy(array.copy())
+    tied = "lm_head.weight" not in tensors
+    embed = tensors["model.embed_tokens.weight"]
+    config = LlamaConfig(
+        vocab_size=int(embed.shape[0]),
+        hidden_size=int(_field(reader, "llama.embedding_length")),
+        intermediate_size=int(_field(reader, "llama.feed_forward_length")),
+        num_hidden_layers=int(_field(reader, "llama.block_count")),
+        num_attention_heads=n_head,
+        num_key_value_heads=n_kv,
+        max_position_embeddings=int(_field(reader, "llama.context_length", 2048)),
+        rms_norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        tie_word_embeddings=tied,
+        bos_token_id=special["bos"],
+        eos_token_id=special["eos"],
+        pad_token_id=special["pad"],
+    )
+    config.architectures = ["LlamaForCausalLM"]
+    report("writing the converted model")
+    config.save_pretrained(str(out))
+    GenerationConfig(
+        bos_token_id=special["bos"], eos_token_id=special["eos"], pad_token_id=special["pad"]
+    ).save_pretrained(str(out))
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "fmai-source.json").write_text(
+        json.dumps({"gguf": path.name, "converter": CONVERTER_VERSION}, indent=2) + "\n"
+    )
