@@ -31,7 +31,7 @@ def percentile(values: Sequence[float], p: float) -> float:
     Raises:
         ValueError: `values` is empty or `p` is outside `[0, 100]`.
 
-    Example:
+    Examples:
         >>> percentile([15, 20, 35, 40, 50], 40)
         20
     """
