@@ -100,8 +100,10 @@ def claims(text: str) -> Claims:
     initial: list[str] = []
     for sentence in split_sentences(text):
         for i, match in enumerate(_TOKEN.finditer(sentence)):
+            if not match.group()[0].isupper():
+                continue
             word = _clean(match.group())
-            if not word[:1].isupper() or word in _NOT_NAMES:
+            if word in _NOT_NAMES:
                 continue
             (initial if i == 0 else mid).append(word)
     seen = set(mid)

@@ -47,6 +47,8 @@ def extractive_summary(lines: Sequence[str], budget: int, count_text: Callable[[
     seen: list[set[str]] = []
     room = budget
     for i in order:
+        if room <= 0:
+            break
         cost = count_text(units[i])
         words = set(terms(units[i]))
         if cost > room or any(words and len(words & s) >= 0.8 * len(words) for s in seen):

@@ -19,13 +19,21 @@ from fmai_core.relevance import (
     tfidf_vectors,
 )
 
-__all__ = ["SemanticPolicy", "centrality"]
+__all__ = ["SemanticPolicy", "topic_geometry"]
 
 K = TypeVar("K", bound=Hashable)
 
 
-def centrality(vectors: Sequence[Mapping[K, float]], labels: Sequence[int]) -> list[float]:
-    """Cosine of each vector with the centroid of its topic (0 for unclustered vectors)."""
+def topic_geometry(
+    vectors: Sequence[Mapping[K, float]], labels: Sequence[int]
+) -> tuple[list[float], dict[int, dict[int, float]]]:
+    """Centrality of each vector and the similarity between topics.
+
+    Returns:
+        The cosine of each vector with its topic's centroid (0 for unclustered vectors), and
+        `overlap[a][b]`, the cosine between the centroids of topics `a` and `b` (1 on the
+        diagonal). Overlap lets a segment of one topic count against a near-duplicate topic.
+    """
     sums: dict[int, dict[K, float]] = {}
     for vec, label in zip(vectors, labels):
         if label < 0:
@@ -34,14 +42,23 @@ def centrality(vectors: Sequence[Mapping[K, float]], labels: Sequence[int]) -> l
         for f, w in vec.items():
             total[f] = total.get(f, 0.0) + w
     norms = {c: math.sqrt(sum(w * w for w in t.values())) or 1.0 for c, t in sums.items()}
-    out: list[float] = []
+    central: list[float] = []
     for vec, label in zip(vectors, labels):
         if label < 0:
-            out.append(0.0)
+            central.append(0.0)
             continue
         total = sums[label]
-        out.append(sum(w * total.get(f, 0.0) for f, w in vec.items()) / norms[label])
-    return out
+        central.append(sum(w * total.get(f, 0.0) for f, w in vec.items()) / norms[label])
+    overlap: dict[int, dict[int, float]] = {c: {c: 1.0} for c in sums}
+    topics = sorted(sums)
+    for i, a in enumerate(topics):
+        for b in topics[i + 1 :]:
+            x, y = sums[a], sums[b]
+            dot = sum(w * y.get(f, 0.0) for f, w in x.items()) / (norms[a] * norms[b])
+            if dot > 0.0:
+                overlap[a][b] = overlap[b][a] = dot
+    overlap[-1] = {-1: 1.0}
+    return central, overlap
 
 
 @dataclass(frozen=True)
@@ -53,8 +70,11 @@ class SemanticPolicy(Policy):
     k-means over the model's embeddings, else over TF-IDF term vectors). Selection is greedy
     with diminishing returns per topic: a candidate's value is
     `relevance_weight * relevance + (1 - relevance_weight) * centrality`, divided by
-    `1 + (segments already kept from its topic)`, so the second segment of a topic competes
-    with the first of another. In `"evict"` mode the newest `keep_recent` segments are always
+    `1 + load`, where `load` counts the segments already kept from its topic, plus those
+    kept from other topics weighted by how similar the topics' centroids are (see
+    [`topic_geometry`][fmai_core.policies.semantic.topic_geometry]). So the second segment of
+    a topic competes with the first of another, and a topic split in two does not get a
+    double share. In `"evict"` mode the newest `keep_recent` segments are always
     kept; in `"recall"` mode only segments with `relevance > min_relevance` may come back.
 
     Attributes:
@@ -82,17 +102,16 @@ class SemanticPolicy(Policy):
         texts = [c.text for c in candidates]
         docs = [terms(t) for t in texts]
         embed = request.signals.embed
-        relevance, vectors = query_relevance(
-            request.query, texts, index=LexicalIndex(docs), embed=embed
-        )
+        index = LexicalIndex(docs)
+        relevance, vectors = query_relevance(request.query, texts, index=index, embed=embed)
         k = self.topics if self.topics is not None else default_topic_count(len(candidates))
         if embed is not None:  # topics over the model's embeddings
             labels = cluster(vectors, k)
-            central = centrality(vectors, labels)
+            central, overlap = topic_geometry(vectors, labels)
         else:  # topics over TF-IDF term vectors
-            term_vectors = tfidf_vectors(docs)
+            term_vectors = tfidf_vectors(docs, index=index)
             labels = cluster(term_vectors, k)
-            central = centrality(term_vectors, labels)
+            central, overlap = topic_geometry(term_vectors, labels)
 
         budget = request.budget
         keep: list[int] = []
@@ -100,10 +119,12 @@ class SemanticPolicy(Policy):
             for segment in newest(candidates, self.keep_recent, budget):
                 keep.append(segment.id)
                 budget -= segment.tokens
+        reserved = set(keep)
         eligible = [
             i
             for i, c in enumerate(candidates)
-            if c.id not in keep and (request.mode == "evict" or relevance[i] > self.min_relevance)
+            if c.id not in reserved
+            and (request.mode == "evict" or relevance[i] > self.min_relevance)
         ]
         n = len(candidates)
         base = [
@@ -113,24 +134,31 @@ class SemanticPolicy(Policy):
             + (1e-3 * (i + 1) / n if request.mode == "evict" else 0.0)
             for i, (r, c) in enumerate(zip(relevance, central))
         ]
-        picked: dict[int, int] = {}
+        # load[t]: how much of topic t the kept segments already cover (a kept segment of
+        # topic u adds overlap[t][u]); a candidate's value is divided by 1 + load.
+        load: dict[int, float] = {}
+
+        def cover(label: int) -> None:
+            for other, sim in overlap[label].items():
+                load[other] = load.get(other, 0.0) + sim
+
         for i, c in enumerate(candidates):
-            if c.id in keep:
-                picked[labels[i]] = picked.get(labels[i], 0) + 1
-        heap = [(-base[i] / (1 + picked.get(labels[i], 0)), -i) for i in eligible]
+            if c.id in reserved:
+                cover(labels[i])
+        heap = [(-base[i] / (1.0 + load.get(labels[i], 0.0)), -i) for i in eligible]
         heapq.heapify(heap)
         while heap and budget > 0:
             neg, neg_i = heapq.heappop(heap)
             i = -neg_i
-            current = base[i] / (1 + picked.get(labels[i], 0))
-            if current < -neg - 1e-12:  # stale: its topic gained a segment since
+            current = base[i] / (1.0 + load.get(labels[i], 0.0))
+            if current < -neg - 1e-12:  # stale: its topic gained coverage since
                 heapq.heappush(heap, (-current, neg_i))
                 continue
             if current <= 0.0 or candidates[i].tokens > budget:
                 continue
             keep.append(candidates[i].id)
             budget -= candidates[i].tokens
-            picked[labels[i]] = picked.get(labels[i], 0) + 1
+            cover(labels[i])
         kept = set(keep)
         return Selection(
             keep=tuple(keep),

@@ -24,6 +24,7 @@ from fmai_core.relevance.topics import cluster, default_topic_count, tfidf_vecto
 __all__ = [
     "STOPWORDS",
     "LexicalIndex",
+    "clear_caches",
     "cluster",
     "cosine",
     "default_topic_count",
@@ -38,3 +39,22 @@ __all__ = [
     "terms",
     "tfidf_vectors",
 ]
+
+
+def clear_caches() -> None:
+    """Empty the per-text memo caches (terms, hashed embeddings, claims, cues).
+
+    The caches hold at most 65,536 texts each; clear them to free memory or to measure
+    cold-start cost.
+    """
+    from fmai_core.fidelity import claims
+    from fmai_core.relevance.information import _cues
+    from fmai_core.relevance.lexical import _term_counts, _word_features
+
+    terms.cache_clear()
+    hashed_embedding.cache_clear()
+    claims.cache_clear()
+    _cues.cache_clear()
+    _term_counts.cache_clear()
+    _word_features.cache_clear()
+    stem.cache_clear()

@@ -52,6 +52,7 @@ _IRREGULAR: dict[str, str] = {
 }
 
 
+@lru_cache(maxsize=1 << 16)
 def stem(word: str) -> str:
     """Strip common English suffixes so that `names`/`name` and `called`/`call` meet.
 
@@ -100,34 +101,47 @@ def terms(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+_TABLE = 256
+_DAMPED = (0.0, *(1.0 + math.log(n) for n in range(1, _TABLE)))
+
+
 def _bucket(feature: str, dim: int) -> int:
     return zlib.crc32(feature.encode("utf-8")) % dim
+
+
+@lru_cache(maxsize=1 << 16)
+def _word_features(word: str, dim: int) -> tuple[tuple[int, int], ...]:
+    """The hashed features of one content word: its stem (count 4) and its trigrams (1 each)."""
+    counts: Counter[int] = Counter()
+    counts[_bucket("w:" + stem(word), dim)] += 4
+    padded = f"<{word}>"
+    for i in range(len(padded) - 2):
+        counts[_bucket("c:" + padded[i : i + 3], dim)] += 1
+    return tuple(counts.items())
 
 
 @lru_cache(maxsize=1 << 16)
 def hashed_embedding(text: str, dim: int = 1 << 20) -> Mapping[int, float]:
     """Embed `text` as a sparse unit vector by feature hashing (no model, no numpy).
 
-    Features are the stemmed content terms (weight 1) and the character trigrams of each
-    content word, padded with `<` and `>` (weight 0.25 each), so that related word forms
-    (`grew`/`grown`, typos) still overlap. Term frequency is dampened with `1 + log(tf)`.
+    Features are the stemmed content terms and the character trigrams of each content word,
+    padded with `<` and `>`, so that related word forms (`locker`/`lockers`, typos) still
+    overlap. A term counts as much as four trigrams; counts are dampened with `1 + log(n)`.
     Collisions are negligible at the default `dim` of 2^20 buckets.
 
     Returns:
         A mapping from bucket to weight with unit L2 norm (empty for a text with no content
         word). Treat it as read-only: it is shared through a cache.
     """
-    counts: Counter[int] = Counter()
+    counts: dict[int, int] = {}
     for raw in _WORD.findall(text.lower()):
         if raw in STOPWORDS or (len(raw) == 1 and not raw.isdigit()):
             continue
-        counts[_bucket("w:" + stem(raw), dim)] += 4
-        padded = f"<{raw}>"
-        for i in range(len(padded) - 2):
-            counts[_bucket("c:" + padded[i : i + 3], dim)] += 1
+        for bucket, n in _word_features(raw, dim):
+            counts[bucket] = counts.get(bucket, 0) + n
     if not counts:
         return {}
-    vec = {k: 1.0 + math.log(v) for k, v in counts.items()}
+    vec = {k: _DAMPED[v] if v < _TABLE else 1.0 + math.log(v) for k, v in counts.items()}
     norm = math.sqrt(sum(w * w for w in vec.values()))
     return {k: w / norm for k, w in vec.items()}
 
@@ -137,6 +151,11 @@ def cosine(a: Mapping[int, float], b: Mapping[int, float]) -> float:
     if len(a) > len(b):
         a, b = b, a
     return sum(w * b.get(k, 0.0) for k, w in a.items())
+
+
+@lru_cache(maxsize=1 << 16)
+def _term_counts(doc: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    return tuple(Counter(doc).items())
 
 
 class LexicalIndex:
@@ -161,7 +180,7 @@ class LexicalIndex:
         self._avg = (sum(self._lengths) / self.size) if self.size else 1.0
         self._postings: dict[str, list[tuple[int, int]]] = {}
         for i, doc in enumerate(documents):
-            for term, tf in Counter(doc).items():
+            for term, tf in _term_counts(tuple(doc)):
                 self._postings.setdefault(term, []).append((i, tf))
 
     def df(self, term: str) -> int:

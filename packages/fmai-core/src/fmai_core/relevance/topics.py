@@ -9,11 +9,10 @@ cost follows the number of shared features, not documents x dimensions.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
-from fmai_core.relevance.lexical import LexicalIndex
+from fmai_core.relevance.lexical import LexicalIndex, _term_counts
 
 __all__ = ["cluster", "default_topic_count", "tfidf_vectors"]
 
@@ -29,22 +28,38 @@ def default_topic_count(n: int) -> int:
     return max(1, min(16, round(math.sqrt(n))))
 
 
-def tfidf_vectors(documents: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+def tfidf_vectors(
+    documents: Sequence[Sequence[str]],
+    *,
+    max_df: float = 0.1,
+    features: int = 12,
+    index: LexicalIndex | None = None,
+) -> list[dict[str, float]]:
     """Unit TF-IDF vectors of term sequences, with IDF taken within `documents`.
 
-    Terms found in only one document are left out: they cannot link two segments into a
-    topic, and would only dilute the vector.
+    Only terms that can tell topics apart are kept: a term in a single document cannot link
+    two segments into a topic, and a term in more than `max_df` of them (a filler word) does
+    not separate topics. Each vector keeps its `features` heaviest terms. This keeps the
+    inverted index small, so clustering 500 segments takes milliseconds. Pass `index` if a
+    [`LexicalIndex`][fmai_core.relevance.LexicalIndex] of the same documents exists.
     """
-    index = LexicalIndex(documents)
+    index = index or LexicalIndex(documents)
+    limit = max(2, int(max_df * len(documents)))
+    idf: dict[str, float] = {}
     out: list[dict[str, float]] = []
     for doc in documents:
-        vec = {
-            t: (1.0 + math.log(tf)) * index.idf(t)
-            for t, tf in Counter(doc).items()
-            if index.df(t) > 1
-        }
-        norm = math.sqrt(sum(w * w for w in vec.values()))
-        out.append({t: w / norm for t, w in vec.items()} if norm else {})
+        weights: dict[str, float] = {}
+        for t, tf in _term_counts(tuple(doc)):
+            w = idf.get(t)
+            if w is None:
+                df = index.df(t)
+                w = idf[t] = index.idf(t) if 1 < df <= limit else 0.0
+            if w:
+                weights[t] = w if tf == 1 else (1.0 + math.log(tf)) * w
+        if len(weights) > features:
+            weights = dict(sorted(weights.items(), key=lambda kv: -kv[1])[:features])
+        norm = math.sqrt(sum(w * w for w in weights.values()))
+        out.append({t: w / norm for t, w in weights.items()} if norm else {})
     return out
 
 
@@ -53,17 +68,30 @@ def _centroid(members: Sequence[Mapping[K, float]], top: int) -> dict[K, float]:
     for vec in members:
         for f, w in vec.items():
             total[f] = total.get(f, 0.0) + w
-    kept = sorted(total.items(), key=lambda kv: (-kv[1], str(kv[0])))[:top]
+    kept = sorted(total.items(), key=lambda kv: -kv[1])[:top]  # stable: ties keep first-seen
     norm = math.sqrt(sum(w * w for _, w in kept))
     return {f: w / norm for f, w in kept} if norm else {}
+
+
+def _closest_pair(centroids: Sequence[Mapping[K, float]]) -> tuple[int, int] | None:
+    """The two most similar centroids, or `None` when no two share a feature."""
+    best = 0.0
+    pair: tuple[int, int] | None = None
+    for a in range(len(centroids)):
+        for b in range(a + 1, len(centroids)):
+            x, y = centroids[a], centroids[b]
+            dot = sum(w * y.get(f, 0.0) for f, w in x.items())
+            if dot > best:
+                best, pair = dot, (a, b)
+    return pair
 
 
 def cluster(
     vectors: Sequence[Mapping[K, float]],
     k: int,
     *,
-    iterations: int = 5,
-    top: int = 48,
+    iterations: int = 6,
+    top: int = 16,
 ) -> list[int]:
     """Group sparse unit vectors into at most `k` topics (deterministic).
 
@@ -101,31 +129,47 @@ def cluster(
     if not live:
         return [-1] * n
     to_mean = sims(_centroid([vectors[i] for i in live], top * 4))
-    first = max(live, key=lambda i: (to_mean[i], -i))
-    centroids = [dict(vectors[first])]
-    closest = sims(centroids[0])
+    first = max(live, key=to_mean.__getitem__)
+    centroids: list[Mapping[K, float]] = [vectors[first]]
+    rows = [sims(vectors[first])]
+    closest = rows[0]
     while len(centroids) < min(k, len(live)):
-        nxt = min(live, key=lambda i: (closest[i], i))
+        nxt = min(live, key=closest.__getitem__)
         if closest[nxt] >= 0.999:  # every vector duplicates a seed: no more topics
             break
-        centroids.append(dict(vectors[nxt]))
-        closest = [max(a, b) for a, b in zip(closest, sims(centroids[-1]))]
-    labels = [-1] * n
-    for _ in range(iterations):
-        table = [sims(c) for c in centroids]
+        centroids.append(vectors[nxt])
+        rows.append(sims(vectors[nxt]))
+        closest = list(map(max, closest, rows[-1]))
+    labels: list[int] = []
+    reseeded = -2
+    for step in range(iterations):
+        if step:
+            rows = [sims(c) for c in centroids]
         new = [-1] * n
-        for i in live:
-            best, score = -1, 0.0
-            for c, row in enumerate(table):
-                if row[i] > score:
-                    best, score = c, row[i]
-            new[i] = best
-        if new == labels:
-            break
+        for i, column in enumerate(zip(*rows)):
+            score = max(column)
+            if score > 0.0:
+                new[i] = column.index(score)
+        orphans = [i for i in live if new[i] < 0]
+        settled = new == labels and len(orphans) < max(2, len(live) // 50)
         labels = new
+        if settled or step == iterations - 1:
+            break
         groups: list[list[Mapping[K, float]]] = [[] for _ in centroids]
         for i, c in enumerate(labels):
             if c >= 0:
                 groups[c].append(vectors[i])
         centroids = [_centroid(g, top) if g else c for g, c in zip(groups, centroids)]
+        if len(orphans) >= max(2, len(live) // 50) and step > reseeded + 1:
+            # A topic got no seed (two seeds fell in one topic): merge the two closest
+            # centroids if no slot is free, and seed the most central orphan. Wait a round
+            # after a reseed so the new centroid can grow.
+            pair = _closest_pair(centroids) if len(centroids) >= k else None
+            if pair is not None:
+                a, b = pair
+                centroids[a] = _centroid([*groups[a], *groups[b]], top)
+                del centroids[b]
+            if pair is not None or len(centroids) < k:
+                centroids.append(vectors[max(orphans, key=to_mean.__getitem__)])
+                reseeded = step
     return labels
