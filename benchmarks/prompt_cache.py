@@ -18,7 +18,7 @@ Both slide by one or two messages per turn, so their prefix changes every turn. 
 counts with the fake provider's own tokenizer (the case where an exact tokenizer is at hand).
 
 Run: `python benchmarks/prompt_cache.py` (needs `fmai-core[openai]`). `--turns`, `--budget`,
-`--block` change the set-up; `--json` prints the raw figures.
+`--block`, `--min-cached` change the set-up; `--json` prints the raw figures.
 """
 
 from __future__ import annotations
@@ -87,8 +87,10 @@ def _backend(server: FakeProvider) -> OpenAIBackend:
     )
 
 
-def run_policy(policy: str, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    with FakeProvider(block_tokens=args.block) as server:
+def run_policy(
+    policy: str, texts: list[str], args: argparse.Namespace, recall_fraction: float = 0.25
+) -> dict[str, Any]:
+    with FakeProvider(block_tokens=args.block, min_cached_tokens=args.min_cached) as server:
         backend = _backend(server)
         llm = FiniteMemoryLLM(
             backend,
@@ -97,20 +99,22 @@ def run_policy(policy: str, texts: list[str], args: argparse.Namespace) -> dict[
             max_new_tokens=args.new_tokens,
             system_prompt=SYSTEM,
             max_policy_ms=None,
+            recall_fraction=recall_fraction,
         )
         rows = []
-        evictions = 0
+        evictions = recalled = 0
         for text in texts:
             stats = llm.chat(text).stats
             rows.append((stats.prompt_tokens, stats.reused_tokens))
             evictions += int(stats.evicted)
+            recalled += stats.recalled_tokens
         backend.close()
-    return {**_share(rows), "evictions": evictions}
+    return {**_share(rows), "evictions": evictions, "mean_recalled": recalled / len(texts)}
 
 
 def run_window(texts: list[str], args: argparse.Namespace, n: int | None) -> dict[str, Any]:
     """A plain window: the newest `n` messages, or (n=None) the newest that fit the budget."""
-    with FakeProvider(block_tokens=args.block) as server:
+    with FakeProvider(block_tokens=args.block, min_cached_tokens=args.min_cached) as server:
         backend = _backend(server)
         history: list[Message] = []
         rows = []
@@ -140,12 +144,16 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=1024, help="max_tokens")
     parser.add_argument("--new-tokens", type=int, default=48, help="max_new_tokens")
     parser.add_argument("--block", type=int, default=64, help="cache block size in tokens")
+    parser.add_argument(
+        "--min-cached", type=int, default=0, help="shortest prefix the provider caches"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     texts = conversation(args.turns)
     results: dict[str, dict[str, Any]] = {}
     for policy in POLICIES:
         results[policy] = run_policy(policy, texts, args)
+    results["hybrid, recall_fraction=0"] = run_policy("hybrid", texts, args, 0.0)
     for n in (6, 10):
         results[f"last {n} messages"] = run_window(texts, args, n)
     results["newest that fit"] = run_window(texts, args, None)
@@ -154,13 +162,17 @@ def main() -> int:
         return 0
     print(
         f"{args.turns} turns, max_tokens={args.budget}, max_new_tokens={args.new_tokens}, "
-        f"cache blocks of {args.block} tokens\n"
+        f"cache blocks of {args.block} tokens, minimum cached prefix {args.min_cached}\n"
     )
-    print("| prompt layout | cached share of prompt tokens | mean prompt tokens | evictions |")
-    print("| --- | ---: | ---: | ---: |")
+    print(
+        "| prompt layout | cached share of prompt tokens | mean prompt tokens "
+        "| mean recalled tokens | evictions |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
         ev = r.get("evictions", "–")
-        print(f"| {name} | {r['cached_share']:.1%} | {r['mean_prompt']:.0f} | {ev} |")
+        rec = f"{r['mean_recalled']:.0f}" if "mean_recalled" in r else "–"
+        print(f"| {name} | {r['cached_share']:.1%} | {r['mean_prompt']:.0f} | {rec} | {ev} |")
     return 0
 
 
