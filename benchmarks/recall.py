@@ -9,8 +9,11 @@ in use); at the end, for each fact, `llm.context(question)` builds the prompt th
 would send, and a question counts as recalled when the fact's sentence is in that prompt.
 `max_tokens` is 10% of the conversation's tokens.
 
+A second run adds distractors: for each fact, messages that share its question's words but
+not its answer.
+
 Usage:
-    python benchmarks/recall.py                     # Markdown table
+    python benchmarks/recall.py                     # Markdown tables
     python benchmarks/recall.py --json              # JSON
     python benchmarks/recall.py --write docs/benchmarks/recall.md
 """
@@ -56,6 +59,22 @@ FACTS = [
         "My colleague {name} is moving to {city} next month.",
         "Which colleague is moving, and where?",
     ),
+]
+
+# One per fact (same order): shares the question's words, not its answer.
+DISTRACTORS = [
+    "My neighbour's sister just started at a new school.",
+    "The dentist down the street has terrible reviews.",
+    "My old bike lock broke last winter, so I bought a new one.",
+    "My cousin grew up on a farm with goats.",
+    "I tried a new dessert recipe, but it flopped.",
+    "My coworker is allergic to cats, poor thing.",
+    "The flight attendants at the gate were very friendly last time.",
+    "The landlord finally fixed the heater.",
+    "Someone parked their car across the garage door again.",
+    "Swimming lessons for kids are expensive around here.",
+    "I always forget the wifi password at the office.",
+    "My colleague keeps taking my stapler and says he is moving desks.",
 ]
 
 TOPICS: dict[str, list[str]] = {
@@ -148,11 +167,16 @@ def _filler(rng: random.Random, role: str) -> str:
     return text
 
 
-def make_conversation(seed: int, *, sessions: int = 6, turns: int = 25) -> Conversation:
+def make_conversation(
+    seed: int, *, sessions: int = 6, turns: int = 25, distractors: int = 0
+) -> Conversation:
     """Build a conversation of `sessions x turns` user/assistant exchanges with 12 facts.
 
     Facts are spread over early (first 20%), middle (40-60%) and late (last 20%) positions,
-    four each, and some are tucked into a longer message between filler sentences.
+    four each, and some are tucked into a longer message between filler sentences. With
+    `distractors`, each fact also gets that many user messages anywhere in the conversation
+    that share its question's words but not its answer (e.g. "My cousin grew up on a farm"
+    against "Where did I grow up?").
     """
     rng = random.Random(seed)
     total = sessions * turns
@@ -167,6 +191,13 @@ def make_conversation(seed: int, *, sessions: int = 6, turns: int = 25) -> Conve
         while turn in spots:
             turn += 1
         spots[turn] = (kind, band)
+    decoys: dict[int, int] = {}
+    placer = random.Random(seed * 7919 + 1)
+    free = [t for t in range(total) if t not in spots]
+    for kind in range(len(FACTS)):
+        for turn in placer.sample(free, distractors):
+            free.remove(turn)
+            decoys[turn] = kind
     out_sessions: list[list[Message]] = []
     probes: list[Probe] = []
     for s in range(sessions):
@@ -182,6 +213,14 @@ def make_conversation(seed: int, *, sessions: int = 6, turns: int = 25) -> Conve
                     text = _filler(rng, "user") + " " + fact
                 messages += [Message("user", text), Message("assistant", rng.choice(ACKS))]
                 probes.append(Probe(question, fact, band, kind))
+            elif turn in decoys:
+                decoy = DISTRACTORS[decoys[turn]]
+                if rng.random() < 0.5:
+                    decoy = _filler(rng, "user") + " " + decoy
+                messages += [
+                    Message("user", decoy),
+                    Message("assistant", _filler(rng, "assistant")),
+                ]
             else:
                 messages += [
                     Message("user", _filler(rng, "user")),
@@ -224,9 +263,11 @@ def run(policy: str, conversation: Conversation, share: float) -> dict[str, Any]
     }
 
 
-def benchmark(seeds: range, share: float, policies: tuple[str, ...]) -> dict[str, Any]:
+def benchmark(
+    seeds: range, share: float, policies: tuple[str, ...], distractors: int = 0
+) -> dict[str, Any]:
     """Run every policy over the conversations of `seeds`; aggregate per position."""
-    conversations = [make_conversation(seed) for seed in seeds]
+    conversations = [make_conversation(seed, distractors=distractors) for seed in seeds]
     results: dict[str, Any] = {}
     for policy in policies:
         per_pos: dict[str, list[bool]] = {p: [] for p in POSITIONS}
@@ -256,6 +297,7 @@ def benchmark(seeds: range, share: float, policies: tuple[str, ...]) -> dict[str
             statistics.fmean(EchoBackend().count_tokens(c.messages) for c in conversations), 1
         ),
         "budget_share": share,
+        "distractors": distractors,
         "python": platform.python_version(),
         "results": results,
     }
@@ -275,9 +317,28 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def fragment(report: dict[str, Any], command: str) -> str:
-    """The docs fragment: what was measured, the table, and the command."""
+SWEEP = (0.10, 0.05, 0.03)
+
+
+def sweep_markdown(sweep: dict[str, dict[str, Any]]) -> str:
+    """Recall with distractors at each budget share, one column per share."""
+    shares = list(sweep)
+    policies = list(next(iter(sweep.values()))["results"])
+    lines = [
+        "| policy | " + " | ".join(f"max_tokens = {float(s):.0%}" for s in shares) + " |",
+        "| --- | " + " | ".join("---:" for _ in shares) + " |",
+    ]
+    for policy in policies:
+        cells = " | ".join(f"{sweep[s]['results'][policy]['recall']:.1%}" for s in shares)
+        lines.append(f"| `{policy}` | {cells} |")
+    return "\n".join(lines)
+
+
+def fragment(reports: dict[str, Any], command: str) -> str:
+    """The docs fragment: what was measured, the tables, and the command."""
+    report = reports["plain"]
     first = next(iter(report["results"].values()))
+    hard = next(iter(reports["sweep"].values()))
     return f"""## Recall
 
 Share of planted facts whose sentence is in the prompt when the user asks about them at the
@@ -287,13 +348,30 @@ end of a long conversation: {report["conversations"]} synthetic conversations of
 early, middle and late positions, {first["questions"]} questions per policy), run through
 `FiniteMemoryLLM` with `EchoBackend` at `max_tokens` = {report["budget_share"]:.0%} of the
 conversation's tokens (mean {first["mean_max_tokens"]:.0f}) and the engine's defaults
-(`low_water=0.6`, `recall_fraction=0.25`, `max_policy_ms=200`). No model signals: every
-policy runs on its torch-free proxy. "fallbacks" counts closing turns where a policy ran past
-`max_policy_ms` and the engine used `sliding`.
+(`low_water=0.6`, `recall_fraction=0.25`, `max_policy_ms=200`). Each session is added with
+`llm.extend(...)` and closed with one `llm.chat(...)` turn, then every question is put to
+`llm.context(question)`. No model signals: every policy runs on its torch-free proxy
+(`rolling_summary`'s summaries are written through `EchoBackend.generate`, which echoes the
+start of the text, and pass the fidelity gate). "fallbacks" counts closing turns where a
+policy ran past `max_policy_ms` and the engine used `sliding` instead.
 
 {markdown(report)}
 
-Measured with Python {report["python"]} on a 2-core machine:
+**With distractors, at smaller budgets**: the same conversations plus
+{hard["distractors"]} messages per fact, anywhere in the conversation, that share the
+question's words but not its answer ("My cousin grew up on a farm" against "Where did I
+grow up?"); overall recall at `max_tokens` = 10%, 5% and 3% of the conversation. At 3%
+the recall reserve (a quarter of what the prompt has left, header included) is a few dozen
+tokens: a fact inside a longer message may not fit at all, and a distractor that outranks
+the fact pushes it out.
+
+{sweep_markdown(reports["sweep"])}
+
+The questions share a content word (or an irregular verb form) with the fact they ask
+about, as a user's follow-up question usually does; a pure paraphrase with no shared word
+is beyond the lexical proxies and needs a backend with embeddings. Seeds 1-3 were used
+while developing the policies; the figures use seeds 100 on. Measured with Python
+{report["python"]}:
 
 ```bash
 {command}
@@ -303,24 +381,30 @@ Measured with Python {report["python"]} on a 2-core machine:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=20, help="conversations (seeds 100..)")
+    parser.add_argument("--seeds", type=int, default=20, help="number of conversations")
+    parser.add_argument("--first-seed", type=int, default=100, help="1-3 are development")
     parser.add_argument("--share", type=float, default=0.10, help="max_tokens / conversation")
+    parser.add_argument("--distractors", type=int, default=3, help="per fact, second table")
     parser.add_argument("--policy", action="append", choices=POLICIES, help="repeatable")
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--write", metavar="PATH", help="write the docs fragment to PATH")
     args = parser.parse_args()
     policies = tuple(args.policy) if args.policy else POLICIES
     # Seeds 1-3 were used while developing the policies; the published figures use 100 on.
-    report = benchmark(range(100, 100 + args.seeds), args.share, policies)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    reports: dict[str, Any] = {"plain": benchmark(seeds, args.share, policies), "sweep": {}}
+    for share in SWEEP:
+        reports["sweep"][f"{share:.2f}"] = benchmark(seeds, share, policies, args.distractors)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(reports, indent=2))
     else:
-        print(markdown(report))
+        print(markdown(reports["plain"]), end="\n\n")
+        print(sweep_markdown(reports["sweep"]))
     if args.write:
         command = "python benchmarks/recall.py --write " + args.write
         if args.seeds != 20:
             command += f" --seeds {args.seeds}"
-        Path(args.write).write_text(fragment(report, command), encoding="utf-8")
+        Path(args.write).write_text(fragment(reports, command), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -194,3 +194,20 @@ def test_importance_proxy_prefers_facts_over_chit_chat() -> None:
     budget = candidates[2].tokens + candidates[3].tokens
     selection = policy.select(PolicyRequest("evict", candidates, budget, query="so"))
     assert candidates[2].id in selection.keep
+
+
+@pytest.mark.parametrize("name", RECALLING)
+def test_recall_skips_what_is_in_the_prompt_and_repeats(name: str) -> None:
+    texts = [
+        "My coworker is allergic to cats.",
+        "I'm allergic to sesame, so keep that in mind.",
+        "My coworker is allergic to cats.",
+        "Nice weather today.",
+    ]
+    candidates = segments(texts)
+    in_prompt = (Segment(99, 99, "user", "I'm allergic to  SESAME, so keep that in mind.", 12),)
+    request = PolicyRequest(
+        "recall", candidates, 100, query="What am I allergic to?", context=in_prompt
+    )
+    selection = get_policy(name).select(request)
+    assert selection.keep == (candidates[2].id,), "only the newest copy of what is not there"

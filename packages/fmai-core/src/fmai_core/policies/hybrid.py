@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.policies.importance import importance_scores
-from fmai_core.relevance import newest, recency
+from fmai_core.relevance import newest, recency, redundant
 
 __all__ = ["HybridPolicy", "knapsack"]
 
@@ -109,8 +109,11 @@ class HybridPolicy(Policy):
     with embedding cosine). Then a 0/1 knapsack
     (see [`knapsack`][fmai_core.policies.hybrid.knapsack]) keeps the set of greatest total
     value that fits the budget. In `"evict"` mode the newest `keep_recent` segments are
-    always kept. In `"recall"` mode recency is left out and only
-    segments with `relevance > min_relevance` may come back.
+    always kept. In `"recall"` mode only segments with `relevance > min_relevance` may come
+    back, recency is left out, and the value is multiplied by the relevance once more
+    (`relevance * (importance_weight * importance + relevance_weight * relevance)`), so that
+    the knapsack does not trade one clearly relevant segment for several barely relevant
+    ones of the same size; text already in the prompt or repeated is not recalled.
 
     Attributes:
         recency_weight: Weight of the recency prior (evict mode only).
@@ -152,11 +155,14 @@ class HybridPolicy(Policy):
                 keep.append(segment.id)
                 budget -= segment.tokens
         else:
+            # Scaled by relevance once more, so that one clearly relevant segment outweighs
+            # several barely relevant ones of the same total size.
+            skip = redundant(candidates, request.context)
             values = [
-                self.importance_weight * imp + self.relevance_weight * rel
-                if rel > self.min_relevance
+                rel * (self.importance_weight * imp + self.relevance_weight * rel)
+                if rel > self.min_relevance and c.id not in skip
                 else 0.0
-                for imp, rel in zip(importance, relevance)
+                for imp, rel, c in zip(importance, relevance, candidates)
             ]
         reserved = set(keep)
         pool = [i for i, c in enumerate(candidates) if c.id not in reserved]

@@ -13,6 +13,7 @@ from fmai_core.relevance import (
     newest,
     query_relevance,
     recency,
+    redundant,
     terms,
 )
 
@@ -51,7 +52,9 @@ class ImportancePolicy(Policy):
     information-content proxy when the backend has no scorer), relevance to the incoming
     message and a recency prior; the newest `keep_recent` segments are always kept so the
     conversation keeps its thread. In `"recall"` mode only segments relevant to the query
-    (`relevance > min_relevance`) may come back, ranked by relevance times importance.
+    (`relevance > min_relevance`) may come back, ranked by relevance times importance;
+    a segment whose text is already in the prompt (`request.context`) or repeated by a newer
+    candidate is not recalled.
 
     Attributes:
         importance_weight: Weight of importance in evict mode.
@@ -92,9 +95,10 @@ class ImportancePolicy(Policy):
                 budget -= segment.tokens
             keep += greedy_fill(candidates, scores, budget, taken=keep)
         else:
+            skip = redundant(candidates, request.context)
             scores = [
-                rel * (0.5 + 0.5 * imp) if rel > self.min_relevance else 0.0
-                for imp, rel in zip(importance, relevance)
+                rel * (0.5 + 0.5 * imp) if rel > self.min_relevance and c.id not in skip else 0.0
+                for imp, rel, c in zip(importance, relevance, candidates)
             ]
             keep = greedy_fill(candidates, scores, budget)
         by_id = {c.id: c.tokens for c in candidates}

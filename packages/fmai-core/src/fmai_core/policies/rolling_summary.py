@@ -8,7 +8,14 @@ from typing import ClassVar
 
 from fmai_core.fidelity import check_fidelity
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
-from fmai_core.relevance import greedy_fill, information, newest, query_relevance, terms
+from fmai_core.relevance import (
+    greedy_fill,
+    information,
+    newest,
+    query_relevance,
+    redundant,
+    terms,
+)
 from fmai_core.segments import Segment
 from fmai_core.text import split_sentences
 
@@ -78,7 +85,8 @@ class RollingSummaryPolicy(Policy):
     [`extractive_summary`][fmai_core.policies.rolling_summary.extractive_summary]) is used.
 
     `"recall"` mode: lexical recall, i.e. archived segments whose relevance to the query
-    (BM25 mixed with embedding cosine) exceeds `min_relevance`, best first, within budget.
+    (BM25 mixed with embedding cosine) exceeds `min_relevance`, best first, within budget;
+    text already in the prompt or repeated is not recalled.
 
     Attributes:
         summary_fraction: Share of the budget the summary may use.
@@ -104,6 +112,8 @@ class RollingSummaryPolicy(Policy):
             relevance, _ = query_relevance(
                 request.query, [c.text for c in candidates], embed=request.signals.embed
             )
+            skip = redundant(candidates, request.context)
+            relevance = [0.0 if c.id in skip else r for r, c in zip(relevance, candidates)]
             keep = greedy_fill(candidates, relevance, request.budget, minimum=self.min_relevance)
             tokens = {c.id: c.tokens for c in candidates}
             return Selection(

@@ -15,6 +15,7 @@ from fmai_core.relevance import (
     default_topic_count,
     newest,
     query_relevance,
+    redundant,
     terms,
     tfidf_vectors,
 )
@@ -75,7 +76,9 @@ class SemanticPolicy(Policy):
     [`topic_geometry`][fmai_core.policies.semantic.topic_geometry]). So the second segment of
     a topic competes with the first of another, and a topic split in two does not get a
     double share. In `"evict"` mode the newest `keep_recent` segments are always
-    kept; in `"recall"` mode only segments with `relevance > min_relevance` may come back.
+    kept. In `"recall"` mode only segments with `relevance > min_relevance` may come back,
+    valued by relevance alone, still divided by `1 + load` so that they spread over topics;
+    text already in the prompt or repeated is not recalled.
 
     Attributes:
         relevance_weight: Weight of relevance against topic centrality.
@@ -120,6 +123,8 @@ class SemanticPolicy(Policy):
                 keep.append(segment.id)
                 budget -= segment.tokens
         reserved = set(keep)
+        if request.mode == "recall":
+            reserved |= redundant(candidates, request.context)
         eligible = [
             i
             for i, c in enumerate(candidates)
@@ -127,9 +132,11 @@ class SemanticPolicy(Policy):
             and (request.mode == "evict" or relevance[i] > self.min_relevance)
         ]
         n = len(candidates)
+        # Recall ranks by relevance alone (topic centrality says nothing about the query).
+        weight = self.relevance_weight if request.mode == "evict" else 1.0
         base = [
-            self.relevance_weight * r
-            + (1.0 - self.relevance_weight) * c
+            weight * r
+            + (1.0 - weight) * c
             # in evict mode a tiny recency term fills spare budget with the newest leftovers
             + (1e-3 * (i + 1) / n if request.mode == "evict" else 0.0)
             for i, (r, c) in enumerate(zip(relevance, central))

@@ -18,7 +18,13 @@ from fmai_core.relevance.lexical import (
     stem,
     terms,
 )
-from fmai_core.relevance.scoring import dense_to_sparse, greedy_fill, newest, query_relevance
+from fmai_core.relevance.scoring import (
+    dense_to_sparse,
+    greedy_fill,
+    newest,
+    query_relevance,
+    redundant,
+)
 from fmai_core.relevance.topics import cluster, default_topic_count, tfidf_vectors
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "newest",
     "query_relevance",
     "recency",
+    "redundant",
     "stem",
     "terms",
     "tfidf_vectors",

@@ -9,7 +9,7 @@ from fmai_core.policies.base import EmbedFn
 from fmai_core.relevance.lexical import LexicalIndex, cosine, hashed_embedding, terms
 from fmai_core.segments import Segment
 
-__all__ = ["dense_to_sparse", "greedy_fill", "newest", "query_relevance"]
+__all__ = ["dense_to_sparse", "greedy_fill", "newest", "query_relevance", "redundant"]
 
 # Share of the lexical (BM25) part in the relevance score; the rest is embedding cosine.
 LEXICAL_SHARE_PROXY = 0.7
@@ -61,6 +61,26 @@ def query_relevance(
         for lex, vec in zip(lexical, vectors[1:])
     ]
     return scores, vectors[1:]
+
+
+def redundant(candidates: Sequence[Segment], context: Sequence[Segment]) -> set[int]:
+    """Ids of candidates not worth recalling: already in the prompt, or repeated.
+
+    A candidate is redundant when its text (case and whitespace aside) is the text of a
+    `context` segment, or of a newer candidate; the newest copy stays eligible.
+    """
+
+    def key(text: str) -> str:
+        return " ".join(text.split()).casefold()
+
+    seen = {key(s.text) for s in context}
+    out: set[int] = set()
+    for segment in reversed(candidates):
+        k = key(segment.text)
+        if k in seen:
+            out.add(segment.id)
+        seen.add(k)
+    return out
 
 
 def newest(candidates: Sequence[Segment], count: int, budget: int) -> list[Segment]:
