@@ -8,7 +8,8 @@ ships, so it runs offline) over a corpus of text pieces of several kinds:
 - code: standard-library Python source;
 - JSON: `json.dumps` of nested records with numbers;
 - 18 other languages: `faker`'s lorem text for its locales (Latin, Cyrillic, Greek, Arabic,
-  Hebrew, Armenian, Bengali, Thai, CJK, ...).
+  Hebrew, Armenian, Bengali, Thai, CJK, ...);
+- 13 hand-written sentences (the same as in `tests/core/test_backends_tokens.py`).
 
 For each piece it reports est / exact; the figure that matters is the worst under-count,
 `1 - min(est / exact)`, which `ESTIMATE_MARGIN` must cover.
@@ -33,6 +34,24 @@ LOCALES = [
 ]  # fmt: skip
 MODULES = ["json", "pathlib", "argparse", "asyncio", "collections", "email", "http.server",
            "logging", "subprocess", "typing", "unittest", "dataclasses", "functools"]  # fmt: skip
+
+
+# Hand-written sentences in 13 languages (faker's lorem text uses common words only).
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog; it was 3.14159 degrees at 12:45.",
+    "def f(x: int) -> dict[str, list[int]]:\n    return {'a': [x, x ** 2]}\n",
+    '{"id": 918273645, "price": 1234.56, "tags": ["a", "bb"], "ok": true}',
+    "Zażółć gęślą jaźń, powiedział Wojciech przed śniadaniem w Szczebrzeszynie.",
+    "Der Straßenbahnfahrer überprüfte die Fahrkartenentwertungsautomaten gründlich.",
+    "Съешь же ещё этих мягких французских булок, да выпей чаю.",
+    "Ο Γιώργος έγραψε ένα μακρύ γράμμα στη γιαγιά του στην Αθήνα.",
+    "我的妹妹叫艾达，她住在里斯本，每天早上喝咖啡。",
+    "東京の天気は明日晴れるでしょうか、それとも雨でしょうか。",
+    "שלום, שמי דנה ואני גרה בתל אביב ליד הים.",
+    "مرحبا، اسمي سارة وأعيش في القاهرة منذ عشر سنوات.",
+    "Tôi đã đến Hà Nội vào mùa thu năm ngoái cùng gia đình.",
+    "สวัสดีครับ ผมชื่อสมชายและผมอาศัยอยู่ที่กรุงเทพ",
+]
 
 
 def _pieces(text: str, rng: random.Random, n: int) -> list[str]:
@@ -67,6 +86,7 @@ def corpus(seed: int = 0) -> dict[str, list[str]]:
         for _ in range(2000)
     ]  # fmt: skip
     out["json"] = _pieces(json.dumps(records), rng, 200)
+    out["sentences"] = SENTENCES
     from faker import Faker
 
     for loc in LOCALES:

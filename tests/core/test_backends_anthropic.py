@@ -155,3 +155,21 @@ def test_engine_with_anthropic_keeps_memory_consistent(server: FakeProvider) -> 
         "".join(llm.stream("Breaks."))
     assert (llm.stats.turns, llm.context("probe")) == before
     b.close()
+
+
+def test_stalled_stream_times_out(server: FakeProvider) -> None:
+    server.fail_next("stall")
+    b = AnthropicBackend(
+        "claude-fake", base_url=server.url, api_key=KEY, timeout=0.3, max_retries=0
+    )
+    with pytest.raises(BackendTimeoutError):
+        list(b.stream(MSGS))
+    b.close()
+
+
+def test_key_from_environment(server: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    b = AnthropicBackend("claude-fake", base_url=server.url)
+    assert b.generate(MSGS).text == "reply to: hello there friend"
+    b.close()
+    assert KEY not in repr(b)

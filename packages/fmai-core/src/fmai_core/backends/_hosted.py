@@ -150,7 +150,9 @@ class HostedBackend:
         sdk = self._sdk
         detail = self._scrub(f"{type(exc).__name__}: {exc}")
         where = self.base_url or f"the {self.provider} API"
-        if isinstance(exc, (sdk.APITimeoutError, TimeoutError)):
+        # A timeout while a stream is read surfaces as the HTTP library's own ReadTimeout.
+        timeout = any("Timeout" in cls.__name__ for cls in type(exc).__mro__)
+        if timeout and not isinstance(exc, sdk.APIStatusError):
             return BackendTimeoutError(
                 f"{where} did not answer within timeout={self.timeout}s after "
                 f"{self.max_retries} retries ({detail}). Raise `timeout` or try again later."

@@ -68,7 +68,7 @@ _SCRIPT_WEIGHTS: tuple[tuple[int, int, float], ...] = (
     (0x0E00, 0x0E7F, 0.85),  # Thai
     (0x1E00, 0x1EFF, 2.2),  # Latin Extended Additional (Vietnamese)
     (0x3040, 0x30FF, 1.0),  # kana
-    (0x3400, 0x9FFF, 0.9),  # CJK ideographs
+    (0x3400, 0x9FFF, 1.5),  # CJK ideographs
     (0xAC00, 0xD7AF, 1.0),  # Hangul
 )
 _OTHER_WEIGHT = 1.5  # letters of any other script
