@@ -82,7 +82,7 @@ class SemanticPolicy(Policy):
 
     Attributes:
         relevance_weight: Weight of relevance against topic centrality.
-        topics: Number of topics to form; `None` picks about `sqrt(n)` (at most 16).
+        topics: Number of topics to form; `None` picks about `sqrt(n)` (at most 12).
         keep_recent: Newest segments always kept in evict mode.
         min_relevance: Relevance a segment needs to be recalled.
 

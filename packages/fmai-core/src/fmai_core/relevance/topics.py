@@ -20,12 +20,12 @@ K = TypeVar("K", bound=Hashable)
 
 
 def default_topic_count(n: int) -> int:
-    """A topic count for `n` segments: about sqrt(n), between 1 and 16.
+    """A topic count for `n` segments: about sqrt(n), between 1 and 12.
 
     Erring high is cheap for coverage (a topic split in two gets two shares), erring low is
     not (two topics merged into one can lose one of them).
     """
-    return max(1, min(16, round(math.sqrt(n))))
+    return max(1, min(12, round(math.sqrt(n))))
 
 
 def tfidf_vectors(
