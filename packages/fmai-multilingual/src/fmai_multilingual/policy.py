@@ -1,0 +1,139 @@
+"""`MultilingualPolicy`: any memory policy, with sentence anchors that fit every script.
+
+The policy wraps a base policy (`"hybrid"` by default) and delegates the choice of segments
+to it. What it adds:
+
+- **Sentence anchors for every script.** It implements the core's
+  [`SentenceSplitter`][fmai_core.backend.SentenceSplitter] protocol, so the engine cuts long
+  messages with [`split_sentences`][fmai_multilingual.split_sentences] (Chinese `。`, Hindi
+  `।`, Thai spaces, abbreviations...) instead of the core's Latin-centred default.
+- **A language switch is an anchor.** Inside a sentence, a switch of writing system that
+  spans at least two words (`"我明天去北京 but I am not sure when"`) is a cut too.
+- **The budget stays exact.** Whatever the base policy returns, the kept tokens (plus the
+  new summary, in evict mode) never exceed `request.budget`: if they would, the oldest kept
+  segments are dropped until they fit, and the stats say so.
+
+Example:
+    ```python
+    from fmai_core import FiniteMemoryLLM
+    from fmai_core.testing import EchoBackend
+    from fmai_multilingual import MultilingualPolicy
+
+    llm = FiniteMemoryLLM(EchoBackend(), policy=MultilingualPolicy(base="hybrid"))
+    ```
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import ClassVar
+
+from fmai_core.policies import get_policy
+from fmai_core.policies.base import Policy, PolicyRequest, Selection
+from fmai_multilingual.scripts import COMMON, INHERITED, script_runs
+from fmai_multilingual.sentences import split_sentences
+
+__all__ = ["MultilingualPolicy", "split_at_script_switches"]
+
+# Scripts that alternate inside one language's text and are no switch between each other.
+_SAME_TEXT = ({"Hani", "Hira", "Kana"}, {"Hang", "Hani"})
+_MIN_WORDS = 2
+_UNSPACED = frozenset({"Hani", "Hira", "Kana", "Thai"})
+_MIN_UNSPACED_CHARS = 4
+
+
+class MultilingualPolicy(Policy):
+    """Wrap a policy with multilingual sentence anchors and an exact budget.
+
+    Args:
+        base: The policy that chooses segments: a registered name (`"hybrid"`, `"sliding"`,
+            `"semantic"`, `"importance"`, `"rolling_summary"`) or a `Policy` instance.
+        language: ISO 639-1 code of the conversation, if known (selects the abbreviation
+            list of the sentence splitter); `None` applies every list.
+
+    Raises:
+        UnknownPolicyError: `base` is not a registered policy name.
+    """
+
+    name: ClassVar[str] = "multilingual"
+
+    def __init__(self, base: str | Policy = "hybrid", language: str | None = None) -> None:
+        self.base = get_policy(base)
+        self.language = language
+
+    @property
+    def recalls(self) -> bool:  # type: ignore[override]
+        """Whether the base policy recalls archived segments."""
+        return self.base.recalls
+
+    def split_sentences(self, text: str) -> list[str]:
+        """Sentences of `text` by the rules of its script, cut again at script switches."""
+        pieces: list[str] = []
+        for sentence in split_sentences(text, self.language):
+            pieces.extend(split_at_script_switches(sentence))
+        return pieces
+
+    def select(self, request: PolicyRequest) -> Selection:
+        """Delegate to the base policy, then make sure the selection fits the budget."""
+        selection = self.base.select(request)
+        tokens = {s.id: s.tokens for s in request.candidates}
+        keep = [i for i in selection.keep if i in tokens]
+        summary_cost = request.count_text(selection.summary) if selection.summary else 0
+        used = sum(tokens[i] for i in keep) + summary_cost
+        dropped = 0
+        for i in sorted(keep):  # ids increase in conversation order: oldest first
+            if used <= request.budget:
+                break
+            keep.remove(i)
+            used -= tokens[i]
+            dropped += 1
+        summary = selection.summary
+        if used > request.budget and summary is not None:
+            summary, used = None, used - summary_cost
+        stats = {**selection.stats, "base": self.base.name, "trimmed": dropped}
+        if dropped or summary is not selection.summary:
+            return replace(selection, keep=tuple(keep), summary=summary, stats=stats)
+        return replace(selection, stats=stats)
+
+    def __repr__(self) -> str:
+        return f"MultilingualPolicy(base={self.base.name!r}, language={self.language!r})"
+
+
+def split_at_script_switches(sentence: str) -> list[str]:
+    """Cut a sentence where the writing system changes for at least two words.
+
+    Example:
+        >>> split_at_script_switches("我明天去北京 but I am not sure when")
+        ['我明天去北京', 'but I am not sure when']
+        >>> split_at_script_switches("I love 寿司 so much")
+        ['I love 寿司 so much']
+    """
+    runs: list[tuple[str, int, int, int]] = []  # (script, start, words, characters)
+    position = 0
+    for script, run in script_runs(sentence):
+        if script not in (COMMON, INHERITED):
+            if runs and _same_text(runs[-1][0], script):
+                first, start, words, chars = runs[-1]
+                runs[-1] = (first, start, words + 1, chars + len(run))
+            else:
+                runs.append((script, position, 1, len(run)))
+        position += len(run)
+    # Chinese, Japanese and Thai do not space their words: count their characters instead.
+    blocks = [
+        (script, start)
+        for script, start, words, chars in runs
+        if words >= _MIN_WORDS or (script in _UNSPACED and chars >= _MIN_UNSPACED_CHARS)
+    ]
+    cuts = [b[1] for prev, b in zip(blocks, blocks[1:]) if not _same_text(prev[0], b[0])]
+    pieces, start = [], 0
+    for cut in cuts:
+        piece = sentence[start:cut].strip()
+        if piece:
+            pieces.append(piece)
+            start = cut
+    tail = sentence[start:].strip()
+    return [*pieces, tail] if tail else pieces
+
+
+def _same_text(a: str, b: str) -> bool:
+    return a == b or any(a in group and b in group for group in _SAME_TEXT)
