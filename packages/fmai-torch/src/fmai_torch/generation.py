@@ -133,7 +133,11 @@ class GenerationRun:
             latency_ms=latency,
             ttft_ms=(first - self.start) * 1000 if first is not None else latency,
             finish_reason="stop" if finished else "length",
-            extra={"model": self.backend.name, "cached_tokens": len(self.kv) if self.kv else 0},
+            extra={
+                "model": self.backend.name,
+                "cached_tokens": len(self.kv) if self.kv else 0,
+                "token_ids": generated,
+            },
         )
 
     def _decode_all(self) -> str:

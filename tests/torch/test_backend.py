@@ -1,0 +1,147 @@
+"""HFBackend: exact counts, real streaming, async twins, sampling parameters, stops."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("torch", reason="fmai-torch tests need torch")
+pytest.importorskip("transformers", reason="fmai-torch tests need transformers")
+
+from fmai_core.backend import (
+    AsyncBackend,
+    Backend,
+    Embedder,
+    ImportanceScorer,
+    Summarizer,
+    TextCounter,
+)
+from fmai_core.errors import BackendError, ConfigurationError
+from fmai_core.messages import Message
+
+MESSAGES = [Message("system", "you are a cat ."), Message("user", "hello , what is my name ?")]
+
+
+def test_protocols(make_backend) -> None:  # type: ignore[no-untyped-def]
+    b = make_backend()
+    for proto in (Backend, AsyncBackend, TextCounter, ImportanceScorer, Embedder, Summarizer):
+        assert isinstance(b, proto)
+    assert b.tokenizer_id.startswith("hf:") and b.tokenizer_id == make_backend().tokenizer_id
+
+
+def test_count_tokens_is_the_prompt_length(make_backend) -> None:  # type: ignore[no-untyped-def]
+    b = make_backend()
+    rendered = b.tokenizer.apply_chat_template(
+        [m.to_dict() for m in MESSAGES], tokenize=False, add_generation_prompt=True
+    )
+    expected = len(b.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    assert b.count_tokens(MESSAGES) == expected
+    assert b.generate(MESSAGES, max_new_tokens=2).usage.prompt_tokens == expected
+    assert b.count_text("hello , my name is ada") == 6
+
+
+def test_stream_yields_pieces_before_the_end(make_backend) -> None:  # type: ignore[no-untyped-def]
+    b = make_backend()
+    chunks = list(b.stream(MESSAGES, max_new_tokens=12, min_new_tokens=12))
+    final = chunks[-1].generation
+    assert final is not None and all(c.generation is None for c in chunks[:-1])
+    texts = [c.text for c in chunks[:-1]]
+    assert len(texts) >= 6  # one piece per word, not one block at the end
+    assert "".join(texts) == final.text
+    assert final.usage.completion_tokens == 12
+    assert 0 < final.ttft_ms <= final.latency_ms
+    assert final.text == make_backend(kv_reuse=False).generate(MESSAGES, max_new_tokens=12).text
+
+
+def test_stream_closed_early_leaves_backend_usable(make_backend) -> None:  # type: ignore[no-untyped-def]
+    b = make_backend()
+    stream = b.stream(MESSAGES, max_new_tokens=40, min_new_tokens=40)
+    next(stream)
+    stream.close()
+    again = b.generate(MESSAGES, max_new_tokens=5)
+    assert (
+        again.extra["token_ids"]
+        == make_backend(kv_reuse=False).generate(MESSAGES, max_new_tokens=5).extra["token_ids"]
+    )
+
+
+async def test_async_twins(make_backend) -> None:  # type: ignore[no-untyped-def]
+    b = make_backend()
+    sync = make_backend(kv_reuse=False).generate(MESSAGES, max_new_tokens=8)
+    gen = await b.agenerate(MESSAGES, max_new_tokens=8)
+    assert gen.text == sync.text
+    pieces = [c async for c in b.astream(MESSAGES, max_new_tokens=8)]
+    assert pieces[-1].generation is not None
+    assert "".join(c.text for c in pieces) == sync.text
+    assert pieces[-1].generation.usage.reused_tokens > 0
+    await asyncio.sleep(0)
+
+
+def test_max_new_tokens_and_finish_reason(make_backend) -> None:  # type: ignore[no-untyped-def]
+    b = make_backend()
+    gen = b.generate(MESSAGES, max_new_tokens=3, min_new_tokens=3)
+    assert gen.usage.completion_tokens == 3
+    assert gen.finish_reason == "length"
+
+
+def test_stops_at_end_of_turn(make_backend) -> None:  # type: ignore[no-untyped-def]
+    b = make_backend()
+    eos = b.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert eos in b.eos_ids
+    for seed in range(6):  # sampled replies that end on the end-of-turn token
+        gen = b.generate(MESSAGES, max_new_tokens=60, temperature=3.0, seed=seed)
+        ids = gen.extra["token_ids"]
+        if ids and ids[-1] == eos:
+            assert gen.finish_reason == "stop"
+            assert "<|im_end|>" not in gen.text
+            return
+    pytest.fail("no sampled reply ended on <|im_end|> within 60 tokens")
+
+
+def test_sampling_parameters_are_honoured(make_backend) -> None:  # type: ignore[no-untyped-def]
+    b = make_backend(kv_reuse=False)
+    greedy = b.generate(MESSAGES, max_new_tokens=10, min_new_tokens=10).text
+    a = b.generate(MESSAGES, max_new_tokens=10, min_new_tokens=10, temperature=2.0, seed=1)
+    c = b.generate(MESSAGES, max_new_tokens=10, min_new_tokens=10, temperature=2.0, seed=1)
+    d = b.generate(MESSAGES, max_new_tokens=10, min_new_tokens=10, temperature=2.0, seed=2)
+    assert a.text == c.text  # the seed fixes the sample
+    assert len({greedy, a.text, d.text}) > 1  # sampling changes the output
+    narrow = b.generate(
+        MESSAGES, max_new_tokens=10, min_new_tokens=10, temperature=2.0, top_k=1, seed=3
+    )
+    assert narrow.text == greedy  # top_k=1 is greedy whatever the temperature
+
+
+def test_stop_strings_cut_the_reply(make_backend) -> None:  # type: ignore[no-untyped-def]
+    b = make_backend(kv_reuse=False)
+    full = b.generate(MESSAGES, max_new_tokens=12, min_new_tokens=12).text
+    words = full.split()
+    stop = words[3]
+    cut = b.generate(MESSAGES, max_new_tokens=12, min_new_tokens=12, stop=[stop])
+    assert stop not in cut.text and full.startswith(cut.text)
+    assert cut.finish_reason == "stop"
+    streamed = list(make_backend().stream(MESSAGES, max_new_tokens=12, stop=stop))
+    assert "".join(c.text for c in streamed) == cut.text
+
+
+def test_prompt_longer_than_context_is_a_clear_error(make_backend) -> None:  # type: ignore[no-untyped-def]
+    b = make_backend()
+    long = [Message("user", "hello " * 5000)]
+    with pytest.raises(BackendError, match="context"):
+        b.generate(long, max_new_tokens=4)
+
+
+def test_loaded_model_needs_tokenizer(tiny_parts) -> None:  # type: ignore[no-untyped-def]
+    from fmai_torch import HFBackend
+
+    with pytest.raises(ConfigurationError, match="tokenizer"):
+        HFBackend(tiny_parts[0])
+
+
+def test_loads_from_folder(tiny_dir: str) -> None:
+    from fmai_torch import HFBackend
+
+    b = HFBackend(tiny_dir, device="cpu", dtype="float64")
+    assert b.name == tiny_dir.rsplit("/", 1)[-1]
+    assert b.generate(MESSAGES, max_new_tokens=3).usage.prompt_tokens == b.count_tokens(MESSAGES)

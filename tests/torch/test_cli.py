@@ -1,0 +1,143 @@
+"""The `fmai` command line, driven in-process on the tiny model."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="fmai-torch tests need torch")
+pytest.importorskip("transformers", reason="fmai-torch tests need transformers")
+
+from fmai_core.stats import TurnStats
+from fmai_torch import cli
+
+SCRIPT = "hello , my name is ada .\n\ni live in paris .\nwhat is my name ?\n"
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    code = cli.main(args, out=out)
+    return code, out.getvalue()
+
+
+def test_script_json_reports_every_turn(tiny_dir: str, tmp_path: Path) -> None:
+    script = tmp_path / "msgs.txt"
+    script.write_text(SCRIPT)
+    code, out = _run(
+        [
+            "chat",
+            "--model",
+            tiny_dir,
+            "--policy",
+            "sliding",
+            "--max-new-tokens",
+            "8",
+            "--script",
+            str(script),
+            "--json",
+        ]
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["turn"] for r in rows] == [0, 1, 2]
+    fields = set(TurnStats().to_dict())
+    for row in rows:
+        assert fields <= set(row) and isinstance(row["response"], str)
+    assert rows[0]["reused_tokens"] == 0 and rows[2]["reused_tokens"] > 0
+
+
+def test_no_kv_reuse_flag(tiny_dir: str, tmp_path: Path) -> None:
+    script = tmp_path / "msgs.txt"
+    script.write_text(SCRIPT)
+    code, out = _run(
+        [
+            "chat",
+            "--model",
+            tiny_dir,
+            "--policy",
+            "sliding",
+            "--max-new-tokens",
+            "8",
+            "--script",
+            str(script),
+            "--json",
+            "--no-kv-reuse",
+        ]
+    )
+    assert code == 0
+    assert all(json.loads(line)["reused_tokens"] == 0 for line in out.splitlines())
+
+
+def test_streaming_script_prints_status_lines(
+    tiny_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "msgs.txt"
+    script.write_text(SCRIPT)
+    code, out = _run(
+        [
+            "chat",
+            "--model",
+            tiny_dir,
+            "--policy",
+            "sliding",
+            "--max-new-tokens",
+            "6",
+            "--script",
+            str(script),
+            "--system",
+            "you are a cat .",
+        ]
+    )
+    assert code == 0
+    assert out.count("fmai> ") == 3 and "you> i live in paris ." in out
+    err = capsys.readouterr().err
+    status = [line for line in err.splitlines() if line.startswith("[context")]
+    assert len(status) == 3
+    assert all("reused" in s and "prefilled" in s and "first token" in s for s in status)
+
+
+def test_checkpoint_resumes(tiny_dir: str, tmp_path: Path) -> None:
+    script = tmp_path / "msgs.txt"
+    script.write_text("hello , my name is ada .\n")
+    ckpt = tmp_path / "chat.json"
+    base = [
+        "chat",
+        "--model",
+        tiny_dir,
+        "--policy",
+        "sliding",
+        "--max-new-tokens",
+        "6",
+        "--script",
+        str(script),
+        "--json",
+        "--checkpoint",
+        str(ckpt),
+    ]
+    assert _run(base)[0] == 0 and ckpt.is_file()
+    code, out = _run(base)
+    assert code == 0
+    assert json.loads(out.splitlines()[-1])["turn"] == 1  # the second session continued
+
+
+def test_bad_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = _run(["chat", "--model", str(tmp_path / "missing.gguf"), "--script", "-"])
+    assert code == 2
+    assert "No such GGUF file" in capsys.readouterr().err
+
+
+def test_status_line_format() -> None:
+    stats = TurnStats(
+        context_tokens=812,
+        reused_tokens=790,
+        prefill_tokens=22,
+        evicted_tokens=0,
+        latency_ms=1234.0,
+        ttft_ms=210.0,
+    )
+    line = cli.status_line(stats, 2048)
+    assert line.startswith("[context 812/2048 tok | reused 790 / prefilled 22")
+    assert "1.23s" in line and "first token 0.21s" in line
