@@ -92,6 +92,21 @@ def test_429_with_retry_after_then_success(server: FakeProvider, backend: OpenAI
     assert len(server.requests) == 2  # the refused one and the retry
 
 
+def test_retry_after_is_read_from_the_response(server: FakeProvider) -> None:
+    # The retry announces itself, and a Retry-After beyond the SDK's 60 s ceiling is not
+    # waited for: the error comes at once instead of after a minute.
+    server.fail_next("429")
+    b = OpenAIBackend("fake-model", base_url=server.openai_url, api_key=KEY, max_retries=1)
+    b.generate(MSGS)
+    assert [h["x-stainless-retry-count"] for h in server.headers] == ["0", "1"]
+    server.retry_after = "3600"
+    server.fail_next("429")
+    with pytest.raises(RateLimitError):
+        b.generate(MSGS)
+    b.close()
+    assert len(server.requests) == 3
+
+
 def test_exhausted_rate_limit_retries_raise(server: FakeProvider, backend: OpenAIBackend) -> None:
     server.fail_next("429", times=3)
     with pytest.raises(RateLimitError, match="429"):
@@ -267,3 +282,26 @@ def test_counter_learns_when_the_provider_counts_more(server: FakeProvider) -> N
     b.close()
     assert reported > before
     assert b.count_tokens(msgs) >= reported
+
+
+async def test_engine_cancelled_async_stream_stores_nothing(server: FakeProvider) -> None:
+    import asyncio
+
+    b = OpenAIBackend("fake-model", base_url=server.openai_url, api_key=KEY)
+    llm = FiniteMemoryLLM(b, policy="sliding", max_tokens=400, max_new_tokens=40)
+    await llm.achat("First.")
+    before = _snapshot(llm)
+    server.fail_next("stall")  # two deltas, then silence
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in llm.astream("This one is cancelled."):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await first.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _snapshot(llm) == before
+    await b.aclose()
