@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "packages" / "fmai-multilingual" / "src"))
 sys.path.insert(0, str(ROOT / "packages" / "fmai-core" / "src"))
 
 from fmai_multilingual.scripts import dominant_script  # noqa: E402
-from fmai_multilingual.tokens import token_features  # noqa: E402
+from fmai_multilingual.tokens import scripts_of, token_features  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data" / "multilingual"
 OUT = ROOT / "packages" / "fmai-multilingual" / "src" / "fmai_multilingual" / "_token_data.py"
@@ -158,8 +158,7 @@ def fit(texts: list[str], actual: list[int]) -> dict[str, float]:
 
 
 def estimate(text: str, weights: dict[str, float]) -> float:
-    known = frozenset(k.split(".")[0] for k in weights if k.endswith(".chars"))
-    feats = token_features(text, known)
+    feats = token_features(text, scripts_of(weights))
     return max(1.0, round(sum(weights.get(k, 0.0) * v for k, v in feats.items())))
 
 

@@ -21,7 +21,7 @@ from fmai_core.errors import ConfigurationError
 from fmai_multilingual._token_data import DEFAULT_FAMILY, FAMILIES
 from fmai_multilingual.scripts import COMMON, INHERITED, script_runs
 
-__all__ = ["TOKENIZER_FAMILIES", "estimate_tokens", "token_features"]
+__all__ = ["TOKENIZER_FAMILIES", "estimate_tokens", "scripts_of", "token_features"]
 
 #: Tokenizer families with fitted constants (see `_token_data.py`, written by the benchmark).
 TOKENIZER_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
@@ -105,9 +105,14 @@ def estimate_tokens(text: str, family: str | None = None) -> int:
 _KNOWN: dict[str, frozenset[str]] = {}
 
 
+def scripts_of(weights: dict[str, float]) -> frozenset[str]:
+    """The scripts that have their own constants in a family's `weights`."""
+    return frozenset(k.split(".")[0] for k in weights if "." in k) - {"other"}
+
+
 def _known_scripts(family: str) -> frozenset[str]:
     known = _KNOWN.get(family)
     if known is None:
-        known = frozenset(k.split(".")[0] for k in FAMILIES[family] if k.endswith(".chars"))
+        known = scripts_of(FAMILIES[family])
         _KNOWN[family] = known
     return known
