@@ -35,7 +35,7 @@ from fmai_core.segments import Segment
 from fmai_core.testing import MESSAGE_OVERHEAD, tokenize
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recall import make_conversation
+from recall import cpu_model, make_conversation
 
 SEGMENTS = 500
 
@@ -65,17 +65,6 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
     return ordered[rank - 1]
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(runs: int) -> dict[str, Any]:
@@ -149,6 +138,7 @@ Measured with Python {report["python"]} on {report["cpu"]} ({report["cpus"]} log
 one used; pure Python, single-threaded):
 
 ```bash
+pip install -e packages/fmai-core
 {command}
 ```
 """
@@ -163,7 +153,7 @@ def main() -> None:
     report = measure(args.runs)
     print(json.dumps(report, indent=2) if args.json else markdown(report))
     if args.write:
-        command = "python benchmarks/policy_cost.py --write " + args.write
+        command = "python benchmarks/policy_cost.py --write docs/benchmarks/policy_cost.md"
         if args.runs != 30:
             command += f" --runs {args.runs}"
         Path(args.write).write_text(fragment(report, command), encoding="utf-8")

@@ -263,6 +263,17 @@ def run(policy: str, conversation: Conversation, share: float) -> dict[str, Any]
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def benchmark(
     seeds: range, share: float, policies: tuple[str, ...], distractors: int = 0
 ) -> dict[str, Any]:
@@ -299,6 +310,7 @@ def benchmark(
         "budget_share": share,
         "distractors": distractors,
         "python": platform.python_version(),
+        "cpu": cpu_model(),
         "results": results,
     }
 
@@ -371,9 +383,10 @@ The questions share a content word (or an irregular verb form) with the fact the
 about, as a user's follow-up question usually does; a pure paraphrase with no shared word
 is beyond the lexical proxies and needs a backend with embeddings. Seeds 1-3 were used
 while developing the policies; the figures use seeds 100 on. Measured with Python
-{report["python"]}:
+{report["python"]} on {report["cpu"]} (single-threaded):
 
 ```bash
+pip install -e packages/fmai-core
 {command}
 ```
 """
@@ -401,7 +414,7 @@ def main() -> None:
         print(markdown(reports["plain"]), end="\n\n")
         print(sweep_markdown(reports["sweep"]))
     if args.write:
-        command = "python benchmarks/recall.py --write " + args.write
+        command = "python benchmarks/recall.py --write docs/benchmarks/recall.md"
         if args.seeds != 20:
             command += f" --seeds {args.seeds}"
         Path(args.write).write_text(fragment(reports, command), encoding="utf-8")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -152,17 +151,30 @@ class SemanticPolicy(Policy):
         for i, c in enumerate(candidates):
             if c.id in reserved:
                 cover(labels[i])
-        heap = [(-base[i] / (1.0 + load.get(labels[i], 0.0)), -i) for i in eligible]
-        heapq.heapify(heap)
-        while heap and budget > 0:
-            neg, neg_i = heapq.heappop(heap)
-            i = -neg_i
-            current = base[i] / (1.0 + load.get(labels[i], 0.0))
-            if current < -neg - 1e-12:  # stale: its topic gained coverage since
-                heapq.heappush(heap, (-current, neg_i))
-                continue
-            if current <= 0.0 or candidates[i].tokens > budget:
-                continue
+        # Greedy: each step takes the best candidate over all topics. Within a topic the
+        # order never changes (one divisor per topic), so each topic is a sorted queue and a
+        # step costs one look per topic; a candidate too big for the budget never fits later.
+        queues: dict[int, list[int]] = {}
+        for i in eligible:
+            queues.setdefault(labels[i], []).append(i)
+        for queue in queues.values():
+            queue.sort(key=lambda i: (-base[i], -i))
+        heads = dict.fromkeys(queues, 0)
+        while budget > 0:
+            best: tuple[float, int] | None = None
+            for topic, queue in queues.items():
+                h = heads[topic]
+                while h < len(queue) and candidates[queue[h]].tokens > budget:
+                    h += 1
+                heads[topic] = h
+                if h < len(queue):
+                    option = (base[queue[h]] / (1.0 + load.get(topic, 0.0)), queue[h])
+                    if best is None or option > best:
+                        best = option
+            if best is None or best[0] <= 0.0:
+                break
+            i = best[1]
+            heads[labels[i]] += 1
             keep.append(candidates[i].id)
             budget -= candidates[i].tokens
             cover(labels[i])
