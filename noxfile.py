@@ -22,7 +22,7 @@ HEAVY = ("torch", "transformers", "numpy")
 
 # What each package session installs (besides the test tools) and which tests it runs.
 PACKAGES: dict[str, dict[str, list[str]]] = {
-    "core": {"install": [f"{CORE}[openai,anthropic,prometheus]"], "tests": ["tests/core"]},
+    "core": {"install": [f"{CORE}[openai,anthropic,prometheus,tokens]"], "tests": ["tests/core"]},
     "torch": {"install": [CORE, TORCH], "tests": ["tests/torch"]},
     "multilingual": {"install": [CORE, MULTILINGUAL], "tests": ["tests/multilingual"]},
 }
