@@ -40,10 +40,10 @@ from recall import cpu_model, make_conversation
 SEGMENTS = 500
 
 
-def requests(seed: int) -> dict[str, PolicyRequest]:
-    """The evict and recall requests for one conversation."""
-    conversation = make_conversation(seed, sessions=10, turns=30)
-    messages = conversation.messages[:SEGMENTS]
+def requests(seed: int, segments: int = SEGMENTS) -> dict[str, PolicyRequest]:
+    """The evict and recall requests for one conversation of `segments` messages."""
+    conversation = make_conversation(seed, sessions=segments // 60 + 1, turns=30)
+    messages = conversation.messages[:segments]
     candidates = tuple(
         Segment(i, i, m.role, m.content, len(tokenize(m.content)) + MESSAGE_OVERHEAD, turn=i // 2)
         for i, m in enumerate(messages)
@@ -67,9 +67,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def measure(runs: int) -> dict[str, Any]:
+def measure(runs: int, segments: int = SEGMENTS) -> dict[str, Any]:
     """Time every policy in both modes, warm and cold."""
-    batches = [requests(seed) for seed in range(100, 100 + runs)]
+    batches = [requests(seed, segments) for seed in range(100, 100 + runs)]
     results: dict[str, Any] = {}
     for name in POLICY_NAMES:
         policy = get_policy(name)
@@ -95,7 +95,7 @@ def measure(runs: int) -> dict[str, Any]:
                 )
             }
     return {
-        "segments": SEGMENTS,
+        "segments": segments,
         "runs": runs,
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -149,15 +149,18 @@ pip install -e packages/fmai-core
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30, help="calls per measurement")
+    parser.add_argument("--segments", type=int, default=SEGMENTS, help="candidates per call")
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--write", metavar="PATH", help="write the docs fragment to PATH")
     args = parser.parse_args()
-    report = measure(args.runs)
+    report = measure(args.runs, args.segments)
     print(json.dumps(report, indent=2) if args.json else markdown(report))
     if args.write:
         command = "python benchmarks/policy_cost.py --write docs/benchmarks/policy_cost.md"
         if args.runs != 30:
             command += f" --runs {args.runs}"
+        if args.segments != SEGMENTS:
+            command += f" --segments {args.segments}"
         Path(args.write).write_text(fragment(report, command), encoding="utf-8")
 
 

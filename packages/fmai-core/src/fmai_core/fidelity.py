@@ -84,7 +84,7 @@ def _clean(word: str) -> str:
     return word.rstrip("'’-").removesuffix("'s").removesuffix("’s")
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1 << 16)
 def claims(text: str) -> Claims:
     """Extract the numbers, names and quotes of `text` (see the module docs).
 
