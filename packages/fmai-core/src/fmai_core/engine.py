@@ -72,7 +72,9 @@ class FiniteMemoryLLM:
         archive_limit: Most segments kept in the archive (`None`: unbounded); a full
             archive drops its lowest-value segment first.
         hooks: Objects with `on_turn(stats)`, called after every turn (see telemetry).
-        embedder, scorer, summarizer: Override the model signals found on the backend.
+        embedder: Overrides the embeddings found on the backend.
+        scorer: Overrides the importance scores found on the backend.
+        summarizer: Overrides the summaries found on the backend.
         **generation: Default generation parameters (`temperature`, `top_p`, `seed`, `stop`).
 
     Example:
@@ -339,13 +341,10 @@ class FiniteMemoryLLM:
             t.evicted_tokens += stats.evicted_tokens
             t.evictions += int(stats.evicted)
             t.fallbacks += int(stats.fallback)
-        for hook in self.hooks:
-            try:
-                hook.on_turn(stats)
-            except Exception:
-                import logging  # imported here: keeps `import fmai_core` fast
+        if self.hooks:
+            from fmai_core.telemetry.hooks import call_hooks
 
-                logging.getLogger("fmai").exception("fmai: a telemetry hook failed; turn kept")
+            call_hooks(self.hooks, stats)
         return ChatResult(gen.text, stats)
 
     @staticmethod

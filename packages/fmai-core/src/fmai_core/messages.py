@@ -21,7 +21,7 @@ class Message:
         role: `"system"`, `"user"` or `"assistant"`.
         content: The text of the message.
 
-    Example:
+    Examples:
         >>> Message("user", "Hello!")
         Message(role='user', content='Hello!')
     """

@@ -41,7 +41,7 @@ class EchoBackend:
             token prefix with the previous prompt.
         delay_s: Sleep this long per streamed token (to test timeouts and latency).
 
-    Example:
+    Examples:
         >>> from fmai_core import Message
         >>> EchoBackend().generate([Message("user", "hello world")]).text
         'echo: hello world'

@@ -23,7 +23,7 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 def split_sentences(text: str) -> list[str]:
     """Split `text` into sentences, keeping abbreviations and decimals intact.
 
-    Example:
+    Examples:
         >>> split_sentences("Dr. Smith paid $3.50. Then he left! Why?")
         ['Dr. Smith paid $3.50.', 'Then he left!', 'Why?']
     """
