@@ -210,6 +210,12 @@ def run_fmai(rows: list[tuple[str, str]]) -> None:
     )
     print()
     print(table(results))
+    print("\nMisses:\n")
+    print("| expected | detected | confidence | message |\n|---|---|---|---|")
+    for lang, text in rows:
+        found = detect(text)
+        if found.language != lang:
+            print(f"| {lang} | {found.language} | {found.confidence:.2f} | {text} |")
 
 
 def main() -> None:
