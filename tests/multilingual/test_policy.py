@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from fmai_core import FiniteMemoryLLM, Segment
 from fmai_core.backend import SentenceSplitter
 from fmai_core.errors import UnknownPolicyError
+from fmai_core.policies import get_policy
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.testing import EchoBackend
 from fmai_multilingual import MultilingualPolicy
@@ -51,6 +53,7 @@ def test_delegates_to_the_base() -> None:
     chosen = MultilingualPolicy("sliding").select(request)
     assert set(chosen.keep) == {2, 3}
     assert chosen.stats["base"] == "sliding"
+    assert MultilingualPolicy("sliding").name == "multilingual:sliding"
     assert chosen.stats["trimmed"] == 0
 
 
@@ -108,3 +111,38 @@ def test_engine_cuts_long_messages_at_the_policys_anchors() -> None:
     assert len(parts) > 1
     assert all(p.text.endswith("।") for p in parts)
     assert backend.count_tokens(llm.context("ठीक है")) + 20 <= 400
+
+
+@pytest.mark.parametrize("base", ["sliding", "hybrid", "semantic", "rolling_summary"])
+def test_a_long_mixed_language_conversation_stays_in_budget(base: str) -> None:
+    backend = EchoBackend()
+    llm = FiniteMemoryLLM(
+        backend, policy=MultilingualPolicy(base), max_tokens=160, max_new_tokens=24
+    )
+    lines = [
+        "my sister's name is Ada and she lives in Boston",
+        "我妹妹叫阿达，她住在成都。我们每个周末都打电话。",
+        "मेरी बहन का नाम आदा है और वह पुणे में रहती है। हम हर हफ्ते बात करते हैं।",
+        "Моя сестра живёт в Казани. Мы созваниваемся каждую неделю.",
+        "คืนนี้ว่างไปกินข้าวด้วยกันไหม รถไฟมาช้าอีกแล้ว ช้าไปยี่สิบนาที",
+        "¿sabes si va a llover mañana por la tarde?",
+    ]
+    for turn in range(18):
+        result = llm.chat(lines[turn % len(lines)])
+        assert result.stats.prompt_tokens + 24 <= 160
+        assert result.stats.policy in (f"multilingual:{base}", "sliding")
+    assert backend.count_tokens(llm.context("what is my sister's name?")) + 24 <= 160
+
+
+def test_names_are_registered_and_checkpoints_restore_the_policy(tmp_path: Path) -> None:
+    assert isinstance(get_policy("multilingual"), MultilingualPolicy)
+    assert get_policy("multilingual").base.name == "hybrid"
+    assert get_policy("multilingual:semantic").base.name == "semantic"
+    backend = EchoBackend()
+    llm = FiniteMemoryLLM(backend, policy=MultilingualPolicy("sliding"), max_tokens=512)
+    llm.chat("我妹妹叫阿达。她住在成都。")
+    llm.save(tmp_path / "chat.json")
+    again = FiniteMemoryLLM.load(tmp_path / "chat.json", backend)
+    assert isinstance(again.policy, MultilingualPolicy)
+    assert again.policy.name == "multilingual:sliding"
+    assert again.context("你好") == llm.context("你好")

@@ -23,13 +23,15 @@ Example:
 from __future__ import annotations
 
 from fmai_multilingual.detection import Detection, detect
-from fmai_multilingual.policy import MultilingualPolicy
+from fmai_multilingual.policy import MultilingualPolicy, register
 from fmai_multilingual.scripts import dominant_script, script_of
 from fmai_multilingual.sentences import split_sentences
 from fmai_multilingual.tokens import TOKENIZER_FAMILIES, estimate_tokens
 from fmai_multilingual.translation import Translation, TranslationBridge
 
 __version__ = "0.1.0"
+
+register()  # "multilingual" and "multilingual:<base>" become policy names
 
 __all__ = [
     "TOKENIZER_FAMILIES",

@@ -26,14 +26,17 @@ Example:
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import ClassVar
+from functools import partial
 
-from fmai_core.policies import get_policy
+from fmai_core.policies import POLICY_NAMES, get_policy, register_policy
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_multilingual.scripts import COMMON, INHERITED, script_runs
 from fmai_multilingual.sentences import split_sentences
 
-__all__ = ["MultilingualPolicy", "split_at_script_switches"]
+__all__ = ["PREFIX", "MultilingualPolicy", "register", "split_at_script_switches"]
+
+#: Registered names are `"multilingual"` (base `hybrid`) and this prefix + a base name.
+PREFIX = "multilingual:"
 
 # Scripts that alternate inside one language's text and are no switch between each other.
 _SAME_TEXT = ({"Hani", "Hira", "Kana"}, {"Hang", "Hani"})
@@ -55,11 +58,14 @@ class MultilingualPolicy(Policy):
         UnknownPolicyError: `base` is not a registered policy name.
     """
 
-    name: ClassVar[str] = "multilingual"
-
     def __init__(self, base: str | Policy = "hybrid", language: str | None = None) -> None:
         self.base = get_policy(base)
         self.language = language
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """`"multilingual:<base>"`, a registered name (checkpoints restore the policy by it)."""
+        return f"{PREFIX}{self.base.name}"
 
     @property
     def recalls(self) -> bool:  # type: ignore[override]
@@ -97,6 +103,18 @@ class MultilingualPolicy(Policy):
 
     def __repr__(self) -> str:
         return f"MultilingualPolicy(base={self.base.name!r}, language={self.language!r})"
+
+
+def register() -> None:
+    """Register `"multilingual"` and `"multilingual:<base>"` for every built-in base policy.
+
+    Done when `fmai_multilingual` is imported, so the names work wherever a policy name does
+    (`FiniteMemoryLLM(backend, policy="multilingual:sliding")`) and checkpoints written with a
+    `MultilingualPolicy` load again. The `language` setting is not part of the name.
+    """
+    register_policy("multilingual", MultilingualPolicy)
+    for base in POLICY_NAMES:
+        register_policy(f"{PREFIX}{base}", partial(MultilingualPolicy, base))
 
 
 def split_at_script_switches(sentence: str) -> list[str]:
