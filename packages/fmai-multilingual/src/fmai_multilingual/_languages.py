@@ -16,6 +16,7 @@ _OWNERS: dict[str, str] = {
     "Armn": "hy", "Taml": "ta", "Telu": "te", "Knda": "kn", "Mlym": "ml", "Gujr": "gu",
     "Guru": "pa", "Orya": "or", "Sinh": "si", "Khmr": "km", "Laoo": "lo", "Mymr": "my",
     "Ethi": "am", "Tibt": "bo", "Thaa": "dv", "Yiii": "ii", "Java": "jv", "Syrc": "ar",
+    "Mong": "mn", "Cans": "iu",
 }  # fmt: skip
 
 # Languages written in shared non-Latin scripts (ISO 639-1).

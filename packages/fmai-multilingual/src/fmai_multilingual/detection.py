@@ -69,15 +69,16 @@ def _model() -> Any:
 def _classify(text: str, script: str) -> tuple[str, float]:
     """Best language written in `script`, by the fastText model; probability renormalised."""
     flat = " ".join(text.split())
-    results = _model().detect(flat, model="lite", k=_TOP_K)
-    allowed = [(r["lang"], float(r["score"])) for r in results]
-    total = sum(score for _, score in allowed) or 1.0
-    for lang, score in allowed:
-        code = _languages.normalise(lang)
+    candidates = [
+        (_languages.normalise(r["lang"]), float(r["score"]))
+        for r in _model().detect(flat, model="lite", k=_TOP_K)
+    ]
+    total = sum(score for _, score in candidates) or 1.0
+    for code, score in candidates:
         if _languages.written_in(code, script):
             return code, min(1.0, score / total)
-    lang, score = allowed[0] if allowed else (_languages.default_for(script), 0.0)
-    return _languages.normalise(lang), min(1.0, score / total)
+    # No candidate is written in this script (rare): the script's most spoken language.
+    return _languages.default_for(script), 0.0
 
 
 def _detect_one(text: str) -> Detection:
@@ -99,9 +100,9 @@ def _detect_one(text: str) -> Detection:
 def detect(text: str) -> Detection:
     """Detect the language and script of `text`.
 
-    Deterministic (the same text always gives the same answer), thread-safe, and about a
-    fifth of a millisecond for a chat message once the model is loaded (the first call
-    loads it, about a second).
+    Deterministic (the same text always gives the same answer), thread-safe, and well under
+    a millisecond for a chat message once the model is loaded (0.2-0.4 ms measured; the
+    first detection in a shared script loads it, about a second).
 
     Args:
         text: Any text; a few words are enough for most languages.

@@ -52,7 +52,7 @@ _MONTHS = frozenset(
 )
 # A run of terminal marks, closing quotes or brackets, then optional spaces.
 _CANDIDATE = re.compile(
-    r"[.!?…‼⁇⁈⁉;\u037e։።፧።။។៕๚๛؟۔।॥。！？｡]+"
+    r"[.!?…‼⁇⁈⁉;\u037e։።፧။។៕๚๛؟۔।॥。！？｡]+"
     r"[\"'”’»)\]）」』】〕〉》]*[ \t\u3000\u00a0]*"
 )
 _NO_SPACE_NEEDED = frozenset("。！？｡।॥։።፧။។៕๚๛؟۔")

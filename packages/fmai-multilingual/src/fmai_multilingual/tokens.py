@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
 
 from fmai_core.errors import ConfigurationError
@@ -68,8 +69,6 @@ def token_features(text: str, known: frozenset[str] | None = None) -> Counter[st
 
 
 def _is_punct(char: str) -> bool:
-    import unicodedata
-
     return unicodedata.category(char).startswith("P")
 
 
