@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,6 +18,7 @@ from fmai_core.relevance import (
     cosine,
     hashed_embedding,
     information,
+    project,
     query_relevance,
     recency,
     stem,
@@ -98,3 +101,28 @@ def test_cluster_edge_cases() -> None:
     assert cluster([{"a": 1.0}], 0) == [-1]
     same = [{"a": 1.0}, {"a": 1.0}, {"a": 1.0}]
     assert cluster(same, 3) == [0, 0, 0]
+
+
+def test_projection_keeps_directions() -> None:
+    rng = random.Random(2)
+    a = [rng.gauss(0, 1) for _ in range(384)]
+    b = [x + rng.gauss(0, 0.1) for x in a]  # a near-copy
+    c = [rng.gauss(0, 1) for _ in range(384)]  # unrelated
+    pa, pb, pc = project(a, 32), project(b, 32), project(c, 32)
+    assert project([2 * x for x in a], 32) == pytest.approx(pa)
+    assert abs(sum(w * w for w in pa.values()) - 1.0) < 1e-9
+    assert cosine(pa, pb) > 0.95
+    assert abs(cosine(pa, pc)) < 0.6
+
+
+def test_dense_vectors_cluster_too() -> None:
+    rng = random.Random(4)
+    centres = [[rng.gauss(0, 1) for _ in range(64)] for _ in range(3)]
+    vectors, truth = [], []
+    for i in range(90):
+        centre = centres[i % 3]
+        vectors.append(project([x + rng.gauss(0, 0.3) for x in centre], 32))
+        truth.append(i % 3)
+    labels = cluster(vectors, 3, top=32)
+    pairs = {(t, lab) for t, lab in zip(truth, labels)}
+    assert len(pairs) == 3, "each true cluster maps to exactly one label"

@@ -18,6 +18,7 @@ from fmai_core.relevance import (
     terms,
     tfidf_vectors,
 )
+from fmai_core.relevance.scoring import PROJECTED_DIMENSIONS
 
 __all__ = ["SemanticPolicy", "topic_geometry"]
 
@@ -67,7 +68,8 @@ class SemanticPolicy(Policy):
 
     Each candidate gets a relevance score (BM25 mixed with embedding cosine: the model's
     embeddings through `signals.embed`, else hashed embeddings) and a topic label (spherical
-    k-means over the model's embeddings, else over TF-IDF term vectors). Selection is greedy
+    k-means over the model's embeddings, projected to 32 dimensions, else over TF-IDF term
+    vectors). Selection is greedy
     with diminishing returns per topic: a candidate's value is
     `relevance_weight * relevance + (1 - relevance_weight) * centrality`, divided by
     `1 + load`, where `load` counts the segments already kept from its topic, plus those
@@ -107,8 +109,8 @@ class SemanticPolicy(Policy):
         index = LexicalIndex(docs)
         relevance, vectors = query_relevance(request.query, texts, index=index, embed=embed)
         k = self.topics if self.topics is not None else default_topic_count(len(candidates))
-        if embed is not None:  # topics over the model's embeddings
-            labels = cluster(vectors, k)
+        if embed is not None:  # topics over the model's embeddings, projected to 32 dims
+            labels = cluster(vectors, k, top=PROJECTED_DIMENSIONS)
             central, overlap = topic_geometry(vectors, labels)
         else:  # topics over TF-IDF term vectors
             term_vectors = tfidf_vectors(docs, index=index)
@@ -148,8 +150,9 @@ class SemanticPolicy(Policy):
             for other, sim in overlap[label].items():
                 load[other] = load.get(other, 0.0) + sim
 
+        kept_now = set(keep)
         for i, c in enumerate(candidates):
-            if c.id in reserved:
+            if c.id in kept_now:
                 cover(labels[i])
         # Greedy: each step takes the best candidate over all topics. Within a topic the
         # order never changes (one divisor per topic), so each topic is a sorted queue and a

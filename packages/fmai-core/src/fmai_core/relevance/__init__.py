@@ -19,9 +19,9 @@ from fmai_core.relevance.lexical import (
     terms,
 )
 from fmai_core.relevance.scoring import (
-    dense_to_sparse,
     greedy_fill,
     newest,
+    project,
     query_relevance,
     redundant,
 )
@@ -34,11 +34,11 @@ __all__ = [
     "cluster",
     "cosine",
     "default_topic_count",
-    "dense_to_sparse",
     "greedy_fill",
     "hashed_embedding",
     "information",
     "newest",
+    "project",
     "query_relevance",
     "recency",
     "redundant",

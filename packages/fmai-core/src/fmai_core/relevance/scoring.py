@@ -3,25 +3,49 @@
 from __future__ import annotations
 
 import math
+import operator
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 
 from fmai_core.policies.base import EmbedFn
 from fmai_core.relevance.lexical import LexicalIndex, cosine, hashed_embedding, terms
 from fmai_core.segments import Segment
 
-__all__ = ["dense_to_sparse", "greedy_fill", "newest", "query_relevance", "redundant"]
+__all__ = [
+    "greedy_fill",
+    "newest",
+    "project",
+    "query_relevance",
+    "redundant",
+]
 
 # Share of the lexical (BM25) part in the relevance score; the rest is embedding cosine.
 LEXICAL_SHARE_PROXY = 0.7
 LEXICAL_SHARE_MODEL = 0.5
+# Model embeddings are returned projected to this many dimensions (for topic clustering).
+PROJECTED_DIMENSIONS = 32
 
 
-def dense_to_sparse(vector: Sequence[float]) -> dict[int, float]:
-    """Turn a dense vector (a model embedding) into a sparse unit vector."""
-    norm = math.sqrt(sum(x * x for x in vector))
-    if norm == 0.0:
-        return {}
-    return {i: x / norm for i, x in enumerate(vector) if x}
+@lru_cache(maxsize=16)
+def _signs(length: int) -> tuple[float, ...]:
+    return tuple(1.0 if zlib.crc32(str(i).encode("ascii")) & 1 else -1.0 for i in range(length))
+
+
+def project(vector: Sequence[float], dimensions: int) -> dict[int, float]:
+    """Project a dense vector to `dimensions` by signed feature hashing, at unit norm.
+
+    A fixed random projection (input dimension `i` adds to output `i % dimensions` with a
+    sign from CRC-32 of `i`): cosines are preserved approximately, and a model embedding
+    becomes cheap to cluster.
+    """
+    signs = _signs(len(vector))
+    out = [
+        sum(map(operator.mul, vector[k::dimensions], signs[k::dimensions]))
+        for k in range(dimensions)
+    ]
+    norm = math.sqrt(sum(x * x for x in out))
+    return {i: x / norm for i, x in enumerate(out) if x} if norm else {}
 
 
 def query_relevance(
@@ -30,7 +54,7 @@ def query_relevance(
     *,
     index: LexicalIndex | None = None,
     embed: EmbedFn | None = None,
-) -> tuple[list[float], list[Mapping[int, float]]]:
+) -> tuple[list[float], Sequence[Mapping[int, float]]]:
     """Score how relevant each text is to `query`, in [0, 1].
 
     The score mixes BM25 (normalised by the query's IDF mass, see
@@ -40,7 +64,9 @@ def query_relevance(
     part of it, because names and numbers are what embeddings blur.
 
     Returns:
-        The scores and the texts' sparse unit vectors (reusable for topic clustering).
+        The scores and the texts' sparse unit vectors, reusable for topic clustering: the
+        hashed embeddings, or the model's embeddings projected to 32 dimensions (see
+        [`project`][fmai_core.relevance.project]).
     """
     if not texts:
         return [], []
@@ -48,19 +74,25 @@ def query_relevance(
     lexical = index.normalized_scores(terms(query))
     if embed is not None:
         dense = embed([query, *texts])
-        vectors: list[Mapping[int, float]] = [dense_to_sparse(v) for v in dense]
+        norms = [math.sqrt(sum(map(operator.mul, v, v))) or 1.0 for v in dense]
+        q, qn = dense[0], norms[0]
+        cosines = [sum(map(operator.mul, q, v)) / (qn * n) for v, n in zip(dense[1:], norms[1:])]
+        projected = [project(v, PROJECTED_DIMENSIONS) for v in dense[1:]]
         share = LEXICAL_SHARE_MODEL
-    else:
-        vectors = [hashed_embedding(query), *(hashed_embedding(t) for t in texts)]
-        share = LEXICAL_SHARE_PROXY
-    q = vectors[0]
-    if not q:
-        return lexical, vectors[1:]
+        if not any(q):
+            return lexical, projected
+        scores = [share * lex + (1.0 - share) * max(0.0, c) for lex, c in zip(lexical, cosines)]
+        return scores, projected
+    query_vector = hashed_embedding(query)
+    vectors = [hashed_embedding(t) for t in texts]
+    if not query_vector:
+        return lexical, vectors
+    share = LEXICAL_SHARE_PROXY
     scores = [
-        share * lex + (1.0 - share) * max(0.0, cosine(q, vec))
-        for lex, vec in zip(lexical, vectors[1:])
+        share * lex + (1.0 - share) * max(0.0, cosine(query_vector, vec))
+        for lex, vec in zip(lexical, vectors)
     ]
-    return scores, vectors[1:]
+    return scores, vectors
 
 
 def redundant(candidates: Sequence[Segment], context: Sequence[Segment]) -> set[int]:

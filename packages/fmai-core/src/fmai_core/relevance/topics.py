@@ -9,6 +9,7 @@ cost follows the number of shared features, not documents x dimensions.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
@@ -124,6 +125,15 @@ def cluster(
             for doc, x in index.get(f, ()):
                 out[doc] += w * x
         return out
+
+    if len(index) <= 64 and sum(map(len, index.values())) > n * len(index) // 2:
+        # Dense vectors (projected model embeddings): row-wise dot products run in C.
+        features = list(index)
+        matrix = [[vec.get(f, 0.0) for f in features] for vec in vectors]
+
+        def sims(centroid: Mapping[K, float]) -> list[float]:
+            column = [centroid.get(f, 0.0) for f in features]
+            return [sum(map(operator.mul, row, column)) for row in matrix]
 
     live = [i for i in range(n) if vectors[i]]
     if not live:
