@@ -31,6 +31,13 @@ DATA = Path(__file__).parents[2] / "benchmarks" / "data" / "multilingual" / "cha
         ("μπορείς να μου στείλεις την αναφορά;", "el", "Grek"),
         ("დღეს საღამოს თავისუფალი ხარ?", "ka", "Geor"),
         ("կարծես երեկ բանալիներս մոռացել եմ", "hy", "Armn"),
+        # Outside the benchmark set: scripts one language owns, and two shared-script ones.
+        ("ሰላም ነው? ዛሬ ምን ታደርጋለህ", "am", "Ethi"),
+        ("તમે આજે સાંજે શું કરો છો?", "gu", "Gujr"),
+        ("ថ្ងៃនេះអ្នកសុខសប្បាយទេ", "km", "Khmr"),
+        ("ඔයා අද රෑ මොකද කරන්නේ?", "si", "Sinh"),
+        ("کیا آپ آج شام فارغ ہیں؟ مجھے آپ سے بات کرنی ہے", "ur", "Arab"),
+        ("आज तुम्ही संध्याकाळी काय करताय? मला भेटायचं आहे", "mr", "Deva"),
     ],
 )
 def test_languages_and_scripts(text: str, language: str, script: str) -> None:
