@@ -246,6 +246,16 @@ def main() -> None:
     print("### Cross-validated error of the per-family constants (mean |est - real| / real)\n")
     predicted = {n: cross_validate(rows, actual[n]) for n in actual}
     report(rows, actual, predicted)
+    print("\n### Under-counts: how far below the real count an estimate can fall\n")
+    print("| family | messages under-counted | 95th percentile | worst |")
+    print("|---|---|---|---|")
+    for n, real in actual.items():
+        gaps = sorted((a - p) / p for a, p in zip(real, predicted[n]))
+        under = sum(g > 0 for g in gaps)
+        p95 = gaps[int(0.95 * (len(gaps) - 1))]
+        print(
+            f"| {n} | {under} of {len(gaps)} | {max(p95, 0) * 100:.1f}% | {gaps[-1] * 100:.1f}% |"
+        )
     print("\n### The same, by language (the tag of each message)\n")
     report(rows, actual, predicted, by="language")
     print(f"\n### The default constants ({DEFAULT_FAMILY}) scored against every tokenizer\n")
