@@ -77,3 +77,11 @@ def test_accuracy_on_the_benchmark_set() -> None:
     hits = sum(detect(text).language == lang for lang, text in rows)
     assert len({lang for lang, _ in rows}) >= 25
     assert hits / len(rows) >= 0.95
+
+
+def test_long_documents_are_detected_in_groups() -> None:
+    english = "The train was late again this morning, so I missed the first meeting. "
+    german = "Der Zug hatte heute Morgen wieder Verspätung, also habe ich es verpasst. "
+    found = detect(english * 150 + german * 50)
+    assert (found.language, found.script) == ("en", "Latn")
+    assert 0.5 < found.confidence < 1.0

@@ -27,6 +27,8 @@ __all__ = ["UNDETERMINED", "Detection", "detect"]
 #: ISO 639-2 code for "undetermined", returned for text without letters.
 UNDETERMINED = "und"
 _TOP_K = 5
+_LONG = 80  # characters: longer texts are detected sentence by sentence
+_MAX_PIECES = 64  # at most this many detections per text
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,8 @@ def detect(text: str) -> Detection:
 
     Returns:
         A [`Detection`][fmai_multilingual.detection.Detection]; mixed-language text reports the
-        language with most estimated tokens, sentence by sentence.
+        language with most estimated tokens, sentence by sentence (texts of more than 64
+        sentences in 64 groups of consecutive sentences).
 
     Example:
         >>> detect("¿Dónde está la estación de tren?").language
@@ -120,9 +123,12 @@ def detect(text: str) -> Detection:
     from fmai_multilingual.sentences import split_sentences
     from fmai_multilingual.tokens import estimate_tokens
 
-    sentences = split_sentences(text) if len(text) > 80 else [text]
+    sentences = split_sentences(text) if len(text) > _LONG else [text]
     if len(sentences) <= 1:
         return _detect_one(text)
+    if len(sentences) > _MAX_PIECES:  # long documents: detect groups of sentences
+        size = -(-len(sentences) // _MAX_PIECES)
+        sentences = [" ".join(sentences[i : i + size]) for i in range(0, len(sentences), size)]
     weight: dict[tuple[str, str], float] = defaultdict(float)
     best: dict[tuple[str, str], float] = defaultdict(float)
     for sentence in sentences:
