@@ -12,7 +12,7 @@ Run it with `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`: without it, whic
 first reaches a new context length pays for fresh `cudaMalloc`s as the cache grows token by
 token (seconds per turn on an H200), which swamps what is being measured. For the same
 reason the script turns PyTorch's cuDNN attention off (`--cudnn-sdp` keeps it): in bfloat16
-it builds a plan for every new key length, about 45 ms per decoded token the first time a
+it builds a plan for every new key length, roughly 40 ms per decoded token the first time a
 length is seen, which lands on whichever of the two runs reaches that length first.
 
 Run: `python benchmarks/kv_cache_gpu.py --tokenizer DIR` where DIR holds a Hugging Face

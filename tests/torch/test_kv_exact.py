@@ -118,3 +118,28 @@ def test_engine_stream_and_chat_agree(make_backend) -> None:  # type: ignore[no-
         streamed = "".join(on.stream(text))
         assert streamed == off.chat(text).response
         assert on.last_stats is not None
+
+
+@pytest.mark.parametrize("policy", ["importance", "semantic", "rolling_summary", "hybrid"])
+def test_every_policy_with_model_signals(make_backend, policy: str) -> None:  # type: ignore[no-untyped-def]
+    """The model-signal policies run on HFBackend; reuse on/off still agree turn by turn."""
+    kwargs = {
+        "policy": policy,
+        "max_tokens": 200,
+        "max_new_tokens": 12,
+        "system_prompt": "you are a good friend .",
+        "max_policy_ms": None,  # no deadline: the decisions must not depend on timing
+    }
+    on = FiniteMemoryLLM(make_backend(kv_reuse=True), **kwargs)
+    off = FiniteMemoryLLM(make_backend(kv_reuse=False), **kwargs)
+    evicted = False
+    for text in USER_TURNS:
+        a, b = on.chat(text), off.chat(text)
+        assert a.response == b.response
+        assert a.stats.prompt_tokens == b.stats.prompt_tokens
+        assert a.stats.prompt_tokens + 12 <= 200
+        if a.stats.evicted:
+            evicted = True
+            assert a.stats.policy_stats["signal"] == "model"  # the model's signals were used
+    assert evicted
+    assert on.stats.reused_tokens > 0
