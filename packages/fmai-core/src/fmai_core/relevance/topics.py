@@ -91,7 +91,7 @@ def cluster(
     vectors: Sequence[Mapping[K, float]],
     k: int,
     *,
-    iterations: int = 6,
+    iterations: int = 4,
     top: int = 16,
 ) -> list[int]:
     """Group sparse unit vectors into at most `k` topics (deterministic).
