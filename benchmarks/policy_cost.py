@@ -135,9 +135,9 @@ Targets: `sliding` at most 1 ms, the others at most 20 ms (the engine's default
 {markdown(report)}
 
 Measured with Python {report["python"]} on {report["cpu"]} ({report["cpus"]} logical CPUs,
-one used; pure Python, single-threaded). Timings on this shared virtual machine varied
-between runs on fresh machines of the same kind by up to about 1.5x; rerun on your own
-hardware to compare:
+one used; pure Python, single-threaded). Runs on different machines of this kind during
+development differed by up to about 2x for near-identical code: compare policies within
+one run, and rerun on your own hardware:
 
 ```bash
 pip install -e packages/fmai-core
