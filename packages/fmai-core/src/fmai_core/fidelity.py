@@ -15,7 +15,7 @@ extracts the checkable claims of the summary and looks each one up in the source
 The heuristic is torch-free and deliberately strict: a summary that paraphrases a name into
 a different spelling fails, and the caller falls back to an extractive summary.
 
-Example:
+Examples:
     >>> check_fidelity("Ada lives in Porto.", "My sister Ada lives in Porto.").passed
     True
     >>> report = check_fidelity("Her sister Eva lives in Porto.", "My sister Ada lives in Porto.")
@@ -88,7 +88,7 @@ def _clean(word: str) -> str:
 def claims(text: str) -> Claims:
     """Extract the numbers, names and quotes of `text` (see the module docs).
 
-    Example:
+    Examples:
         >>> claims('On Monday my friend Ada said "see you at 7:30" in Porto.')
         Claims(numbers=('730',), names=('Monday', 'Ada', 'Porto'), quotes=('see you at 7:30',))
     """

@@ -45,7 +45,7 @@ def knapsack(
     Returns:
         Indices of the chosen items, in increasing order.
 
-    Example:
+    Examples:
         >>> knapsack([5, 4, 3], [10.0, 7.0, 6.0], 7)
         [1, 2]
     """

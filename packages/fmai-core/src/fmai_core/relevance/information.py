@@ -59,7 +59,7 @@ def information(texts: Sequence[str], *, index: LexicalIndex | None = None) -> l
         index: A [`LexicalIndex`][fmai_core.relevance.LexicalIndex] over `terms(text)` of the
             same texts, if the caller already built one.
 
-    Example:
+    Examples:
         >>> s = information(["ok, thanks!", "My sister is called Ada.", "Nice weather today."])
         >>> max(range(3), key=s.__getitem__)
         1

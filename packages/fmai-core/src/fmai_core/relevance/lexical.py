@@ -60,7 +60,7 @@ def stem(word: str) -> str:
     about forty common irregular verbs, so `grew` meets `grow`): cheap and predictable, not
     linguistically complete. Numbers and words of three letters or fewer are unchanged.
 
-    Example:
+    Examples:
         >>> [stem(w) for w in ["names", "called", "running", "stories", "boxes", "grew"]]
         ['name', 'call', 'run', 'story', 'box', 'grow']
     """
@@ -89,7 +89,7 @@ def stem(word: str) -> str:
 def terms(text: str) -> tuple[str, ...]:
     """Return the content terms of `text`: lower-cased, stemmed, stopwords removed.
 
-    Example:
+    Examples:
         >>> terms("What is my sister's name?")
         ('sister', 'name')
     """
@@ -166,7 +166,7 @@ class LexicalIndex:
         k1: Term-frequency saturation.
         b: Length normalisation.
 
-    Example:
+    Examples:
         >>> index = LexicalIndex([terms("My sister is called Ada."), terms("Nice weather.")])
         >>> [round(s, 2) for s in index.normalized_scores(terms("my sister's name?"))]
         [0.92, 0.0]
