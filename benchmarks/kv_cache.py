@@ -62,10 +62,17 @@ def _percent(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def run_scenario(on: Any, off: Any, turns: int, budget: int, max_new: int) -> list[dict[str, Any]]:
+def run_scenario(
+    on: Any, off: Any, turns: int, budget: int, max_new: int, policy: str = "sliding"
+) -> list[dict[str, Any]]:
     """Run one conversation; return one row of figures per turn."""
     llm = FiniteMemoryLLM(
-        on, policy="sliding", max_tokens=budget, max_new_tokens=max_new, system_prompt=SYSTEM
+        on,
+        policy=policy,
+        max_tokens=budget,
+        max_new_tokens=max_new,
+        system_prompt=SYSTEM,
+        max_policy_ms=None,
     )
     on.reset_cache()
     rows: list[dict[str, Any]] = []
@@ -133,20 +140,36 @@ def summarise(rows: list[dict[str, Any]], from_turn: int = 10) -> dict[str, Any]
     }
 
 
-def cold_start(runs: int = 3) -> list[float]:
-    """Seconds to import fmai_torch and load the default model from its cache, fresh each time."""
-    code = (
-        "import time; t = time.perf_counter(); from fmai_torch import HFBackend; "
-        "HFBackend('default', device='cpu'); print(time.perf_counter() - t)"
-    )
-    return [
-        float(
-            subprocess.run(
-                [sys.executable, "-c", code], capture_output=True, text=True, check=True
-            ).stdout.split()[-1]
+COLD_START = """
+import json, time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+t2 = time.perf_counter()
+from fmai_torch import HFBackend
+t3 = time.perf_counter()
+HFBackend("default", device="cpu")
+t4 = time.perf_counter()
+print(json.dumps({"import torch": t1 - t0, "import transformers models": t2 - t1,
+                  "import fmai_torch": t3 - t2, "load from cache": t4 - t3, "total": t4 - t0}))
+"""
+
+
+def cold_start(runs: int = 3) -> list[dict[str, float]]:
+    """Import and load the default model from its cache in fresh interpreters, `runs` times.
+
+    Each run reports the seconds spent importing torch, importing transformers' model
+    classes, importing fmai_torch, and in `HFBackend("default")` (reading the converted
+    model and tokenizer from the cache), and the total.
+    """
+    out = []
+    for _ in range(runs):
+        done = subprocess.run(
+            [sys.executable, "-c", COLD_START], capture_output=True, text=True, check=True
         )
-        for _ in range(runs)
-    ]
+        out.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return out
 
 
 def plot(results: dict[str, Any], path: Path, title: str) -> None:
@@ -217,11 +240,17 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--budget", type=int, default=640, help="max_tokens, tight scenario")
+    parser.add_argument("--policy", default="sliding", help="memory policy of both scenarios")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--no-cold-start", action="store_true")
+    parser.add_argument("--cold-start-only", action="store_true")
     args = parser.parse_args()
+    if args.cold_start_only:
+        for run in cold_start():
+            print(json.dumps({k: round(v, 2) for k, v in run.items()}))
+        return
 
     from transformers.utils import logging as hf_logging
 
@@ -238,16 +267,17 @@ def main() -> None:
         "device": str(on.device),
         "torch_threads": torch.get_num_threads(),
         "max_new_tokens": args.max_new_tokens,
+        "policy": args.policy,
     }
     for name, budget in (("append-only", 8192), ("tight budget", args.budget)):
         print(f"{name} (max_tokens={budget}):", flush=True)
-        rows = run_scenario(on, off, args.turns, budget, args.max_new_tokens)
+        rows = run_scenario(on, off, args.turns, budget, args.max_new_tokens, args.policy)
         results[name] = {"max_tokens": budget, "rows": rows, "summary": summarise(rows)}
         print(json.dumps(results[name]["summary"], indent=2), flush=True)
     if not args.no_cold_start:
         seconds = cold_start()
         results["cold_start_seconds"] = seconds
-        print(f"cold start (import + load from cache): {[round(s, 2) for s in seconds]} s")
+        print(f"cold start (import, load from cache, total): {seconds}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

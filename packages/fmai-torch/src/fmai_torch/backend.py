@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from typing import Any
 
 from fmai_core.backend import Generation, StreamChunk
@@ -191,7 +191,9 @@ class HFBackend(ModelSignals):
             run = self._start(messages, params)
             return run.run()
 
-    def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
+    def stream(
+        self, messages: Sequence[Message], **params: Any
+    ) -> Generator[StreamChunk, None, None]:
         """Yield text as the model produces it; the last chunk carries the Generation.
 
         `generate` runs in a worker thread and hands over each token as it is sampled.

@@ -25,7 +25,7 @@ __all__ = ["IncrementalDecoder", "StopCriteria", "TokenStreamer"]
 _END = object()
 
 
-class TokenStreamer(BaseStreamer):  # type: ignore[misc]
+class TokenStreamer(BaseStreamer):
     """Collects generated token ids from `generate` for another thread.
 
     `generate` first calls `put` with the whole prompt (skipped), then once per new token.
@@ -76,7 +76,7 @@ class IncrementalDecoder:
     def push(self, ids: Sequence[int]) -> str:
         """Add ids; return the newly completed text (possibly empty)."""
         self.ids.extend(i for i in ids if i not in self.skip)
-        full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        full = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
         if full.endswith("\ufffd"):
             return ""
         if not full.startswith(self.text):  # a tokenizer that rewrites earlier text
@@ -93,7 +93,7 @@ class IncrementalDecoder:
         return piece
 
 
-class StopCriteria(StoppingCriteria):  # type: ignore[misc]
+class StopCriteria(StoppingCriteria):
     """Stop when the reply contains a stop string, or when `cancel` is set.
 
     Checked inside `generate` after every token, so the point of stopping does not depend on
