@@ -100,7 +100,7 @@ class HFBackend(ModelSignals):
                 f"The tokenizer of {self.name!r} has no chat template: use an instruction-tuned "
                 "model, or set tokenizer.chat_template."
             )
-        self.tokenizer_id = tokenizer_fingerprint(self.tokenizer, self.name)
+        self.tokenizer_id = tokenizer_fingerprint(self.tokenizer)
         self.eos_ids = self._end_ids()
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.eos_ids[0]

@@ -65,14 +65,18 @@ def _dtype_kwarg() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def tokenizer_fingerprint(tokenizer: Any, name: str) -> str:
-    """A stable id of a tokenizer: its name and a hash of its vocabulary and template."""
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A stable id of a tokenizer: a hash of its vocabulary and chat template.
+
+    It depends on what the tokenizer does, not on where it was loaded from, so a checkpoint
+    made with a model loaded from one folder loads with the same model from another.
+    """
     h = hashlib.sha256()
     vocab = tokenizer.get_vocab()
     for token in sorted(vocab, key=vocab.__getitem__):
         h.update(token.encode("utf-8", "surrogatepass") + b"\0")
     h.update((getattr(tokenizer, "chat_template", None) or "").encode())
-    return f"hf:{name}:{len(vocab)}:{h.hexdigest()[:16]}"
+    return f"hf:{len(vocab)}:{h.hexdigest()[:16]}"
 
 
 def load_model(
