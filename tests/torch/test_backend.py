@@ -145,3 +145,32 @@ def test_loads_from_folder(tiny_dir: str) -> None:
     b = HFBackend(tiny_dir, device="cpu", dtype="float64")
     assert b.name == tiny_dir.rsplit("/", 1)[-1]
     assert b.generate(MESSAGES, max_new_tokens=3).usage.prompt_tokens == b.count_tokens(MESSAGES)
+
+
+def test_stream_yields_while_generation_is_still_running(
+    make_backend, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The first piece arrives while `generate` is provably not finished (no timing involved)."""
+    import threading
+
+    b = make_backend(kv_reuse=False)
+    release = threading.Event()
+    original = b.model.forward
+    calls = 0
+
+    def gated_forward(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls > 3:  # after the prefill and two decode steps, wait for the test
+            assert release.wait(timeout=60)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(b.model, "forward", gated_forward)
+    stream = b.stream(MESSAGES, max_new_tokens=8, min_new_tokens=8)
+    first = next(stream)
+    assert first.text and first.generation is None
+    assert not release.is_set()  # generation is blocked in its 4th forward pass right now
+    release.set()
+    rest = list(stream)
+    assert rest[-1].generation is not None
+    assert rest[-1].generation.usage.completion_tokens == 8
