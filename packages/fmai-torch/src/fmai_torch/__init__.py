@@ -17,12 +17,38 @@ Example:
     ```
 """
 
-from __future__ import annotations
+import sys
 
-from fmai_torch.backend import HFBackend
-from fmai_torch.default_model import DEFAULT_MODEL_NAME, find_default_gguf
-from fmai_torch.kv import KVCache
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
+    from fmai_torch.backend import HFBackend
+    from fmai_torch.default_model import DEFAULT_MODEL_NAME, find_default_gguf
+    from fmai_torch.kv import KVCache
 
 __version__ = "0.1.0"
 
 __all__ = ["DEFAULT_MODEL_NAME", "HFBackend", "KVCache", "__version__", "find_default_gguf"]
+
+# Loaded on first use (PEP 562): `import fmai_torch` and `fmai --help` do not import torch.
+_EXPORTS = {
+    "HFBackend": "fmai_torch.backend",
+    "DEFAULT_MODEL_NAME": "fmai_torch.default_model",
+    "find_default_gguf": "fmai_torch.default_model",
+    "KVCache": "fmai_torch.kv",
+}
+
+
+def __getattr__(name: str) -> "Any":
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fmai_torch' has no attribute {name!r}")
+    __import__(module)
+    value = getattr(sys.modules[module], name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
