@@ -14,6 +14,8 @@ heavy modules each import pulled in.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -48,8 +50,8 @@ def _loaded(module: str) -> list[str]:
     return loaded
 
 
-def main(modules: list[str]) -> None:
-    """Print the table for `modules`."""
+def main(modules: list[str]) -> str:
+    """Print (and return) the table for `modules`."""
     rows = []
     for module in modules:
         try:
@@ -68,15 +70,45 @@ def main(modules: list[str]) -> None:
                 ", ".join(_loaded(module)) or "none",
             )
         )
-    print(f"Python {sys.version.split()[0]}, {RUNS} fresh interpreters per package\n")
-    print(
+    lines = [
+        f"Python {sys.version.split()[0]}, {RUNS} fresh interpreters per package, "
+        f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)",
+        "",
         "| package | import cost, median (ms) | import cost, min (ms) | bare start (ms) "
-        "| heavy modules loaded |"
-    )
-    print("| --- | ---: | ---: | ---: | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+        "| heavy modules loaded |",
+        "| --- | ---: | ---: | ---: | --- |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+    table = "\n".join(lines)
+    print(table)
+    return table
+
+
+FRAGMENT = """## Import time
+
+What importing each package costs in a fresh interpreter, measured around the `import`
+statement itself (so it is the cost over a bare interpreter start), and which heavy modules
+it pulls in. `fmai_core` and `fmai_torch` load their names lazily (PEP 562):
+`import fmai_core` loads only the standard library, `fmai_core.engine` is what
+`from fmai_core import FiniteMemoryLLM` costs, and `fmai_torch` imports torch only when a
+model is used (so `fmai --help` is instant).
+
+{table}
+
+```bash
+uvx nox -s imports      # or: python benchmarks/import_time.py --write docs/benchmarks/imports.md
+```
+"""
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["fmai_core", "fmai_core.engine"])
+    args = sys.argv[1:]
+    write = None
+    if "--write" in args:
+        i = args.index("--write")
+        write = args[i + 1]
+        del args[i : i + 2]
+    result = main(args or ["fmai_core", "fmai_core.engine", "fmai_multilingual", "fmai_torch"])
+    if write:
+        with open(write, "w", encoding="utf-8") as fh:
+            fh.write(FRAGMENT.format(table=result))
