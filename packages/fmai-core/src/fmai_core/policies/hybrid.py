@@ -6,6 +6,7 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import ClassVar
 
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
@@ -62,22 +63,28 @@ def knapsack(
     room = capacity - sum(weights[i] for i in chosen)
     scale = max(1, math.ceil(room / max_cells))
     cells = room // scale
+    scaled = [math.ceil(weights[i] / scale) for i in pool]
+    # Only capacities the answer can still reach matter: after an item, those at least
+    # `cells` minus the weight of the items still to come (exact, and about half the cells).
+    after = sum(scaled)
     best = [0.0] * (cells + 1)
-    took: list[list[bool]] = []
-    for i in pool:
-        w = math.ceil(weights[i] / scale)
+    took: list[tuple[int, list[bool]]] = []  # (first cell computed, took the item there)
+    for i, w in zip(pool, scaled):
+        after -= w
         if w > cells:
-            took.append([])
+            took.append((cells + 1, []))
             continue
-        with_item = [b + values[i] for b in best[: cells + 1 - w]]
-        without = best[w:]
-        took.append([False] * w + list(map(operator.gt, with_item, without)))
-        best = best[:w] + list(map(max, with_item, without))
+        low = max(w, cells - after)
+        with_item = list(map(operator.add, best[low - w : cells + 1 - w], repeat(values[i])))
+        without = best[low:]
+        took.append((low, list(map(operator.gt, with_item, without))))
+        best[low:] = [x if x > y else y for x, y in zip(with_item, without)]  # map(max) is slower
     c = cells
     for pos in range(len(pool) - 1, -1, -1):
-        if took[pos] and took[pos][c]:
+        low, mask = took[pos]
+        if c >= low and mask[c - low]:
             chosen.append(pool[pos])
-            c -= math.ceil(weights[pool[pos]] / scale)
+            c -= scaled[pos]
     chosen = _fill(chosen, items, weights, capacity)
     # The DP over scaled weights can lose to plain greedy when scaling is coarse: keep the best.
     if sum(values[i] for i in greedy) > sum(values[i] for i in chosen):

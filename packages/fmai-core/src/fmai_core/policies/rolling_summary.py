@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import chain
 from typing import ClassVar
 
 from fmai_core.fidelity import check_fidelity
@@ -29,6 +31,15 @@ def summary_source(previous: str | None, dropped: Sequence[Segment]) -> list[str
     return lines
 
 
+@lru_cache(maxsize=1 << 16)
+def _units(line: str) -> tuple[str, ...]:
+    """The sentences of one summary line, each with the line's `role:` prefix (memoised)."""
+    prefix, sep, body = line.partition(": ")
+    if not sep or " " in prefix:
+        prefix, body = "", line
+    return tuple(f"{prefix}: {s}" if prefix else s for s in split_sentences(body))
+
+
 def extractive_summary(lines: Sequence[str], budget: int, count_text: Callable[[str], int]) -> str:
     """Pick the most informative sentences of `lines` that fit `budget` tokens.
 
@@ -38,14 +49,7 @@ def extractive_summary(lines: Sequence[str], budget: int, count_text: Callable[[
     chosen ones are written one per line in their original order. Being verbatim, an
     extractive summary always passes the fidelity gate.
     """
-    units: list[str] = []
-    for line in lines:
-        prefix, sep, body = line.partition(": ")
-        if not sep or " " in prefix:
-            prefix, body = "", line
-        for sentence in split_sentences(body):
-            units.append(f"{prefix}: {sentence}" if prefix else sentence)
-    units = list(dict.fromkeys(units))
+    units = list(dict.fromkeys(chain.from_iterable(map(_units, lines))))
     if not units or budget <= 0:
         return ""
     scores = information(units)

@@ -49,12 +49,13 @@ __all__ = [
 
 
 def clear_caches() -> None:
-    """Empty the per-text memo caches (terms, hashed embeddings, claims, cues).
+    """Empty the per-text memo caches (terms, hashed embeddings, claims, cues, sentences).
 
     The caches hold at most 65,536 texts each; clear them to free memory or to measure
     cold-start cost.
     """
     from fmai_core.fidelity import claims
+    from fmai_core.policies.rolling_summary import _units
     from fmai_core.relevance.information import _cues
     from fmai_core.relevance.lexical import _term_counts, _word_features
 
@@ -65,3 +66,4 @@ def clear_caches() -> None:
     _term_counts.cache_clear()
     _word_features.cache_clear()
     stem.cache_clear()
+    _units.cache_clear()

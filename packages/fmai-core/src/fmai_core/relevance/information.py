@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import repeat
 
 from fmai_core.fidelity import claims
 from fmai_core.relevance.lexical import LexicalIndex, terms
@@ -66,18 +67,14 @@ def information(texts: Sequence[str], *, index: LexicalIndex | None = None) -> l
     """
     if not texts:
         return []
-    docs = [terms(t) for t in texts]
-    index = index or LexicalIndex(docs)
-    idf_cache: dict[str, float] = {}
+    if index is None or index.size != len(texts):
+        index = LexicalIndex([terms(t) for t in texts])
+    idfs = index.idfs()
+    unseen = index.idf("")  # the IDF of a term no document contains
     raw: list[float] = []
-    for text, doc in zip(texts, docs):
-        distinct = set(doc)
-        rarity = 0.0
-        for term in distinct:
-            value = idf_cache.get(term)
-            if value is None:
-                value = idf_cache[term] = index.idf(term)
-            rarity += value
+    for i, text in enumerate(texts):
+        distinct = index.counts(i)
+        rarity = sum(map(idfs.get, distinct, repeat(unseen, len(distinct))))
         rarity /= math.sqrt(1.0 + len(distinct))
         specifics, disclosure, question = _cues(text)
         score = RARITY * rarity + SPECIFICS * specifics + SELF_DISCLOSURE * disclosure

@@ -13,6 +13,7 @@ import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from itertools import chain
 
 __all__ = [
     "STOPWORDS",
@@ -150,16 +151,23 @@ def cosine(a: Mapping[int, float], b: Mapping[int, float]) -> float:
     """Dot product of two sparse vectors (their cosine when both have unit norm)."""
     if len(a) > len(b):
         a, b = b, a
-    return sum(w * b.get(k, 0.0) for k, w in a.items())
+    common = a.keys() & b.keys()  # a set operation in C; usually small or empty
+    if not common:
+        return 0.0
+    return sum([w * b[k] for k, w in a.items() if k in common])
 
 
 @lru_cache(maxsize=1 << 16)
-def _term_counts(doc: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
-    return tuple(Counter(doc).items())
+def _term_counts(doc: tuple[str, ...]) -> Mapping[str, int]:
+    """Term frequencies of one document, in first-seen order (read-only: it is cached)."""
+    return dict(Counter(doc))
 
 
 class LexicalIndex:
     """BM25 over a small corpus of term sequences (a conversation's segments).
+
+    Building it counts document frequencies only (one pass in C over cached per-document
+    term counts); the postings of a term are gathered when a query first asks for it.
 
     Args:
         documents: One term sequence per document (see [`terms`][fmai_core.relevance.terms]).
@@ -176,28 +184,59 @@ class LexicalIndex:
         self.k1 = k1
         self.b = b
         self.size = len(documents)
+        self._counts = [_term_counts(tuple(doc)) for doc in documents]
         self._lengths = [len(doc) for doc in documents]
         self._avg = (sum(self._lengths) / self.size) if self.size else 1.0
+        self._df: Counter[str] = Counter(chain.from_iterable(self._counts))
+        self._idfs: dict[str, float] | None = None
         self._postings: dict[str, list[tuple[int, int]]] = {}
-        for i, doc in enumerate(documents):
-            for term, tf in _term_counts(tuple(doc)):
-                self._postings.setdefault(term, []).append((i, tf))
 
     def df(self, term: str) -> int:
         """Number of documents containing `term`."""
-        return len(self._postings.get(term, ()))
+        return self._df.get(term, 0)
 
     def idf(self, term: str) -> float:
         """Inverse document frequency, always positive (a rare term weighs more)."""
-        df = self.df(term)
+        df = self._df.get(term, 0)
         return math.log(1.0 + (self.size - df + 0.5) / (df + 0.5))
+
+    def frequencies(self) -> Mapping[str, int]:
+        """The document frequency of every term of the corpus (read-only)."""
+        return self._df
+
+    def idfs(self) -> Mapping[str, float]:
+        """The [`idf`][fmai_core.relevance.LexicalIndex.idf] of every term of the corpus.
+
+        Computed once per index; treat it as read-only.
+        """
+        if self._idfs is None:
+            size, log = self.size, math.log
+            self._idfs = {
+                t: log(1.0 + (size - df + 0.5) / (df + 0.5)) for t, df in self._df.items()
+            }
+        return self._idfs
+
+    def counts(self, i: int) -> Mapping[str, int]:
+        """Term frequencies of document `i`, in first-seen order (read-only)."""
+        return self._counts[i]
+
+    def _posting(self, term: str) -> list[tuple[int, int]]:
+        postings = self._postings.get(term)
+        if postings is None:
+            postings = (
+                [(i, c[term]) for i, c in enumerate(self._counts) if term in c]
+                if term in self._df
+                else []
+            )
+            self._postings[term] = postings
+        return postings
 
     def scores(self, query: Sequence[str]) -> list[float]:
         """Return the BM25 score of every document for the query terms."""
         out = [0.0] * self.size
         avg = self._avg or 1.0
         for term in set(query):
-            postings = self._postings.get(term)
+            postings = self._posting(term)
             if not postings:
                 continue
             idf = self.idf(term)
@@ -214,7 +253,7 @@ class LexicalIndex:
         no document contains are left out (nothing could match them). Unlike dividing by
         the best score, this is absolute, so it can be thresholded.
         """
-        mass = sum(self.idf(t) for t in set(query) if t in self._postings)
+        mass = sum(self.idf(t) for t in set(query) if t in self._df)
         if mass <= 0.0:
             return [0.0] * self.size
         return [min(1.0, s / mass) for s in self.scores(query)]

@@ -18,6 +18,7 @@ from fmai_core.relevance.lexical import LexicalIndex, _term_counts
 __all__ = ["cluster", "default_topic_count", "tfidf_vectors"]
 
 K = TypeVar("K", bound=Hashable)
+_weight = operator.itemgetter(1)
 
 
 def default_topic_count(n: int) -> int:
@@ -46,20 +47,20 @@ def tfidf_vectors(
     """
     index = index or LexicalIndex(documents)
     limit = max(2, int(max_df * len(documents)))
-    idf: dict[str, float] = {}
+    idfs = index.idfs()
+    useful = {t: idfs[t] for t, df in index.frequencies().items() if 1 < df <= limit}
+    log, sqrt = math.log, math.sqrt
     out: list[dict[str, float]] = []
     for doc in documents:
-        weights: dict[str, float] = {}
-        for t, tf in _term_counts(tuple(doc)):
-            w = idf.get(t)
-            if w is None:
-                df = index.df(t)
-                w = idf[t] = index.idf(t) if 1 < df <= limit else 0.0
-            if w:
-                weights[t] = w if tf == 1 else (1.0 + math.log(tf)) * w
-        if len(weights) > features:
-            weights = dict(sorted(weights.items(), key=lambda kv: -kv[1])[:features])
-        norm = math.sqrt(sum(w * w for w in weights.values()))
+        weights = {
+            t: w if tf == 1 else (1.0 + log(tf)) * w
+            for t, tf in _term_counts(tuple(doc)).items()
+            if (w := useful.get(t))
+        }
+        if len(weights) > features:  # stable: ties keep first-seen
+            weights = dict(sorted(weights.items(), key=_weight, reverse=True)[:features])
+        values = list(weights.values())
+        norm = sqrt(sum(map(operator.mul, values, values)))
         out.append({t: w / norm for t, w in weights.items()} if norm else {})
     return out
 
@@ -69,8 +70,8 @@ def _centroid(members: Sequence[Mapping[K, float]], top: int) -> dict[K, float]:
     for vec in members:
         for f, w in vec.items():
             total[f] = total.get(f, 0.0) + w
-    kept = sorted(total.items(), key=lambda kv: -kv[1])[:top]  # stable: ties keep first-seen
-    norm = math.sqrt(sum(w * w for _, w in kept))
+    kept = sorted(total.items(), key=_weight, reverse=True)[:top]  # stable: ties keep first-seen
+    norm = math.sqrt(sum([w * w for _, w in kept]))
     return {f: w / norm for f, w in kept} if norm else {}
 
 
@@ -155,11 +156,9 @@ def cluster(
     for step in range(iterations):
         if step:
             rows = [sims(c) for c in centroids]
-        new = [-1] * n
-        for i, column in enumerate(zip(*rows)):
-            score = max(column)
-            if score > 0.0:
-                new[i] = column.index(score)
+        best = list(map(max, *rows)) if len(rows) > 1 else rows[0]
+        # the first centroid with the best score; -1 where no centroid shares a feature
+        new = [c if s > 0.0 else -1 for c, s in zip(map(tuple.index, zip(*rows), best), best)]
         orphans = [i for i in live if new[i] < 0]
         settled = new == labels and len(orphans) < max(2, len(live) // 50)
         labels = new
