@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
@@ -40,22 +41,26 @@ def topic_geometry(
         if label < 0:
             continue
         total = sums.setdefault(label, {})
+        get = total.get
         for f, w in vec.items():
-            total[f] = total.get(f, 0.0) + w
+            total[f] = get(f, 0.0) + w
     norms = {c: math.sqrt(sum(w * w for w in t.values())) or 1.0 for c, t in sums.items()}
     central: list[float] = []
     for vec, label in zip(vectors, labels):
         if label < 0:
             central.append(0.0)
             continue
-        total = sums[label]
-        central.append(sum(w * total.get(f, 0.0) for f, w in vec.items()) / norms[label])
+        weight = sums[label].__getitem__  # the topic's sum holds every feature of its members
+        central.append(sum(map(operator.mul, vec.values(), map(weight, vec))) / norms[label])
     overlap: dict[int, dict[int, float]] = {c: {c: 1.0} for c in sums}
     topics = sorted(sums)
     for i, a in enumerate(topics):
         for b in topics[i + 1 :]:
             x, y = sums[a], sums[b]
-            dot = sum(w * y.get(f, 0.0) for f, w in x.items()) / (norms[a] * norms[b])
+            common = x.keys() & y.keys()  # in C; the sum keeps x's order
+            if not common:
+                continue
+            dot = sum([w * y[f] for f, w in x.items() if f in common]) / (norms[a] * norms[b])
             if dot > 0.0:
                 overlap[a][b] = overlap[b][a] = dot
     overlap[-1] = {-1: 1.0}

@@ -58,6 +58,7 @@ def clear_caches() -> None:
     from fmai_core.policies.rolling_summary import _units
     from fmai_core.relevance.information import _cues
     from fmai_core.relevance.lexical import _term_counts, _word_features
+    from fmai_core.relevance.scoring import _dedup_key
 
     terms.cache_clear()
     hashed_embedding.cache_clear()
@@ -67,3 +68,4 @@ def clear_caches() -> None:
     _word_features.cache_clear()
     stem.cache_clear()
     _units.cache_clear()
+    _dedup_key.cache_clear()

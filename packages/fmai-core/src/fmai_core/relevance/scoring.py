@@ -95,6 +95,12 @@ def query_relevance(
     return scores, vectors
 
 
+@lru_cache(maxsize=1 << 16)
+def _dedup_key(text: str) -> str:
+    """`text` with case and runs of whitespace ignored (memoised)."""
+    return " ".join(text.split()).casefold()
+
+
 def redundant(candidates: Sequence[Segment], context: Sequence[Segment]) -> set[int]:
     """Ids of candidates not worth recalling: already in the prompt, or repeated.
 
@@ -102,9 +108,7 @@ def redundant(candidates: Sequence[Segment], context: Sequence[Segment]) -> set[
     `context` segment, or of a newer candidate; the newest copy stays eligible.
     """
 
-    def key(text: str) -> str:
-        return " ".join(text.split()).casefold()
-
+    key = _dedup_key
     seen = {key(s.text) for s in context}
     out: set[int] = set()
     for segment in reversed(candidates):

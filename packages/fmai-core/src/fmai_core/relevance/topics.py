@@ -67,9 +67,10 @@ def tfidf_vectors(
 
 def _centroid(members: Sequence[Mapping[K, float]], top: int) -> dict[K, float]:
     total: dict[K, float] = {}
+    get = total.get
     for vec in members:
         for f, w in vec.items():
-            total[f] = total.get(f, 0.0) + w
+            total[f] = get(f, 0.0) + w
     kept = sorted(total.items(), key=_weight, reverse=True)[:top]  # stable: ties keep first-seen
     norm = math.sqrt(sum([w * w for _, w in kept]))
     return {f: w / norm for f, w in kept} if norm else {}
@@ -82,7 +83,8 @@ def _closest_pair(centroids: Sequence[Mapping[K, float]]) -> tuple[int, int] | N
     for a in range(len(centroids)):
         for b in range(a + 1, len(centroids)):
             x, y = centroids[a], centroids[b]
-            dot = sum(w * y.get(f, 0.0) for f, w in x.items())
+            common = x.keys() & y.keys()
+            dot = sum([w * y[f] for f, w in x.items() if f in common]) if common else 0.0
             if dot > best:
                 best, pair = dot, (a, b)
     return pair
@@ -122,8 +124,9 @@ def cluster(
 
     def sims(centroid: Mapping[K, float]) -> list[float]:
         out = [0.0] * n
+        postings = index.get
         for f, w in centroid.items():
-            for doc, x in index.get(f, ()):
+            for doc, x in postings(f, ()):
                 out[doc] += w * x
         return out
 
@@ -150,7 +153,7 @@ def cluster(
             break
         centroids.append(vectors[nxt])
         rows.append(sims(vectors[nxt]))
-        closest = list(map(max, closest, rows[-1]))
+        closest = [x if x >= y else y for x, y in zip(closest, rows[-1])]  # map(max) is slower
     labels: list[int] = []
     reseeded = -2
     for step in range(iterations):
