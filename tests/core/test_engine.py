@@ -253,3 +253,30 @@ def test_reuse_reported_from_backend() -> None:
     r = llm.chat("again")
     assert r.stats.reused_tokens > 0
     assert r.stats.prefill_tokens == r.stats.prompt_tokens - r.stats.reused_tokens
+
+
+class SlowSignals(EchoBackend):
+    """A backend whose model signal is slower than the policy's latency budget."""
+
+    def score_importance(self, texts: Sequence[str], query: str) -> list[float]:
+        import time
+
+        time.sleep(0.3)
+        return [1.0] * len(texts)
+
+
+def test_slow_model_signals_are_switched_off_after_a_deadline_miss() -> None:
+    llm = make(
+        "importance", backend=SlowSignals(), max_tokens=90, max_new_tokens=10, max_policy_ms=100
+    )
+    assert llm.model_signals
+    stats = [llm.chat(f"message {i} with a few more words in it").stats for i in range(12)]
+    missed = [s for s in stats if s.fallback]
+    assert missed, "the slow signal must miss the deadline once"
+    assert "model_signals" in missed[0].policy_stats
+    assert not llm.model_signals
+    later = stats[stats.index(missed[0]) + 1 :]
+    assert later and not any(s.fallback for s in later)
+    assert all(s.policy == "importance" for s in later)
+    llm.reset()
+    assert llm.model_signals

@@ -63,7 +63,9 @@ class FiniteMemoryLLM:
         max_new_tokens: Tokens reserved for (and the most generated in) each reply.
         system_prompt: Pinned at the top of every prompt; never dropped.
         max_policy_ms: Latency budget of the policy per call; past it the policy is
-            abandoned and `sliding` used (`TurnStats.fallback`). `None` disables it.
+            abandoned and `sliding` used (`TurnStats.fallback`), and model signals are
+            switched off for the rest of the conversation (see `model_signals`). `None`
+            disables it.
         low_water: After an eviction, history fills at most this share of its budget, so
             many turns pass (and caches stay valid) before the next eviction.
         recall_fraction: Share of the free budget reserved for recalled segments
@@ -144,6 +146,7 @@ class FiniteMemoryLLM:
             embed=embedder.embed if embedder else None,
             summarize=summarizer.summarize if summarizer else backend_summarizer(backend),
         )
+        self._signals = signals
         self._planner = Planner(
             self.policy,
             self.counter,
@@ -280,6 +283,19 @@ class FiniteMemoryLLM:
         with self._lock:
             self._commit(MemoryState())
             self._stats = MemoryStats()
+            self._planner.signals = self._signals
+
+    @property
+    def model_signals(self) -> bool:
+        """Whether the policy gets the backend's model signals.
+
+        They are switched off for the rest of the conversation (until `reset`) when a policy
+        call using them runs past `max_policy_ms`: on a CPU a model's forward pass or a
+        generated summary often costs more than the latency budget, and the policies'
+        torch-free proxies then keep the turn on time. `TurnStats.policy_stats` says so
+        (`"model_signals"`) on the turn it happens.
+        """
+        return self._planner.signals != Signals()
 
     def _commit(self, state: MemoryState) -> None:
         self._state = state

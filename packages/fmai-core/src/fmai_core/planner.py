@@ -93,6 +93,12 @@ class Planner:
         start = time.perf_counter()
         result, error = _run_with_deadline(lambda: self.policy.select(request), self.max_policy_ms)
         fallback = result is None
+        degraded = False
+        if error and error.startswith("deadline") and self.signals != Signals():
+            # Model signals (a forward pass, a generation) are what usually blows the
+            # deadline on a CPU: use the policy's torch-free proxies from now on.
+            self.signals = Signals()
+            degraded = True
         if result is None:
             result = _SLIDING.select(replace(request, signals=Signals()))
             if request.mode == "recall":
@@ -101,6 +107,8 @@ class Planner:
         stats = dict(result.stats)
         if error:
             stats["fallback_reason"] = error
+        if degraded:
+            stats["model_signals"] = "off: past max_policy_ms, torch-free proxies from now on"
         return result, ms, fallback, stats
 
     def system_cost(self, state: MemoryState, summary: Segment | None) -> int:
