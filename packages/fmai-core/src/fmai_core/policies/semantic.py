@@ -131,22 +131,22 @@ class SemanticPolicy(Policy):
         reserved = set(keep)
         if request.mode == "recall":
             reserved |= redundant(candidates, request.context)
+        evict = request.mode == "evict"
+        floor = -math.inf if evict else self.min_relevance
         eligible = [
-            i
-            for i, c in enumerate(candidates)
-            if c.id not in reserved
-            and (request.mode == "evict" or relevance[i] > self.min_relevance)
+            i for i, c in enumerate(candidates) if c.id not in reserved and relevance[i] > floor
         ]
         n = len(candidates)
         # Recall ranks by relevance alone (topic centrality says nothing about the query).
-        weight = self.relevance_weight if request.mode == "evict" else 1.0
+        weight = self.relevance_weight if evict else 1.0
         base = [
             weight * r
             + (1.0 - weight) * c
             # in evict mode a tiny recency term fills spare budget with the newest leftovers
-            + (1e-3 * (i + 1) / n if request.mode == "evict" else 0.0)
+            + (1e-3 * (i + 1) / n if evict else 0.0)
             for i, (r, c) in enumerate(zip(relevance, central))
         ]
+        tokens = [c.tokens for c in candidates]
         # load[t]: how much of topic t the kept segments already cover (a kept segment of
         # topic u adds overlap[t][u]); a candidate's value is divided by 1 + load.
         load: dict[int, float] = {}
@@ -172,7 +172,7 @@ class SemanticPolicy(Policy):
             best: tuple[float, int] | None = None
             for topic, queue in queues.items():
                 h = heads[topic]
-                while h < len(queue) and candidates[queue[h]].tokens > budget:
+                while h < len(queue) and tokens[queue[h]] > budget:
                     h += 1
                 heads[topic] = h
                 if h < len(queue):
@@ -184,7 +184,7 @@ class SemanticPolicy(Policy):
             i = best[1]
             heads[labels[i]] += 1
             keep.append(candidates[i].id)
-            budget -= candidates[i].tokens
+            budget -= tokens[i]
             cover(labels[i])
         kept = set(keep)
         return Selection(

@@ -50,13 +50,18 @@ def tfidf_vectors(
     idfs = index.idfs()
     useful = {t: idfs[t] for t, df in index.frequencies().items() if 1 < df <= limit}
     log, sqrt = math.log, math.sqrt
+    same = index.size == len(documents)  # the documented case: reuse its term counts
     out: list[dict[str, float]] = []
-    for doc in documents:
+    for i, doc in enumerate(documents):
+        counts = index.counts(i) if same else _term_counts(tuple(doc))
         weights = {
             t: w if tf == 1 else (1.0 + log(tf)) * w
-            for t, tf in _term_counts(tuple(doc)).items()
+            for t, tf in counts.items()
             if (w := useful.get(t))
         }
+        if not weights:
+            out.append({})
+            continue
         if len(weights) > features:  # stable: ties keep first-seen
             weights = dict(sorted(weights.items(), key=_weight, reverse=True)[:features])
         values = list(weights.values())
