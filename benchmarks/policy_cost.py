@@ -135,9 +135,11 @@ Targets: `sliding` at most 1 ms, the others at most 20 ms (the engine's default
 {markdown(report)}
 
 Measured with Python {report["python"]} on {report["cpu"]} ({report["cpus"]} logical CPUs,
-one used; pure Python, single-threaded). Runs on different machines of this kind during
-development differed by up to about 2x for near-identical code: compare policies within
-one run, and rerun on your own hardware:
+one used; pure Python, single-threaded). Timings vary: on the project's shared 2-core
+development machine (an AMD EPYC virtual machine, other jobs running at the same time) the
+same code measured up to about 2x apart from one run to the next, and an earlier run on a
+16-core Intel Xeon gave lower figures than that machine. Compare policies within one run,
+and rerun on your own hardware:
 
 ```bash
 pip install -e packages/fmai-core
