@@ -32,6 +32,7 @@ from typing import Any
 from fmai_core.policies import POLICY_NAMES, PolicyRequest, get_policy
 from fmai_core.relevance import clear_caches
 from fmai_core.segments import Segment
+from fmai_core.telemetry.metrics import percentile
 from fmai_core.testing import MESSAGE_OVERHEAD, tokenize
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -60,13 +61,6 @@ def requests(seed: int, segments: int = SEGMENTS) -> dict[str, PolicyRequest]:
     }
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
 def measure(runs: int, segments: int = SEGMENTS) -> dict[str, Any]:
     """Time every policy in both modes, warm and cold."""
     batches = [requests(seed, segments) for seed in range(100, 100 + runs)]
@@ -91,7 +85,7 @@ def measure(runs: int, segments: int = SEGMENTS) -> dict[str, Any]:
                 for state, values in timings.items()
                 for stat, fn in (
                     ("p50", statistics.median),
-                    ("p95", lambda v: percentile(v, 0.95)),
+                    ("p95", lambda v: percentile(v, 95)),
                 )
             }
     return {
