@@ -7,14 +7,13 @@ from typing import ClassVar
 
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.relevance import (
-    LexicalIndex,
+    corpus_index,
+    corpus_information,
     greedy_fill,
-    information,
     newest,
     query_relevance,
     recency,
     redundant,
-    terms,
 )
 
 __all__ = ["ImportancePolicy", "importance_scores"]
@@ -35,13 +34,13 @@ def importance_scores(request: PolicyRequest) -> tuple[list[float], list[float],
     Returns:
         `(importance, relevance, signal)` where `signal` is `"model"` or `"proxy"`.
     """
-    texts = [c.text for c in request.candidates]
-    index = LexicalIndex([terms(t) for t in texts])
+    texts = tuple(c.text for c in request.candidates)
+    index = corpus_index(texts)
     relevance, _ = query_relevance(request.query, texts, index=index, embed=request.signals.embed)
     scorer = request.signals.importance
     if scorer is not None:
-        return _normalise(list(scorer(texts, request.query))), relevance, "model"
-    return information(texts, index=index), relevance, "proxy"
+        return _normalise(list(scorer(list(texts), request.query))), relevance, "model"
+    return list(corpus_information(texts)), relevance, "proxy"
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,14 @@ import math
 import operator
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar, TypeVar
 
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.relevance import (
     LexicalIndex,
     cluster,
+    corpus_index,
     default_topic_count,
     newest,
     query_relevance,
@@ -67,6 +69,26 @@ def topic_geometry(
     return central, overlap
 
 
+@lru_cache(maxsize=4)
+def _term_topics(
+    texts: tuple[str, ...], k: int
+) -> tuple[LexicalIndex, list[int], list[float], dict[int, dict[int, float]]]:
+    """The query-independent part of a proxy selection over `texts` (read-only, memoised).
+
+    The BM25 index, the topic labels over TF-IDF term vectors, and the topics' geometry
+    depend only on the candidates' texts. In recall mode the candidates are the archive,
+    which stays the same from one eviction to the next, so a conversation pays for them once
+    per eviction, and each turn only scores its new query. The result is the same whether it
+    comes from the memo or not.
+    """
+    docs = [terms(t) for t in texts]
+    index = corpus_index(texts)
+    term_vectors = tfidf_vectors(docs, index=index)
+    labels = cluster(term_vectors, k)
+    central, overlap = topic_geometry(term_vectors, labels)
+    return index, labels, central, overlap
+
+
 @dataclass(frozen=True)
 class SemanticPolicy(Policy):
     """Keep what is relevant to the incoming message and cover every topic of the rest.
@@ -108,19 +130,17 @@ class SemanticPolicy(Policy):
         candidates = request.candidates
         if not candidates or request.budget <= 0:
             return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
-        texts = [c.text for c in candidates]
-        docs = [terms(t) for t in texts]
+        texts = tuple(c.text for c in candidates)
         embed = request.signals.embed
-        index = LexicalIndex(docs)
-        relevance, vectors = query_relevance(request.query, texts, index=index, embed=embed)
         k = self.topics if self.topics is not None else default_topic_count(len(candidates))
         if embed is not None:  # topics over the model's embeddings, projected to 32 dims
+            index = corpus_index(texts)
+            relevance, vectors = query_relevance(request.query, texts, index=index, embed=embed)
             labels = cluster(vectors, k, top=PROJECTED_DIMENSIONS)
             central, overlap = topic_geometry(vectors, labels)
         else:  # topics over TF-IDF term vectors
-            term_vectors = tfidf_vectors(docs, index=index)
-            labels = cluster(term_vectors, k)
-            central, overlap = topic_geometry(term_vectors, labels)
+            index, labels, central, overlap = _term_topics(texts, k)
+            relevance, _ = query_relevance(request.query, texts, index=index)
 
         budget = request.budget
         keep: list[int] = []

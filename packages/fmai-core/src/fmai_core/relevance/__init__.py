@@ -9,10 +9,11 @@ see the policies page of the docs.
 
 from __future__ import annotations
 
-from fmai_core.relevance.information import information, recency
+from fmai_core.relevance.information import corpus_information, information, recency
 from fmai_core.relevance.lexical import (
     STOPWORDS,
     LexicalIndex,
+    corpus_index,
     cosine,
     hashed_embedding,
     stem,
@@ -32,6 +33,8 @@ __all__ = [
     "LexicalIndex",
     "clear_caches",
     "cluster",
+    "corpus_index",
+    "corpus_information",
     "cosine",
     "default_topic_count",
     "greedy_fill",
@@ -49,13 +52,15 @@ __all__ = [
 
 
 def clear_caches() -> None:
-    """Empty the per-text memo caches (terms, hashed embeddings, claims, cues, sentences).
+    """Empty the memo caches (terms, hashed embeddings, claims, cues, sentences, and the
+    per-candidate-set indexes, information scores and topics).
 
-    The caches hold at most 65,536 texts each; clear them to free memory or to measure
-    cold-start cost.
+    The per-text caches hold at most 65,536 texts each, the per-set memos the last 4 to 8
+    candidate sets; clear them to free memory or to measure cold-start cost.
     """
     from fmai_core.fidelity import claims
     from fmai_core.policies.rolling_summary import _units
+    from fmai_core.policies.semantic import _term_topics
     from fmai_core.relevance.information import _cues
     from fmai_core.relevance.lexical import _term_counts, _word_features
     from fmai_core.relevance.scoring import _dedup_key
@@ -69,3 +74,6 @@ def clear_caches() -> None:
     stem.cache_clear()
     _units.cache_clear()
     _dedup_key.cache_clear()
+    _term_topics.cache_clear()
+    corpus_index.cache_clear()
+    corpus_information.cache_clear()

@@ -25,9 +25,9 @@ from functools import lru_cache
 from itertools import repeat
 
 from fmai_core.fidelity import claims
-from fmai_core.relevance.lexical import LexicalIndex, terms
+from fmai_core.relevance.lexical import LexicalIndex, corpus_index, terms
 
-__all__ = ["information", "recency"]
+__all__ = ["corpus_information", "information", "recency"]
 
 _SELF = re.compile(
     r"\b(my|mine|i am|i'm|i was|i have|i've|i live|i work|i moved|i grew|i prefer|i love|"
@@ -83,6 +83,13 @@ def information(texts: Sequence[str], *, index: LexicalIndex | None = None) -> l
         raw.append(score)
     top = max(raw)
     return [s / top for s in raw] if top > 0 else [0.0] * len(raw)
+
+
+@lru_cache(maxsize=8)
+def corpus_information(texts: tuple[str, ...]) -> tuple[float, ...]:
+    """[`information`][fmai_core.relevance.information] of `texts`, memoised like
+    [`corpus_index`][fmai_core.relevance.corpus_index] (it does not depend on the query)."""
+    return tuple(information(texts, index=corpus_index(texts)))
 
 
 def recency(count: int, half_life: float) -> list[float]:

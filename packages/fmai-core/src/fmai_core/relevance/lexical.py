@@ -18,6 +18,7 @@ from itertools import chain
 __all__ = [
     "STOPWORDS",
     "LexicalIndex",
+    "corpus_index",
     "cosine",
     "hashed_embedding",
     "stem",
@@ -257,3 +258,15 @@ class LexicalIndex:
         if mass <= 0.0:
             return [0.0] * self.size
         return [min(1.0, s / mass) for s in self.scores(query)]
+
+
+@lru_cache(maxsize=8)
+def corpus_index(texts: tuple[str, ...]) -> LexicalIndex:
+    """A [`LexicalIndex`][fmai_core.relevance.LexicalIndex] over the terms of `texts`, memoised.
+
+    Policies call it with their candidates' texts. In recall mode the candidates are the
+    archive, which stays the same from one eviction to the next, so the index (and the term
+    postings its queries gather) is built once per eviction, not once per turn. The last 8
+    sets of texts are kept; the index is shared, so treat it as read-only.
+    """
+    return LexicalIndex([terms(t) for t in texts])
