@@ -69,24 +69,28 @@ def topic_geometry(
     return central, overlap
 
 
-@lru_cache(maxsize=4)
-def _term_topics(
-    texts: tuple[str, ...], k: int
-) -> tuple[LexicalIndex, list[int], list[float], dict[int, dict[int, float]]]:
-    """The query-independent part of a proxy selection over `texts` (read-only, memoised).
-
-    The BM25 index, the topic labels over TF-IDF term vectors, and the topics' geometry
-    depend only on the candidates' texts. In recall mode the candidates are the archive,
-    which stays the same from one eviction to the next, so a conversation pays for them once
-    per eviction, and each turn only scores its new query. The result is the same whether it
-    comes from the memo or not.
-    """
+def _topics(
+    texts: Sequence[str], k: int, index: LexicalIndex
+) -> tuple[list[int], list[float], dict[int, dict[int, float]]]:
+    """Topic labels over TF-IDF term vectors of `texts`, with their centrality and overlap."""
     docs = [terms(t) for t in texts]
-    index = corpus_index(texts)
     term_vectors = tfidf_vectors(docs, index=index)
     labels = cluster(term_vectors, k)
     central, overlap = topic_geometry(term_vectors, labels)
-    return index, labels, central, overlap
+    return labels, central, overlap
+
+
+@lru_cache(maxsize=4)
+def _term_topics(
+    texts: tuple[str, ...], k: int
+) -> tuple[list[int], list[float], dict[int, dict[int, float]]]:
+    """`_topics` of a whole candidate set, memoised (read-only).
+
+    They depend only on the candidates' texts, so a policy called again on the same
+    candidates (another question, the same history) does not cluster them again. The result
+    is the same whether it comes from the memo or not.
+    """
+    return _topics(texts, k, corpus_index(texts))
 
 
 @dataclass(frozen=True)
@@ -103,10 +107,12 @@ class SemanticPolicy(Policy):
     kept from other topics weighted by how similar the topics' centroids are (see
     [`topic_geometry`][fmai_core.policies.semantic.topic_geometry]). So the second segment of
     a topic competes with the first of another, and a topic split in two does not get a
-    double share. In `"evict"` mode the newest `keep_recent` segments are always
-    kept. In `"recall"` mode only segments with `relevance > min_relevance` may come back,
-    valued by relevance alone, still divided by `1 + load` so that they spread over topics;
-    text already in the prompt or repeated is not recalled.
+    double share. In `"evict"` mode the topics are formed over every candidate and the newest
+    `keep_recent` segments are always kept. In `"recall"` mode only segments with
+    `relevance > min_relevance` may come back, valued by relevance alone, still divided by
+    `1 + load` so that they spread over topics, which are formed over those segments only
+    (a recall over a large archive clusters a few dozen segments, not all of them); text
+    already in the prompt or repeated is not recalled.
 
     Attributes:
         relevance_weight: Weight of relevance against topic centrality.
@@ -114,8 +120,8 @@ class SemanticPolicy(Policy):
         keep_recent: Newest segments always kept in evict mode.
         min_relevance: Relevance a segment needs to be recalled.
 
-    Stats: `signal`, `topics` (topics formed), `topics_kept` (topics with a kept segment),
-    `kept`, `kept_tokens`.
+    Stats: `signal`, `topics` (topics formed; in recall mode among the eligible segments),
+    `topics_kept` (topics with a kept segment), `kept`, `kept_tokens`.
     """
 
     name: ClassVar[str] = "semantic"
@@ -132,30 +138,44 @@ class SemanticPolicy(Policy):
             return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
         texts = tuple(c.text for c in candidates)
         embed = request.signals.embed
-        k = self.topics if self.topics is not None else default_topic_count(len(candidates))
-        if embed is not None:  # topics over the model's embeddings, projected to 32 dims
-            index = corpus_index(texts)
-            relevance, vectors = query_relevance(request.query, texts, index=index, embed=embed)
-            labels = cluster(vectors, k, top=PROJECTED_DIMENSIONS)
-            central, overlap = topic_geometry(vectors, labels)
-        else:  # topics over TF-IDF term vectors
-            index, labels, central, overlap = _term_topics(texts, k)
-            relevance, _ = query_relevance(request.query, texts, index=index)
-
+        evict = request.mode == "evict"
+        relevance, vectors = query_relevance(
+            request.query, texts, index=corpus_index(texts), embed=embed
+        )
         budget = request.budget
         keep: list[int] = []
-        if request.mode == "evict":
+        if evict:
             for segment in newest(candidates, self.keep_recent, budget):
                 keep.append(segment.id)
                 budget -= segment.tokens
         reserved = set(keep)
-        if request.mode == "recall":
+        if not evict:
             reserved |= redundant(candidates, request.context)
-        evict = request.mode == "evict"
         floor = -math.inf if evict else self.min_relevance
         eligible = [
             i for i, c in enumerate(candidates) if c.id not in reserved and relevance[i] > floor
         ]
+        # Topics: in evict mode over every candidate, to cover the conversation; in recall
+        # mode over the eligible ones only, since they are all that may come back and the
+        # topics only serve to spread the recall over what they are about.
+        clustered: Sequence[int] = range(len(candidates)) if evict else eligible
+        k = self.topics if self.topics is not None else default_topic_count(len(clustered))
+        if embed is not None:  # topics over the model's embeddings, projected to 32 dims
+            some = [vectors[i] for i in clustered]
+            some_labels = cluster(some, k, top=PROJECTED_DIMENSIONS)
+            some_central, overlap = topic_geometry(some, some_labels)
+        elif evict:  # topics over TF-IDF term vectors
+            some_labels, some_central, overlap = _term_topics(texts, k)
+        else:
+            some_texts = [texts[i] for i in eligible]
+            index = LexicalIndex([terms(t) for t in some_texts])
+            some_labels, some_central, overlap = _topics(some_texts, k, index)
+        labels = [-1] * len(candidates)
+        central = [0.0] * len(candidates)
+        for i, label, centrality in zip(clustered, some_labels, some_central):
+            labels[i] = label
+            central[i] = centrality
+
         n = len(candidates)
         # Recall ranks by relevance alone (topic centrality says nothing about the query).
         weight = self.relevance_weight if evict else 1.0
