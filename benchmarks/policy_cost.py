@@ -147,7 +147,7 @@ def per_turn(
     for budget in budgets:
         for name in POLICY_NAMES:
             times: list[float] = []
-            evictions = 0
+            eviction_times: list[float] = []
             for seed in range(100, 100 + conversations):
                 clear_caches()
                 conversation = make_conversation(seed, sessions=segments // 60 + 2, turns=30)
@@ -161,13 +161,17 @@ def per_turn(
                 for i in range(turns):
                     reply = llm.chat(messages[start + 2 + 2 * i].content)
                     times.append(reply.stats.policy_ms)
-                    evictions += reply.stats.evicted
+                    if reply.stats.evicted:
+                        eviction_times.append(reply.stats.policy_ms)
             results[f"{budget}/{name}"] = {
                 "p50": round(statistics.median(times), 2),
                 "p95": round(percentile(times, 95), 2),
                 "max": round(max(times), 2),
                 "turns": len(times),
-                "eviction_turns": evictions,
+                "eviction_turns": len(eviction_times),
+                "eviction_p50": (
+                    round(statistics.median(eviction_times), 2) if eviction_times else None
+                ),
             }
     return {"conversations": conversations, "segments": segments, "results": results}
 
@@ -175,14 +179,16 @@ def per_turn(
 def markdown_turns(report: dict[str, Any]) -> str:
     """Render the per-turn report as a Markdown table."""
     lines = [
-        "| max_tokens | policy | p50 (ms) | p95 (ms) | max (ms) | eviction turns |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
+        "| max_tokens | policy | p50 (ms) | p95 (ms) | max (ms) | eviction turns | "
+        "their p50 (ms) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, r in report["results"].items():
         budget, name = key.split("/")
+        evicting = "–" if r["eviction_p50"] is None else f"{r['eviction_p50']:.2f}"
         lines.append(
             f"| {budget} | `{name}` | {r['p50']:.2f} | {r['p95']:.2f} | {r['max']:.2f} | "
-            f"{r['eviction_turns']} of {r['turns']} |"
+            f"{r['eviction_turns']} of {r['turns']} | {evicting} |"
         )
     return "\n".join(lines)
 
@@ -202,9 +208,9 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def fragment(report: dict[str, Any], command: str) -> str:
+def fragment(report: dict[str, Any], command: str, title: str = "Policy cost") -> str:
     """The docs fragment."""
-    return f"""## Policy cost
+    return f"""## {title}
 
 Time of one `select()` call over {report["segments"]} segments of synthetic conversation
 (EchoBackend token counts, no model signals), p50 and p95 over {report["runs"]}
@@ -266,6 +272,7 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--write", metavar="PATH", help="write the docs fragment to PATH")
+    parser.add_argument("--title", default="Policy cost", help="heading of the docs fragment")
     args = parser.parse_args()
     report = measure(args.runs, args.segments, args.repeats)
     report["per_turn"] = per_turn(args.conversations, args.segments)
@@ -274,7 +281,7 @@ def main() -> None:
     else:
         print(markdown(report) + "\n\n" + markdown_turns(report["per_turn"]))
     if args.write:
-        command = "python benchmarks/policy_cost.py --write docs/benchmarks/policy_cost.md"
+        command = f"python benchmarks/policy_cost.py --write {args.write}"
         if args.runs != 30:
             command += f" --runs {args.runs}"
         if args.segments != SEGMENTS:
@@ -283,7 +290,9 @@ def main() -> None:
             command += f" --repeats {args.repeats}"
         if args.conversations != 10:
             command += f" --conversations {args.conversations}"
-        Path(args.write).write_text(fragment(report, command), encoding="utf-8")
+        if args.title != "Policy cost":
+            command += f' --title "{args.title}"'
+        Path(args.write).write_text(fragment(report, command, args.title), encoding="utf-8")
 
 
 if __name__ == "__main__":
