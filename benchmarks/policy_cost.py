@@ -223,8 +223,9 @@ tokens. *warm* is the state in a running conversation:
 - **recall, new archive**: the turn of an eviction: the previous recall saw the archive
   without its newest 50 segments, and this turn's evict call saw those 50;
 - **recall, same archive**: the usual turn, between evictions: the previous call saw the
-  same archive with another question. What a policy computes from the candidates alone may
-  be reused; `semantic` memoises its topics for its last 4 candidate sets.
+  same archive with another question. What a policy computes from the candidates alone
+  (the BM25 index, the information proxy, `semantic`'s topics in evict mode) is memoised
+  for the last few candidate sets, so such a call only scores the new question.
 
 *cold* clears every cache first (a restored checkpoint, the first turn). A turn with an
 eviction makes an evict call and then a recall call over the new archive. `sliding` never
@@ -249,11 +250,10 @@ the history holds most of them and no turn evicts.
 {markdown_turns(report["per_turn"])}
 
 Measured with Python {report["python"]} on {report["cpu"]} ({report["cpus"]} logical CPUs,
-one used; pure Python, single-threaded). Timings vary: on the project's shared 2-core
-development machine (an AMD EPYC virtual machine, other jobs running at the same time) the
-same code measured up to about 2x apart from one run to the next, and an earlier run on a
-16-core Intel Xeon gave lower figures than that machine. Compare policies within one run,
-and rerun on your own hardware:
+one used; pure Python, single-threaded). Timings vary from machine to machine and from run
+to run: on the project's shared 2-core development machine the same code measured up to
+about 2x apart between runs. Compare policies within one run, and rerun on your own
+hardware:
 
 ```bash
 pip install -e packages/fmai-core

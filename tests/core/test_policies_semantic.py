@@ -74,3 +74,21 @@ def test_model_embeddings_are_used_and_reported() -> None:
     assert calls == [len(texts) + 1]
     assert selection.stats["signal"] == "model"
     assert {truth[i] for i in selection.keep} == set(TOPICS)
+
+
+def test_recall_forms_topics_over_the_segments_that_may_come_back() -> None:
+    texts, truth = topical(3, 25)
+    facts = [
+        "My locker code at the gym is 4721.",
+        "The gym changed my locker code last week.",
+        "I wrote the locker code on a sticky note.",
+    ]
+    texts += facts
+    truth += ["fact"] * len(facts)
+    candidates = tuple(Segment(i, i, "user", t, 12) for i, t in enumerate(texts))
+    request = PolicyRequest("recall", candidates, 36, query="What is my locker code?")
+    selection = SemanticPolicy().select(request)
+    assert {truth[i] for i in selection.keep} == {"fact"}
+    # Only the three relevant segments are clustered (they share "gym" twice: one topic),
+    # not the 100 others of the archive, which would form about ten.
+    assert selection.stats["topics"] == 1
