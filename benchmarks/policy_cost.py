@@ -8,17 +8,17 @@ median of `--repeats` calls, each made in the same state, which filters out a lo
 a shared machine without hiding a slow call. Three situations of a conversation are
 measured:
 
-- **evict**: the policy made the previous turn's call (the same candidates without the
-  newest two messages, another question), so the texts were seen but the candidate set is
-  new, as on every eviction;
+- **evict**: the previous eviction saw the oldest 60% of the candidates (another question),
+  and the rest arrived since, each prepared by `Policy.prepare` as the engine does when a
+  message enters memory; the candidate set is new, as on every eviction;
 - **recall, new archive**: the turn of an eviction: the previous turn's recall saw the
-  archive without its newest 50 segments, and this turn's evict call has just seen those 50
-  (they were the oldest of the history);
+  archive without its newest 50 segments, which were prepared when they arrived;
 - **recall, same archive**: the usual turn: the previous call saw the same archive with
-  another question (what a policy computes from the candidates alone may be reused;
-  `semantic` memoises its topics per candidate set).
+  another question (what a policy computes from the candidates alone is memoised per
+  candidate set).
 
-*cold* clears every cache before the call (a restored checkpoint, the first turn).
+*cold* clears every cache before the call: texts no call has seen and `prepare` has not
+processed (the engine prepares what arrives, and what `load` restores).
 
 Usage:
     python benchmarks/policy_cost.py                 # Markdown table
@@ -61,8 +61,8 @@ SITUATIONS = {
 
 def requests(
     seed: int, segments: int = SEGMENTS
-) -> dict[str, tuple[tuple[PolicyRequest, ...], PolicyRequest]]:
-    """Per situation, the requests of the calls before and the measured one."""
+) -> dict[str, tuple[tuple[PolicyRequest, ...], tuple[Segment, ...], PolicyRequest]]:
+    """Per situation: the earlier calls, the segments prepared since, and the measured call."""
     conversation = make_conversation(seed, sessions=segments // 60 + 1, turns=30)
     messages = conversation.messages[:segments]
     candidates = tuple(
@@ -77,12 +77,19 @@ def requests(
 
     evict = PolicyRequest("evict", candidates, total // 5, query=query, count_text=count)
     recall = PolicyRequest("recall", candidates, 150, query=query, count_text=count)
-    before = replace(recall, candidates=candidates[:-50], query=previous_query)
-    history = PolicyRequest("evict", candidates[-50:], 100, query=query, count_text=count)
+    kept = int(0.6 * len(candidates))
     return {
-        "evict": ((replace(evict, candidates=candidates[:-2], query=previous_query),), evict),
-        "recall-new": ((before, history), recall),
-        "recall-same": ((replace(recall, query=previous_query),), recall),
+        "evict": (
+            (replace(evict, candidates=candidates[:kept], query=previous_query),),
+            candidates[kept:],
+            evict,
+        ),
+        "recall-new": (
+            (replace(recall, candidates=candidates[:-50], query=previous_query),),
+            candidates[-50:],
+            recall,
+        ),
+        "recall-same": ((replace(recall, query=previous_query),), (), recall),
     }
 
 
@@ -97,7 +104,7 @@ def measure(runs: int, segments: int = SEGMENTS, repeats: int = 3) -> dict[str, 
                 continue
             timings: dict[str, list[float]] = {"cold": [], "warm": []}
             for batch in batches:
-                previous, request = batch[situation]
+                previous, arrived, request = batch[situation]
                 calls: dict[str, list[float]] = {"cold": [], "warm": []}
                 for _ in range(repeats):
                     clear_caches()
@@ -107,6 +114,7 @@ def measure(runs: int, segments: int = SEGMENTS, repeats: int = 3) -> dict[str, 
                     clear_caches()
                     for earlier in previous:
                         policy.select(earlier)
+                    policy.prepare(arrived)
                     start = time.perf_counter()
                     policy.select(request)
                     calls["warm"].append((time.perf_counter() - start) * 1000)
@@ -218,16 +226,18 @@ conversations; each conversation's figure is the median of {report["repeats"]} c
 the same state. `evict` keeps 20% of the candidates' tokens; `recall` returns at most 150
 tokens. *warm* is the state in a running conversation:
 
-- **evict**: the previous turn's call saw the same segments but the two newest (another
-  question), so the texts were seen and the candidate set is new, as on every eviction;
+- **evict**: the previous eviction saw the oldest 60% of the segments (another question)
+  and the rest arrived since, each prepared by `Policy.prepare` as the engine does when a
+  message enters memory: the candidate set is new, as on every eviction;
 - **recall, new archive**: the turn of an eviction: the previous recall saw the archive
-  without its newest 50 segments, and this turn's evict call saw those 50;
+  without its newest 50 segments, which were prepared when they arrived;
 - **recall, same archive**: the usual turn, between evictions: the previous call saw the
   same archive with another question. What a policy computes from the candidates alone
-  (the BM25 index, the information proxy, `semantic`'s topics in evict mode) is memoised
-  for the last few candidate sets, so such a call only scores the new question.
+  (the BM25 index, the information proxy) is memoised for the last few candidate sets, so
+  such a call only scores the new question.
 
-*cold* clears every cache first (a restored checkpoint, the first turn). A turn with an
+*cold* clears every cache first: texts never prepared (the engine prepares what arrives and
+what `load` restores, so in a conversation this is rare). A turn with an
 eviction makes an evict call and then a recall call over the new archive. `sliding` never
 recalls. Targets: `sliding` at most 1 ms, the others at most 20 ms per call (the engine's
 default `max_policy_ms` is 200).
@@ -245,7 +255,8 @@ user message of the conversation (longer than the questions above, so relevance 
 more). A turn's time covers every policy call it makes, including the deadline thread:
 the recall over the archive and, on an eviction turn, the evict call before it. At
 `max_tokens` = 2048 the history holds about 55 segments and the archive the rest; at 8192
-the history holds most of them and no turn evicts.
+the history holds about half of them and no turn evicts. A turn's time includes
+`Policy.prepare` of its message and reply.
 
 {markdown_turns(report["per_turn"])}
 

@@ -134,5 +134,6 @@ def load_checkpoint(
         raise CheckpointError(f"{p} is damaged or incomplete ({exc!r}); restore a backup.") from exc
     llm._check_fixed(state)
     llm._commit(state)
+    llm._prepare([*state.history, *state.archive])
     llm._stats = stats
     return llm

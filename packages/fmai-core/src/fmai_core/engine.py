@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from os import PathLike
@@ -270,7 +271,9 @@ class FiniteMemoryLLM:
                 if not m.content.strip():
                     continue
                 state = state.append(self._segments(state, m.role, m.content))
+            added = state.history[len(self._state.history) :]
             self._commit(state)
+            self._prepare(added)
 
     def context(self, text: str) -> list[Message]:
         """Return the exact prompt the next turn would send for `text` (changes nothing)."""
@@ -301,6 +304,24 @@ class FiniteMemoryLLM:
         self._state = state
         self._version += 1
 
+    def _prepare(self, segments: Sequence[Segment]) -> float:
+        """Let the policy precompute what it needs from segments now in memory; return ms.
+
+        Called once memory is committed. A failure only costs speed later (the work is done
+        at the next eviction or recall instead), so it warns and the turn stands.
+        """
+        start = time.perf_counter()
+        try:
+            self._planner.policy.prepare(segments)
+        except Exception as exc:
+            warnings.warn(
+                f"{type(self._planner.policy).__name__}.prepare failed ({exc!r}); the turn is "
+                "stored, and the policy will do that work on its next call.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return (time.perf_counter() - start) * 1000
+
     # -- turns ----------------------------------------------------------------------------
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         merged = {**self.generation, **params}
@@ -328,6 +349,7 @@ class FiniteMemoryLLM:
             reply = self._segments(state, "assistant", gen.text) if gen.text.strip() else []
             state = replace(state.append(reply), turn=state.turn + 1)
             self._commit(state)
+            prepare_ms = self._prepare([*new, *reply])
             u = gen.usage
             prompt = u.prompt_tokens or plan.prompt_tokens
             stats = TurnStats(
@@ -343,7 +365,7 @@ class FiniteMemoryLLM:
                 latency_ms=(time.perf_counter() - start) * 1000,
                 ttft_ms=gen.ttft_ms,
                 policy=plan.policy,
-                policy_ms=plan.policy_ms,
+                policy_ms=plan.policy_ms + prepare_ms,
                 fallback=plan.fallback,
                 evicted=plan.evicted,
                 policy_stats=plan.policy_stats,

@@ -25,7 +25,8 @@ class TurnStats:
         latency_ms: Wall time of the turn, policy included.
         ttft_ms: Time to the first generated token.
         policy: The policy that decided (`"sliding"` after a fallback).
-        policy_ms: Time the policy took (both calls: evict and recall).
+        policy_ms: Time the policy took: its calls (evict and recall) and its
+            [`prepare`][fmai_core.policies.Policy.prepare] of the turn's message and reply.
         fallback: `True` when the policy ran past `max_policy_ms` and `sliding` was used.
         evicted: `True` when a block eviction happened this turn.
         policy_stats: Free-form figures from the policy (e.g. `{"signal": "proxy"}`).

@@ -25,11 +25,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 
 from fmai_core.policies import POLICY_NAMES, get_policy, register_policy
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
+from fmai_core.segments import Segment
 from fmai_multilingual.scripts import COMMON, INHERITED, script_runs
 from fmai_multilingual.sentences import split_sentences
 
@@ -78,6 +80,10 @@ class MultilingualPolicy(Policy):
         for sentence in split_sentences(text, self.language):
             pieces.extend(split_at_script_switches(sentence))
         return pieces
+
+    def prepare(self, segments: Sequence[Segment]) -> None:
+        """Let the base policy precompute what it needs from segments entering memory."""
+        self.base.prepare(segments)
 
     def select(self, request: PolicyRequest) -> Selection:
         """Delegate to the base policy, then make sure the selection fits the budget."""

@@ -113,5 +113,20 @@ class Policy(ABC):
     def select(self, request: PolicyRequest) -> Selection:
         """Choose the segments to keep. Must be pure: no state changes, no I/O but signals."""
 
+    def prepare(self, segments: Sequence[Segment]) -> None:
+        """Precompute what later calls need from `segments`, as they enter memory.
+
+        The engine calls it with each turn's new message and reply, and with what `extend`
+        adds or `load` restores. It runs outside the policy's deadline, and on a turn its
+        time counts in `TurnStats.policy_ms`. Work done here for each text once (features
+        kept in memo caches) is not repeated when the segment is later a candidate for
+        eviction or recall. The default computes the torch-free proxies' per-text features
+        (see [`warm`][fmai_core.relevance.warm]); a policy that needs none overrides it with
+        a no-op. It must not change anything but caches.
+        """
+        from fmai_core.relevance import warm
+
+        warm(s.text for s in segments)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -11,6 +11,7 @@ from typing import ClassVar
 from fmai_core.fidelity import check_fidelity
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.relevance import (
+    corpus_index,
     greedy_fill,
     information,
     newest,
@@ -107,14 +108,22 @@ class RollingSummaryPolicy(Policy):
     summary_fraction: float = 0.3
     min_relevance: float = 0.15
 
+    def prepare(self, segments: Sequence[Segment]) -> None:
+        """The proxies' per-text features, and those of the sentences a summary is built from."""
+        from fmai_core.relevance import warm
+
+        super().prepare(segments)
+        warm(unit for line in summary_source(None, segments) for unit in _units(line))
+
     def select(self, request: PolicyRequest) -> Selection:
         """Keep recent history; summarise the rest (evict) or recall by relevance (recall)."""
         candidates = request.candidates
         if not candidates or request.budget <= 0:
             return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
         if request.mode == "recall":
+            texts = tuple(c.text for c in candidates)
             relevance, _ = query_relevance(
-                request.query, [c.text for c in candidates], embed=request.signals.embed
+                request.query, texts, index=corpus_index(texts), embed=request.signals.embed
             )
             skip = redundant(candidates, request.context)
             relevance = [0.0 if c.id in skip else r for r, c in zip(relevance, candidates)]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
+from fmai_core.segments import Segment
 
 __all__ = ["SlidingWindowPolicy"]
 
@@ -19,6 +21,9 @@ class SlidingWindowPolicy(Policy):
 
     name: ClassVar[str] = "sliding"
     recalls: ClassVar[bool] = False
+
+    def prepare(self, segments: Sequence[Segment]) -> None:
+        """Nothing to precompute: `sliding` only reads token counts."""
 
     def select(self, request: PolicyRequest) -> Selection:
         """Walk back from the newest segment, keeping segments until the budget is spent."""

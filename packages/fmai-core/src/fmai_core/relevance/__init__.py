@@ -9,6 +9,8 @@ see the policies page of the docs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from fmai_core.relevance.information import corpus_information, information, recency
 from fmai_core.relevance.lexical import (
     STOPWORDS,
@@ -48,7 +50,27 @@ __all__ = [
     "stem",
     "terms",
     "tfidf_vectors",
+    "warm",
 ]
+
+
+def warm(texts: Iterable[str]) -> None:
+    """Compute the per-text features the torch-free proxies use, into their memo caches.
+
+    These are the content terms and their counts, the hashed embedding, the information
+    cues and the duplicate key of each text. [`Policy.prepare`][fmai_core.policies.Policy.prepare]
+    calls it for segments as they enter memory, so a later eviction or recall only does the
+    work that depends on the whole candidate set and the query.
+    """
+    from fmai_core.relevance.information import _cues
+    from fmai_core.relevance.lexical import _term_counts
+    from fmai_core.relevance.scoring import _dedup_key
+
+    for text in texts:
+        _term_counts(terms(text))
+        hashed_embedding(text)
+        _cues(text)
+        _dedup_key(text)
 
 
 def clear_caches() -> None:
