@@ -7,13 +7,14 @@ message and `repr`, and learns the token counter's correction from reported usag
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar
 
-from fmai_core.backend import Generation, Usage
+from fmai_core.backend import Generation, StreamChunk, Usage
 from fmai_core.backends.tokens import ChatCounter, TextCount, resolve_counter
 from fmai_core.errors import (
     AuthenticationError,
@@ -42,6 +43,8 @@ class HostedBackend:
     sdk_name: ClassVar[str] = ""
     extra: ClassVar[str] = ""
     key_env: ClassVar[tuple[str, ...]] = ()
+    _client_class: ClassVar[str] = ""
+    _async_client_class: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -196,6 +199,103 @@ class HostedBackend:
                 "not stored; send the message again."
             )
         return err
+
+    # -- clients ------------------------------------------------------------------------
+    def _sync(self) -> Any:
+        if self._client is None:
+            self._client = getattr(self._sdk, self._client_class)(**self._client_args())
+        return self._client
+
+    def _async(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aloop is not loop:
+            self._aclient = getattr(self._sdk, self._async_client_class)(**self._client_args())
+            self._aloop = loop
+        return self._aclient
+
+    # -- what a provider supplies ---------------------------------------------------------
+    def _create(self, client: Any) -> Any:
+        """The SDK client's method that sends a request (plain or streamed)."""
+        raise NotImplementedError
+
+    def _request(
+        self, messages: Sequence[Message], params: dict[str, Any], stream: bool
+    ) -> dict[str, Any]:
+        """The keyword arguments of `_create` for `messages`."""
+        raise NotImplementedError
+
+    def _generation(self, messages: Sequence[Message], resp: Any, start: float) -> Generation:
+        """The Generation of a whole (not streamed) response."""
+        raise NotImplementedError
+
+    def _delta(self, tracker: StreamTracker, item: Any) -> str:
+        """Record one streamed chunk or event in `tracker`; return its text delta."""
+        raise NotImplementedError
+
+    # -- the Backend protocol -----------------------------------------------------------
+    def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        """Send `messages` and return the whole reply (see `Backend.generate`)."""
+        start = time.perf_counter()
+        try:
+            resp = self._create(self._sync())(**self._request(messages, params, False))
+            return self._generation(messages, resp, start)
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
+        """Yield text deltas as they arrive, then a chunk with the Generation.
+
+        Raises a [`BackendError`][fmai_core.errors.BackendError] (never returns normally) when
+        the stream breaks off before the provider's final chunk.
+        """
+        tracker = StreamTracker(self)
+        try:
+            items = self._create(self._sync())(**self._request(messages, params, True))
+        except Exception as exc:
+            raise self._error(exc) from None
+        try:
+            for item in items:
+                text = self._delta(tracker, item)
+                if text:
+                    yield StreamChunk(text)
+            gen = tracker.generation(messages)
+        except Exception as exc:
+            raise self._stream_error(exc, tracker) from None
+        finally:
+            items.close()
+        yield StreamChunk("", generation=gen)
+
+    async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        """Async twin of `generate`."""
+        start = time.perf_counter()
+        try:
+            create = self._create(self._async())
+            resp = await create(**self._request(messages, params, False))
+            return self._generation(messages, resp, start)
+        except Exception as exc:
+            raise self._error(exc) from None
+
+    async def astream(
+        self, messages: Sequence[Message], **params: Any
+    ) -> AsyncIterator[StreamChunk]:
+        """Async twin of `stream`."""
+        tracker = StreamTracker(self)
+        try:
+            create = self._create(self._async())
+            items = await create(**self._request(messages, params, True))
+        except Exception as exc:
+            raise self._error(exc) from None
+        try:
+            async for item in items:
+                text = self._delta(tracker, item)
+                if text:
+                    yield StreamChunk(text)
+            gen = tracker.generation(messages)
+        except Exception as exc:
+            raise self._stream_error(exc, tracker) from None
+        finally:
+            await items.close()
+        yield StreamChunk("", generation=gen)
 
     def _usage(
         self,

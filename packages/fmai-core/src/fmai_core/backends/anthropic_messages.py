@@ -5,13 +5,12 @@ Install with `pip install 'fmai-core[anthropic]'`.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from fmai_core.backend import Generation, StreamChunk
+from fmai_core.backend import Generation
 from fmai_core.backends._hosted import HostedBackend, StreamTracker
 from fmai_core.backends.tokens import TextCount
 from fmai_core.errors import BackendError
@@ -90,6 +89,8 @@ class AnthropicBackend(HostedBackend):
     sdk_name: ClassVar[str] = "anthropic"
     extra: ClassVar[str] = "anthropic"
     key_env: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY",)
+    _client_class: ClassVar[str] = "Anthropic"
+    _async_client_class: ClassVar[str] = "AsyncAnthropic"
 
     def __init__(
         self,
@@ -119,18 +120,6 @@ class AnthropicBackend(HostedBackend):
         # only where the installed SDK still takes them.
         create = self._sdk.resources.messages.Messages.create
         self._sampling = "temperature" in inspect.signature(create).parameters
-
-    def _sync(self) -> Any:
-        if self._client is None:
-            self._client = self._sdk.Anthropic(**self._client_args())
-        return self._client
-
-    def _async(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._aclient is None or self._aloop is not loop:
-            self._aclient = self._sdk.AsyncAnthropic(**self._client_args())
-            self._aloop = loop
-        return self._aclient
 
     def _request(
         self, messages: Sequence[Message], params: dict[str, Any], stream: bool
@@ -164,7 +153,10 @@ class AnthropicBackend(HostedBackend):
         extra |= {"provider": self.provider, "usage_reported": reported, "model": resp.model}
         return Generation(text, usage, ms, ms, finish, extra)
 
-    def _event(self, tracker: StreamTracker, event: Any) -> str:
+    def _create(self, client: Any) -> Any:
+        return client.messages.create
+
+    def _delta(self, tracker: StreamTracker, event: Any) -> str:
         kind = getattr(event, "type", "")
         if kind == "message_start":
             tracker.prompt, tracker.reused, extra = _read_usage(event.message.usage)
@@ -179,64 +171,6 @@ class AnthropicBackend(HostedBackend):
         elif kind == "error":
             raise BackendError(f"The Messages API stream reported an error: {event}. Retry.")
         return ""
-
-    def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
-        """Send `messages` and return the whole reply."""
-        start = time.perf_counter()
-        try:
-            resp = self._sync().messages.create(**self._request(messages, params, False))
-            return self._generation(messages, resp, start)
-        except Exception as exc:
-            raise self._error(exc) from None
-
-    def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
-        """Yield text deltas, then the Generation; raises if the stream breaks off."""
-        tracker = StreamTracker(self)
-        try:
-            events = self._sync().messages.create(**self._request(messages, params, True))
-        except Exception as exc:
-            raise self._error(exc) from None
-        try:
-            for event in events:
-                text = self._event(tracker, event)
-                if text:
-                    yield StreamChunk(text)
-            gen = tracker.generation(messages)
-        except Exception as exc:
-            raise self._stream_error(exc, tracker) from None
-        finally:
-            events.close()
-        yield StreamChunk("", generation=gen)
-
-    async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
-        """Async twin of `generate`."""
-        start = time.perf_counter()
-        try:
-            resp = await self._async().messages.create(**self._request(messages, params, False))
-            return self._generation(messages, resp, start)
-        except Exception as exc:
-            raise self._error(exc) from None
-
-    async def astream(
-        self, messages: Sequence[Message], **params: Any
-    ) -> AsyncIterator[StreamChunk]:
-        """Async twin of `stream`."""
-        tracker = StreamTracker(self)
-        try:
-            events = await self._async().messages.create(**self._request(messages, params, True))
-        except Exception as exc:
-            raise self._error(exc) from None
-        try:
-            async for event in events:
-                text = self._event(tracker, event)
-                if text:
-                    yield StreamChunk(text)
-            gen = tracker.generation(messages)
-        except Exception as exc:
-            raise self._stream_error(exc, tracker) from None
-        finally:
-            await events.close()
-        yield StreamChunk("", generation=gen)
 
 
 def _read_usage(u: Any) -> tuple[int, int, dict[str, Any]]:

@@ -5,12 +5,11 @@ Install with `pip install 'fmai-core[openai]'`.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from fmai_core.backend import Generation, StreamChunk
+from fmai_core.backend import Generation
 from fmai_core.backends._hosted import HostedBackend, StreamTracker
 from fmai_core.backends.tokens import TextCount
 from fmai_core.errors import BackendError
@@ -61,6 +60,8 @@ class OpenAIBackend(HostedBackend):
     sdk_name: ClassVar[str] = "openai"
     extra: ClassVar[str] = "openai"
     key_env: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY",)
+    _client_class: ClassVar[str] = "OpenAI"
+    _async_client_class: ClassVar[str] = "AsyncOpenAI"
 
     def __init__(
         self,
@@ -89,19 +90,6 @@ class OpenAIBackend(HostedBackend):
         default = "max_tokens" if base_url is not None else "max_completion_tokens"
         self.max_tokens_param = max_tokens_param or default
         self.stream_usage = stream_usage
-
-    # -- clients ------------------------------------------------------------------------
-    def _sync(self) -> Any:
-        if self._client is None:
-            self._client = self._sdk.OpenAI(**self._client_args())
-        return self._client
-
-    def _async(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._aclient is None or self._aloop is not loop:
-            self._aclient = self._sdk.AsyncOpenAI(**self._client_args())
-            self._aloop = loop
-        return self._aclient
 
     # -- request and response -----------------------------------------------------------
     def _request(
@@ -139,7 +127,10 @@ class OpenAIBackend(HostedBackend):
         extra = {"provider": self.provider, "usage_reported": reported, "model": resp.model}
         return Generation(text, usage, ms, ms, finish, extra)
 
-    def _chunk(self, tracker: StreamTracker, chunk: Any) -> str:
+    def _create(self, client: Any) -> Any:
+        return client.chat.completions.create
+
+    def _delta(self, tracker: StreamTracker, chunk: Any) -> str:
         if getattr(chunk, "usage", None) is not None:
             tracker.prompt, tracker.completion, tracker.reused = _read_usage(chunk.usage)
         text = ""
@@ -149,73 +140,6 @@ class OpenAIBackend(HostedBackend):
             if choice.finish_reason:
                 tracker.finish = choice.finish_reason
         return tracker.add(text)
-
-    # -- the Backend protocol -----------------------------------------------------------
-    def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
-        """Send `messages` and return the whole reply (see `Backend.generate`)."""
-        start = time.perf_counter()
-        try:
-            resp = self._sync().chat.completions.create(**self._request(messages, params, False))
-            return self._generation(messages, resp, start)
-        except Exception as exc:
-            raise self._error(exc) from None
-
-    def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
-        """Yield text deltas as they arrive, then a chunk with the Generation.
-
-        Raises a [`BackendError`][fmai_core.errors.BackendError] (never returns normally) when
-        the stream breaks off before the provider's final chunk.
-        """
-        tracker = StreamTracker(self)
-        try:
-            sdk_stream = self._sync().chat.completions.create(
-                **self._request(messages, params, True)
-            )
-        except Exception as exc:
-            raise self._error(exc) from None
-        try:
-            for chunk in sdk_stream:
-                text = self._chunk(tracker, chunk)
-                if text:
-                    yield StreamChunk(text)
-            gen = tracker.generation(messages)
-        except Exception as exc:
-            raise self._stream_error(exc, tracker) from None
-        finally:
-            sdk_stream.close()
-        yield StreamChunk("", generation=gen)
-
-    async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
-        """Async twin of [`generate`][fmai_core.backends.OpenAIBackend.generate]."""
-        start = time.perf_counter()
-        try:
-            create = self._async().chat.completions.create
-            resp = await create(**self._request(messages, params, False))
-            return self._generation(messages, resp, start)
-        except Exception as exc:
-            raise self._error(exc) from None
-
-    async def astream(
-        self, messages: Sequence[Message], **params: Any
-    ) -> AsyncIterator[StreamChunk]:
-        """Async twin of [`stream`][fmai_core.backends.OpenAIBackend.stream]."""
-        tracker = StreamTracker(self)
-        try:
-            create = self._async().chat.completions.create
-            sdk_stream = await create(**self._request(messages, params, True))
-        except Exception as exc:
-            raise self._error(exc) from None
-        try:
-            async for chunk in sdk_stream:
-                text = self._chunk(tracker, chunk)
-                if text:
-                    yield StreamChunk(text)
-            gen = tracker.generation(messages)
-        except Exception as exc:
-            raise self._stream_error(exc, tracker) from None
-        finally:
-            await sdk_stream.close()
-        yield StreamChunk("", generation=gen)
 
 
 def _read_usage(u: Any) -> tuple[int | None, int | None, int]:
