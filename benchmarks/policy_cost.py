@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -292,17 +293,7 @@ def main() -> None:
     else:
         print(markdown(report) + "\n\n" + markdown_turns(report["per_turn"]))
     if args.write:
-        command = f"python benchmarks/policy_cost.py --write {args.write}"
-        if args.runs != 30:
-            command += f" --runs {args.runs}"
-        if args.segments != SEGMENTS:
-            command += f" --segments {args.segments}"
-        if args.repeats != 3:
-            command += f" --repeats {args.repeats}"
-        if args.conversations != 10:
-            command += f" --conversations {args.conversations}"
-        if args.title != "Policy cost":
-            command += f' --title "{args.title}"'
+        command = shlex.join(["python", "benchmarks/policy_cost.py", *sys.argv[1:]])
         Path(args.write).write_text(fragment(report, command, args.title), encoding="utf-8")
 
 

@@ -24,7 +24,9 @@ import argparse
 import json
 import platform
 import random
+import shlex
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -414,9 +416,7 @@ def main() -> None:
         print(markdown(reports["plain"]), end="\n\n")
         print(sweep_markdown(reports["sweep"]))
     if args.write:
-        command = "python benchmarks/recall.py --write docs/benchmarks/recall.md"
-        if args.seeds != 20:
-            command += f" --seeds {args.seeds}"
+        command = shlex.join(["python", "benchmarks/recall.py", *sys.argv[1:]])
         Path(args.write).write_text(fragment(reports, command), encoding="utf-8")
 
 
