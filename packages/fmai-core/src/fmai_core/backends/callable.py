@@ -114,13 +114,7 @@ class CallableBackend:
 
     def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
         """Yield the reply word by word (space kept with the next word), then the Generation."""
-        gen = self.generate(messages, **params)
-        words = gen.text.split(" ")
-        for i, word in enumerate(words):
-            piece = word if i == 0 else " " + word
-            if piece:
-                yield StreamChunk(piece)
-        yield StreamChunk("", generation=gen)
+        yield from _word_chunks(self.generate(messages, **params))
 
     async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Run `generate` in a worker thread."""
@@ -130,10 +124,11 @@ class CallableBackend:
         self, messages: Sequence[Message], **params: Any
     ) -> AsyncIterator[StreamChunk]:
         """Async twin of `stream` (the function runs in a worker thread)."""
-        gen = await self.agenerate(messages, **params)
-        words = gen.text.split(" ")
-        for i, word in enumerate(words):
-            piece = word if i == 0 else " " + word
-            if piece:
-                yield StreamChunk(piece)
-        yield StreamChunk("", generation=gen)
+        for chunk in _word_chunks(await self.agenerate(messages, **params)):
+            yield chunk
+
+
+def _word_chunks(gen: Generation) -> list[StreamChunk]:
+    """The reply of `gen` word by word (a space kept with the next word), then `gen`."""
+    pieces = [w if i == 0 else " " + w for i, w in enumerate(gen.text.split(" "))]
+    return [*(StreamChunk(p) for p in pieces if p), StreamChunk("", generation=gen)]
