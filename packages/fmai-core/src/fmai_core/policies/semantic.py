@@ -70,9 +70,13 @@ def topic_geometry(
 
 
 def _topics(
-    texts: Sequence[str], k: int, index: LexicalIndex
+    texts: Sequence[str], k: int, index: LexicalIndex | None = None
 ) -> tuple[list[int], list[float], dict[int, dict[int, float]]]:
-    """Topic labels over TF-IDF term vectors of `texts`, with their centrality and overlap."""
+    """Topic labels over TF-IDF term vectors of `texts`, with their centrality and overlap.
+
+    `index` is a [`LexicalIndex`][fmai_core.relevance.LexicalIndex] of the same texts, if
+    one exists.
+    """
     docs = [terms(t) for t in texts]
     term_vectors = tfidf_vectors(docs, index=index)
     labels = cluster(term_vectors, k)
@@ -167,9 +171,7 @@ class SemanticPolicy(Policy):
         elif evict:  # topics over TF-IDF term vectors
             some_labels, some_central, overlap = _term_topics(texts, k)
         else:
-            some_texts = [texts[i] for i in eligible]
-            index = LexicalIndex([terms(t) for t in some_texts])
-            some_labels, some_central, overlap = _topics(some_texts, k, index)
+            some_labels, some_central, overlap = _topics([texts[i] for i in eligible], k)
         labels = [-1] * len(candidates)
         central = [0.0] * len(candidates)
         for i, label, centrality in zip(clustered, some_labels, some_central):
