@@ -22,17 +22,32 @@ __all__ = ["ContextBuilder"]
 
 
 def _group(segments: Sequence[Segment]) -> list[tuple[str, str]]:
-    """Join consecutive segments of one message; return (role, text) per message."""
-    out: list[tuple[str, str]] = []
+    """Join consecutive segments of one message; return (role, text) per message.
+
+    Parts are joined with the whitespace that separated them in the message
+    (`Segment.sep`), so a whole message comes back verbatim.
+    """
+    return [(head.role, text) for head, text in _messages(segments)]
+
+
+def _messages(segments: Sequence[Segment]) -> list[tuple[Segment, str]]:
+    """Join consecutive segments of one message; return (first segment, text) per message."""
+    out: list[tuple[Segment, str]] = []
     last_id: int | None = None
     for s in segments:
         if s.message_id == last_id:
-            role, text = out[-1]
-            out[-1] = (role, text + " " + s.text)
+            head, text = out[-1]
+            out[-1] = (head, text + s.sep + s.text)
         else:
-            out.append((s.role, s.text))
+            out.append((s, s.text))
         last_id = s.message_id
     return out
+
+
+def _label(segment: Segment) -> str:
+    """How a recalled message is introduced: its date and speaker when known, else its role."""
+    who = segment.name or segment.role
+    return f"[{segment.timestamp}] {who}" if segment.timestamp else who
 
 
 @dataclass(frozen=True)
@@ -65,11 +80,15 @@ class ContextBuilder:
         return "\n\n".join(blocks) if blocks else None
 
     def user_text(self, recalled: Sequence[Segment], new_text: str) -> str:
-        """Return the final user message: recalled segments (if any), then the new text."""
+        """Return the final user message: recalled segments (if any), then the new text.
+
+        Each recalled message is one line, `[timestamp] name: text` (the role stands in for
+        a missing name; the date is left out when unknown), its text verbatim.
+        """
         if not recalled:
             return new_text
         lines = [self.recall_header]
-        lines += [f"{role}: {text}" for role, text in _group(recalled)]
+        lines += [f"{_label(head)}: {text}" for head, text in _messages(recalled)]
         lines.append(self.recall_footer)
         return "\n".join(lines) + "\n\n" + new_text
 

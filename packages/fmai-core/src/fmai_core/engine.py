@@ -203,7 +203,14 @@ class FiniteMemoryLLM:
             messages=len({seg.message_id for seg in (*s.history, *s.archive)}),
         )
 
-    def _segments(self, state: MemoryState, role: str, text: str) -> list[Segment]:
+    def _segments(
+        self,
+        state: MemoryState,
+        role: str,
+        text: str,
+        name: str | None = None,
+        timestamp: str | None = None,
+    ) -> list[Segment]:
         return segment_message(
             role,
             text,
@@ -213,6 +220,8 @@ class FiniteMemoryLLM:
             first_id=state.next_segment_id,
             message_id=state.next_message_id,
             turn=state.turn,
+            name=name,
+            timestamp=timestamp,
         )
 
     def _new_user(self, text: str) -> tuple[MemoryState, list[Segment]]:
@@ -270,7 +279,9 @@ class FiniteMemoryLLM:
                     continue
                 if not m.content.strip():
                     continue
-                state = state.append(self._segments(state, m.role, m.content))
+                state = state.append(
+                    self._segments(state, m.role, m.content, m.name, m.timestamp)
+                )
             added = state.history[len(self._state.history) :]
             self._commit(state)
             self._prepare(added)

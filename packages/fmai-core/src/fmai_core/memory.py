@@ -7,6 +7,7 @@ changed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,6 +17,8 @@ from fmai_core.text import words
 from fmai_core.tokens import TokenCounter
 
 __all__ = ["MemoryState", "archive_value", "segment_message"]
+
+_NONSPACE = re.compile(r"\S+")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,27 @@ class MemoryState:
         )
 
 
+def _spans(text: str, parts: Sequence[str]) -> list[tuple[int, int]] | None:
+    """Where each part lies in `text`, or `None` if the parts don't align with it.
+
+    Parts are made of the message's whitespace-separated words, in order; each part's span
+    runs from its first word to its last in `text`.
+    """
+    words_ = [(m.start(), m.end()) for m in _NONSPACE.finditer(text)]
+    out: list[tuple[int, int]] = []
+    at = 0
+    for part in parts:
+        n = len(part.split())
+        if n == 0 or at + n > len(words_):
+            return None
+        start, end = words_[at][0], words_[at + n - 1][1]
+        if text[start:end].split() != part.split():
+            return None
+        out.append((start, end))
+        at += n
+    return out if at == len(words_) else None
+
+
 def segment_message(
     role: str,
     text: str,
@@ -98,16 +122,22 @@ def segment_message(
     first_id: int,
     message_id: int,
     turn: int,
+    name: str | None = None,
+    timestamp: str | None = None,
 ) -> list[Segment]:
     """Cut a message into segments at sentence boundaries.
 
     A message of at most `max_tokens` tokens is one segment. A longer one is split into
     sentences (the anchors), and consecutive sentences are grouped into parts of at most
-    `max_tokens` tokens; a single sentence longer than that is cut between words.
+    `max_tokens` tokens; a single sentence longer than that is cut between words. Each part
+    keeps the exact whitespace that preceded it (`Segment.sep`), so the parts rejoin into
+    the message verbatim.
     """
     if counter.text(text) <= max_tokens:
         cost = counter.message(text)
-        return [Segment(first_id, message_id, role, text, cost, "message", turn)]
+        return [
+            Segment(first_id, message_id, role, text, cost, "message", turn, 0, 1, name, timestamp)
+        ]
     pieces: list[str] = []
     for sentence in splitter(text) or [text]:
         if counter.text(sentence) <= max_tokens:
@@ -127,11 +157,30 @@ def segment_message(
             parts[-1] = parts[-1] + " " + piece
         else:
             parts.append(piece)
+    spans = _spans(text, parts)
+    seps = [" "] * len(parts)
+    if spans is not None:  # each part is its exact span of the message
+        parts = [text[a:b] for a, b in spans]
+        seps[1:] = [text[spans[i - 1][1] : spans[i][0]] for i in range(1, len(spans))]
     segments = []
     for i, part in enumerate(parts):
         cost = counter.text(part) + (counter.message_overhead if i == 0 else counter.separator)
+        sep = seps[i]
         segments.append(
-            Segment(first_id + i, message_id, role, part, cost, "part", turn, i, len(parts))
+            Segment(
+                first_id + i,
+                message_id,
+                role,
+                part,
+                cost,
+                "part",
+                turn,
+                i,
+                len(parts),
+                name,
+                timestamp,
+                sep,
+            )
         )
     return segments
 

@@ -32,6 +32,12 @@ class Segment:
         turn: The turn in which the message was added (0-based).
         part: Index of this part within its message (0 for whole messages).
         parts: Number of parts of the message (1 for whole messages).
+        name: The speaker's name, from [`Message.name`][fmai_core.messages.Message].
+        timestamp: When the message was written, from
+            [`Message.timestamp`][fmai_core.messages.Message].
+        sep: The exact text (whitespace) between the previous part of the message and this
+            one, so that joining the parts gives the message back verbatim, line breaks
+            included.
     """
 
     id: int
@@ -43,10 +49,13 @@ class Segment:
     turn: int = 0
     part: int = 0
     parts: int = 1
+    name: str | None = None
+    timestamp: str | None = None
+    sep: str = " "
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready mapping."""
-        return {
+        """Return a JSON-ready mapping (metadata keys only when set)."""
+        out: dict[str, Any] = {
             "id": self.id,
             "message_id": self.message_id,
             "role": self.role,
@@ -57,6 +66,13 @@ class Segment:
             "part": self.part,
             "parts": self.parts,
         }
+        if self.name is not None:
+            out["name"] = self.name
+        if self.timestamp is not None:
+            out["timestamp"] = self.timestamp
+        if self.sep != " ":
+            out["sep"] = self.sep
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Segment:
@@ -71,4 +87,7 @@ class Segment:
             turn=int(data.get("turn", 0)),
             part=int(data.get("part", 0)),
             parts=int(data.get("parts", 1)),
+            name=data.get("name"),
+            timestamp=data.get("timestamp"),
+            sep=str(data.get("sep", " ")),
         )
