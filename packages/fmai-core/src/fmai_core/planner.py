@@ -14,12 +14,17 @@ from fmai_core.memory import MemoryState, archive_value
 from fmai_core.messages import Message
 from fmai_core.policies.base import Policy, PolicyRequest, Selection, Signals
 from fmai_core.policies.sliding import SlidingWindowPolicy
+from fmai_core.retrieval import RecallIndex, recall_need
 from fmai_core.segments import Segment
 from fmai_core.tokens import TokenCounter
 
 __all__ = ["Plan", "Planner"]
 
 _SLIDING = SlidingWindowPolicy()
+# The adaptive split of the free budget (recall_fraction=None): recalled memory gets between
+# these shares, by how much of the question's evidence lies outside the recent history.
+MIN_RECALL_SHARE = 0.1
+MAX_RECALL_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -84,10 +89,43 @@ class Planner:
     max_tokens: int
     max_new_tokens: int
     low_water: float
-    recall_fraction: float
+    recall_fraction: float | None
     archive_limit: int | None
     max_policy_ms: float | None
     signals: Signals
+    index: RecallIndex = field(default_factory=RecallIndex)
+
+    def recall_share(self, state: MemoryState, query: str, available: int) -> float:
+        """The share of the free budget that recalled memory gets this turn.
+
+        A fixed `recall_fraction` when one is set; otherwise it moves with the query,
+        from `MIN_RECALL_SHARE` for a follow-up (its best matches are in the recent
+        history, or it matches nothing) to `MAX_RECALL_SHARE` for a question about the
+        distant past (its best matches are archived), see
+        [`recall_need`][fmai_core.retrieval.recall_need].
+        """
+        if not self.policy.recalls:
+            return 0.0
+        if self.recall_fraction is not None:
+            return self.recall_fraction
+        # Recent: the history that stays in the prompt at the smallest share (all of it, or
+        # what an eviction would keep of its newest part); older: the rest and the archive.
+        room = available * (1.0 - MIN_RECALL_SHARE)
+        recent: set[int] = set()
+        if sum(s.tokens for s in state.history) <= room:
+            recent = {s.message_id for s in state.history}
+        else:
+            left = self.low_water * room
+            for s in reversed(state.history):
+                if s.tokens > left:
+                    break
+                left -= s.tokens
+                recent.add(s.message_id)
+        older = {s.message_id for s in (*state.archive, *state.history)} - recent
+        if not older:
+            return MIN_RECALL_SHARE
+        need = recall_need(self.index, query, recent, older, embed=self.signals.embed)
+        return MIN_RECALL_SHARE + (MAX_RECALL_SHARE - MIN_RECALL_SHARE) * need
 
     def _select(self, request: PolicyRequest) -> tuple[Selection, float, bool, dict[str, Any]]:
         start = time.perf_counter()
@@ -141,7 +179,8 @@ class Planner:
                 tokens=new_cost,
                 available=max(room, 0),
             )
-        recall_reserve = int(available * self.recall_fraction) if self.policy.recalls else 0
+        share = self.recall_share(state, query, available)
+        recall_reserve = int(available * share)
         high_water = available - recall_reserve
         history, archive, summary = state.history, state.archive, state.summary
         policy_ms, fallback, evicted_tokens, evicted = 0.0, False, 0, False
@@ -160,6 +199,7 @@ class Planner:
                 state.pinned,
                 self.counter.text,
                 state.turn,
+                self.index,
             )
             selection, ms, fb, stats = self._select(request)
             policy_ms += ms
@@ -196,6 +236,7 @@ class Planner:
                 state.pinned + history,
                 self.counter.text,
                 state.turn,
+                self.index,
             )
             selection, ms, fb, rstats = self._select(request)
             policy_ms += ms
@@ -203,6 +244,8 @@ class Planner:
             keep = set(selection.keep)
             recalled = tuple(s for s in archive if s.id in keep)
             stats = {**stats, **{f"recall_{k}": v for k, v in rstats.items()}}
+        if self.policy.recalls:
+            stats["recall_share"] = round(share, 3)
         # The exact check: the backend's own count is the authority.
         history_list, recalled_list = list(history), list(recalled)
         while True:

@@ -21,9 +21,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from fmai_core.segments import Segment
+
+if TYPE_CHECKING:
+    from fmai_core.retrieval import RecallIndex
 
 __all__ = ["Policy", "PolicyRequest", "Selection", "Signals"]
 
@@ -69,6 +72,11 @@ class PolicyRequest:
             in recall mode); useful to avoid recalling what is already there.
         count_text: Counts the tokens of a text under the active backend.
         turn: The current turn number (0-based).
+        index: The conversation's [`RecallIndex`][fmai_core.retrieval.RecallIndex] (kept
+            by the engine; `None` when a policy is called on its own).
+        deadline: A `time.perf_counter()` value past which the policy should stop (raise
+            [`PolicyTimeout`][fmai_core.retrieval.PolicyTimeout], see
+            [`check_deadline`][fmai_core.retrieval.check_deadline]); `None`: no deadline.
     """
 
     mode: Literal["evict", "recall"]
@@ -80,6 +88,8 @@ class PolicyRequest:
     context: tuple[Segment, ...] = ()
     count_text: Callable[[str], int] = _default_count
     turn: int = 0
+    index: RecallIndex | None = None
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from typing import ClassVar
 
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.policies.importance import importance_scores
-from fmai_core.relevance import newest, recency, redundant
+from fmai_core.relevance import newest, recency
+from fmai_core.retrieval import recall
 
 __all__ = ["HybridPolicy", "knapsack"]
 
@@ -144,33 +145,22 @@ class HybridPolicy(Policy):
 
     def select(self, request: PolicyRequest) -> Selection:
         """Score every candidate and keep the best-value set that fits the budget."""
+        if request.mode == "recall":
+            return recall(request, min_relevance=self.min_relevance)
         candidates = request.candidates
         if not candidates or request.budget <= 0:
             return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
         importance, relevance, signal = importance_scores(request)
         budget = request.budget
         keep: list[int] = []
-        if request.mode == "evict":
-            prior = recency(len(candidates), self.half_life)
-            values = [
-                self.recency_weight * rec
-                + self.importance_weight * imp
-                + self.relevance_weight * rel
-                for rec, imp, rel in zip(prior, importance, relevance)
-            ]
-            for segment in newest(candidates, self.keep_recent, budget):
-                keep.append(segment.id)
-                budget -= segment.tokens
-        else:
-            # Scaled by relevance once more, so that one clearly relevant segment outweighs
-            # several barely relevant ones of the same total size.
-            skip = redundant(candidates, request.context)
-            values = [
-                rel * (self.importance_weight * imp + self.relevance_weight * rel)
-                if rel > self.min_relevance and c.id not in skip
-                else 0.0
-                for imp, rel, c in zip(importance, relevance, candidates)
-            ]
+        prior = recency(len(candidates), self.half_life)
+        values = [
+            self.recency_weight * rec + self.importance_weight * imp + self.relevance_weight * rel
+            for rec, imp, rel in zip(prior, importance, relevance)
+        ]
+        for segment in newest(candidates, self.keep_recent, budget):
+            keep.append(segment.id)
+            budget -= segment.tokens
         reserved = set(keep)
         pool = [i for i, c in enumerate(candidates) if c.id not in reserved]
         chosen = knapsack([candidates[i].tokens for i in pool], [values[i] for i in pool], budget)

@@ -13,8 +13,8 @@ from fmai_core.relevance import (
     newest,
     query_relevance,
     recency,
-    redundant,
 )
+from fmai_core.retrieval import recall
 
 __all__ = ["ImportancePolicy", "importance_scores"]
 
@@ -77,29 +77,23 @@ class ImportancePolicy(Policy):
 
     def select(self, request: PolicyRequest) -> Selection:
         """Rank candidates by importance and keep the best that fit the budget."""
+        if request.mode == "recall":
+            return recall(request, min_relevance=self.min_relevance)
         candidates = request.candidates
         if not candidates or request.budget <= 0:
             return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
         importance, relevance, signal = importance_scores(request)
         budget = request.budget
         keep: list[int] = []
-        if request.mode == "evict":
-            prior = recency(len(candidates), self.half_life)
-            scores = [
-                self.importance_weight * imp + self.query_weight * rel + self.recency_weight * rec
-                for imp, rel, rec in zip(importance, relevance, prior)
-            ]
-            for segment in newest(candidates, self.keep_recent, budget):
-                keep.append(segment.id)
-                budget -= segment.tokens
-            keep += greedy_fill(candidates, scores, budget, taken=keep)
-        else:
-            skip = redundant(candidates, request.context)
-            scores = [
-                rel * (0.5 + 0.5 * imp) if rel > self.min_relevance and c.id not in skip else 0.0
-                for imp, rel, c in zip(importance, relevance, candidates)
-            ]
-            keep = greedy_fill(candidates, scores, budget)
+        prior = recency(len(candidates), self.half_life)
+        scores = [
+            self.importance_weight * imp + self.query_weight * rel + self.recency_weight * rec
+            for imp, rel, rec in zip(importance, relevance, prior)
+        ]
+        for segment in newest(candidates, self.keep_recent, budget):
+            keep.append(segment.id)
+            budget -= segment.tokens
+        keep += greedy_fill(candidates, scores, budget, taken=keep)
         by_id = {c.id: c.tokens for c in candidates}
         return Selection(
             keep=tuple(keep),

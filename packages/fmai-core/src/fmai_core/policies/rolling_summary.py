@@ -11,14 +11,11 @@ from typing import ClassVar
 from fmai_core.fidelity import check_fidelity
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.relevance import (
-    corpus_index,
-    greedy_fill,
     information,
     newest,
-    query_relevance,
-    redundant,
     terms,
 )
+from fmai_core.retrieval import recall
 from fmai_core.segments import Segment
 from fmai_core.text import split_sentences
 
@@ -117,27 +114,11 @@ class RollingSummaryPolicy(Policy):
 
     def select(self, request: PolicyRequest) -> Selection:
         """Keep recent history; summarise the rest (evict) or recall by relevance (recall)."""
+        if request.mode == "recall":
+            return recall(request, min_relevance=self.min_relevance)
         candidates = request.candidates
         if not candidates or request.budget <= 0:
             return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
-        if request.mode == "recall":
-            texts = tuple(c.text for c in candidates)
-            relevance, _ = query_relevance(
-                request.query, texts, index=corpus_index(texts), embed=request.signals.embed
-            )
-            skip = redundant(candidates, request.context)
-            relevance = [0.0 if c.id in skip else r for r, c in zip(relevance, candidates)]
-            keep = greedy_fill(candidates, relevance, request.budget, minimum=self.min_relevance)
-            tokens = {c.id: c.tokens for c in candidates}
-            return Selection(
-                keep=tuple(keep),
-                stats={
-                    "signal": "model" if request.signals.embed else "proxy",
-                    "recall": "lexical",
-                    "kept": len(keep),
-                    "kept_tokens": sum(tokens[i] for i in keep),
-                },
-            )
         return self._evict(request)
 
     def _evict(self, request: PolicyRequest) -> Selection:

@@ -22,6 +22,7 @@ from fmai_core.relevance import (
     tfidf_vectors,
 )
 from fmai_core.relevance.scoring import PROJECTED_DIMENSIONS
+from fmai_core.retrieval import recall
 
 __all__ = ["SemanticPolicy", "topic_geometry"]
 
@@ -137,6 +138,8 @@ class SemanticPolicy(Policy):
 
     def select(self, request: PolicyRequest) -> Selection:
         """Pick relevant segments, spreading the rest of the budget over topics."""
+        if request.mode == "recall":
+            return recall(request, min_relevance=self.min_relevance)
         candidates = request.candidates
         if not candidates or request.budget <= 0:
             return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
