@@ -29,7 +29,7 @@ from fmai_core.errors import (
     InvalidMessageError,
 )
 from fmai_core.memory import MemoryState, segment_message
-from fmai_core.messages import Message
+from fmai_core.messages import Message, check_encodable
 from fmai_core.planner import Plan, Planner
 from fmai_core.policies import Policy, get_policy
 from fmai_core.policies.base import Signals
@@ -128,6 +128,8 @@ class FiniteMemoryLLM:
             raise ConfigurationError("max_policy_ms must be positive, or None for no deadline.")
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise ConfigurationError("system_prompt must be a str or None.")
+        if system_prompt is not None:
+            check_encodable(system_prompt, "The system prompt")
         self.backend = backend
         self.policy = get_policy(policy)
         self.max_tokens = max_tokens
@@ -229,12 +231,14 @@ class FiniteMemoryLLM:
             raise InvalidMessageError(f"A message must be a str, got {type(text).__name__}.")
         if not text.strip():
             raise EmptyMessageError("The message is empty: send some text.")
+        check_encodable(text, "The message")
         state = self._state
         return state, self._segments(state, "user", text)
 
     def _with_pin(self, state: MemoryState, fact: str) -> MemoryState:
         if not isinstance(fact, str) or not fact.strip():
             raise EmptyMessageError("A pinned fact must be non-empty text.")
+        check_encodable(fact, "The pinned fact")
         text = fact.strip()
         seg = Segment(
             state.next_segment_id,
@@ -357,6 +361,7 @@ class FiniteMemoryLLM:
                     "async calls on one conversation). The reply was not stored; retry the turn."
                 )
             state = plan.state.append(new)
+            gen = _storable(gen)
             reply = self._segments(state, "assistant", gen.text) if gen.text.strip() else []
             state = replace(state.append(reply), turn=state.turn + 1)
             self._commit(state)
@@ -408,8 +413,13 @@ class FiniteMemoryLLM:
     def chat(self, text: str, **params: Any) -> ChatResult:
         """Send `text`, return the reply and the turn's figures.
 
+        A reply holding lone surrogates (text no UTF-8 encoder accepts) is stored, and
+        returned, with each replaced by U+FFFD, so that the conversation can always be saved.
+
         Raises:
             EmptyMessageError: `text` is empty.
+            InvalidMessageError: `text` is not a str, or holds a lone surrogate (it cannot be
+                encoded as UTF-8; decode the bytes it came from with `errors="replace"`).
             MessageTooLongError: `text` cannot fit even with all history evicted.
             BackendError: the backend failed; memory is unchanged.
         """
@@ -521,6 +531,16 @@ class FiniteMemoryLLM:
         """Every segment of the record (archive and history), in conversation order."""
         s = self._state
         return sorted((*s.archive, *s.history), key=lambda seg: seg.id)
+
+
+def _storable(gen: Generation) -> Generation:
+    """Replace lone surrogates in a reply with U+FFFD: what is stored must be savable."""
+    try:
+        gen.text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in gen.text)
+        return replace(gen, text=text)
+    return gen
 
 
 def _complete(gen: Generation | None, text: str, start: float) -> Generation:

@@ -7,10 +7,38 @@ from typing import Any, Literal
 
 from fmai_core.errors import InvalidMessageError
 
-__all__ = ["ROLES", "Message", "Role"]
+__all__ = ["ROLES", "Message", "Role", "check_encodable"]
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+
+def check_encodable(text: str, what: str = "Message content") -> None:
+    """Refuse text that cannot be encoded as UTF-8 (it holds a lone surrogate).
+
+    Such text can be neither sent to a hosted API nor written to a checkpoint. It usually
+    comes from bytes decoded with `errors="surrogateescape"` (file names, `sys.argv`,
+    `os.environ`).
+
+    Raises:
+        InvalidMessageError: `text` holds a lone surrogate; the message says how to fix it.
+
+    Examples:
+        >>> check_encodable("café")
+        >>> check_encodable(b"caf\\xe9".decode("utf-8", "surrogateescape"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fmai_core.errors.InvalidMessageError: Message content holds a lone surrogate ...
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidMessageError(
+            f"{what} holds a lone surrogate ({text[exc.start]!r} at index {exc.start}), which "
+            "cannot be encoded as UTF-8: it could be neither sent nor saved. It usually comes "
+            "from bytes decoded with errors='surrogateescape'; decode them with "
+            "errors='replace' (or with their real encoding) before passing the text."
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +75,14 @@ class Message:
                 f"Message content must be str, got {type(self.content).__name__}: "
                 "convert it to text first."
             )
+        check_encodable(self.content)
         for label, value in (("name", self.name), ("timestamp", self.timestamp)):
             if value is not None and not isinstance(value, str):
                 raise InvalidMessageError(
                     f"Message {label} must be a str or None, got {type(value).__name__}."
                 )
+            if value is not None:
+                check_encodable(value, f"Message {label}")
 
     def __repr__(self) -> str:
         extra = "".join(
