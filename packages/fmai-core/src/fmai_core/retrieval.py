@@ -348,13 +348,14 @@ def retrieve(
         seeds = seeds[:3]
         if seeds:
             added = tuple(index.top_terms(seeds, set(q_terms), 6))
-            q2 = {**q, **dict.fromkeys(added, 0.5)}
-            more = index.bm25(q2, among) if added else {}
-            mass2 = index.mass(q2)
+            grown = dict.fromkeys(added, 0.5)
+            more = index.bm25({**q, **grown}, among) if added else {}
             lists["bm25+"] = more
-            for m, s in more.items():
-                # A second-pass hit counts as relevant by its share of the grown query.
-                r = 0.5 * min(1.0, s / mass2) if mass2 else 0.0
+            # A second-pass hit counts as relevant by the share of the added terms it
+            # matches, at half weight: reached through a hit, it is less sure than one.
+            mass2 = index.mass(grown)
+            for m, s in (index.bm25(grown, among) if mass2 > 0 else {}).items():
+                r = 0.5 * min(1.0, s / mass2)
                 if r > relevance.get(m, 0.0):
                     relevance[m] = r
             if qv is not None:

@@ -1,0 +1,157 @@
+"""Recall over the archive: fusion, the query-dependent budget split, whole messages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from fmai_core import FiniteMemoryLLM, Message
+from fmai_core.policies import PolicyRequest, Signals, get_policy
+from fmai_core.retrieval import RecallIndex, recall
+from fmai_core.segments import Segment
+from fmai_core.testing import EchoBackend
+
+# A tiny concept embedder: each word maps to a concept axis, so paraphrases meet.
+CONCEPTS = {
+    "puppy": 0, "dog": 0, "beagle": 0, "pet": 0, "adopted": 1, "get": 1, "got": 1,
+    "kind": 2, "gesture": 2, "day": 3, "weekend": 3, "sail": 4, "boat": 4,
+}  # fmt: skip
+
+
+def concept_embed(texts: Sequence[str]) -> list[list[float]]:
+    out = []
+    for text in texts:
+        vec = [0.0] * 6
+        for word in text.lower().replace("?", " ").replace(".", " ").split():
+            vec[CONCEPTS.get(word, 5)] += 1.0 if word in CONCEPTS else 0.05
+        out.append(vec)
+    return out
+
+
+def segs(texts: Sequence[str]) -> tuple[Segment, ...]:
+    return tuple(
+        Segment(i, i, "user" if i % 2 == 0 else "assistant", t, len(t.split()) + 3)
+        for i, t in enumerate(texts)
+    )
+
+
+ARCHIVE = [
+    "Caroline said the kind gesture made her day.",
+    "I adopted a beagle last weekend.",
+    "The weather was grey all week.",
+    "Caroline thinks that kind of film is dull.",
+]
+QUERY = "What kind of pet did Caroline get?"
+
+
+def test_fusion_ranks_a_paraphrased_questions_evidence_first() -> None:
+    candidates = segs(ARCHIVE)
+    budget = candidates[1].tokens  # room for exactly one message
+    lexical = recall(PolicyRequest("recall", candidates, budget, query=QUERY))
+    assert candidates[1].id not in lexical.keep  # BM25 alone: "kind" and "Caroline" win
+    fused = recall(
+        PolicyRequest(
+            "recall", candidates, budget, query=QUERY, signals=Signals(embed=concept_embed)
+        )
+    )
+    assert fused.keep == (candidates[1].id,)
+    assert fused.stats["signal"] == "model"
+
+
+def test_second_pass_follows_a_bridge_entity() -> None:
+    texts = [
+        "I met Jess at my pottery class.",
+        "Oh nice, what is she like?",
+        "The traffic downtown was awful today.",
+        "Jess just moved to Denver, sadly.",
+        "Lunch was a sandwich.",
+    ]
+    candidates = segs(texts)
+    picked = recall(PolicyRequest("recall", candidates, 40, query="Who did I meet at pottery?"))
+    assert candidates[3].id in picked.keep  # reached through "Jess", not the question's words
+    assert picked.stats["expanded"] > 0
+    one_pass = recall(
+        PolicyRequest("recall", candidates, 40, query="Who did I meet at pottery?"),
+        second_pass=False,
+    )
+    assert candidates[3].id not in one_pass.keep
+
+
+def test_a_split_message_comes_back_whole() -> None:
+    llm = FiniteMemoryLLM(
+        EchoBackend(), policy="semantic", max_tokens=400, max_new_tokens=16, segment_tokens=16
+    )
+    long = (
+        "Here is the plan for the trip. We fly out on the ninth.\n"
+        "The hotel is near the old harbour. My locker code at the marina is 5817. "
+        "Dinner on the first night is at a fish place."
+    )
+    llm.extend([Message("user", long), Message("assistant", "Sounds great.")])
+    for i in range(40):
+        llm.extend(
+            [Message("user", f"Filler chat number {i} about nothing."), Message("assistant", "ok")]
+        )
+    llm.chat("Anything else?")
+    assert len({s.message_id for s in llm.state.archive}) > 10
+    prompt = llm.context("What is the marina locker code?")[-1].content
+    assert long in prompt  # every part, joined exactly as written
+
+
+def _conversation() -> FiniteMemoryLLM:
+    # `semantic` evicts by topic coverage; the fact is one line among many of its kind.
+    llm = FiniteMemoryLLM(EchoBackend(), policy="semantic", max_tokens=600, max_new_tokens=16)
+    llm.extend(
+        [Message("user", "My bike lock code is 4821, remember it."), Message("assistant", "Noted.")]
+    )
+    for i in range(60):
+        llm.extend(
+            [
+                Message("user", f"We talked about the garden, topic {i}."),
+                Message("assistant", "Right."),
+            ]
+        )
+    llm.extend(
+        [Message("user", "I am baking sourdough bread tonight."), Message("assistant", "Yum.")]
+    )
+    llm.chat("Let us keep chatting.")
+    assert any("4821" in s.text for s in llm.state.archive)  # the fact was evicted
+    assert any("sourdough" in s.text for s in llm.state.history)
+    return llm
+
+
+def test_the_budget_split_moves_with_the_query() -> None:
+    distant = _conversation().chat("What was my bike lock code?").stats.policy_stats
+    follow_up = _conversation().chat("How long should the sourdough bread rest?").stats.policy_stats
+    nothing = _conversation().chat("Okay!").stats.policy_stats
+    assert distant["recall_share"] >= 0.8
+    assert follow_up["recall_share"] <= 0.2
+    assert nothing["recall_share"] <= 0.2
+
+
+def test_a_fixed_recall_fraction_is_kept() -> None:
+    llm = FiniteMemoryLLM(EchoBackend(), policy="hybrid", max_tokens=600, max_new_tokens=16,
+                          recall_fraction=0.25)  # fmt: skip
+    llm.extend([Message("user", f"Line {i} about the garden.") for i in range(80)])
+    assert llm.chat("What was my bike lock code?").stats.policy_stats["recall_share"] == 0.25
+
+
+def test_index_is_incremental_and_prunes() -> None:
+    index = RecallIndex()
+    index.add(segs(ARCHIVE[:2]))
+    index.add(segs(ARCHIVE))  # already indexed messages are not added twice
+    assert index.size == len(ARCHIVE)
+    index.prune({0, 1})
+    assert index.size == 2
+    assert index.bm25({"weather": 1.0}, {0, 1, 2, 3}) == {}
+
+
+def test_every_recalling_policy_uses_it() -> None:
+    candidates = segs(ARCHIVE)
+    for name in ("importance", "semantic", "hybrid", "rolling_summary"):
+        picked = get_policy(name).select(
+            PolicyRequest(
+                "recall", candidates, 100, query=QUERY, signals=Signals(embed=concept_embed)
+            )
+        )
+        assert candidates[1].id in picked.keep, name
+        assert not math.isnan(picked.stats["kept_tokens"])
