@@ -33,6 +33,7 @@ from fmai_core.messages import Message, check_encodable
 from fmai_core.planner import Plan, Planner
 from fmai_core.policies import Policy, get_policy
 from fmai_core.policies.base import Signals
+from fmai_core.retrieval import RecallIndex
 from fmai_core.segments import Segment
 from fmai_core.signals import backend_summarizer
 from fmai_core.stats import MemoryStats, TurnStats
@@ -70,7 +71,9 @@ class FiniteMemoryLLM:
         low_water: After an eviction, history fills at most this share of its budget, so
             many turns pass (and caches stay valid) before the next eviction.
         recall_fraction: Share of the free budget reserved for recalled segments
-            (policies that recall).
+            (policies that recall). `None` (the default) splits it by the query: a
+            follow-up gets 10%, a question about the distant past up to 90% (see
+            [`Planner.recall_share`][fmai_core.planner.Planner.recall_share]).
         segment_tokens: Messages longer than this are split into sentence-aligned parts.
         archive_limit: Most segments kept in the archive (`None`: unbounded); a full
             archive drops its lowest-value segment first.
@@ -101,7 +104,7 @@ class FiniteMemoryLLM:
         max_policy_ms: float | None = 200.0,
         *,
         low_water: float = 0.6,
-        recall_fraction: float = 0.25,
+        recall_fraction: float | None = None,
         segment_tokens: int = 64,
         archive_limit: int | None = 10_000,
         hooks: Iterable[Any] = (),
@@ -120,8 +123,11 @@ class FiniteMemoryLLM:
             )
         if not 0.0 < low_water <= 1.0:
             raise ConfigurationError(f"low_water must be in (0, 1], got {low_water!r}.")
-        if not 0.0 <= recall_fraction < 1.0:
-            raise ConfigurationError(f"recall_fraction must be in [0, 1), got {recall_fraction!r}.")
+        if recall_fraction is not None and not 0.0 <= recall_fraction < 1.0:
+            raise ConfigurationError(
+                f"recall_fraction must be in [0, 1), or None to split by the query, got "
+                f"{recall_fraction!r}."
+            )
         if segment_tokens < 8:
             raise ConfigurationError(f"segment_tokens must be at least 8, got {segment_tokens!r}.")
         if max_policy_ms is not None and max_policy_ms <= 0:
@@ -163,6 +169,10 @@ class FiniteMemoryLLM:
             max_policy_ms,
             signals,
         )
+        self._embedder_id: str | None = None
+        if embedder is not None:
+            self._embedder_id = getattr(embedder, "identity", None) or None
+        self._planner.index = self._new_index()
         if isinstance(self.policy, SentenceSplitter):
             self._split = self.policy.split_sentences
         elif isinstance(backend, SentenceSplitter):
@@ -175,6 +185,11 @@ class FiniteMemoryLLM:
         self._version = 0
         self._stats = MemoryStats()
         self._check_fixed(self._state)
+
+    def _new_index(self) -> RecallIndex:
+        index = RecallIndex()
+        index.embedder = self._embedder_id
+        return index
 
     # -- configuration checks ---------------------------------------------------------------
     def _check_fixed(self, state: MemoryState) -> None:
@@ -283,9 +298,7 @@ class FiniteMemoryLLM:
                     continue
                 if not m.content.strip():
                     continue
-                state = state.append(
-                    self._segments(state, m.role, m.content, m.name, m.timestamp)
-                )
+                state = state.append(self._segments(state, m.role, m.content, m.name, m.timestamp))
             added = state.history[len(self._state.history) :]
             self._commit(state)
             self._prepare(added)
@@ -302,6 +315,7 @@ class FiniteMemoryLLM:
             self._commit(MemoryState())
             self._stats = MemoryStats()
             self._planner.signals = self._signals
+            self._planner.index = self._new_index()
 
     @property
     def model_signals(self) -> bool:
@@ -319,6 +333,15 @@ class FiniteMemoryLLM:
         self._state = state
         self._version += 1
 
+    def _index(self, segments: Sequence[Segment]) -> None:
+        """Add segments now in memory to the recall index (embedded in one batch)."""
+        index = self._planner.index
+        index.add(segments, embed=self._planner.signals.embed)
+        state = self._state
+        live = len(state.history) + len(state.archive)
+        if index.size > 2 * live + 64:  # the archive dropped messages: forget them
+            index.prune({s.message_id for s in (*state.history, *state.archive)})
+
     def _prepare(self, segments: Sequence[Segment]) -> float:
         """Let the policy precompute what it needs from segments now in memory; return ms.
 
@@ -327,6 +350,7 @@ class FiniteMemoryLLM:
         """
         start = time.perf_counter()
         try:
+            self._index(segments)
             self._planner.policy.prepare(segments)
         except Exception as exc:
             warnings.warn(
