@@ -11,7 +11,7 @@ import pytest
 
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.backend import Generation, StreamChunk
-from fmai_core.errors import InvalidMessageError
+from fmai_core.errors import ConfigurationError, InvalidMessageError
 from fmai_core.testing import EchoBackend
 
 SURROGATE = b"caf\xe9".decode("utf-8", "surrogateescape")  # 'caf\udce9'
@@ -84,3 +84,51 @@ def test_a_reply_with_a_lone_surrogate_is_stored_replaced(tmp_path: Path) -> Non
     assert all("\ud800" not in s.text for s in llm.state.history)
     llm.save(tmp_path / "c.json")  # never accepted what cannot be saved
     assert asyncio.run(llm.achat("third")).response == "bad \ufffd reply"
+
+
+# -- defect 6: settings must be finite numbers of the right type ---------------------------
+@pytest.mark.parametrize(
+    ("setting", "value", "accepted"),
+    [
+        ("max_policy_ms", float("nan"), "finite number"),
+        ("max_policy_ms", float("inf"), "finite number"),
+        ("max_policy_ms", "50", "finite number"),
+        ("max_policy_ms", True, "finite number"),
+        ("max_tokens", True, "int of at least 1"),
+        ("max_tokens", 200.0, "int of at least 1"),
+        ("max_new_tokens", True, "int of at least 1"),
+        ("archive_limit", -1, "int of at least 0"),
+        ("archive_limit", 1.5, "int of at least 0"),
+        ("segment_tokens", "64", "int of at least 8"),
+        ("segment_tokens", True, "int of at least 8"),
+        ("low_water", float("nan"), "low_water must be"),
+        ("low_water", "0.5", "low_water must be"),
+        ("recall_fraction", "0.2", "recall_fraction must be"),
+        ("recall_fraction", float("nan"), "recall_fraction must be"),
+    ],
+)
+def test_bad_settings_raise_configuration_error(setting: str, value: Any, accepted: str) -> None:
+    with pytest.raises(ConfigurationError, match=accepted):
+        make(**{setting: value})
+
+
+@pytest.mark.parametrize("value", [-5, 0, True, 3.5, "5"])
+async def test_bad_max_new_tokens_per_turn_raise_configuration_error(value: Any) -> None:
+    llm = make()
+    with pytest.raises(ConfigurationError, match="max_new_tokens must be an int of at least 1"):
+        llm.chat("hi", max_new_tokens=value)
+    with pytest.raises(ConfigurationError, match="max_new_tokens"):
+        list(llm.stream("hi", max_new_tokens=value))
+    with pytest.raises(ConfigurationError, match="max_new_tokens"):
+        await llm.achat("hi", max_new_tokens=value)
+    with pytest.raises(ConfigurationError, match="max_new_tokens"):
+        [c async for c in llm.astream("hi", max_new_tokens=value)]
+    assert llm.state.history == ()
+    assert llm.chat("hi", max_new_tokens=3).stats.completion_tokens <= 3
+    assert llm.chat("hi", max_new_tokens=None).response == "echo: hi"  # None: the default
+
+
+def test_evicting_turns_work_at_the_largest_finite_deadline() -> None:
+    llm = make("hybrid", max_tokens=80, max_new_tokens=10, max_policy_ms=1e9)
+    stats = [llm.chat(f"message {i} with some words").stats for i in range(12)]
+    assert any(s.evicted for s in stats) and not any(s.fallback for s in stats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import warnings
@@ -113,9 +114,22 @@ class FiniteMemoryLLM:
         summarizer: Summarizer | None = None,
         **generation: Any,
     ) -> None:
-        for name, value in (("max_tokens", max_tokens), ("max_new_tokens", max_new_tokens)):
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive int, got {value!r}.")
+        for name, value, least in (
+            ("max_tokens", max_tokens, 1),
+            ("max_new_tokens", max_new_tokens, 1),
+            ("segment_tokens", segment_tokens, 8),
+        ):
+            _check_int(name, value, least)
+        if archive_limit is not None:
+            _check_int("archive_limit", archive_limit, 0, " (or None: unbounded)")
+        for name, number in (("low_water", low_water), ("recall_fraction", recall_fraction)):
+            if number is not None and not _finite(number):
+                raise ConfigurationError(f"{name} must be a finite number, got {number!r}.")
+        if max_policy_ms is not None and not (_finite(max_policy_ms) and max_policy_ms > 0):
+            raise ConfigurationError(
+                "max_policy_ms must be a finite number of milliseconds above 0, or None for no "
+                f"deadline; got {max_policy_ms!r}."
+            )
         if max_new_tokens >= max_tokens:
             raise BudgetError(
                 f"max_new_tokens ({max_new_tokens}) must be below max_tokens ({max_tokens}): "
@@ -128,10 +142,6 @@ class FiniteMemoryLLM:
                 f"recall_fraction must be in [0, 1), or None to split by the query, got "
                 f"{recall_fraction!r}."
             )
-        if segment_tokens < 8:
-            raise ConfigurationError(f"segment_tokens must be at least 8, got {segment_tokens!r}.")
-        if max_policy_ms is not None and max_policy_ms <= 0:
-            raise ConfigurationError("max_policy_ms must be positive, or None for no deadline.")
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise ConfigurationError("system_prompt must be a str or None.")
         if system_prompt is not None:
@@ -364,9 +374,11 @@ class FiniteMemoryLLM:
     # -- turns ----------------------------------------------------------------------------
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         merged = {**self.generation, **params}
-        merged["max_new_tokens"] = min(
-            int(merged.get("max_new_tokens", self.max_new_tokens)), self.max_new_tokens
-        )
+        asked = merged.get("max_new_tokens")
+        if asked is None:
+            asked = self.max_new_tokens
+        _check_int("max_new_tokens", asked, 1, f" (at most {self.max_new_tokens} are generated)")
+        merged["max_new_tokens"] = min(asked, self.max_new_tokens)
         return merged
 
     def _plan_turn(self, text: str) -> tuple[int, MemoryState, list[Segment], Plan, float]:
@@ -437,19 +449,23 @@ class FiniteMemoryLLM:
     def chat(self, text: str, **params: Any) -> ChatResult:
         """Send `text`, return the reply and the turn's figures.
 
-        A reply holding lone surrogates (text no UTF-8 encoder accepts) is stored, and
-        returned, with each replaced by U+FFFD, so that the conversation can always be saved.
+        `params` override the default generation parameters for this turn; `max_new_tokens`
+        must be an int of at least 1 (`None`: the default) and is capped at the configured
+        `max_new_tokens`. A reply holding lone surrogates (text no UTF-8 encoder accepts) is
+        stored, and returned, with each replaced by U+FFFD, so that it can always be saved.
 
         Raises:
+            ConfigurationError: `max_new_tokens` is not an int of at least 1.
             EmptyMessageError: `text` is empty.
             InvalidMessageError: `text` is not a str, or holds a lone surrogate (it cannot be
                 encoded as UTF-8; decode the bytes it came from with `errors="replace"`).
             MessageTooLongError: `text` cannot fit even with all history evicted.
             BackendError: the backend failed; memory is unchanged.
         """
+        params = self._params(params)
         version, _, new, plan, start = self._plan_turn(text)
         try:
-            gen = self.backend.generate(plan.messages, **self._params(params))
+            gen = self.backend.generate(plan.messages, **params)
         except Exception as exc:
             raise self._backend_error(exc) from exc
         return self._finish(version, new, plan, gen, start)
@@ -460,11 +476,12 @@ class FiniteMemoryLLM:
         After the stream is exhausted, `last_stats` holds the turn's figures. A stream that
         is closed early or fails stores nothing.
         """
+        params = self._params(params)
         version, _, new, plan, start = self._plan_turn(text)
         gen: Generation | None = None
         parts: list[str] = []
         try:
-            for chunk in self.backend.stream(plan.messages, **self._params(params)):
+            for chunk in self.backend.stream(plan.messages, **params):
                 if chunk.text:
                     parts.append(chunk.text)
                     yield chunk.text
@@ -490,15 +507,14 @@ class FiniteMemoryLLM:
         """Async [`chat`][fmai_core.engine.FiniteMemoryLLM.chat]; concurrent calls take turns."""
         import asyncio
 
+        params = self._params(params)
         async with self._async_lock():
             version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
             try:
                 if isinstance(self.backend, AsyncBackend):
-                    gen = await self.backend.agenerate(plan.messages, **self._params(params))
+                    gen = await self.backend.agenerate(plan.messages, **params)
                 else:
-                    gen = await asyncio.to_thread(
-                        self.backend.generate, plan.messages, **self._params(params)
-                    )
+                    gen = await asyncio.to_thread(self.backend.generate, plan.messages, **params)
             except Exception as exc:
                 raise self._backend_error(exc) from exc
             return self._finish(version, new, plan, gen, start)
@@ -507,22 +523,21 @@ class FiniteMemoryLLM:
         """Async [`stream`][fmai_core.engine.FiniteMemoryLLM.stream]."""
         import asyncio
 
+        params = self._params(params)
         async with self._async_lock():
             version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
             gen: Generation | None = None
             parts: list[str] = []
             try:
                 if isinstance(self.backend, AsyncBackend):
-                    async for chunk in self.backend.astream(plan.messages, **self._params(params)):
+                    async for chunk in self.backend.astream(plan.messages, **params):
                         if chunk.text:
                             parts.append(chunk.text)
                             yield chunk.text
                         if chunk.generation is not None:
                             gen = chunk.generation
                 else:
-                    gen = await asyncio.to_thread(
-                        self.backend.generate, plan.messages, **self._params(params)
-                    )
+                    gen = await asyncio.to_thread(self.backend.generate, plan.messages, **params)
                     parts.append(gen.text)
                     yield gen.text
             except Exception as exc:
@@ -555,6 +570,17 @@ class FiniteMemoryLLM:
         """Every segment of the record (archive and history), in conversation order."""
         s = self._state
         return sorted((*s.archive, *s.history), key=lambda seg: seg.id)
+
+
+def _check_int(name: str, value: object, least: int, extra: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigurationError(
+            f"{name} must be an int of at least {least}{extra}, got {value!r}."
+        )
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _storable(gen: Generation) -> Generation:
