@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -9,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fmai_core.context import ContextBuilder
+from fmai_core.deadline import PolicyTimeout, deadline_scope
 from fmai_core.errors import MessageTooLongError
 from fmai_core.memory import MemoryState, archive_value
 from fmai_core.messages import Message
@@ -46,35 +49,42 @@ class Plan:
 def _run_with_deadline(
     fn: Callable[[], Selection], deadline_ms: float | None
 ) -> tuple[Selection | None, str | None]:
-    """Run `fn`; give up after `deadline_ms` (the worker is abandoned: policies are pure)."""
+    """Run `fn`; give up at `deadline_ms` (the worker is abandoned: policies are pure).
+
+    The deadline is set for the worker thread (see [`fmai_core.deadline`][fmai_core.deadline])
+    so that built-in policies stop soon after it; a result that arrives after it is a miss.
+    """
     if deadline_ms is None:
         try:
             return fn(), None
         except Exception as exc:  # a policy bug must not lose the turn
-            import logging
-
             logging.getLogger("fmai").exception("fmai: memory policy failed; using sliding")
-            return None, f"{type(exc).__name__}: {exc}"
+            return None, type(exc).__name__
+    start = time.perf_counter()
+    deadline = start + deadline_ms / 1000
     box: dict[str, Any] = {}
 
     def work() -> None:
-        try:
-            box["result"] = fn()
-        except Exception as exc:
-            box["error"] = f"{type(exc).__name__}: {exc}"
+        with deadline_scope(deadline):
+            try:
+                box["result"] = fn()
+            except PolicyTimeout:
+                box["late"] = True
+            except Exception as exc:
+                box["error"] = type(exc).__name__
+            box["at"] = time.perf_counter()
 
     worker = threading.Thread(target=work, name="fmai-policy", daemon=True)
     worker.start()
     worker.join(deadline_ms / 1000)
-    if worker.is_alive():
-        return None, f"deadline of {deadline_ms:g} ms exceeded"
+    missed = f"deadline of {deadline_ms:g} ms exceeded"
+    if worker.is_alive() or box.get("late") or box.get("at", math.inf) > deadline:
+        return None, missed
     if "error" in box:
-        import logging
-
         logging.getLogger("fmai").error(
             "fmai: memory policy failed (%s); using sliding", box["error"]
         )
-        return None, str(box["error"])
+        return None, f"policy raised {box['error']}"
     return box["result"], None
 
 
@@ -129,6 +139,8 @@ class Planner:
 
     def _select(self, request: PolicyRequest) -> tuple[Selection, float, bool, dict[str, Any]]:
         start = time.perf_counter()
+        if self.max_policy_ms is not None:
+            request = replace(request, deadline=start + self.max_policy_ms / 1000)
         result, error = _run_with_deadline(lambda: self.policy.select(request), self.max_policy_ms)
         fallback = result is None
         degraded = False

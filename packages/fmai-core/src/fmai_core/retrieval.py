@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import math
 import operator
-import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from fmai_core.deadline import PolicyTimeout, check_deadline, tick
 from fmai_core.policies.base import EmbedFn, PolicyRequest, Selection
 from fmai_core.relevance.lexical import STOPWORDS, terms
 from fmai_core.relevance.scoring import redundant
@@ -54,20 +54,6 @@ __all__ = [
 RRF_K = 60.0
 # Fusion weights: first-pass BM25 and cosine count fully, the second pass at half weight.
 _WEIGHTS = {"bm25": 1.0, "cosine": 1.0, "bm25+": 0.5, "cosine+": 0.5}
-
-
-class PolicyTimeout(Exception):
-    """A policy stopped because its request's deadline passed (see `check_deadline`)."""
-
-
-def check_deadline(request: PolicyRequest) -> None:
-    """Raise [`PolicyTimeout`][fmai_core.retrieval.PolicyTimeout] past `request.deadline`.
-
-    Built-in policies call it between steps, so a policy past its latency budget stops
-    instead of running on in an abandoned thread. A custom policy should do the same.
-    """
-    if request.deadline is not None and time.perf_counter() > request.deadline:
-        raise PolicyTimeout("past the request's deadline")
 
 
 def _meta_terms(segment: Segment) -> tuple[str, ...]:
@@ -176,6 +162,7 @@ class RecallIndex:
         avg = (self._total_length / len(self._docs)) if self._docs else 1.0
         k1, b, docs = self.k1, self.b, self._docs
         for term, weight in query.items():
+            tick()
             postings = self._postings.get(term)
             if not postings:
                 continue

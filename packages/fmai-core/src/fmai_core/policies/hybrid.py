@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import ClassVar
 
+from fmai_core.deadline import tick
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.policies.importance import importance_scores
 from fmai_core.relevance import newest, recency
@@ -71,6 +72,7 @@ def knapsack(
     best = [0.0] * (cells + 1)
     took: list[tuple[int, list[bool]]] = []  # (first cell computed, took the item there)
     for i, w in zip(pool, scaled):
+        tick()
         after -= w
         if w > cells:
             took.append((cells + 1, []))
@@ -151,6 +153,7 @@ class HybridPolicy(Policy):
         if not candidates or request.budget <= 0:
             return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
         importance, relevance, signal = importance_scores(request)
+        tick()
         budget = request.budget
         keep: list[int] = []
         prior = recency(len(candidates), self.half_life)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from fmai_core.deadline import tick
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.relevance import (
     corpus_index,
@@ -83,6 +84,7 @@ class ImportancePolicy(Policy):
         if not candidates or request.budget <= 0:
             return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
         importance, relevance, signal = importance_scores(request)
+        tick()
         budget = request.budget
         keep: list[int] = []
         prior = recency(len(candidates), self.half_life)

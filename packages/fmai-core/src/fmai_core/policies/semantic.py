@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import ClassVar, TypeVar
 
+from fmai_core.deadline import tick
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.relevance import (
     LexicalIndex,
@@ -214,6 +215,7 @@ class SemanticPolicy(Policy):
             queue.sort(key=lambda i: (-base[i], -i))
         heads = dict.fromkeys(queues, 0)
         while budget > 0:
+            tick()
             best: tuple[float, int] | None = None
             for topic, queue in queues.items():
                 h = heads[topic]

@@ -13,6 +13,7 @@ import operator
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
+from fmai_core.deadline import tick
 from fmai_core.relevance.lexical import LexicalIndex, _term_counts
 
 __all__ = ["cluster", "default_topic_count", "tfidf_vectors"]
@@ -156,12 +157,14 @@ def cluster(
         nxt = min(live, key=closest.__getitem__)
         if closest[nxt] >= 0.999:  # every vector duplicates a seed: no more topics
             break
+        tick()
         centroids.append(vectors[nxt])
         rows.append(sims(vectors[nxt]))
         closest = [x if x >= y else y for x, y in zip(closest, rows[-1])]  # map(max) is slower
     labels: list[int] = []
     reseeded = -2
     for step in range(iterations):
+        tick()
         if step:
             rows = [sims(c) for c in centroids]
         best = list(map(max, *rows)) if len(rows) > 1 else rows[0]
