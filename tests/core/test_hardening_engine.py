@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.backend import Generation, StreamChunk
-from fmai_core.errors import ConfigurationError, InvalidMessageError
+from fmai_core.errors import ConfigurationError, FMAIError, InvalidMessageError
 from fmai_core.testing import EchoBackend
 
 SURROGATE = b"caf\xe9".decode("utf-8", "surrogateescape")  # 'caf\udce9'
@@ -132,3 +133,172 @@ def test_evicting_turns_work_at_the_largest_finite_deadline() -> None:
     llm = make("hybrid", max_tokens=80, max_new_tokens=10, max_policy_ms=1e9)
     stats = [llm.chat(f"message {i} with some words").stats for i in range(12)]
     assert any(s.evicted for s in stats) and not any(s.fallback for s in stats)
+
+
+# -- defects 4 and 5: one turn at a time, from any thread and any event loop ---------------
+def _assert_serial(llm: FiniteMemoryLLM, n: int) -> None:
+    record = list(llm.messages())
+    users = [s.text for s in record if s.role == "user"]
+    assert len(users) == n and len(set(users)) == n
+    assert len([s for s in record if s.role == "assistant"]) == n
+    for u, a in zip(record[::2], record[1::2]):
+        assert (u.role, a.role) == ("user", "assistant")
+        assert a.text == "echo: " + u.text  # each reply follows its own message
+    assert llm.stats.turns == n
+
+
+def _run_threads(targets: list[Any], timeout: float = 30.0) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def wrap(fn: Any) -> Any:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # collected and asserted on below
+                errors.append(exc)
+
+        return run
+
+    threads = [threading.Thread(target=wrap(fn), daemon=True) for fn in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), "a caller hung"
+    return errors
+
+
+def test_fifty_threads_calling_chat_all_succeed_in_some_serial_order() -> None:
+    llm = make(max_tokens=100_000, archive_limit=None, backend=EchoBackend(delay_s=0.0005))
+    barrier = threading.Barrier(50)
+
+    def one(i: int) -> Any:
+        def run() -> None:
+            barrier.wait()
+            r = llm.chat(f"message number {i}")
+            assert r.response == f"echo: message number {i}"
+
+        return run
+
+    assert _run_threads([one(i) for i in range(50)]) == []
+    _assert_serial(llm, 50)
+
+
+def test_threads_mixing_chat_stream_pin_and_extend_take_turns() -> None:
+    llm = make(max_tokens=100_000, archive_limit=None, backend=EchoBackend(delay_s=0.0005))
+
+    def chat(i: int) -> Any:
+        return lambda: llm.chat(f"chat {i}")
+
+    def stream(i: int) -> Any:
+        return lambda: "".join(llm.stream(f"stream {i}"))
+
+    jobs = [chat(i) if i % 2 else stream(i) for i in range(20)]
+    jobs += [lambda: llm.pin("A fact."), lambda: llm.extend([Message("user", "ext")])]
+    assert _run_threads(jobs) == []
+    segs = [s for s in llm.messages() if s.text != "ext"]
+    for u, a in zip(segs[::2], segs[1::2]):
+        assert a.text == "echo: " + u.text
+
+
+def test_sync_threads_and_async_tasks_exclude_each_other() -> None:
+    llm = make(max_tokens=100_000, archive_limit=None, backend=EchoBackend(delay_s=0.0005))
+
+    async def many(tag: str) -> None:
+        await asyncio.gather(*(llm.achat(f"{tag} {i}") for i in range(10)))
+        async for _ in llm.astream(f"{tag} stream"):
+            pass
+
+    jobs = [lambda: asyncio.run(many("loop a")), lambda: asyncio.run(many("loop b"))]
+    jobs += [(lambda i=i: llm.chat(f"thread {i}")) for i in range(10)]
+    assert _run_threads(jobs) == []
+    _assert_serial(llm, 32)
+
+
+def test_a_second_asyncio_run_on_the_same_instance_works() -> None:
+    llm = make(max_tokens=100_000, backend=EchoBackend(delay_s=0.001))
+
+    async def contended() -> None:
+        await asyncio.gather(*(llm.achat(f"m{i}") for i in range(3)))
+
+    asyncio.run(contended())  # the waiters of this loop used to bind the lock to it
+    asyncio.run(contended())
+    assert llm.stats.turns == 6
+
+
+class Blocking(EchoBackend):
+    """An async backend whose reply to a message with "block" in it never comes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+
+    async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        if "block" in messages[-1].content:
+            self.entered.set()
+            await asyncio.Event().wait()
+        return self.generate(messages, **params)
+
+
+def test_cancelled_waiters_and_turns_release_the_conversation() -> None:
+    backend = Blocking()
+    llm = make(max_tokens=100_000, backend=backend)
+
+    async def scenario() -> None:
+        running = asyncio.create_task(llm.achat("block here"))
+        await asyncio.wait_for(backend.entered.wait(), 10)
+        waiting = asyncio.create_task(llm.achat("waits"))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        for task in (waiting, running):
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert (await asyncio.wait_for(llm.achat("after"), 10)).response == "echo: after"
+
+    asyncio.run(scenario())
+    assert llm.chat("sync after").response == "echo: sync after"
+    assert [s.text for s in llm.state.history][::2] == ["after", "sync after"]
+
+
+def test_a_waiter_cancelled_just_as_it_is_granted_hands_the_turn_on() -> None:
+    llm = make()
+
+    async def scenario() -> None:
+        llm._turn.acquire()  # a sync turn in progress
+        waiting = asyncio.create_task(llm.achat("waits"))
+        await asyncio.sleep(0.01)
+        llm._turn.release()  # grants it: its wake-up is scheduled on this loop
+        waiting.cancel()  # ... and it is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await asyncio.wait_for(llm.achat("after"), 10)).response == "echo: after"
+
+    asyncio.run(scenario())
+    assert llm.state.history[0].text == "after"
+
+
+def test_a_stream_dropped_early_releases_the_conversation() -> None:
+    llm = make()
+    it = llm.stream("one two three")
+    next(it)
+    del it  # closed by the garbage collector: the turn is released, nothing stored
+    assert _run_threads([lambda: llm.chat("next")], timeout=10) == []
+    assert [s.text for s in llm.state.history] == ["next", "echo: next"]
+
+
+def test_a_turn_started_inside_a_running_stream_is_refused_not_deadlocked() -> None:
+    llm = make()
+    errors: list[BaseException] = []
+
+    def nested() -> None:
+        for _ in llm.stream("one two"):
+            try:
+                llm.chat("inside")
+            except FMAIError as exc:
+                errors.append(exc)
+                break
+
+    assert _run_threads([nested], timeout=10) == []
+    assert errors and "already running" in str(errors[0])
+    assert llm.chat("later").response == "echo: later"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +45,139 @@ from fmai_core.tokens import TokenCounter
 
 if TYPE_CHECKING:
     import asyncio
+    from types import TracebackType
 
 __all__ = ["ChatResult", "FiniteMemoryLLM"]
+
+_REENTRY = (
+    "A turn of this conversation is already running here (a stream not yet exhausted, or a "
+    "hook of the turn): finish or close it before starting another turn, pin or extend."
+)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    owner: object  # a thread id, or an asyncio task
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future[None] | None = None
+    event: threading.Event = field(default_factory=threading.Event)
+    granted: bool = False
+    abandoned: bool = False
+
+
+def _running_loop() -> object:
+    aio = sys.modules.get("asyncio")
+    if aio is None:
+        return None
+    try:
+        return aio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _TurnLock:
+    """One turn at a time per conversation, for threads and event loops alike.
+
+    A first-come, first-served lock that is not bound to a thread or an event loop: a
+    thread waits on an event, a task on a future of its own loop, woken thread-safely at
+    its turn. So sync callers on any thread and async callers on any loop exclude each
+    other, a second `asyncio.run()` works, and an async turn may plan in a worker thread
+    and commit on its loop. A waiter that is cancelled (or interrupted) gives up its place,
+    or hands the turn on if it was granted meanwhile: the lock is never leaked.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held = False
+        self._owner: object = None
+        self._owner_loop: object = None
+        self._waiters: deque[_Waiter] = deque()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Block this thread until it is this caller's turn."""
+        me = threading.get_ident()
+        with self._mutex:
+            if not self._held:
+                self._held, self._owner, self._owner_loop = True, me, None
+                return
+            if self._owner == me:
+                raise FMAIError(_REENTRY)
+            if self._owner_loop is not None and self._owner_loop is _running_loop():
+                raise FMAIError(
+                    "An async turn of this conversation is running on this event loop, and a "
+                    "sync call here would block the loop it waits for: use achat/astream, "
+                    "or await the running turn first."
+                )
+            waiter = _Waiter(me)
+            self._waiters.append(waiter)
+        try:
+            waiter.event.wait()
+        except BaseException:
+            self._give_up(waiter)
+            raise
+
+    async def acquire_async(self) -> None:
+        """Wait, without blocking the event loop, until it is this task's turn."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        with self._mutex:
+            if not self._held:
+                self._held, self._owner, self._owner_loop = True, task, loop
+                return
+            if task is not None and self._owner is task:
+                raise FMAIError(_REENTRY)
+            future: asyncio.Future[None] = loop.create_future()
+            waiter = _Waiter(task, loop, future)
+            self._waiters.append(waiter)
+        try:
+            await future
+        except BaseException:
+            self._give_up(waiter)
+            raise
+
+    def _give_up(self, waiter: _Waiter) -> None:
+        with self._mutex:
+            granted = waiter.granted
+            waiter.abandoned = not granted
+        if granted:  # the turn was handed over while the waiter was being cancelled
+            self.release()
+
+    def release(self) -> None:
+        """End the current turn and hand it to the next waiter, if any."""
+        with self._mutex:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if waiter.abandoned:
+                    continue
+                if waiter.future is None:
+                    waiter.event.set()
+                elif waiter.loop is not None:
+                    try:
+                        waiter.loop.call_soon_threadsafe(_wake, waiter.future)
+                    except RuntimeError:  # its loop is closed: nobody waits there any more
+                        continue
+                waiter.granted = True
+                self._owner, self._owner_loop = waiter.owner, waiter.loop
+                return
+            self._held, self._owner, self._owner_loop = False, None, None
 
 
 @dataclass(frozen=True)
@@ -189,8 +322,8 @@ class FiniteMemoryLLM:
             self._split = backend.split_sentences
         else:
             self._split = split_sentences
-        self._lock = threading.RLock()
-        self._alock: asyncio.Lock | None = None
+        self._lock = threading.RLock()  # guards the state for short reads and commits
+        self._turn = _TurnLock()  # held through a whole turn: plan, generate, commit
         self._state = MemoryState()
         self._version = 0
         self._stats = MemoryStats()
@@ -289,7 +422,7 @@ class FiniteMemoryLLM:
         Raises:
             BudgetError: the pins would leave no room for a message; nothing is pinned.
         """
-        with self._lock:
+        with self._turn, self._lock:
             self._commit(self._with_pin(self._state, fact))
 
     def extend(self, messages: Iterable[Message]) -> None:
@@ -300,7 +433,7 @@ class FiniteMemoryLLM:
                 raise InvalidMessageError(
                     f"extend() takes Message objects, got {type(m).__name__}."
                 )
-        with self._lock:
+        with self._turn, self._lock:
             state = self._state
             for m in items:
                 if m.role == "system":
@@ -321,7 +454,7 @@ class FiniteMemoryLLM:
 
     def reset(self) -> None:
         """Forget the conversation (pinned facts included) and the cumulative stats."""
-        with self._lock:
+        with self._turn, self._lock:
             self._commit(MemoryState())
             self._stats = MemoryStats()
             self._planner.signals = self._signals
@@ -393,8 +526,8 @@ class FiniteMemoryLLM:
         with self._lock:
             if version != self._version:
                 raise FMAIError(
-                    "The conversation changed while this turn was running (concurrent sync and "
-                    "async calls on one conversation). The reply was not stored; retry the turn."
+                    "The conversation changed while this turn was running. The reply was not "
+                    "stored; retry the turn."
                 )
             state = plan.state.append(new)
             gen = _storable(gen)
@@ -461,54 +594,65 @@ class FiniteMemoryLLM:
                 encoded as UTF-8; decode the bytes it came from with `errors="replace"`).
             MessageTooLongError: `text` cannot fit even with all history evicted.
             BackendError: the backend failed; memory is unchanged.
+            FMAIError: called while this thread is inside a turn of the same conversation
+                (iterating its stream, or in its hook), which would otherwise deadlock.
+
+        Turns take turns: calls from several threads, and `achat`/`astream` from any event
+        loop, wait for the conversation, first come first served; a turn holds it from
+        planning to commit (and through its hooks), and `pin`, `extend` and `reset` wait
+        too. `context`, `stats` and `save` do not wait for a running turn: they see the
+        last committed state.
         """
         params = self._params(params)
-        version, _, new, plan, start = self._plan_turn(text)
-        try:
-            gen = self.backend.generate(plan.messages, **params)
-        except Exception as exc:
-            raise self._backend_error(exc) from exc
-        return self._finish(version, new, plan, gen, start)
+        with self._turn:
+            version, _, new, plan, start = self._plan_turn(text)
+            try:
+                gen = self.backend.generate(plan.messages, **params)
+            except Exception as exc:
+                raise self._backend_error(exc) from exc
+            return self._finish(version, new, plan, gen, start)
 
     def stream(self, text: str, **params: Any) -> Iterator[str]:
         """Yield the reply's text as it arrives; the turn is stored when the stream ends.
 
         After the stream is exhausted, `last_stats` holds the turn's figures. A stream that
-        is closed early or fails stores nothing.
+        is closed early or fails stores nothing. From its first chunk until it is exhausted
+        or closed, a stream holds the conversation (other turns wait, see `chat`): close a
+        stream you stop reading (`it.close()`, or `contextlib.closing`); one that is dropped
+        is closed when it is garbage-collected.
         """
         params = self._params(params)
-        version, _, new, plan, start = self._plan_turn(text)
-        gen: Generation | None = None
-        parts: list[str] = []
-        try:
-            for chunk in self.backend.stream(plan.messages, **params):
-                if chunk.text:
-                    parts.append(chunk.text)
-                    yield chunk.text
-                if chunk.generation is not None:
-                    gen = chunk.generation
-        except GeneratorExit:
-            raise
-        except Exception as exc:
-            raise self._backend_error(exc) from exc
-        gen = _complete(gen, "".join(parts), start)
-        self.last_stats = self._finish(version, new, plan, gen, start).stats
+        with self._turn:
+            version, _, new, plan, start = self._plan_turn(text)
+            gen: Generation | None = None
+            parts: list[str] = []
+            try:
+                for chunk in self.backend.stream(plan.messages, **params):
+                    if chunk.text:
+                        parts.append(chunk.text)
+                        yield chunk.text
+                    if chunk.generation is not None:
+                        gen = chunk.generation
+            except GeneratorExit:
+                raise
+            except Exception as exc:
+                raise self._backend_error(exc) from exc
+            gen = _complete(gen, "".join(parts), start)
+            self.last_stats = self._finish(version, new, plan, gen, start).stats
 
     last_stats: TurnStats | None = None
 
-    def _async_lock(self) -> asyncio.Lock:
+    async def achat(self, text: str, **params: Any) -> ChatResult:
+        """Async [`chat`][fmai_core.engine.FiniteMemoryLLM.chat]; concurrent calls take turns.
+
+        Waiting for the conversation never blocks the event loop, and works from any loop
+        and thread (each `asyncio.run()` included); a cancelled waiter gives up its place.
+        """
         import asyncio  # imported here: keeps `import fmai_core` fast
 
-        if self._alock is None:
-            self._alock = asyncio.Lock()
-        return self._alock
-
-    async def achat(self, text: str, **params: Any) -> ChatResult:
-        """Async [`chat`][fmai_core.engine.FiniteMemoryLLM.chat]; concurrent calls take turns."""
-        import asyncio
-
         params = self._params(params)
-        async with self._async_lock():
+        await self._turn.acquire_async()
+        try:
             version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
             try:
                 if isinstance(self.backend, AsyncBackend):
@@ -518,13 +662,16 @@ class FiniteMemoryLLM:
             except Exception as exc:
                 raise self._backend_error(exc) from exc
             return self._finish(version, new, plan, gen, start)
+        finally:
+            self._turn.release()
 
     async def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
-        """Async [`stream`][fmai_core.engine.FiniteMemoryLLM.stream]."""
+        """Async [`stream`][fmai_core.engine.FiniteMemoryLLM.stream] (it holds the turn alike)."""
         import asyncio
 
         params = self._params(params)
-        async with self._async_lock():
+        await self._turn.acquire_async()
+        try:
             version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
             gen: Generation | None = None
             parts: list[str] = []
@@ -544,6 +691,8 @@ class FiniteMemoryLLM:
                 raise self._backend_error(exc) from exc
             gen = _complete(gen, "".join(parts), start)
             self.last_stats = self._finish(version, new, plan, gen, start).stats
+        finally:
+            self._turn.release()
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path: str | PathLike[str]) -> None:
