@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,31 @@ def test_a_turn_started_inside_a_running_stream_is_refused_not_deadlocked() -> N
     assert _run_threads([nested], timeout=10) == []
     assert errors and "already running" in str(errors[0])
     assert llm.chat("later").response == "echo: later"
+
+
+# -- defect 10: planning has no side effect; the switch-off of model signals commits -------
+class SlowScorer(EchoBackend):
+    """A backend whose importance scores are slower than the policy's latency budget."""
+
+    def score_importance(self, texts: Sequence[str], query: str) -> list[float]:
+        time.sleep(0.3)
+        return [1.0] * len(texts)
+
+
+def test_context_never_switches_model_signals_off_a_committed_turn_does() -> None:
+    llm = make(
+        "importance", backend=SlowScorer(), max_tokens=90, max_new_tokens=10, max_policy_ms=50
+    )
+    llm.extend(
+        Message("user" if i % 2 == 0 else "assistant", f"message {i} with a few more words")
+        for i in range(12)
+    )
+    before = llm.state
+    ctx = llm.context("what did I say?")  # evicts: the slow scorer misses the deadline
+    assert ctx and llm.state is before
+    assert llm.model_signals, "context() must have no side effect"
+    r = llm.chat("what did I say?")
+    assert r.stats.fallback and "model_signals" in r.stats.policy_stats
+    assert not llm.model_signals  # switched off when the turn committed
+    llm.reset()
+    assert llm.model_signals

@@ -465,7 +465,8 @@ class FiniteMemoryLLM:
         """Whether the policy gets the backend's model signals.
 
         They are switched off for the rest of the conversation (until `reset`) when a policy
-        call using them runs past `max_policy_ms`: on a CPU a model's forward pass or a
+        call using them runs past `max_policy_ms` in a turn that commits (never by
+        `context()`, which has no side effect): on a CPU a model's forward pass or a
         generated summary often costs more than the latency budget, and the policies'
         torch-free proxies then keep the turn on time. `TurnStats.policy_stats` says so
         (`"model_signals"`) on the turn it happens.
@@ -534,6 +535,8 @@ class FiniteMemoryLLM:
             reply = self._segments(state, "assistant", gen.text) if gen.text.strip() else []
             state = replace(state.append(reply), turn=state.turn + 1)
             self._commit(state)
+            if plan.signals_off:  # a policy call with model signals missed the deadline
+                self._planner.signals = Signals()
             prepare_ms = self._prepare([*new, *reply])
             u = gen.usage
             prompt = u.prompt_tokens or plan.prompt_tokens

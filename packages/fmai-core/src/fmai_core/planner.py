@@ -45,6 +45,15 @@ class Plan:
     fallback: bool
     policy_stats: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def signals_off(self) -> bool:
+        """A policy call with model signals ran past `max_policy_ms` in this plan.
+
+        The engine then switches model signals off for the rest of the conversation, when
+        (and only if) the turn commits: `context()` and a failed turn change nothing.
+        """
+        return "model_signals" in self.policy_stats or "recall_model_signals" in self.policy_stats
+
 
 def _run_with_deadline(
     fn: Callable[[], Selection], deadline_ms: float | None
@@ -144,10 +153,10 @@ class Planner:
         result, error = _run_with_deadline(lambda: self.policy.select(request), self.max_policy_ms)
         fallback = result is None
         degraded = False
-        if error and error.startswith("deadline") and self.signals != Signals():
+        if error and error.startswith("deadline") and request.signals != Signals():
             # Model signals (a forward pass, a generation) are what usually blows the
-            # deadline on a CPU: use the policy's torch-free proxies from now on.
-            self.signals = Signals()
+            # deadline on a CPU: the engine switches them off when the turn commits
+            # (`Plan.signals_off`); planning itself changes nothing.
             degraded = True
         if result is None:
             result = _SLIDING.select(replace(request, signals=Signals()))
