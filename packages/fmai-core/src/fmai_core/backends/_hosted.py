@@ -1,15 +1,20 @@
-"""What the hosted-API backends share: keys, SDK loading, error mapping, usage, counting.
+"""What the hosted-API backends share: keys, SDK loading, retries, error mapping, usage.
 
-A subclass supplies the provider's request shape and response parsing; this base turns SDK
-exceptions into [`fmai_core.errors`][fmai_core.errors] classes, keeps the API key out of every
-message and `repr`, and learns the token counter's correction from reported usage.
+A subclass supplies the provider's request shape and response parsing; this base retries
+under one deadline per turn, turns SDK exceptions into [`fmai_core.errors`][fmai_core.errors]
+classes, keeps the API key out of every message and `repr`, and learns the token counter's
+correction from reported usage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.utils
 import importlib
+import math
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar
@@ -20,23 +25,43 @@ from fmai_core.errors import (
     AuthenticationError,
     BackendError,
     BackendTimeoutError,
+    ConfigurationError,
     FMAIError,
     RateLimitError,
     missing_dependency,
 )
 from fmai_core.messages import Message
 
-__all__ = ["HostedBackend", "StreamTracker"]
+__all__ = ["DEFAULT_MAX_RETRY_AFTER", "DEFAULT_TURN_TIMEOUT", "HostedBackend", "StreamTracker"]
+
+#: Seconds one turn may take, all attempts, retry waits and the whole stream included.
+DEFAULT_TURN_TIMEOUT = 120.0
+#: The longest `Retry-After` fmai waits for; a server asking for more gets an error at once.
+DEFAULT_MAX_RETRY_AFTER = 30.0
+_BACKOFF_FIRST = 0.5  # seconds before the first retry without Retry-After (doubling, jittered)
+_BACKOFF_MAX = 8.0
+_RETRY_STATUS = frozenset({408, 409, 429})
 
 
 class HostedBackend:
     """Base of [`OpenAIBackend`][fmai_core.backends.OpenAIBackend] and
     [`AnthropicBackend`][fmai_core.backends.AnthropicBackend] (not used directly).
 
-    Retries are the SDK's own (`max_retries`): exponential backoff from 0.5 s up to 8 s with
-    jitter, honouring `Retry-After` / `retry-after-ms` up to 60 s, on connection errors,
-    timeouts, 408, 409, 429 and 5xx. `timeout` bounds each attempt (for a stream: each
-    wait for the next bytes).
+    Retries are fmai's own (the SDK's are turned off, so one deadline covers them all):
+    up to `max_retries`, on connection errors, timeouts, 408, 409, 429 and 5xx (a server's
+    `x-should-retry` header overrides), waiting what `Retry-After` / `retry-after-ms` asks,
+    else an exponential backoff from 0.5 s up to 8 s with jitter.
+
+    - `timeout` bounds each attempt (for a stream: each wait for the next bytes).
+    - `turn_timeout` bounds the whole call: every attempt, every wait between attempts and,
+      for a stream, the stream to its end. Each attempt's `timeout` is cut to what is left;
+      a retry whose wait would end past the deadline is not made. Async calls are cut at the
+      deadline exactly (Python 3.11+); a sync stream is checked at every chunk, and its reads
+      time out after the time that was left when it opened. Past it: `BackendTimeoutError`.
+      `None` turns the deadline off.
+    - `max_retry_after` caps the `Retry-After` honoured: a server that asks for a longer wait
+      (or one past the deadline) gets no retry, and the call raises at once
+      (`RateLimitError` for a 429, else `BackendError`), saying how long it asked to wait.
     """
 
     provider: ClassVar[str] = "hosted"
@@ -55,16 +80,24 @@ class HostedBackend:
         base_url: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 2,
+        turn_timeout: float | None = DEFAULT_TURN_TIMEOUT,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         tokenizer: str | TextCount | None = None,
         per_message_tokens: int = 3,
         client_options: dict[str, Any] | None = None,
     ) -> None:
+        self.timeout = _seconds("timeout", timeout)
+        self.turn_timeout = None if turn_timeout is None else _seconds("turn_timeout", turn_timeout)
+        self.max_retry_after = _seconds("max_retry_after", max_retry_after, zero=True)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigurationError(
+                f"max_retries must be a whole number >= 0, got {max_retries!r}."
+            )
+        self.max_retries = max_retries
         self._sdk: Any = self._import_sdk()
         self.model = model
         self.name = f"{self.provider}:{model}"
         self.base_url = base_url
-        self.timeout = timeout
-        self.max_retries = max_retries
         self._api_key = self._resolve_key(api_key, api_key_env)
         count, self.tokenizer_id, self.exact_count = resolve_counter(model, tokenizer)
         self._counter = ChatCounter(count, per_message=per_message_tokens)
@@ -104,8 +137,8 @@ class HostedBackend:
         args: dict[str, Any] = {
             "api_key": self._api_key,
             "timeout": self.timeout,
-            "max_retries": self.max_retries,
             **self._client_options,
+            "max_retries": 0,  # fmai retries itself, under the turn's deadline
         }
         if self.base_url is not None:
             args["base_url"] = self.base_url
@@ -146,19 +179,30 @@ class HostedBackend:
     def _scrub(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    def _error(self, exc: BaseException) -> FMAIError:
-        """Translate an SDK or transport exception into an fmai error."""
+    def _error(
+        self, exc: BaseException, retries: int | None = None, deadline: _Deadline | None = None
+    ) -> FMAIError:
+        """Translate an SDK or transport exception into an fmai error.
+
+        `retries` is how many retries were made (default: `max_retries`); with a `deadline`
+        that has run out, a timeout is blamed on `turn_timeout` rather than `timeout`.
+        """
         if isinstance(exc, FMAIError):
             return exc
         sdk = self._sdk
+        retries = self.max_retries if retries is None else retries
         detail = self._scrub(f"{type(exc).__name__}: {exc}")
+        if deadline is not None and deadline.hit:  # cancelled at the deadline, however shown
+            return self._past_deadline(detail, retries)
         where = self.base_url or f"the {self.provider} API"
         # A timeout while a stream is read surfaces as the HTTP library's own ReadTimeout.
         timeout = any("Timeout" in cls.__name__ for cls in type(exc).__mro__)
         if timeout and not isinstance(exc, sdk.APIStatusError):
+            if deadline is not None and deadline.bit():
+                return self._past_deadline(detail, retries)
             return BackendTimeoutError(
                 f"{where} did not answer within timeout={self.timeout}s after "
-                f"{self.max_retries} retries ({detail}). Raise `timeout` or try again later."
+                f"{retries} retries ({detail}). Raise `timeout` or try again later."
             )
         if isinstance(exc, sdk.AuthenticationError | sdk.PermissionDeniedError):
             return AuthenticationError(
@@ -167,7 +211,7 @@ class HostedBackend:
             )
         if isinstance(exc, sdk.RateLimitError):
             return RateLimitError(
-                f"{where} kept answering 429 (rate limited) through {self.max_retries} "
+                f"{where} kept answering 429 (rate limited) through {retries} "
                 f"retries ({detail}). Wait, raise `max_retries`, or lower the request rate."
             )
         if isinstance(exc, sdk.APIConnectionError):
@@ -189,9 +233,113 @@ class HostedBackend:
             f"SDK version (pip install -U 'fmai-core[{self.extra}]') and report it if it persists."
         )
 
+    def _past_deadline(self, detail: str, retries: int | None = None) -> BackendTimeoutError:
+        """The error for a call that could not finish within `turn_timeout`."""
+        where = self.base_url or f"the {self.provider} API"
+        made = "" if retries is None else f"; {retries} retries made"
+        return BackendTimeoutError(
+            f"The call to {where} did not finish within turn_timeout={self.turn_timeout:g}s "
+            f"(all attempts and waits together{made}; last: {detail}). Raise `turn_timeout`, "
+            "or try again later."
+        )
+
+    def _retry_wait(self, exc: BaseException, retries: int, deadline: _Deadline) -> float:
+        """Seconds to wait before retrying after `exc`.
+
+        Raises the fmai error instead when fmai does not retry: `exc` is not retryable, the
+        retries are used up, or the wait is over `max_retry_after` or ends past the deadline.
+        """
+        if not self._retryable(exc) or retries >= self.max_retries:
+            raise self._error(exc, retries, deadline) from None
+        asked = _retry_after(exc)
+        detail = self._scrub(f"{type(exc).__name__}: {exc}")
+        if asked is not None and asked > 0:
+            where = self.base_url or f"the {self.provider} API"
+            status = getattr(exc, "status_code", None)
+            kind = RateLimitError if status == 429 else BackendError
+            what = f"{where} answered HTTP {status} and asked to wait {asked:g} s (Retry-After)"
+            if asked > self.max_retry_after:
+                raise kind(
+                    f"{what}, more than max_retry_after={self.max_retry_after:g}s, so fmai "
+                    f"did not wait ({detail}). Try again after {asked:g} s, lower the request "
+                    "rate, or raise `max_retry_after`."
+                ) from None
+            left = deadline.left()
+            if asked >= left:
+                raise kind(
+                    f"{what}, but only {max(left, 0.0):.2g} s of turn_timeout="
+                    f"{self.turn_timeout:g}s were left, so fmai did not wait ({detail}). Try "
+                    f"again after {asked:g} s, or raise `turn_timeout`."
+                ) from None
+            return asked
+        wait = _backoff(retries)
+        if wait >= deadline.left():
+            err = self._error(exc, retries, deadline)
+            if isinstance(err, BackendTimeoutError):
+                raise self._past_deadline(detail, retries) from None
+            raise type(err)(
+                f"{err} No retry was made: its wait ({wait:.2g} s) would end past "
+                f"turn_timeout={self.turn_timeout:g}s."
+            ) from None
+        return wait
+
+    def _retryable(self, exc: BaseException) -> bool:
+        sdk = self._sdk
+        if isinstance(exc, sdk.APIStatusError):
+            headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+            should = str(headers.get("x-should-retry", "")).lower()
+            if should in ("true", "false"):
+                return should == "true"
+            return exc.status_code in _RETRY_STATUS or exc.status_code >= 500
+        return isinstance(exc, sdk.APIConnectionError)  # timeouts included
+
+    def _options(self, deadline: _Deadline, retries: int) -> dict[str, Any]:
+        """Per-attempt request options: the attempt's timeout, cut to the deadline."""
+        return {
+            "timeout": deadline.cap(self.timeout),
+            # the SDK's own header, which its retries would send (its retries are off)
+            "extra_headers": {"x-stainless-retry-count": str(retries)},
+        }
+
+    def _open(
+        self, messages: Sequence[Message], params: dict[str, Any], stream: bool, deadline: _Deadline
+    ) -> Any:
+        """Send the request, retrying under `deadline`; returns the SDK's response."""
+        request = self._request(messages, params, stream)
+        retries = 0
+        while True:
+            try:
+                return self._create(self._sync())(**request, **self._options(deadline, retries))
+            except Exception as exc:
+                wait = self._retry_wait(exc, retries, deadline)
+            time.sleep(wait)
+            retries += 1
+
+    async def _aopen(
+        self,
+        messages: Sequence[Message],
+        params: dict[str, Any],
+        stream: bool,
+        deadline: _Deadline,
+    ) -> Any:
+        """Async twin of `_open`, cut at the deadline exactly (Python 3.11+)."""
+        request = self._request(messages, params, stream)
+        retries = 0
+        while True:
+            try:
+                create = self._create(self._async())
+                async with deadline.scope():
+                    return await create(**request, **self._options(deadline, retries))
+            except Exception as exc:
+                wait = self._retry_wait(exc, retries, deadline)
+            await asyncio.sleep(wait)
+            retries += 1
+
     def _stream_error(self, exc: BaseException, tracker: StreamTracker) -> FMAIError:
         """The error for a stream that failed after it started: never a normal return."""
-        err = self._error(exc)
+        err = self._error(exc, deadline=tracker.deadline)
+        if tracker.deadline.hit:
+            return err
         if type(err) is BackendError and not isinstance(exc, FMAIError):
             return BackendError(
                 f"The {self.provider} stream broke off after {len(tracker.parts)} chunks "
@@ -234,28 +382,39 @@ class HostedBackend:
 
     # -- the Backend protocol -----------------------------------------------------------
     def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
-        """Send `messages` and return the whole reply (see `Backend.generate`)."""
+        """Send `messages` and return the whole reply (see `Backend.generate`).
+
+        Retries and waits all fit in `turn_timeout` (see the class docs).
+        """
         start = time.perf_counter()
+        deadline = _Deadline(self.turn_timeout)
         try:
-            resp = self._create(self._sync())(**self._request(messages, params, False))
+            resp = self._open(messages, params, False, deadline)
             return self._generation(messages, resp, start)
         except Exception as exc:
-            raise self._error(exc) from None
+            raise self._error(exc, deadline=deadline) from None
 
     def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
         """Yield text deltas as they arrive, then a chunk with the Generation.
 
         Raises a [`BackendError`][fmai_core.errors.BackendError] (never returns normally) when
-        the stream breaks off before the provider's final chunk.
+        the stream breaks off before the provider's final chunk, and a
+        [`BackendTimeoutError`][fmai_core.errors.BackendTimeoutError] when it runs past
+        `turn_timeout`.
         """
         tracker = StreamTracker(self)
+        deadline = tracker.deadline
         try:
-            items = self._create(self._sync())(**self._request(messages, params, True))
+            items = self._open(messages, params, True, deadline)
         except Exception as exc:
-            raise self._error(exc) from None
+            raise self._error(exc, deadline=deadline) from None
         try:
             for item in items:
                 text = self._delta(tracker, item)
+                if tracker.finish is None and deadline.expired():
+                    raise self._past_deadline(
+                        f"the stream was cut after {len(tracker.parts)} chunks"
+                    )
                 if text:
                     yield StreamChunk(text)
             gen = tracker.generation(messages)
@@ -268,25 +427,36 @@ class HostedBackend:
     async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Async twin of `generate`."""
         start = time.perf_counter()
+        deadline = _Deadline(self.turn_timeout)
         try:
-            create = self._create(self._async())
-            resp = await create(**self._request(messages, params, False))
+            resp = await self._aopen(messages, params, False, deadline)
             return self._generation(messages, resp, start)
         except Exception as exc:
-            raise self._error(exc) from None
+            raise self._error(exc, deadline=deadline) from None
 
     async def astream(
         self, messages: Sequence[Message], **params: Any
     ) -> AsyncIterator[StreamChunk]:
-        """Async twin of `stream`."""
+        """Async twin of `stream` (cut at `turn_timeout` exactly on Python 3.11+, stalls
+        included)."""
         tracker = StreamTracker(self)
+        deadline = tracker.deadline
         try:
-            create = self._create(self._async())
-            items = await create(**self._request(messages, params, True))
+            items = await self._aopen(messages, params, True, deadline)
         except Exception as exc:
-            raise self._error(exc) from None
+            raise self._error(exc, deadline=deadline) from None
         try:
-            async for item in items:
+            chunks = items.__aiter__()
+            while True:
+                try:
+                    async with deadline.scope():
+                        item = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                if tracker.finish is None and deadline.expired():
+                    raise self._past_deadline(
+                        f"the stream was cut after {len(tracker.parts)} chunks"
+                    )
                 text = self._delta(tracker, item)
                 if text:
                     yield StreamChunk(text)
@@ -328,6 +498,7 @@ class StreamTracker:
 
     def __init__(self, backend: HostedBackend) -> None:
         self.backend = backend
+        self.deadline = _Deadline(backend.turn_timeout)
         self.start = time.perf_counter()
         self.first: float | None = None
         self.parts: list[str] = []
@@ -367,3 +538,94 @@ class StreamTracker:
             finish_reason=self.finish,
             extra=extra,
         )
+
+
+class _Deadline:
+    """The end of one turn on the monotonic clock (`None`: no deadline)."""
+
+    __slots__ = ("cut", "end", "hit")
+
+    def __init__(self, seconds: float | None) -> None:
+        self.end = None if seconds is None else time.monotonic() + seconds
+        self.cut = False  # an attempt's timeout was shortened to the deadline
+        self.hit = False  # an async call was cancelled at the deadline
+
+    def left(self) -> float:
+        """Seconds left (infinite without a deadline; negative once past)."""
+        return math.inf if self.end is None else self.end - time.monotonic()
+
+    def expired(self) -> bool:
+        return self.left() <= 0
+
+    def bit(self) -> bool:
+        """Whether a timeout now is the deadline's doing (not the per-attempt `timeout`)."""
+        return self.hit or self.cut or self.expired()
+
+    def cap(self, timeout: float) -> float:
+        """`timeout` cut to what is left (at least a millisecond, so it stays valid)."""
+        left = self.left()
+        if left < timeout:
+            self.cut = True
+            return max(0.001, left)
+        return timeout
+
+    @contextlib.asynccontextmanager
+    async def scope(self) -> AsyncIterator[None]:
+        """Cancel what runs inside at the deadline, in the running task (Python 3.11+: a
+        `TimeoutError`, or whatever the SDK makes of the cancellation; `hit` tells).
+
+        On Python 3.10 this does nothing: attempts are bounded by their cut `timeout`.
+        """
+        timeout = getattr(asyncio, "timeout", None)
+        if self.end is None or timeout is None:
+            yield
+            return
+        cm = timeout(max(0.0, self.left()))
+        try:
+            async with cm:
+                yield
+        finally:
+            if cm.expired():
+                self.hit = True
+
+
+def _seconds(name: str, value: float, zero: bool = False) -> float:
+    """Validate a duration in seconds: a finite number, > 0 (>= 0 with `zero`)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds {bound}, got {value!r}."
+        )
+    return float(value)
+
+
+def _backoff(retries: int) -> float:
+    """The SDKs' backoff: 0.5 s doubling up to 8 s, minus up to 25% jitter."""
+    wait = min(_BACKOFF_FIRST * 2.0 ** min(retries, 16), _BACKOFF_MAX)
+    return wait * (1 - 0.25 * random.random())
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds a response asked to wait (`retry-after-ms`, `Retry-After`: seconds or a date)."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        return when.timestamp() - time.time()
+    return seconds if not math.isnan(seconds) else None

@@ -11,7 +11,12 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from fmai_core.backend import Generation
-from fmai_core.backends._hosted import HostedBackend, StreamTracker
+from fmai_core.backends._hosted import (
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_TURN_TIMEOUT,
+    HostedBackend,
+    StreamTracker,
+)
 from fmai_core.backends.tokens import TextCount
 from fmai_core.errors import BackendError
 from fmai_core.messages import Message
@@ -66,13 +71,21 @@ class AnthropicBackend(HostedBackend):
         model: The model name, e.g. `"claude-sonnet-4-5"`.
         api_key: The key; else `$ANTHROPIC_API_KEY` (or `api_key_env`). Never logged or stored.
         base_url: Another endpoint speaking the Messages API (a proxy, a gateway).
-        timeout: Seconds per attempt (for a stream: the longest wait between events).
+        timeout: Seconds per attempt (for a stream: the longest wait between events), cut to
+            what is left of `turn_timeout`.
         max_retries: Retries after 429, 5xx (529 overloaded included), timeouts and connection
             errors, with backoff honouring `Retry-After`.
+        turn_timeout: Seconds the whole call may take: every attempt, every wait between
+            attempts and, for a stream, the stream to its end (default 120; `None`: no
+            deadline). Past it: `BackendTimeoutError`. Raise it for long streamed replies.
+        max_retry_after: The longest `Retry-After` honoured (default 30 s). A server asking
+            for longer, or for a wait past `turn_timeout`, gets no retry: the call raises at
+            once (`RateLimitError` for a 429), saying how long the server asked to wait.
         tokenizer: How to count before a call; Claude's tokenizer is not public, so the
             default is the calibrated estimate, corrected by each call's reported usage.
         cache_control: Set prompt-cache breakpoints (on by default).
-        client_options: More keyword arguments for `anthropic.Anthropic(...)`.
+        client_options: More keyword arguments for `anthropic.Anthropic(...)` (its
+            `max_retries` is always 0: fmai retries itself, under `turn_timeout`).
 
     Example:
         ```python
@@ -101,6 +114,8 @@ class AnthropicBackend(HostedBackend):
         base_url: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 2,
+        turn_timeout: float | None = DEFAULT_TURN_TIMEOUT,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         tokenizer: str | TextCount | None = None,
         cache_control: bool = True,
         client_options: dict[str, Any] | None = None,
@@ -112,6 +127,8 @@ class AnthropicBackend(HostedBackend):
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
+            turn_timeout=turn_timeout,
+            max_retry_after=max_retry_after,
             tokenizer=tokenizer,
             client_options=client_options,
         )

@@ -10,7 +10,12 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from fmai_core.backend import Generation
-from fmai_core.backends._hosted import HostedBackend, StreamTracker
+from fmai_core.backends._hosted import (
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_TURN_TIMEOUT,
+    HostedBackend,
+    StreamTracker,
+)
 from fmai_core.backends.tokens import TextCount
 from fmai_core.errors import BackendError
 from fmai_core.messages import Message
@@ -34,9 +39,16 @@ class OpenAIBackend(HostedBackend):
             key anywhere, a placeholder is sent (local servers ignore it). Never logged or
             stored in checkpoints.
         api_key_env: Read the key from this environment variable instead.
-        timeout: Seconds per attempt (for a stream: the longest wait between chunks).
+        timeout: Seconds per attempt (for a stream: the longest wait between chunks), cut to
+            what is left of `turn_timeout`.
         max_retries: Retries after 429, 5xx, timeouts and connection errors, with backoff
             honouring `Retry-After`.
+        turn_timeout: Seconds the whole call may take: every attempt, every wait between
+            attempts and, for a stream, the stream to its end (default 120; `None`: no
+            deadline). Past it: `BackendTimeoutError`. Raise it for long streamed replies.
+        max_retry_after: The longest `Retry-After` honoured (default 30 s). A server asking
+            for longer, or for a wait past `turn_timeout`, gets no retry: the call raises at
+            once (`RateLimitError` for a 429), saying how long the server asked to wait.
         tokenizer: How to count tokens before a call (see
             [`resolve_counter`][fmai_core.backends.tokens.resolve_counter]).
         max_tokens_param: The request field for the reply limit: `"max_completion_tokens"`
@@ -44,7 +56,8 @@ class OpenAIBackend(HostedBackend):
             older compatible servers read; the default with `base_url`).
         stream_usage: Ask for usage in the stream's last chunk (`stream_options`); turn off
             for servers that reject it.
-        client_options: More keyword arguments for `openai.OpenAI(...)`.
+        client_options: More keyword arguments for `openai.OpenAI(...)` (its `max_retries`
+            is always 0: fmai retries itself, under `turn_timeout`).
 
     Example:
         ```python
@@ -72,6 +85,8 @@ class OpenAIBackend(HostedBackend):
         api_key_env: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 2,
+        turn_timeout: float | None = DEFAULT_TURN_TIMEOUT,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         tokenizer: str | TextCount | None = None,
         max_tokens_param: str | None = None,
         stream_usage: bool = True,
@@ -84,6 +99,8 @@ class OpenAIBackend(HostedBackend):
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
+            turn_timeout=turn_timeout,
+            max_retry_after=max_retry_after,
             tokenizer=tokenizer,
             client_options=client_options,
         )

@@ -1,0 +1,257 @@
+"""Hardening of the hosted backends (issue 11): turn deadlines, Retry-After caps, counting.
+
+Everything runs against the real loopback server in `tests/core/fakeserver.py` with the
+official SDKs; timeouts are fractions of a second, so no test waits long.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fakeserver import FakeProvider
+
+from fmai_core import FiniteMemoryLLM, Message
+from fmai_core.errors import (
+    BackendError,
+    BackendTimeoutError,
+    ConfigurationError,
+    RateLimitError,
+)
+
+KEY = "sk-test-key"
+MSGS = [Message("system", "Be brief."), Message("user", "hello there friend")]
+PROVIDERS = ["openai", "anthropic"]
+
+
+@pytest.fixture
+def server() -> Iterator[FakeProvider]:
+    with FakeProvider(api_key=KEY) as fp:
+        yield fp
+
+
+def make(provider: str, server: FakeProvider, **kw: Any) -> Any:
+    """An OpenAIBackend or AnthropicBackend on the fake server (skips without the SDK)."""
+    pytest.importorskip(provider, reason=f"needs the SDK: pip install 'fmai-core[{provider}]'")
+    from fmai_core.backends import AnthropicBackend, OpenAIBackend
+
+    if provider == "openai":
+        return OpenAIBackend("fake-model", base_url=server.openai_url, api_key=KEY, **kw)
+    return AnthropicBackend("claude-fake", base_url=server.url, api_key=KEY, **kw)
+
+
+def within(seconds: float, fn: Callable[[], Any]) -> tuple[float, BaseException | None]:
+    """Run `fn` in a daemon thread; fail if it is still running after `seconds`.
+
+    Returns (elapsed seconds, the exception it raised or None). A watchdog rather than a
+    plain call, so that a regression (a turn held for minutes) fails fast instead of hanging.
+    """
+    out: list[BaseException | None] = [None]
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            out[0] = exc
+
+    start = time.perf_counter()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    elapsed = time.perf_counter() - start
+    if t.is_alive():
+        pytest.fail(f"the call was still running after {seconds} s")
+    return elapsed, out[0]
+
+
+# -- defect 7: a per-turn deadline over all retries, and a cap on Retry-After -------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_retry_after_beyond_the_cap_fails_at_once(provider: str, server: FakeProvider) -> None:
+    # The reported case: a 429 with Retry-After: 100 held a turn for 200 s. With the default
+    # settings fmai now refuses to wait that long and says so.
+    server.retry_after = "100"
+    server.fail_next("429", times=3)
+    b = make(provider, server)
+    elapsed, err = within(5, lambda: b.generate(MSGS))
+    b.close()
+    assert isinstance(err, RateLimitError)
+    assert "asked to wait 100 s" in str(err)
+    assert "max_retry_after=30" in str(err)
+    assert elapsed < 1.0
+    assert len(server.requests) == 1  # no retry was sent
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_retry_after_as_an_http_date_is_capped_too(provider: str, server: FakeProvider) -> None:
+    server.retry_after = email.utils.formatdate(time.time() + 100, usegmt=True)
+    server.fail_next("429", times=3)
+    b = make(provider, server, max_retry_after=5)
+    elapsed, err = within(5, lambda: b.generate(MSGS))
+    b.close()
+    assert isinstance(err, RateLimitError)
+    assert "max_retry_after=5" in str(err)
+    assert elapsed < 1.0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_retry_after_within_the_cap_is_honoured(provider: str, server: FakeProvider) -> None:
+    server.retry_after = "0.2"
+    server.fail_next("429")
+    b = make(provider, server, max_retry_after=0.5)
+    start = time.perf_counter()
+    gen = b.generate(MSGS)
+    elapsed = time.perf_counter() - start
+    b.close()
+    assert gen.text == "reply to: hello there friend"
+    assert elapsed >= 0.2
+    assert [h["x-stainless-retry-count"] for h in server.headers] == ["0", "1"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_retry_after_beyond_the_turn_deadline_stops_retrying(
+    provider: str, server: FakeProvider
+) -> None:
+    # Each wait is under the cap, but the second would end past the turn's deadline.
+    server.retry_after = "0.3"
+    server.fail_next("429", times=5)
+    b = make(provider, server, max_retries=5, turn_timeout=0.5)
+    elapsed, err = within(5, lambda: b.generate(MSGS))
+    b.close()
+    assert isinstance(err, RateLimitError)
+    assert "asked to wait 0.3 s" in str(err)
+    assert "turn_timeout=0.5" in str(err)
+    assert elapsed < 0.5
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_turn_timeout_bounds_all_attempts(provider: str, server: FakeProvider) -> None:
+    # A server that never answers in time: each attempt alone may take 10 s, five retries
+    # are allowed, yet the whole turn ends at its 0.4 s deadline.
+    server.slow_s = 3.0
+    server.fail_next("slow", times=6)
+    b = make(provider, server, timeout=10.0, max_retries=5, turn_timeout=0.4)
+    elapsed, err = within(5, lambda: b.generate(MSGS))
+    b.close()
+    assert isinstance(err, BackendTimeoutError)
+    assert "turn_timeout=0.4" in str(err)
+    assert 0.35 < elapsed < 1.0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_no_backoff_wait_runs_past_the_deadline(provider: str, server: FakeProvider) -> None:
+    # 5xx without Retry-After: backoff of about 0.5 s, then 1 s. The first retry fits in
+    # 0.9 s, the second would not, so the call stops after two attempts, well inside 0.9 s.
+    server.fail_next("500", times=10)
+    b = make(provider, server, max_retries=10, turn_timeout=0.9)
+    elapsed, err = within(5, lambda: b.generate(MSGS))
+    b.close()
+    assert type(err) is BackendError
+    assert "HTTP 500" in str(err)
+    assert "turn_timeout=0.9" in str(err)
+    assert len(server.requests) == 2
+    assert elapsed < 0.9
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_turn_timeout_bounds_a_stream_that_does_not_start(
+    provider: str, server: FakeProvider
+) -> None:
+    server.fail_next("slow", times=6)
+    b = make(provider, server, timeout=10.0, max_retries=5, turn_timeout=0.4)
+    elapsed, err = within(5, lambda: list(b.stream(MSGS)))
+    b.close()
+    assert isinstance(err, BackendTimeoutError)
+    assert "turn_timeout=0.4" in str(err)
+    assert elapsed < 1.0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_turn_timeout_bounds_a_stream_that_stalls(provider: str, server: FakeProvider) -> None:
+    # Two deltas, then silence: the per-read `timeout` (10 s) would wait; the deadline won't.
+    server.fail_next("stall")
+    b = make(provider, server, timeout=10.0, turn_timeout=0.4)
+    elapsed, err = within(5, lambda: list(b.stream(MSGS)))
+    b.close()
+    assert isinstance(err, BackendTimeoutError)
+    assert elapsed < 1.0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_turn_timeout_bounds_async_calls(provider: str, server: FakeProvider) -> None:
+    b = make(provider, server, timeout=10.0, max_retries=5, turn_timeout=0.4)
+    server.fail_next("slow")  # the one attempt that fits in the deadline
+    start = time.perf_counter()
+    with pytest.raises(BackendTimeoutError, match=r"turn_timeout=0\.4"):
+        await b.agenerate(MSGS)
+    assert time.perf_counter() - start < 1.0
+    server.fail_next("stall")
+    start = time.perf_counter()
+    with pytest.raises(BackendTimeoutError):
+        async for _ in b.astream(MSGS):
+            pass
+    assert time.perf_counter() - start < 1.0
+    server.retry_after = "100"
+    server.fail_next("429")
+    start = time.perf_counter()
+    with pytest.raises(RateLimitError, match="asked to wait 100 s"):
+        await b.agenerate(MSGS)
+    assert time.perf_counter() - start < 1.0
+    await b.aclose()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_turn_past_its_deadline_leaves_memory_unchanged(
+    provider: str, server: FakeProvider
+) -> None:
+    b = make(provider, server, timeout=10.0, turn_timeout=0.4)
+    llm = FiniteMemoryLLM(b, policy="sliding", max_tokens=400, max_new_tokens=40)
+    llm.chat("My sister is called Ada.")
+    before = llm.context("probe")
+    server.fail_next("stall")
+    with pytest.raises(BackendError):
+        for _ in llm.stream("This stream stalls."):
+            pass
+    server.retry_after = "100"
+    server.fail_next("429")
+    with pytest.raises(RateLimitError):
+        llm.chat("This one is rate limited.")
+    assert llm.context("probe") == before
+    assert llm.stats.turns == 1
+    b.close()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"turn_timeout": 0},
+        {"turn_timeout": -1.0},
+        {"turn_timeout": float("nan")},
+        {"turn_timeout": float("inf")},
+        {"max_retry_after": -1},
+        {"max_retry_after": float("nan")},
+        {"timeout": 0},
+        {"max_retries": -1},
+        {"max_retries": True},
+    ],
+)
+def test_bad_deadline_settings_are_configuration_errors(
+    provider: str, server: FakeProvider, kw: dict[str, Any]
+) -> None:
+    with pytest.raises(ConfigurationError):
+        make(provider, server, **kw)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_no_turn_deadline_when_turned_off(provider: str, server: FakeProvider) -> None:
+    b = make(provider, server, turn_timeout=None)
+    assert b.turn_timeout is None
+    assert b.generate(MSGS).text == "reply to: hello there friend"
+    b.close()
