@@ -55,7 +55,7 @@ def test_checkpoint_is_plain_versioned_json_without_secrets(tmp_path: Path) -> N
     llm.save(path)
     text = path.read_text()
     doc = json.loads(text)
-    assert doc["format"] == "fmai-checkpoint" and doc["version"] == 1
+    assert doc["format"] == "fmai-checkpoint" and doc["version"] == 2  # 2: with a checksum
     assert doc["tokenizer_id"] == backend.tokenizer_id
     assert "sk-secret" not in text
     assert [p.name for p in tmp_path.iterdir()] == ["c.json"]  # no temp file left

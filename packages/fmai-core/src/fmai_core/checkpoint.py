@@ -1,8 +1,35 @@
-"""Checkpoints: versioned JSON, written atomically, validated on load.
+"""Checkpoints: versioned, checksummed JSON, written atomically, fully validated on load.
 
 A checkpoint holds the memory state (pinned facts, summary, history and archive), the
 engine's settings and the cumulative stats. It never holds backend objects or secrets (API
 keys stay in the backend) and nothing executable: it is plain JSON.
+
+**Format.** A JSON object with `format` (`"fmai-checkpoint"`), `version`, `tokenizer_id`,
+`backend`, `settings`, `state`, `stats` and, from version 2, `checksum`:
+`"sha256:<hex>"` over the canonical JSON of every other field (keys sorted, no spaces,
+UTF-8). Version 1 files (written before the checksum existed) still load, checked by the
+schema alone; [`VERSION`][fmai_core.checkpoint.VERSION] is what `save` writes.
+
+**Loading checks**, each failure a [`CheckpointError`][fmai_core.errors.CheckpointError]
+that says what to do, with nothing loaded:
+
+- the file is UTF-8 JSON (deep nesting included) with the format marker and a known version;
+- the checksum matches, so a flipped bit or an edit anywhere is refused, never loaded;
+- the schema: the fields and their types; roles are `system`, `user` or `assistant`
+  (pinned facts and the summary `system`); kinds are valid where they are (`pinned`,
+  `summary`, `message`/`part`); token counts, turns and counters are non-negative ints;
+  segment ids are unique, increasing in each list and below `next_segment_id`; the parts of
+  one message agree; every text can be encoded as UTF-8;
+- the tokenizer: a checkpoint written under another `tokenizer_id` is refused, since its
+  token counts would be wrong.
+
+**Writing** goes to a temp file beside the checkpoint, which is flushed, fsynced and renamed
+over it, so a crash never leaves a half-written checkpoint (the previous one stays whole). A
+save that fails (a read-only folder, a path under a file, a full disk) raises a
+[`CheckpointWriteError`][fmai_core.errors.CheckpointWriteError] (a `CheckpointError` and an
+`OSError`) with advice. Temp files that a crashed save left behind are removed by the next
+save of the same checkpoint (those of a process that is gone, or older than a minute). A
+symlinked path is written through: the link's target is replaced and the link kept.
 
 Example:
     ```python
@@ -13,26 +40,48 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
-from dataclasses import fields
+import time
+from collections.abc import Mapping
+from dataclasses import MISSING, fields
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
-from fmai_core.errors import CheckpointError, FMAIError
+from fmai_core.errors import CheckpointError, CheckpointWriteError, FMAIError
 from fmai_core.memory import MemoryState
+from fmai_core.messages import ROLES, check_encodable
+from fmai_core.segments import Segment, SegmentKind
 from fmai_core.stats import MemoryStats
 
 if TYPE_CHECKING:
     from fmai_core.backend import Backend
     from fmai_core.engine import FiniteMemoryLLM
 
-__all__ = ["FORMAT", "VERSION", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "READABLE",
+    "VERSION",
+    "checksum",
+    "load_checkpoint",
+    "save_checkpoint",
+    "snapshot",
+    "write_checkpoint",
+]
 
 FORMAT = "fmai-checkpoint"
-VERSION = 1
+#: The version `save` writes: 2 adds the checksum.
+VERSION = 2
+#: The versions `load` reads.
+READABLE = (1, 2)
+#: Temp files of a crashed save older than this are removed by the next save.
+STALE_TMP_S = 60.0
+
+_KINDS = frozenset(get_args(SegmentKind))
+_NUMBER = (int, float)
 
 
 def _settings(llm: FiniteMemoryLLM) -> dict[str, Any]:
@@ -53,35 +102,32 @@ def _settings(llm: FiniteMemoryLLM) -> dict[str, Any]:
 
 def _jsonable(value: Any) -> bool:
     try:
-        json.dumps(value)
-    except (TypeError, ValueError):
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         return False
     return True
 
 
-def write_atomic(path: Path, data: str) -> None:
-    """Write `data` to `path` via a temp file, fsync and rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _canonical(doc: Mapping[str, Any]) -> bytes:
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8")
 
 
-def save_checkpoint(llm: FiniteMemoryLLM, path: str | PathLike[str]) -> None:
-    """Write `llm`'s conversation to `path` atomically."""
-    doc = {
+def checksum(doc: Mapping[str, Any]) -> str:
+    """The checksum of a checkpoint document: `"sha256:"` + the SHA-256 of its canonical JSON.
+
+    The canonical JSON is every field but `checksum` itself, keys sorted, no whitespace,
+    UTF-8; so it checks the content, whatever the file's layout.
+    """
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
+
+
+def snapshot(llm: FiniteMemoryLLM) -> dict[str, Any]:
+    """The checkpoint document of `llm` (call it under the conversation's lock)."""
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "tokenizer_id": llm.backend.tokenizer_id,
@@ -90,30 +136,317 @@ def save_checkpoint(llm: FiniteMemoryLLM, path: str | PathLike[str]) -> None:
         "state": llm.state.to_dict(),
         "stats": {f.name: getattr(llm._stats, f.name) for f in fields(MemoryStats)},
     }
-    write_atomic(Path(path), json.dumps(doc, ensure_ascii=False, indent=1))
+    return doc
+
+
+def write_checkpoint(doc: Mapping[str, Any], path: str | PathLike[str]) -> None:
+    """Add the checksum to `doc` and write it to `path` atomically.
+
+    Raises:
+        CheckpointWriteError: the file could not be written; an older checkpoint at `path`
+            is left whole.
+    """
+    data = {**doc, "checksum": checksum(doc)}
+    write_atomic(Path(path), json.dumps(data, ensure_ascii=False, indent=1))
+
+
+def save_checkpoint(llm: FiniteMemoryLLM, path: str | PathLike[str]) -> None:
+    """Write `llm`'s conversation to `path` atomically."""
+    write_checkpoint(snapshot(llm), path)
+
+
+# -- writing ------------------------------------------------------------------------------
+def _target(path: Path) -> Path:
+    """The file to replace: a symlink's final target (the link is kept), else `path`."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _write_error(path: Path, exc: OSError) -> CheckpointWriteError:
+    where = path.parent
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) or exc.errno == errno.ENOTDIR:
+        advice = f"a part of {where} is a file, not a folder: choose another path"
+    elif isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        advice = (
+            f"{where} is not writable (a read-only folder or file system, or no permission): "
+            "save elsewhere or fix the permissions"
+        )
+    elif exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        advice = "the disk is full (or over quota): free some space and save again"
+    else:
+        advice = "check the path, the permissions and the free space, then save again"
+    return CheckpointWriteError(
+        f"Could not write the checkpoint {path} ({exc}): {advice}. The previous checkpoint "
+        "there, if any, is unchanged."
+    )
+
+
+def _alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no cheap, safe probe: only the age decides
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def _remove_stale(path: Path) -> None:
+    """Remove the temp files that crashed saves of `path` left beside it."""
+    prefix = f".{path.name}."
+    now = time.time()
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix) :].split(".", 1)[0]
+        try:
+            old = now - entry.lstat().st_mtime > STALE_TMP_S
+            gone = pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+            if (old or gone) and entry.is_file():
+                entry.unlink()
+        except OSError:
+            continue
+
+
+def write_atomic(path: Path, data: str) -> None:
+    """Write `data` to `path` via a temp file, fsync and rename: never a half-written file.
+
+    A symlinked `path` is written through (its target replaced, the link kept); stale temp
+    files of crashed saves of the same file are removed afterwards.
+
+    Raises:
+        CheckpointWriteError: an `OSError` while writing, with advice.
+    """
+    target = _target(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent
+        )
+    except OSError as exc:
+        raise _write_error(target, exc) from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(target, exc) from exc
+        raise
+    try:
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+    except OSError:  # e.g. Windows: folders cannot be opened; the rename is done
+        pass
+    else:
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    _remove_stale(target)
+
+
+# -- reading and validation ---------------------------------------------------------------
+class _Damaged(Exception):
+    """A schema violation; becomes a CheckpointError naming the file."""
+
+
+def _int(value: Any, where: str, least: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise _Damaged(f"{where} must be an int of at least {least}, got {value!r}")
+    return value
+
+
+def _text(value: Any, where: str, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise _Damaged(f"{where} must be a string, got {type(value).__name__}")
+    try:
+        check_encodable(value, where)
+    except FMAIError as exc:
+        raise _Damaged(f"{where} holds a lone surrogate") from exc
+
+
+def _object(value: Any, where: str, required: set[str], allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Damaged(f"{where} must be an object, got {type(value).__name__}")
+    missing = required - value.keys()
+    if missing:
+        raise _Damaged(f"{where} lacks {', '.join(sorted(missing))}")
+    unknown = value.keys() - allowed
+    if unknown:
+        raise _Damaged(f"{where} has unknown keys {', '.join(sorted(unknown))}")
+    return value
+
+
+_SEGMENT_FIELDS = {f.name: f for f in fields(Segment)}
+_SEGMENT_REQUIRED = {
+    name
+    for name, f in _SEGMENT_FIELDS.items()
+    if f.default is MISSING and f.default_factory is MISSING
+}
+_SEGMENT_INTS = {"id": -1, "message_id": -1, "tokens": 0, "turn": 0, "part": 0, "parts": 1}
+
+
+def _segment(data: Any, where: str, kinds: frozenset[str], roles: tuple[str, ...]) -> Segment:
+    seg = _object(data, where, _SEGMENT_REQUIRED, set(_SEGMENT_FIELDS))
+    for name, least in _SEGMENT_INTS.items():
+        if name in seg:
+            _int(seg[name], f"{where}.{name}", least)
+    if seg["role"] not in roles:
+        raise _Damaged(f"{where}.role must be one of {', '.join(roles)}, got {seg['role']!r}")
+    kind = seg.get("kind", "message")
+    if kind not in kinds:
+        raise _Damaged(f"{where}.kind must be one of {', '.join(sorted(kinds))}, got {kind!r}")
+    _text(seg["text"], f"{where}.text")
+    for name in ("name", "timestamp"):
+        _text(seg.get(name), f"{where}.{name}", optional=True)
+    if "sep" in seg:
+        _text(seg["sep"], f"{where}.sep")
+    for name, value in seg.items():
+        if name not in _SEGMENT_INTS and not isinstance(value, (str, int, float, type(None))):
+            raise _Damaged(f"{where}.{name} must be a JSON scalar")
+    part, parts = seg.get("part", 0), seg.get("parts", 1)
+    if part >= parts or (kind != "part" and (part, parts) != (0, 1)):
+        raise _Damaged(f"{where} is part {part} of {parts} of a {kind}")
+    try:
+        return Segment.from_dict(seg)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _Damaged(f"{where} ({exc!r})") from exc
+
+
+def _segments(
+    data: Any, where: str, kinds: frozenset[str], roles: tuple[str, ...]
+) -> tuple[Segment, ...]:
+    if not isinstance(data, list):
+        raise _Damaged(f"{where} must be a list, got {type(data).__name__}")
+    out = tuple(_segment(s, f"{where}[{i}]", kinds, roles) for i, s in enumerate(data))
+    for a, b in zip(out, out[1:]):
+        if b.id <= a.id:
+            raise _Damaged(f"{where}: segment ids must increase, got {a.id} then {b.id}")
+    return out
+
+
+def _state(data: Any) -> MemoryState:
+    keys = set(MemoryState().to_dict())
+    raw = _object(data, "state", keys - {"archive_dropped"}, keys)
+    for name in ("turn", "next_segment_id", "next_message_id", "archive_dropped"):
+        _int(raw.get(name, 0), f"state.{name}")
+    pinned = _segments(raw["pinned"], "state.pinned", frozenset({"pinned"}), ("system",))
+    record = frozenset({"message", "part"})
+    history = _segments(raw["history"], "state.history", record, ROLES)
+    archive = _segments(raw["archive"], "state.archive", record, ROLES)
+    if raw["summary"] is not None:
+        _segment(raw["summary"], "state.summary", frozenset({"summary"}), ("system",))
+    everything = (*pinned, *history, *archive)
+    ids = [s.id for s in everything]
+    if len(set(ids)) != len(ids):
+        raise _Damaged("state: segment ids are not unique")
+    for s in everything:
+        if s.id < 0 or s.message_id < 0:
+            raise _Damaged(f"state: segment {s.id} has a negative id")
+        if s.id >= raw["next_segment_id"] or s.message_id >= raw["next_message_id"]:
+            raise _Damaged(f"state: segment {s.id} is past next_segment_id/next_message_id")
+        if s.turn > raw["turn"]:
+            raise _Damaged(f"state: segment {s.id} is from turn {s.turn}, after the last")
+    messages: dict[int, list[Segment]] = {}
+    for s in everything:
+        messages.setdefault(s.message_id, []).append(s)
+    for mid, segs in messages.items():
+        first = segs[0]
+        same = {(s.role, s.kind, s.turn, s.parts) for s in segs}
+        if len(same) != 1 or len({s.part for s in segs}) != len(segs):
+            raise _Damaged(f"state: the parts of message {mid} disagree")
+        if first.kind in ("message", "pinned") and len(segs) != 1:
+            raise _Damaged(f"state: message {mid} is one segment but appears {len(segs)} times")
+    return MemoryState.from_dict(raw)
+
+
+_SETTINGS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    # name: (types, may be None)
+    "policy": (str, False),
+    "max_tokens": (int, False),
+    "max_new_tokens": (int, False),
+    "system_prompt": (str, True),
+    "max_policy_ms": (_NUMBER, True),
+    "low_water": (_NUMBER, False),
+    "recall_fraction": (_NUMBER, True),
+    "segment_tokens": (int, False),
+    "archive_limit": (int, True),
+    "generation": (dict, False),
+}
+
+
+def _settings_of(data: Any) -> dict[str, Any]:
+    raw = _object(data, "settings", set(_SETTINGS) - {"recall_fraction"}, set(_SETTINGS))
+    for name, value in raw.items():
+        types, nullable = _SETTINGS[name]
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise _Damaged(f"settings.{name} has the wrong type ({type(value).__name__})")
+    if raw["system_prompt"] is not None:
+        _text(raw["system_prompt"], "settings.system_prompt")
+    return dict(raw)
+
+
+def _stats(data: Any) -> MemoryStats:
+    names = {f.name for f in fields(MemoryStats)}
+    raw = _object(data, "stats", set(), names)
+    return MemoryStats(**{k: _int(v, f"stats.{k}") for k, v in raw.items()})
+
+
+def _read(p: Path) -> Any:
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"No checkpoint at {p}: check the path.") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise CheckpointError(
+            f"{p} is not a readable fmai checkpoint ({reason}). It may be corrupt: restore a "
+            "backup."
+        ) from None if isinstance(exc, RecursionError) else exc
 
 
 def load_checkpoint(
     cls: type[FiniteMemoryLLM], path: str | PathLike[str], backend: Backend, **overrides: Any
 ) -> FiniteMemoryLLM:
-    """Restore a conversation; `overrides` replace saved settings (e.g. `policy=`)."""
+    """Restore a conversation; `overrides` replace saved settings (e.g. `policy=`).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, damaged (checksum or schema), of
+            an unknown version, or from another tokenizer; nothing is loaded.
+    """
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"No checkpoint at {p}: check the path.") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"{p} is not a readable fmai checkpoint ({exc}). It may be corrupt: restore a backup."
-        ) from exc
+    doc = _read(p)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not an fmai checkpoint (no '{FORMAT}' format marker).")
     version = doc.get("version")
-    if version != VERSION:
+    if isinstance(version, bool) or version not in READABLE:
         raise CheckpointError(
-            f"{p} has checkpoint version {version!r}; this fmai reads version {VERSION}. "
-            "Upgrade fmai to load it."
+            f"{p} has checkpoint version {version!r}; this fmai reads versions "
+            f"{', '.join(map(str, READABLE))}. Upgrade fmai to load it."
         )
+    if version >= 2 or "checksum" in doc:
+        try:
+            ok = doc.get("checksum") == checksum(doc)
+        except (TypeError, ValueError, RecursionError):
+            ok = False
+        if not ok:
+            raise CheckpointError(
+                f"{p} fails its checksum: it was changed or damaged after it was written. "
+                "Restore a backup; nothing was loaded."
+            )
     saved_tok = doc.get("tokenizer_id")
     if saved_tok != backend.tokenizer_id:
         raise CheckpointError(
@@ -122,11 +455,17 @@ def load_checkpoint(
             "model, or start a new conversation."
         )
     try:
-        settings = dict(doc["settings"])
-        generation = settings.pop("generation", {})
-        settings.update(overrides)
-        state = MemoryState.from_dict(doc["state"])
-        stats = MemoryStats(**{k: int(v) for k, v in doc.get("stats", {}).items()})
+        top = {"format", "version", "tokenizer_id", "backend", "settings", "state", "stats"}
+        _object(doc, "the checkpoint", top, top | {"checksum"})
+        _text(doc["backend"], "backend")
+        settings = _settings_of(doc["settings"])
+        state = _state(doc["state"])
+        stats = _stats(doc["stats"])
+    except _Damaged as exc:
+        raise CheckpointError(f"{p} is damaged or incomplete: {exc}. Restore a backup.") from None
+    generation = settings.pop("generation")
+    settings.update(overrides)
+    try:
         llm = cls(backend, **settings, **generation)
     except FMAIError:
         raise

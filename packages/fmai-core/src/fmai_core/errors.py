@@ -13,6 +13,7 @@ __all__ = [
     "BackendTimeoutError",
     "BudgetError",
     "CheckpointError",
+    "CheckpointWriteError",
     "ConfigurationError",
     "EmptyMessageError",
     "FMAIError",
@@ -67,7 +68,20 @@ class MessageTooLongError(FMAIError, ValueError):
 
 
 class CheckpointError(FMAIError):
-    """A checkpoint is missing, corrupt, of an unknown version, or from another tokenizer."""
+    """A checkpoint is missing, corrupt, of an unknown version, or from another tokenizer.
+
+    Loading raises it for a file that fails its checksum or the schema check, that is nested
+    too deeply to parse, or that was counted under another tokenizer; nothing is loaded.
+    See [`fmai_core.checkpoint`][fmai_core.checkpoint].
+    """
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """`save()` could not write the checkpoint (a read-only folder, a path under a file, a
+    full disk); the message says what to do, and a previous checkpoint there is unchanged.
+
+    It is also an `OSError`, so code that caught the raw `OSError` before keeps working.
+    """
 
 
 class MissingDependencyError(FMAIError, ImportError):

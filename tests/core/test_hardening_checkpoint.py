@@ -1,0 +1,248 @@
+"""Checkpoint hardening (issue 11): checksum, full schema check, save errors, re-count."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmai_core import FiniteMemoryLLM, Message
+from fmai_core.errors import CheckpointError
+from fmai_core.testing import EchoBackend
+
+
+def _conversation(**kw: Any) -> FiniteMemoryLLM:
+    kw.setdefault("policy", "sliding")
+    llm = FiniteMemoryLLM(
+        kw.pop("backend", EchoBackend()),
+        max_tokens=120,
+        max_new_tokens=16,
+        system_prompt="Be brief.",
+        max_policy_ms=None,
+        **kw,
+    )
+    llm.pin("The user's sister is Ada.")
+    llm.extend([Message("user", "A long one. " * 30, name="Bo", timestamp="2024-01-02")])
+    for i in range(8):
+        llm.chat(f"message {i} about the weather in town {i}, café ü")
+    return llm
+
+
+def _content(llm: FiniteMemoryLLM) -> tuple[Any, ...]:
+    return (llm.state.to_dict(), llm.stats, llm.max_tokens, llm.system_prompt, llm.policy.name)
+
+
+def _doc(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return doc
+
+
+def _write(path: Path, doc: dict[str, Any], *, version: int = 1) -> None:
+    """Write `doc` as a version-1 file (no checksum), so that only the schema check guards."""
+    doc = {k: v for k, v in doc.items() if k != "checksum"}
+    doc["version"] = version
+    if isinstance(doc.get("settings"), dict):
+        doc["settings"].pop("policy_config", None)
+    path.write_text(json.dumps(doc), encoding="utf-8")
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[FiniteMemoryLLM, Path]:
+    llm = _conversation()
+    path = tmp_path / "chat.json"
+    llm.save(path)
+    return llm, path
+
+
+# -- defect 9: checksum and full schema check ----------------------------------------------
+def test_version_2_has_a_checksum_and_round_trips(saved: tuple[FiniteMemoryLLM, Path]) -> None:
+    llm, path = saved
+    doc = _doc(path)
+    assert doc["version"] == 2 and doc["checksum"].startswith("sha256:")
+    assert _content(FiniteMemoryLLM.load(path, EchoBackend())) == _content(llm)
+
+
+def test_random_single_bit_flips_never_load_altered_content(
+    saved: tuple[FiniteMemoryLLM, Path], tmp_path: Path
+) -> None:
+    llm, path = saved
+    original = path.read_bytes()
+    expected = _content(llm)
+    rng = random.Random(11)
+    rejected = identical = 0
+    flipped = tmp_path / "flipped.json"
+    for _ in range(300):
+        data = bytearray(original)
+        at = rng.randrange(len(data))
+        data[at] ^= 1 << rng.randrange(8)
+        flipped.write_bytes(bytes(data))
+        try:
+            again = FiniteMemoryLLM.load(flipped, EchoBackend())
+        except CheckpointError:
+            rejected += 1
+            continue
+        assert _content(again) == expected, f"bit flip at byte {at} loaded altered content"
+        identical += 1
+    assert rejected + identical == 300
+    assert rejected >= 290  # only a flip in insignificant bytes may load, and then unchanged
+    print(f"bit flips: {rejected} of 300 rejected, {identical} loaded identical, 0 altered")
+
+
+def test_an_edited_value_fails_the_checksum(saved: tuple[FiniteMemoryLLM, Path]) -> None:
+    _, path = saved
+    doc = _doc(path)
+    doc["state"]["history"][0]["text"] = "something I never said"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(CheckpointError, match="checksum"):
+        FiniteMemoryLLM.load(path, EchoBackend())
+
+
+def _mutations() -> list[tuple[str, Any]]:
+    def seg(field: str, value: Any, where: str = "history") -> Any:
+        def apply(doc: dict[str, Any]) -> None:
+            doc["state"][where][0][field] = value
+
+        return apply
+
+    def dup_id(doc: dict[str, Any]) -> None:
+        doc["state"]["history"][1]["id"] = doc["state"]["history"][0]["id"]
+
+    def swap(doc: dict[str, Any]) -> None:
+        h = doc["state"]["history"]
+        h[0], h[1] = h[1], h[0]
+
+    def put(*keys: str, value: Any) -> Any:
+        def apply(doc: dict[str, Any]) -> None:
+            target = doc
+            for k in keys[:-1]:
+                target = target[k]
+            target[keys[-1]] = value
+
+        return apply
+
+    def drop(*keys: str) -> Any:
+        def apply(doc: dict[str, Any]) -> None:
+            target = doc
+            for k in keys[:-1]:
+                target = target[k]
+            del target[keys[-1]]
+
+        return apply
+
+    return [
+        ("role tool", seg("role", "tool")),
+        ("negative tokens", seg("tokens", -3)),
+        ("float tokens", seg("tokens", 2.5)),
+        ("bool tokens", seg("tokens", True)),
+        ("string id", seg("id", "7")),
+        ("unknown kind", seg("kind", "note")),
+        ("pinned kind in history", seg("kind", "pinned")),
+        ("text not a string", seg("text", 12)),
+        ("lone surrogate text", seg("text", "caf\udce9")),
+        ("part out of range", seg("part", 5)),
+        ("zero parts", seg("parts", 0)),
+        ("unknown segment key", seg("colour", "red")),
+        ("missing segment key", lambda d: d["state"]["history"][0].pop("tokens")),
+        ("duplicate ids", dup_id),
+        ("ids not increasing", swap),
+        ("id past next_segment_id", put("state", "next_segment_id", value=0)),
+        ("negative turn", put("state", "turn", value=-1)),
+        ("state is a list", put("state", value=[])),
+        ("history is a dict", put("state", "history", value={})),
+        ("settings is a list", put("settings", value=[1])),
+        ("max_tokens a string", put("settings", "max_tokens", value="120")),
+        ("unknown setting", put("settings", "low_watter", value=0.1)),
+        ("stats negative", put("stats", "turns", value=-1)),
+        ("stats unknown", put("stats", "colour", value=1)),
+        ("unknown top-level key", put("extra", value=1)),
+        ("missing state", drop("state")),
+        ("pinned with a user role", seg("role", "user", "pinned")),
+    ]
+
+
+@pytest.mark.parametrize(("label", "mutate"), _mutations(), ids=[m[0] for m in _mutations()])
+def test_schema_check_refuses_damaged_content(
+    saved: tuple[FiniteMemoryLLM, Path], label: str, mutate: Any
+) -> None:
+    _, path = saved
+    doc = _doc(path)
+    mutate(doc)
+    _write(path, doc)  # version 1: no checksum, the schema check alone must catch it
+    with pytest.raises(CheckpointError, match="damaged"):
+        FiniteMemoryLLM.load(path, EchoBackend())
+
+
+def test_deep_nesting_is_a_checkpoint_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text(
+        '{"format": "fmai-checkpoint", "version": 2, "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    )
+    with pytest.raises(CheckpointError):
+        FiniteMemoryLLM.load(path, EchoBackend())
+
+
+def test_version_1_files_still_load(saved: tuple[FiniteMemoryLLM, Path]) -> None:
+    llm, path = saved
+    _write(path, _doc(path))
+    assert _content(FiniteMemoryLLM.load(path, EchoBackend())) == _content(llm)
+
+
+# -- defect 9: save errors, stale temp files, symlinks --------------------------------------
+def test_save_into_a_path_under_a_file_is_a_checkpoint_error(tmp_path: Path) -> None:
+    llm = _conversation()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CheckpointError, match="not a folder"):
+        llm.save(tmp_path / "afile" / "chat.json")
+
+
+def test_save_into_a_read_only_folder_is_a_checkpoint_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llm = _conversation()
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("fmai_core.checkpoint.tempfile.mkstemp", refuse)  # root ignores chmod
+    with pytest.raises(CheckpointError, match="not writable") as info:
+        llm.save(tmp_path / "chat.json")
+    assert isinstance(info.value, OSError)  # still an OSError for code that catches those
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temp_files_of_a_crashed_save_are_cleaned_up(tmp_path: Path) -> None:
+    llm = _conversation()
+    path = tmp_path / "chat.json"
+    old = time.time() - 3600
+    stale = [tmp_path / ".chat.json.abc123.tmp", tmp_path / ".chat.json.999999999.x1.tmp"]
+    for p in stale:
+        p.write_text("half written")
+    os.utime(stale[0], (old, old))  # an old-style name: removed once it is old
+    fresh = tmp_path / f".chat.json.{os.getpid()}.inflight.tmp"  # a save in progress here
+    fresh.write_text("being written")
+    other = tmp_path / ".other.json.abc.tmp"
+    other.write_text("another checkpoint's")
+    os.utime(other, (old, old))
+    llm.save(path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["chat.json", fresh.name, other.name])
+
+
+def test_saving_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
+    llm = _conversation()
+    real = tmp_path / "store" / "chat.json"
+    real.parent.mkdir()
+    link = tmp_path / "chat.json"
+    link.symlink_to(real)  # dangling until the first save
+    llm.save(link)
+    assert link.is_symlink() and real.is_file()
+    llm.chat("one more")
+    llm.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert _content(FiniteMemoryLLM.load(link, EchoBackend())) == _content(llm)
+    assert sorted(p.name for p in real.parent.iterdir()) == ["chat.json"]
