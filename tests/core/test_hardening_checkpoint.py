@@ -246,3 +246,96 @@ def test_saving_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert _content(FiniteMemoryLLM.load(link, EchoBackend())) == _content(llm)
     assert sorted(p.name for p in real.parent.iterdir()) == ["chat.json"]
+
+
+# -- defect 8: a tokenizer change re-counts instead of locking the checkpoint out -----------
+class Counted(EchoBackend):
+    """An EchoBackend under another tokenizer identity that counts `scale` tokens a word."""
+
+    def __init__(self, tokenizer_id: str, scale: int = 1) -> None:
+        super().__init__()
+        self.tokenizer_id = tokenizer_id  # type: ignore[misc]
+        self.scale = scale
+
+    def count_text(self, text: str) -> int:
+        return super().count_text(text) * self.scale
+
+    def count_tokens(self, messages: Any) -> int:
+        return sum(self.count_text(m.content) + 3 for m in messages) + 2
+
+
+def _expected_cost(llm: FiniteMemoryLLM, seg: Any) -> int:
+    c = llm.counter
+    if seg.kind == "message":
+        return c.message(seg.text)
+    if seg.kind == "part":
+        return c.text(seg.text) + (c.message_overhead if seg.part == 0 else c.separator)
+    return c.text(seg.text)  # pinned facts and the summary
+
+
+def _assert_recounted(llm: FiniteMemoryLLM) -> None:
+    s = llm.state
+    segments = [*s.pinned, *s.history, *s.archive, *([s.summary] if s.summary else [])]
+    assert segments
+    for seg in segments:
+        assert seg.tokens == _expected_cost(llm, seg), seg
+    ctx = llm.context("next question")
+    assert llm.backend.count_tokens(ctx) + llm.max_new_tokens <= llm.max_tokens
+
+
+def _saved_under(tmp_path: Path, tokenizer_id: str) -> tuple[FiniteMemoryLLM, Path]:
+    llm = _conversation(backend=Counted(tokenizer_id))
+    path = tmp_path / "chat.json"
+    llm.save(path)
+    return llm, path
+
+
+def test_an_estimated_checkpoint_is_recounted_on_load(tmp_path: Path) -> None:
+    old, path = _saved_under(tmp_path, "fmai-estimate-v1")  # before the tokenizer packages
+    llm = FiniteMemoryLLM.load(path, Counted("openai:o200k_base", scale=2))
+    assert llm.recounted_from == "fmai-estimate-v1"
+    assert [x.text for x in llm.messages()] == [x.text for x in old.messages()]
+    assert llm.state.history_tokens > old.state.history_tokens
+    _assert_recounted(llm)
+    llm.chat("and one more turn")
+
+
+def test_a_real_tokenizer_change_needs_recount_true(tmp_path: Path) -> None:
+    _, path = _saved_under(tmp_path, "hf:model-a")
+    with pytest.raises(CheckpointError, match="recount=True"):
+        FiniteMemoryLLM.load(path, Counted("hf:model-b", scale=2))
+    llm = FiniteMemoryLLM.load(path, Counted("hf:model-b", scale=2), recount=True)
+    assert llm.recounted_from == "hf:model-a"
+    _assert_recounted(llm)
+
+
+def test_recount_true_under_the_same_tokenizer_and_the_default_note(tmp_path: Path) -> None:
+    old, path = _saved_under(tmp_path, "hf:model-a")
+    same = FiniteMemoryLLM.load(path, Counted("hf:model-a"))
+    assert same.recounted_from is None
+    assert same.state.to_dict() == old.state.to_dict()
+    again = FiniteMemoryLLM.load(path, Counted("hf:model-a"), recount=True)
+    assert again.recounted_from is None and again.state.to_dict() == old.state.to_dict()
+
+
+def test_a_hosted_style_backend_gaining_a_real_tokenizer_keeps_its_checkpoints(
+    tmp_path: Path,
+) -> None:
+    from fmai_core.backends import CallableBackend
+
+    def reply(messages: Any) -> str:
+        return "noted: " + messages[-1].content
+
+    def exact(text: str) -> int:  # stands in for o200k_base once the packages are installed
+        return len(text.split()) * 2
+
+    before = CallableBackend(reply, tokenizer="estimate", name="gpt-4o-mini")
+    assert before.tokenizer_id == "fmai-estimate-v1"
+    llm = _conversation(backend=before)
+    path = tmp_path / "chat.json"
+    llm.save(path)
+    after = CallableBackend(reply, tokenizer=exact, name="gpt-4o-mini")
+    again = FiniteMemoryLLM.load(path, after)
+    assert again.recounted_from == "fmai-estimate-v1"
+    _assert_recounted(again)
+    assert again.chat("still there?").response == "noted: still there?"

