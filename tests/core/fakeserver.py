@@ -9,7 +9,9 @@ thread and speaks two wire formats well enough for the official SDKs:
   `message_start ... message_stop`).
 
 Replies are deterministic: `"reply to: <the last user text>"`, cut to `max_tokens` words,
-or whatever `reply(messages)` returns. Tokens are words and punctuation marks.
+or whatever `reply(messages)` returns. Tokens are words and punctuation marks; the reported
+prompt tokens are those of the serialized request, or what `prompt_count(messages)` returns
+(to play a provider that counts differently from fmai, e.g. 1.5x its estimate).
 
 Faults are scripted per request with `fail_next(kind, times)`: `"429"` (with `Retry-After`),
 `"500"`, `"slow"` (waits `slow_s` before answering), `"malformed"` (a 200 whose body is not
@@ -55,6 +57,8 @@ class FakeProvider:
         min_cached_tokens: Prefix-cache hits shorter than this count as misses.
         retry_after: The `Retry-After` value (seconds, may be fractional) sent with a 429.
         slow_s: How long a `"slow"` fault waits before answering.
+        prompt_count: Optional `messages -> int` replacing the reported prompt tokens (the
+            messages as chat dicts, an Anthropic `system` first as a system message).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class FakeProvider:
         min_cached_tokens: int = 0,
         retry_after: str = "0.05",
         slow_s: float = 3.0,
+        prompt_count: Callable[[list[dict[str, str]]], int] | None = None,
     ) -> None:
         self.api_key = api_key
         self.reply = reply
@@ -73,6 +78,7 @@ class FakeProvider:
         self.min_cached_tokens = min_cached_tokens
         self.retry_after = retry_after
         self.slow_s = slow_s
+        self.prompt_count = prompt_count
         self.requests: list[dict[str, Any]] = []  # every request body, in arrival order
         self.headers: list[dict[str, str]] = []
         self._faults: deque[str] = deque()
@@ -207,16 +213,21 @@ def _handler_for(provider: FakeProvider) -> type[BaseHTTPRequestHandler]:
             ]
             toks = provider.serialize(system, msgs)
             cached = provider.cached_tokens(toks)
+            prompt = len(toks)
+            if provider.prompt_count is not None:
+                head = [{"role": "system", "content": system}] if system else []
+                prompt = provider.prompt_count([*head, *msgs])
+                cached = min(cached, prompt)
             limit = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
             text = provider.reply_text(msgs, limit)
             fmt = _anthropic_events if anthropic else _openai_chunks
             if body.get("stream"):
-                events = list(fmt(body, text, len(toks), cached))
+                events = list(fmt(body, text, prompt, cached))
                 if fault in ("truncate", "stall"):
                     events = events[:3]
                 return self._sse(events, close_early=fault in ("truncate", "stall"), stall=fault)
             whole = _anthropic_message if anthropic else _openai_completion
-            return self._json(200, whole(body, text, len(toks), cached))
+            return self._json(200, whole(body, text, prompt, cached))
 
         def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
             self._raw(status, json.dumps(data).encode(), "application/json", headers)

@@ -18,6 +18,11 @@ class TokenCounter:
     difference of two `count_tokens` calls. Results are cached (LRU), since the same
     segments are counted many times.
 
+    A backend whose counts change over time (a hosted backend correcting its estimate from
+    reported usage) says so with a `count_revision` attribute: when it changes, the cache is
+    dropped and the overheads are measured again, so every count made from then on (segment
+    sizes, overheads, the final check) is under the same correction.
+
     Args:
         backend: The backend whose tokenizer counts.
         cache_size: Most texts whose counts are remembered.
@@ -28,18 +33,42 @@ class TokenCounter:
         self._cache: OrderedDict[str, int] = OrderedDict()
         self._cache_size = cache_size
         self._direct = isinstance(backend, TextCounter)
-        self._empty_user = 0 if self._direct else backend.count_tokens([Message("user", "")])
-        one = backend.count_tokens([Message("user", "a")])
-        two = backend.count_tokens([Message("user", "a"), Message("assistant", "b")])
-        #: Template tokens around one message (role markers, end-of-turn).
-        self.message_overhead = max(0, two - one - self.text("b"))
-        #: Template tokens of a prompt beyond its messages (e.g. the reply opener).
-        self.base = max(0, one - self.text("a") - self.message_overhead)
+        self._revision = _revision(backend)
+        self._measure()
         #: Tokens that join two parts of one message (a space is usually merged: 0 or 1).
         self.separator = 1
 
+    def _measure(self) -> None:
+        backend = self.backend
+        self._empty_user = 0 if self._direct else backend.count_tokens([Message("user", "")])
+        one = backend.count_tokens([Message("user", "a")])
+        two = backend.count_tokens([Message("user", "a"), Message("assistant", "b")])
+        self._message_overhead = max(0, two - one - self.text("b"))
+        self._base = max(0, one - self.text("a") - self._message_overhead)
+
+    def _current(self) -> None:
+        """Re-measure if the backend's counting changed since the last measurement."""
+        revision = _revision(self.backend)
+        if revision != self._revision:
+            self._revision = revision
+            self._cache.clear()
+            self._measure()
+
+    @property
+    def message_overhead(self) -> int:
+        """Template tokens around one message (role markers, end-of-turn)."""
+        self._current()
+        return self._message_overhead
+
+    @property
+    def base(self) -> int:
+        """Template tokens of a prompt beyond its messages (e.g. the reply opener)."""
+        self._current()
+        return self._base
+
     def text(self, text: str) -> int:
         """Tokens of `text` on its own."""
+        self._current()
         hit = self._cache.get(text)
         if hit is not None:
             self._cache.move_to_end(text)
@@ -60,3 +89,8 @@ class TokenCounter:
     def prompt(self, messages: Sequence[Message]) -> int:
         """Exact prompt length of `messages` (the backend's own count)."""
         return int(self.backend.count_tokens(messages))
+
+
+def _revision(backend: Backend) -> object:
+    """The backend's `count_revision` (None for a backend whose counts never change)."""
+    return getattr(backend, "count_revision", None)

@@ -2,7 +2,7 @@
 
 A subclass supplies the provider's request shape and response parsing; this base retries
 under one deadline per turn, turns SDK exceptions into [`fmai_core.errors`][fmai_core.errors]
-classes, keeps the API key out of every message and `repr`, and learns the token counter's
+classes, keeps the API key out of every message and `repr`, and fits the token counter's
 correction from reported usage.
 """
 
@@ -148,14 +148,23 @@ class HostedBackend:
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Prompt tokens of `messages`: exact with a tokenizer, else a safe over-estimate.
 
-        Never below what the provider reported for a prompt of the same shape (the counter
-        learns a correction factor from each call's usage).
+        Corrected by what the provider reported: the counter fits a fixed template overhead
+        plus a per-token factor from each call's usage (see
+        [`ChatCounter`][fmai_core.backends.tokens.ChatCounter]), never below the fit.
         """
         return self._counter(messages)
 
     def count_text(self, text: str) -> int:
-        """Tokens of bare text (no template overhead)."""
+        """Tokens of bare text (no template overhead), under the same correction as
+        `count_tokens`: a prompt's count is the sum of its messages' `count_text` and their
+        fixed per-message and per-prompt costs."""
         return self._counter.count_text(text)
+
+    @property
+    def count_revision(self) -> int:
+        """Changes whenever the usage-fitted correction changes, so counts cached before
+        (by [`TokenCounter`][fmai_core.tokens.TokenCounter]) are recomputed."""
+        return self._counter.revision
 
     def close(self) -> None:
         """Close the SDK's HTTP connections (the backend reopens them when used again)."""

@@ -17,10 +17,10 @@ hosted provider reports the true count only afterwards, so a hosted backend coun
    by more than [`ESTIMATE_MARGIN`][fmai_core.backends.tokens.ESTIMATE_MARGIN].
 
 Chat-template overhead is added per message as OpenAI documents it (3 tokens per message
-plus 3 for the reply opener); the hosted backends also learn the gap between their count and
-the provider's reported `prompt_tokens` after each call (see
-[`ChatCounter.observe`][fmai_core.backends.tokens.ChatCounter.observe]), so the budget check
-never trusts a count below what the provider last measured for the same prompt shape.
+plus 3 for the reply opener); the hosted backends also fit the gap between their count and
+the provider's reported `prompt_tokens` after each call, as a fixed template overhead plus a
+per-token factor (see [`ChatCounter`][fmai_core.backends.tokens.ChatCounter]), and apply the
+same correction to bare text and to whole prompts.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ import importlib
 import importlib.util
 import math
 import re
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fmai_core.errors import ConfigurationError, missing_dependency
 from fmai_core.messages import Message
@@ -260,29 +262,133 @@ def resolve_counter(model: str, tokenizer: str | TextCount | None) -> tuple[Text
 class ChatCounter:
     """Counts a chat prompt: text tokens plus template overhead, corrected by observation.
 
+    Before any observation the count is `raw`: every message's text and role tokens plus
+    `per_message`, plus `per_reply`. Each provider report (`observe`) refits a correction
+    that is **affine**: reported ≈ `overhead` + `factor` x raw, where `overhead` is what
+    the provider's template adds once (a default system prompt, say) and `factor` the ratio
+    of its tokenizer to this counter. The fit is robust (Theil-Sen slope, residual envelope
+    over the inliers), so one odd report does not move it.
+
+    One count is used throughout: `count_text(t)` is `ceil(factor x text(t))`, and a prompt
+    is the sum of its parts counted the same way (each message's text, each message's role
+    and template tokens, the reply opener plus `overhead`), so the count of a prompt is
+    exactly the sum of the counts a memory planner adds up, never below the fitted line, and
+    a policy's segment sizes agree with the final budget check. `revision` changes whenever
+    the correction does (cached counts made before are stale then).
+
     Args:
         count_text: Counts the tokens of bare text.
         per_message: Template tokens around each message.
         per_reply: Template tokens that open the reply.
+        window: Most recent reports the fit uses.
     """
 
-    def __init__(self, count_text: TextCount, per_message: int = 3, per_reply: int = 3) -> None:
-        self.count_text = count_text
+    def __init__(
+        self, count_text: TextCount, per_message: int = 3, per_reply: int = 3, window: int = 32
+    ) -> None:
+        self.text = count_text
         self.per_message = per_message
         self.per_reply = per_reply
-        self.scale = 1.0  # raised when the provider reports more than we counted
+        self._obs: deque[tuple[int, int]] = deque(maxlen=max(2, window))
+        self._lock = threading.Lock()
+        self._fit = _Fit(0.0, 1.0, 0)  # replaced whole (one atomic store), never mutated
+
+    @property
+    def overhead(self) -> float:
+        """Template tokens the provider adds once per prompt, beyond `raw` (fitted)."""
+        return self._fit.overhead
+
+    @property
+    def factor(self) -> float:
+        """The provider's tokens per token of this counter (fitted; 1.0 before any report)."""
+        return self._fit.factor
+
+    @property
+    def revision(self) -> int:
+        """Changes whenever the fitted correction changes."""
+        return self._fit.revision
 
     def raw(self, messages: Sequence[Message]) -> int:
         """The count before correction."""
-        text = sum(self.count_text(m.content) + self.count_text(m.role) for m in messages)
+        text = sum(self.text(m.content) + self.text(m.role) for m in messages)
         return text + self.per_message * len(messages) + self.per_reply
 
+    def count_text(self, text: str) -> int:
+        """Tokens of bare text, corrected by the fitted factor."""
+        return _scaled(self._fit.factor, self.text(text))
+
     def __call__(self, messages: Sequence[Message]) -> int:
-        """The prompt length of `messages`, never below what observations imply."""
-        return math.ceil(self.raw(messages) * self.scale)
+        """The prompt length of `messages`: the sum of its corrected parts."""
+        fit = self._fit
+        total = _scaled(fit.factor, self.per_reply, fit.overhead)
+        for m in messages:
+            total += _scaled(fit.factor, self.text(m.content))
+            total += _scaled(fit.factor, self.text(m.role) + self.per_message)
+        return max(0, total)
 
     def observe(self, messages: Sequence[Message], reported: int) -> None:
         """Learn from the provider's reported prompt tokens for `messages`."""
         counted = self.raw(messages)
-        if counted > 0 and reported > counted * self.scale:
-            self.scale = reported / counted
+        if counted <= 0 or reported < 0:
+            return
+        with self._lock:
+            self._obs.append((counted, int(reported)))
+            overhead, factor = _fit_affine(self._obs)
+            old = self._fit
+            under = self(messages) < reported  # the current correction under-counts this one
+            moved = abs(factor - old.factor) > 0.01 * old.factor or abs(overhead - old.overhead) > 1
+            if under or moved:
+                self._fit = _Fit(overhead, factor, old.revision + 1)
+
+
+class _Fit(NamedTuple):
+    overhead: float
+    factor: float
+    revision: int
+
+
+def _scaled(factor: float, tokens: int, add: float = 0.0) -> int:
+    """`ceil(add + factor x tokens)`, exact for the uncorrected count (no float noise)."""
+    if factor == 1.0 and add == 0.0:
+        return tokens
+    value = add + factor * tokens
+    return math.ceil(value - 1e-9 * max(1.0, abs(value)))
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+# The fitted factor stays within these bounds (a provider 10x off is a misconfiguration).
+_FACTOR_MIN, _FACTOR_MAX = 0.1, 10.0
+
+
+def _fit_affine(points: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """`(overhead, factor)` with reported ≈ overhead + factor x counted, fitted robustly.
+
+    With too little spread in the counted sizes to tell the two apart (one size, or sizes
+    within 25% of the largest), the correction is a pure factor, the largest ratio seen:
+    safe as prompts grow. Otherwise the factor is the Theil-Sen slope (the median of the
+    pairwise slopes) and the overhead the highest residual among the inliers (within three
+    robust deviations of the median residual), so the line is never below an inlier report.
+    """
+    points = list(points)
+    sizes = [x for x, _ in points]
+    if max(sizes) - min(sizes) < 0.25 * max(sizes):
+        factor = max(y / x for x, y in points)
+        return 0.0, min(max(factor, _FACTOR_MIN), _FACTOR_MAX)
+    slopes = [
+        (y2 - y1) / (x2 - x1)
+        for i, (x1, y1) in enumerate(points)
+        for x2, y2 in points[i + 1 :]
+        if x2 != x1
+    ]
+    factor = min(max(_median(slopes), _FACTOR_MIN), _FACTOR_MAX)
+    residuals = [y - factor * x for x, y in points]
+    middle = _median(residuals)
+    spread = _median([abs(r - middle) for r in residuals])
+    tolerance = max(3 * 1.4826 * spread, 2.0)
+    overhead = max(r for r in residuals if abs(r - middle) <= tolerance)
+    return overhead, factor
