@@ -72,7 +72,7 @@ def test_the_turn_does_not_wait_for_a_policy_past_its_budget() -> None:
 
 
 def test_built_in_policies_stop_soon_after_the_deadline() -> None:
-    llm = _long_chat("semantic", 0.5)
+    llm = _long_chat("semantic", 0.01)
     for i in range(5):
         assert llm.chat(f"Which bed had {i} tulips?").stats.fallback
     # The abandoned workers noticed their deadline and ended: none keeps the GIL busy.

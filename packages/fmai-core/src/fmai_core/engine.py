@@ -206,7 +206,7 @@ class FiniteMemoryLLM:
             many turns pass (and caches stay valid) before the next eviction.
         recall_fraction: Share of the free budget reserved for recalled segments
             (policies that recall). `None` (the default) splits it by the query: a
-            follow-up gets 10%, a question about the distant past up to 90% (see
+            follow-up gets 10%, a question about the distant past 80% or all that is free (see
             [`Planner.recall_share`][fmai_core.planner.Planner.recall_share]).
         segment_tokens: Messages longer than this are split into sentence-aligned parts.
         archive_limit: Most segments kept in the archive (`None`: unbounded); a full

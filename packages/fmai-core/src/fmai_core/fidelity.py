@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 
+from fmai_core.memo import PER_TEXT, memo
 from fmai_core.text import split_sentences
 
 __all__ = ["Claims", "FidelityReport", "check_fidelity", "claims"]
@@ -84,7 +84,7 @@ def _clean(word: str) -> str:
     return word.rstrip("'’-").removesuffix("'s").removesuffix("’s")
 
 
-@lru_cache(maxsize=1 << 16)
+@memo(PER_TEXT)
 def claims(text: str) -> Claims:
     """Extract the numbers, names and quotes of `text` (see the module docs).
 

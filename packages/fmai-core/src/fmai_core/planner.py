@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
@@ -27,7 +28,13 @@ _SLIDING = SlidingWindowPolicy()
 # The adaptive split of the free budget (recall_fraction=None): recalled memory gets between
 # these shares, by how much of the question's evidence lies outside the recent history.
 MIN_RECALL_SHARE = 0.1
-MAX_RECALL_SHARE = 0.9
+MAX_RECALL_SHARE = 0.8
+# From this share on, the question is about the past: recall may use all the free budget.
+DISTANT_SHARE = 0.5
+
+
+def _segment_id(segment: Segment) -> int:
+    return segment.id
 
 
 @dataclass(frozen=True)
@@ -140,10 +147,9 @@ class Planner:
                     break
                 left -= s.tokens
                 recent.add(s.message_id)
-        older = {s.message_id for s in (*state.archive, *state.history)} - recent
-        if not older:
-            return MIN_RECALL_SHARE
-        need = recall_need(self.index, query, recent, older, embed=self.signals.embed)
+        if not state.archive and len(recent) == len({s.message_id for s in state.history}):
+            return MIN_RECALL_SHARE  # nothing is, or is about to be, out of the prompt
+        need = recall_need(self.index, query, recent, embed=self.signals.embed)
         return MIN_RECALL_SHARE + (MAX_RECALL_SHARE - MIN_RECALL_SHARE) * need
 
     def _select(self, request: PolicyRequest) -> tuple[Selection, float, bool, dict[str, Any]]:
@@ -177,7 +183,9 @@ class Planner:
     def _archive(
         self, archive: Sequence[Segment], add: Sequence[Segment]
     ) -> tuple[tuple[Segment, ...], int]:
-        merged = sorted((*archive, *add), key=lambda s: s.id)
+        merged = list(archive)  # sorted by id; what is added is small
+        for segment in add:
+            bisect.insort(merged, segment, key=_segment_id)
         if self.archive_limit is None or len(merged) <= self.archive_limit:
             return tuple(merged), 0
         excess = len(merged) - self.archive_limit
@@ -243,6 +251,8 @@ class Planner:
             history = tuple(kept)
             archive, dropped = self._archive(archive, gone)
         recalled: tuple[Segment, ...] = ()
+        if share >= DISTANT_SHARE:
+            recall_reserve = max(recall_reserve, available - sum(s.tokens for s in history))
         if self.policy.recalls and archive and recall_reserve > 0:
             header = self.counter.text(
                 self.builder.recall_header + "\n" + self.builder.recall_footer

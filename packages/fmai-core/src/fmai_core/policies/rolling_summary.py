@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from itertools import chain
 from typing import ClassVar
 
 from fmai_core.fidelity import check_fidelity
+from fmai_core.memo import PER_TEXT, memo
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.relevance import (
     information,
@@ -29,7 +29,7 @@ def summary_source(previous: str | None, dropped: Sequence[Segment]) -> list[str
     return lines
 
 
-@lru_cache(maxsize=1 << 16)
+@memo(PER_TEXT)
 def _units(line: str) -> tuple[str, ...]:
     """The sentences of one summary line, each with the line's `role:` prefix (memoised)."""
     prefix, sep, body = line.partition(": ")

@@ -6,10 +6,10 @@ import math
 import operator
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import ClassVar, TypeVar
 
 from fmai_core.deadline import tick
+from fmai_core.memo import PER_SET, memo
 from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.relevance import (
     LexicalIndex,
@@ -86,7 +86,7 @@ def _topics(
     return labels, central, overlap
 
 
-@lru_cache(maxsize=4)
+@memo(PER_SET)
 def _term_topics(
     texts: tuple[str, ...], k: int
 ) -> tuple[list[int], list[float], dict[int, dict[int, float]]]:

@@ -74,28 +74,11 @@ def warm(texts: Iterable[str]) -> None:
 
 
 def clear_caches() -> None:
-    """Empty the memo caches (terms, hashed embeddings, claims, cues, sentences, and the
-    per-candidate-set indexes, information scores and topics).
+    """Empty every memo cache (see [`fmai_core.memo`][fmai_core.memo]).
 
-    The per-text caches hold at most 65,536 texts each, the per-set memos the last 4 to 8
-    candidate sets; clear them to free memory or to measure cold-start cost.
+    Per-text memos hold at most `PER_TEXT` texts each, per-candidate-set memos the last
+    `PER_SET` sets; clear them to free memory or to measure cold-start cost.
     """
-    from fmai_core.fidelity import claims
-    from fmai_core.policies.rolling_summary import _units
-    from fmai_core.policies.semantic import _term_topics
-    from fmai_core.relevance.information import _cues
-    from fmai_core.relevance.lexical import _term_counts, _word_features
-    from fmai_core.relevance.scoring import _dedup_key
+    from fmai_core.memo import clear_caches as clear
 
-    terms.cache_clear()
-    hashed_embedding.cache_clear()
-    claims.cache_clear()
-    _cues.cache_clear()
-    _term_counts.cache_clear()
-    _word_features.cache_clear()
-    stem.cache_clear()
-    _units.cache_clear()
-    _dedup_key.cache_clear()
-    _term_topics.cache_clear()
-    corpus_index.cache_clear()
-    corpus_information.cache_clear()
+    clear()

@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from functools import lru_cache
 from itertools import repeat
 
 from fmai_core.fidelity import claims
+from fmai_core.memo import PER_SET, PER_TEXT, memo
 from fmai_core.relevance.lexical import LexicalIndex, corpus_index, terms
 
 __all__ = ["corpus_information", "information", "recency"]
@@ -42,7 +42,7 @@ SELF_DISCLOSURE = 1.2
 QUESTION_FACTOR = 0.6
 
 
-@lru_cache(maxsize=1 << 16)
+@memo(PER_TEXT)
 def _cues(text: str) -> tuple[int, bool, bool]:
     found = claims(text)
     specifics = min(3, found.count)
@@ -85,7 +85,7 @@ def information(texts: Sequence[str], *, index: LexicalIndex | None = None) -> l
     return [s / top for s in raw] if top > 0 else [0.0] * len(raw)
 
 
-@lru_cache(maxsize=8)
+@memo(PER_SET)
 def corpus_information(texts: tuple[str, ...]) -> tuple[float, ...]:
     """[`information`][fmai_core.relevance.information] of `texts`, memoised like
     [`corpus_index`][fmai_core.relevance.corpus_index] (it does not depend on the query)."""

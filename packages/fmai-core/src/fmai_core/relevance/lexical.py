@@ -12,8 +12,9 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from itertools import chain
+
+from fmai_core.memo import PER_SET, PER_TEXT, memo
 
 __all__ = [
     "STOPWORDS",
@@ -54,7 +55,7 @@ _IRREGULAR: dict[str, str] = {
 }
 
 
-@lru_cache(maxsize=1 << 16)
+@memo(PER_TEXT)
 def stem(word: str) -> str:
     """Strip common English suffixes so that `names`/`name` and `called`/`call` meet.
 
@@ -87,7 +88,7 @@ def stem(word: str) -> str:
     return word
 
 
-@lru_cache(maxsize=1 << 16)
+@memo(PER_TEXT)
 def terms(text: str) -> tuple[str, ...]:
     """Return the content terms of `text`: lower-cased, stemmed, stopwords removed.
 
@@ -111,7 +112,7 @@ def _bucket(feature: str, dim: int) -> int:
     return zlib.crc32(feature.encode("utf-8")) % dim
 
 
-@lru_cache(maxsize=1 << 16)
+@memo(PER_TEXT)
 def _word_features(word: str, dim: int) -> tuple[tuple[int, int], ...]:
     """The hashed features of one content word: its stem (count 4) and its trigrams (1 each)."""
     counts: Counter[int] = Counter()
@@ -122,7 +123,7 @@ def _word_features(word: str, dim: int) -> tuple[tuple[int, int], ...]:
     return tuple(counts.items())
 
 
-@lru_cache(maxsize=1 << 16)
+@memo(PER_TEXT)
 def hashed_embedding(text: str, dim: int = 1 << 20) -> Mapping[int, float]:
     """Embed `text` as a sparse unit vector by feature hashing (no model, no numpy).
 
@@ -158,7 +159,7 @@ def cosine(a: Mapping[int, float], b: Mapping[int, float]) -> float:
     return sum([w * b[k] for k, w in a.items() if k in common])
 
 
-@lru_cache(maxsize=1 << 16)
+@memo(PER_TEXT)
 def _term_counts(doc: tuple[str, ...]) -> Mapping[str, int]:
     """Term frequencies of one document, in first-seen order (read-only: it is cached)."""
     return dict(Counter(doc))
@@ -260,7 +261,7 @@ class LexicalIndex:
         return [min(1.0, s / mass) for s in self.scores(query)]
 
 
-@lru_cache(maxsize=8)
+@memo(PER_SET)
 def corpus_index(texts: tuple[str, ...]) -> LexicalIndex:
     """A [`LexicalIndex`][fmai_core.relevance.LexicalIndex] over the terms of `texts`, memoised.
 

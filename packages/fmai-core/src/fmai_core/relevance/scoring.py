@@ -6,8 +6,8 @@ import math
 import operator
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
 
+from fmai_core.memo import PER_TEXT, memo
 from fmai_core.policies.base import EmbedFn
 from fmai_core.relevance.lexical import LexicalIndex, hashed_embedding, terms
 from fmai_core.segments import Segment
@@ -27,7 +27,7 @@ LEXICAL_SHARE_MODEL = 0.5
 PROJECTED_DIMENSIONS = 32
 
 
-@lru_cache(maxsize=16)
+@memo(16)
 def _signs(length: int) -> tuple[float, ...]:
     return tuple(1.0 if zlib.crc32(str(i).encode("ascii")) & 1 else -1.0 for i in range(length))
 
@@ -100,7 +100,7 @@ def query_relevance(
     return scores, vectors
 
 
-@lru_cache(maxsize=1 << 16)
+@memo(PER_TEXT)
 def _dedup_key(text: str) -> str:
     """`text` with case and runs of whitespace ignored (memoised)."""
     return " ".join(text.split()).casefold()

@@ -1,0 +1,172 @@
+"""Long conversations: does a turn get slower, or memory grow, as the archive fills?
+
+Each policy runs one conversation of `--turns` turns (default 2,000) through
+`FiniteMemoryLLM` with `EchoBackend` at `max_tokens=1024`: seeded chit-chat of 15–45 words
+per user message over 40 topics, with names, numbers and places, so that the archive's
+vocabulary grows as a real one does. Reported per policy:
+
+- the median and p95 of the whole turn's time (`chat()`, wall clock) over the first and the
+  last 200 turns, and their ratio (the target: last/first median at most 2x);
+- the policy's own time per turn (`TurnStats.policy_ms`: selection and `prepare`), p50/p95
+  over the last 200 turns, when the archive holds the most;
+- segments in the archive at the end, and resident memory growth per turn over the last
+  1,000 turns (`/proc/self/statm`, after a `gc.collect()`), which includes the record
+  itself: the archive keeps every message's text.
+
+Each policy runs in its own subprocess so that memory and caches of one do not count
+against another. `max_policy_ms` is off, so a slow turn shows as slow instead of falling
+back.
+
+Usage:
+    python benchmarks/long_conversation.py                 # Markdown table
+    python benchmarks/long_conversation.py --turns 5000    # a 5,000-segment-plus archive
+    python benchmarks/long_conversation.py --write docs/benchmarks/long_conversation.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TOPICS = (
+    "garden kitchen bakery marathon chess violin kayak hiking camera bicycle library museum "
+    "pottery jazz theatre football tennis climbing sailing fishing knitting painting poetry "
+    "astronomy birdwatching gardening surfing skiing yoga cooking travel movies podcasts "
+    "volunteering woodworking photography dancing robotics baking cycling"
+).split()
+NAMES = "Ada Bruno Carmen Dmitri Elif Farah Goran Hana Ines Jonas Kiri Luca Mira Nadia Omar".split()
+PLACES = "Porto Tartu Ghent Oaxaca Bergen Kyoto Lviv Perth Cusco Tromso Leeds Split".split()
+VERBS = "tried visited planned booked finished started cancelled enjoyed missed found".split()
+FILLER = (
+    "honestly it was a long week but the weekend looks calmer and I want to rest a little "
+    "before the next busy stretch at work with all the meetings and deadlines piling up"
+).split()
+
+
+def user_message(rng: random.Random, turn: int) -> str:
+    topic = rng.choice(TOPICS)
+    other = rng.choice(TOPICS)
+    words = [
+        f"I {rng.choice(VERBS)} the {topic} thing with {rng.choice(NAMES)} in",
+        f"{rng.choice(PLACES)} on day {turn}, and we spent {rng.randint(2, 900)} euros.",
+    ]
+    words += rng.sample(FILLER, rng.randint(5, 25))
+    words.append(f"Next time maybe {other} instead?")
+    return " ".join(words)
+
+
+def run_policy(policy: str, turns: int, seed: int) -> dict[str, Any]:
+    from fmai_core import FiniteMemoryLLM
+    from fmai_core.testing import EchoBackend
+
+    rng = random.Random(seed)
+    llm = FiniteMemoryLLM(
+        EchoBackend(), policy=policy, max_tokens=1024, max_new_tokens=64, max_policy_ms=None
+    )
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        gc.collect()
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page
+
+    wall: list[float] = []
+    policy_ms: list[float] = []
+    rss_mid = 0
+    for turn in range(turns):
+        if turn == turns - 1000:
+            rss_mid = rss()
+        text = user_message(rng, turn)
+        start = time.perf_counter()
+        stats = llm.chat(text).stats
+        wall.append((time.perf_counter() - start) * 1000)
+        policy_ms.append(stats.policy_ms)
+    rss_end = rss()
+    window = min(200, turns // 2)
+
+    def q(values: list[float], p: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    first, last = wall[:window], wall[-window:]
+    return {
+        "policy": policy,
+        "turns": turns,
+        "first_p50": statistics.median(first),
+        "first_p95": q(first, 0.95),
+        "last_p50": statistics.median(last),
+        "last_p95": q(last, 0.95),
+        "ratio": statistics.median(last) / max(statistics.median(first), 1e-9),
+        "policy_p50": statistics.median(policy_ms[-window:]),
+        "policy_p95": q(policy_ms[-window:], 0.95),
+        "archived": len(llm.state.archive),
+        "rss_kb_per_turn": (rss_end - rss_mid) / 1024 / 1000 if turns >= 1000 else None,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| policy | first 200: p50 / p95 ms | last 200: p50 / p95 ms | last / first (p50) "
+        "| policy_ms, last 200: p50 / p95 | archived segments | RSS growth per turn |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        rss = f"{r['rss_kb_per_turn']:.1f} KB" if r["rss_kb_per_turn"] is not None else "–"
+        lines.append(
+            f"| {r['policy']} | {r['first_p50']:.1f} / {r['first_p95']:.1f} "
+            f"| {r['last_p50']:.1f} / {r['last_p95']:.1f} | {r['ratio']:.2f}x "
+            f"| {r['policy_p50']:.1f} / {r['policy_p95']:.1f} | {r['archived']:,} | {rss} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--policies", default="sliding,importance,semantic,rolling_summary,hybrid")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--write", type=Path, default=None)
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a subprocess's policy
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_policy(args.one, args.turns, args.seed)))
+        return 0
+    rows = []
+    for policy in args.policies.split(","):
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", policy, "--turns", str(args.turns),
+             "--seed", str(args.seed)],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        rows.append(json.loads(out.stdout))
+        print(f"{policy}: done", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    command = shlex.join(["python", "benchmarks/long_conversation.py", *sys.argv[1:]])
+    text = (
+        f"{table(rows)}\n\n"
+        f"{args.turns:,} turns per policy, `max_tokens=1024`, EchoBackend, seed {args.seed}; "
+        f"{platform.python_implementation()} {platform.python_version()} on "
+        f"{platform.machine()}, {os.cpu_count()} cores. Command: `{command}`.\n"
+    )
+    print(text)
+    if args.write:
+        args.write.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

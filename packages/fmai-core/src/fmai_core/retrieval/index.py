@@ -1,0 +1,332 @@
+"""`RecallIndex`: a conversation's messages, indexed incrementally for recall."""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fmai_core.deadline import tick
+from fmai_core.policies.base import EmbedFn
+from fmai_core.relevance.lexical import STOPWORDS, terms
+from fmai_core.segments import Segment
+
+__all__ = ["RecallIndex", "message_text"]
+
+# A term in more messages than this is scored over its newest postings only: the cost of
+# a query stays bounded however long the conversation, and such a term's IDF is small.
+SCAN_LIMIT = 128
+# A long query (a whole message) is searched by its rarest terms: they carry its meaning,
+# and the cost stays bounded.
+QUERY_TERMS = 12
+# Cosines are ranked over every stored embedding (a matrix product); this many of the best
+# are fused.
+COSINE_TOP = 256
+
+
+def message_text(parts: Sequence[Segment]) -> str:
+    """The text of a message from its parts, verbatim (`Segment.sep` between them)."""
+    return parts[0].text + "".join(p.sep + p.text for p in parts[1:])
+
+
+def _meta_terms(segment: Segment) -> tuple[str, ...]:
+    extra: list[str] = []
+    for text in (segment.name, segment.timestamp):
+        if text:
+            extra += terms(text)
+    return tuple(extra)
+
+
+@dataclass(frozen=True)
+class _Doc:
+    counts: Mapping[str, int]
+    length: int
+
+
+class RecallIndex:
+    """An incremental index of a conversation's messages: BM25 postings and embeddings.
+
+    The engine keeps one per conversation and adds each message as it enters memory, so
+    recall never re-indexes the archive: a query costs what its terms match (bounded by
+    `SCAN_LIMIT` postings for a term that is everywhere), not what the archive holds. A
+    message is one document: its content terms plus its speaker's name and its date.
+    Structures only grow between `prune`s, so a policy worker abandoned past its deadline
+    may read them while the engine adds the next turn.
+
+    Args:
+        k1: BM25 term-frequency saturation.
+        b: BM25 length normalisation.
+
+    Attributes:
+        embedder: Identity of the embedder whose vectors are stored (checkpoints keep the
+            vectors only under it).
+    """
+
+    def __init__(self, *, k1: float = 1.2, b: float = 0.75) -> None:
+        self.k1 = k1
+        self.b = b
+        self.embedder: str | None = None
+        self._docs: dict[int, _Doc] = {}
+        self._postings: dict[str, list[tuple[int, int]]] = {}
+        self._total_length = 0
+        self._vectors: dict[int, tuple[float, ...]] = {}
+        self._rows: list[int] = []  # message id of each matrix row
+        self._matrix: Any = None  # numpy array with spare capacity, when numpy is there
+        self._queries: dict[str, tuple[float, ...]] = {}
+        self._views: list[tuple[object, Any]] = []
+        self._scored: tuple[Any, dict[int, float]] | None = None  # the last query's BM25
+
+    @property
+    def size(self) -> int:
+        """Messages indexed."""
+        return len(self._docs)
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._docs
+
+    # -- building ---------------------------------------------------------------------------
+    def add(self, segments: Iterable[Segment], embed: EmbedFn | None = None) -> None:
+        """Index the messages of `segments` that are not indexed yet.
+
+        Args:
+            segments: Segments in conversation order; the parts of a message arrive together.
+            embed: Embeds the new messages' texts, in one batch, when given.
+        """
+        grouped: dict[int, list[Segment]] = {}
+        for s in segments:
+            if s.kind in ("message", "part") and s.message_id not in self._docs:
+                grouped.setdefault(s.message_id, []).append(s)
+        texts: dict[int, str] = {}
+        for mid, parts in grouped.items():
+            text = message_text(parts)
+            doc_terms = (*terms(text), *_meta_terms(parts[0]))
+            counts = Counter(doc_terms)
+            for term, tf in counts.items():
+                self._postings.setdefault(term, []).append((mid, tf))
+            self._total_length += len(doc_terms)
+            self._docs[mid] = _Doc(counts, len(doc_terms))
+            texts[mid] = text
+        if embed is not None and texts:
+            self.add_vectors(dict(zip(texts, embed(list(texts.values())))))
+
+    def add_vectors(self, vectors: Mapping[int, Sequence[float]]) -> None:
+        """Store message embeddings (normalised to unit length)."""
+        replaced = False
+        for mid, vec in vectors.items():
+            if mid in self._vectors:
+                replaced = True
+            else:
+                self._rows.append(mid)
+            self._vectors[mid] = _unit(vec)
+        if replaced or self._matrix is None:
+            self._matrix = None  # built again on the next query
+        else:
+            self._matrix = self._grow(self._matrix)
+
+    def vectors(self) -> Mapping[int, tuple[float, ...]]:
+        """The stored embeddings by message id (read-only)."""
+        return self._vectors
+
+    def prune(self, live: Collection[int]) -> None:
+        """Forget messages outside `live` (dropped from a full archive)."""
+        gone = {m for m in self._docs if m not in live}
+        if not gone:
+            return
+        docs = {m: d for m, d in self._docs.items() if m not in gone}
+        postings: dict[str, list[tuple[int, int]]] = {}
+        for mid, doc in docs.items():
+            for term, tf in doc.counts.items():
+                postings.setdefault(term, []).append((mid, tf))
+        self._docs, self._postings = docs, postings
+        self._total_length = sum(d.length for d in docs.values())
+        self._vectors = {m: v for m, v in self._vectors.items() if m not in gone}
+        self._rows = [m for m in self._rows if m not in gone]
+        self._matrix = None
+        self._views.clear()
+        self._scored = None
+
+    # -- scoring ----------------------------------------------------------------------------
+    def idf(self, term: str) -> float:
+        """BM25 inverse document frequency over every indexed message."""
+        df = len(self._postings.get(term, ()))
+        n = len(self._docs)
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+    def mass(self, query: Mapping[str, float]) -> float:
+        """The weighted IDF of the query terms `bm25` uses (BM25's scale)."""
+        postings = self._postings
+        known = sorted((t for t in query if t in postings), key=lambda t: len(postings[t]))
+        return sum(self.idf(t) * query[t] for t in known[:QUERY_TERMS])
+
+    def bm25(
+        self, query: Mapping[str, float], among: Collection[int] | None = None
+    ) -> dict[int, float]:
+        """BM25 of the matching messages (of `among`, or all) for weighted query terms.
+
+        Terms are taken rarest first, at most `QUERY_TERMS` of them; each adds to the
+        messages of its newest `SCAN_LIMIT` postings (all of them for all but the commonest
+        terms).
+        """
+        key = (tuple(sorted(query.items())), len(self._docs), self._total_length)
+        if self._scored and self._scored[0] == key:
+            scores = self._scored[1]
+        else:
+            scores = self._bm25(query)
+            self._scored = (key, scores)
+        if among is None:
+            return dict(scores)
+        return {m: x for m, x in scores.items() if m in among}
+
+    def _bm25(self, query: Mapping[str, float]) -> dict[int, float]:
+        out: dict[int, float] = {}
+        docs, postings = self._docs, self._postings
+        avg = (self._total_length / len(docs)) if docs else 1.0
+        k1, b = self.k1, self.b
+        known = sorted((t for t in query if t in postings), key=lambda t: len(postings[t]))
+        for term in known[:QUERY_TERMS]:
+            tick()
+            plist = postings[term]
+            idf = self.idf(term) * query[term]
+            for mid, tf in plist[-SCAN_LIMIT:]:
+                norm = k1 * (1.0 - b + b * docs[mid].length / avg)
+                out[mid] = out.get(mid, 0.0) + idf * tf * (k1 + 1.0) / (tf + norm)
+        return out
+
+    def cosines(
+        self, vector: Sequence[float], among: Collection[int] | None = None, top: int = COSINE_TOP
+    ) -> dict[int, float]:
+        """The `top` best cosines of `vector` with stored embeddings (of `among`, or all)."""
+        if not self._rows:
+            return {}
+        try:
+            import numpy as np  # noqa: TID251 - lazy: numpy is there wherever a model embeds
+        except ImportError:
+            sims = [(sum(map(operator.mul, vector, self._vectors[m])), m) for m in self._rows]
+            sims.sort(reverse=True)
+            return {m: s for s, m in sims if among is None or m in among}  # small archives
+        if self._matrix is None:
+            self._matrix = self._grow(None)
+        n = len(self._rows)
+        sims_all = self._matrix[:n] @ np.asarray(vector, dtype=np.float32)
+        order = np.argsort(-sims_all, kind="stable")
+        out: dict[int, float] = {}
+        for i in order.tolist():
+            m = self._rows[i]
+            if among is None or m in among:
+                out[m] = float(sims_all[i])
+                if len(out) >= top:
+                    break
+        return out
+
+    def _grow(self, matrix: Any) -> Any:
+        """The embedding matrix holding every row, with spare capacity (amortised growth)."""
+        import numpy as np  # noqa: TID251 - lazy
+
+        n = len(self._rows)
+        have = 0 if matrix is None else getattr(self, "_filled", 0)
+        if matrix is None or matrix.shape[0] < n:
+            dim = len(self._vectors[self._rows[0]])
+            bigger = np.zeros((max(64, 2 * n), dim), dtype=np.float32)
+            if matrix is not None:
+                bigger[:have] = matrix[:have]
+            matrix = bigger
+        for i in range(have, n):
+            matrix[i] = self._vectors[self._rows[i]]
+        self._filled = n
+        return matrix
+
+    def query_vector(self, query: str, embed: EmbedFn) -> tuple[float, ...]:
+        """The unit embedding of `query`, memoised for the last few queries."""
+        vec = self._queries.get(query)
+        if vec is None:
+            vec = _unit(embed([query])[0])
+            if len(self._queries) >= 8:
+                self._queries.pop(next(iter(self._queries)))
+            self._queries[query] = vec
+        return vec
+
+    def top_terms(self, message_ids: Iterable[int], exclude: Collection[str], n: int) -> list[str]:
+        """The `n` most informative terms (tf x idf) of the messages, outside `exclude`."""
+        weights: dict[str, float] = {}
+        for mid in message_ids:
+            doc = self._docs.get(mid)
+            if doc is None:
+                continue
+            for term, tf in doc.counts.items():
+                if term not in exclude and term not in STOPWORDS and len(term) > 2:
+                    weights[term] = max(weights.get(term, 0.0), tf * self.idf(term))
+        return sorted(weights, key=lambda t: (-weights[t], t))[:n]
+
+    def view(self, candidates: Sequence[Segment], build: Any) -> Any:
+        """`build(candidates, previous)`, memoised for the last few candidate sets.
+
+        Candidate sets are told apart by identity: the archive stays the same object from
+        one eviction to the next, so what recall derives from it alone (messages by id,
+        their order) is built once per eviction, from the previous one (`previous`, the
+        last view built, or `None`).
+        """
+        for obj, value in self._views:
+            if obj is candidates:
+                return value
+        value = build(candidates, self._views[0][1] if self._views else None)
+        self._views.insert(0, (candidates, value))
+        del self._views[4:]
+        return value
+
+    # -- persistence ------------------------------------------------------------------------
+    def vectors_to_dict(self) -> dict[str, Any] | None:
+        """The embeddings as JSON-ready data (base64 float32), or `None` when there are none."""
+        if not self._vectors or self.embedder is None:
+            return None
+        import base64
+        import sys
+        from array import array
+
+        dim = len(next(iter(self._vectors.values())))
+        out: dict[str, str] = {}
+        for m, v in sorted(self._vectors.items()):
+            values = array("f", v)
+            if sys.byteorder != "little":
+                values.byteswap()
+            out[str(m)] = base64.b64encode(values.tobytes()).decode("ascii")
+        return {"embedder": self.embedder, "dimensions": dim, "vectors": out}
+
+    def load_vectors(self, data: Mapping[str, Any]) -> int:
+        """Restore embeddings saved by `vectors_to_dict` if they come from this `embedder`.
+
+        Returns:
+            How many vectors were restored (0 when the embedder differs).
+
+        Raises:
+            ValueError: the data is malformed.
+        """
+        import base64
+        import binascii
+        import sys
+        from array import array
+
+        if self.embedder is None or data.get("embedder") != self.embedder:
+            return 0
+        dim = int(data["dimensions"])
+        out: dict[int, tuple[float, ...]] = {}
+        for key, blob in dict(data["vectors"]).items():
+            values = array("f")
+            try:
+                values.frombytes(base64.b64decode(blob, validate=True))
+            except (binascii.Error, ValueError, TypeError) as exc:
+                raise ValueError(f"embedding of message {key} is not base64 float32") from exc
+            if sys.byteorder != "little":
+                values.byteswap()
+            if len(values) != dim or not all(math.isfinite(x) for x in values):
+                raise ValueError(f"embedding of message {key} is not {dim} finite values")
+            out[int(key)] = tuple(values)
+        self.add_vectors(out)
+        return len(out)
+
+
+def _unit(vector: Sequence[float]) -> tuple[float, ...]:
+    norm = math.sqrt(sum(float(x) * float(x) for x in vector)) or 1.0
+    return tuple(float(x) / norm for x in vector)
