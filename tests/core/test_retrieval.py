@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
 
 from fmai_core import FiniteMemoryLLM, Message
+from fmai_core.checkpoint import checksum
+from fmai_core.errors import CheckpointError
 from fmai_core.policies import PolicyRequest, Signals, get_policy
 from fmai_core.retrieval import RecallIndex, recall
 from fmai_core.segments import Segment
@@ -155,3 +161,50 @@ def test_every_recalling_policy_uses_it() -> None:
         )
         assert candidates[1].id in picked.keep, name
         assert not math.isnan(picked.stats["kept_tokens"])
+
+
+class CountingEmbedder:
+    """A test embedder that counts the texts it embeds."""
+
+    def __init__(self, identity: str = "concepts-v1") -> None:
+        self.identity = identity
+        self.texts = 0
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.texts += len(texts)
+        return concept_embed(texts)
+
+
+def test_embeddings_persist_across_a_checkpoint(tmp_path: Path) -> None:
+    first = CountingEmbedder()
+    llm = FiniteMemoryLLM(EchoBackend(), policy="semantic", max_tokens=300, max_new_tokens=16,
+                          embedder=first)  # fmt: skip
+    llm.extend(Message("user" if i % 2 == 0 else "assistant", t) for i, t in enumerate(ARCHIVE * 8))
+    llm.chat("Tell me more.")
+    assert first.texts > 0
+    before = llm.context(QUERY)
+    llm.save(tmp_path / "c.json")
+
+    same = CountingEmbedder()
+    again = FiniteMemoryLLM.load(tmp_path / "c.json", EchoBackend(), embedder=same)
+    assert same.texts == 0  # restored, not embedded again
+    assert again.context(QUERY) == before
+    assert same.texts == 1  # the query only
+
+    other = CountingEmbedder("another-model")
+    FiniteMemoryLLM.load(tmp_path / "c.json", EchoBackend(), embedder=other)
+    assert other.texts == len({s.message_id for s in (*llm.state.history, *llm.state.archive)})
+
+
+def test_damaged_embeddings_are_refused(tmp_path: Path) -> None:
+    llm = FiniteMemoryLLM(EchoBackend(), policy="semantic", max_tokens=300, max_new_tokens=16,
+                          embedder=CountingEmbedder())  # fmt: skip
+    llm.extend([Message("user", "I adopted a beagle."), Message("assistant", "Lovely.")])
+    llm.save(tmp_path / "c.json")
+    doc = json.loads((tmp_path / "c.json").read_text())
+    first = next(iter(doc["vectors"]["vectors"]))
+    doc["vectors"]["vectors"][first] = "not base64!"
+    doc["checksum"] = checksum({k: v for k, v in doc.items() if k != "checksum"})
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="embeddings"):
+        FiniteMemoryLLM.load(tmp_path / "c.json", EchoBackend(), embedder=CountingEmbedder())

@@ -148,6 +148,9 @@ def snapshot(llm: FiniteMemoryLLM) -> dict[str, Any]:
         "state": llm.state.to_dict(),
         "stats": {f.name: getattr(llm._stats, f.name) for f in fields(MemoryStats)},
     }
+    vectors = llm._planner.index.vectors_to_dict()
+    if vectors is not None:  # embeddings, kept under the embedder's identity
+        doc["vectors"] = vectors
     return doc
 
 
@@ -518,7 +521,7 @@ def load_checkpoint(
         )
     try:
         top = {"format", "version", "tokenizer_id", "backend", "settings", "state", "stats"}
-        _object(doc, "the checkpoint", top, top | {"checksum"})
+        _object(doc, "the checkpoint", top, top | {"checksum", "vectors"})
         _text(doc["backend"], "backend")
         settings = _settings_of(doc["settings"])
         state = _state(doc["state"])
@@ -546,6 +549,15 @@ def load_checkpoint(
             backend.tokenizer_id,
         )
     llm._check_fixed(state)
+    if "vectors" in doc:  # embeddings of the same embedder are not computed again
+        try:
+            keys = {"embedder", "dimensions", "vectors"}
+            vectors = _object(doc["vectors"], "vectors", keys, keys)
+            llm._planner.index.load_vectors(vectors)
+        except (_Damaged, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{p} is damaged: its embeddings ({exc}). Restore a backup."
+            ) from None
     llm._commit(state)
     llm._prepare([*state.history, *state.archive])
     llm._stats = stats

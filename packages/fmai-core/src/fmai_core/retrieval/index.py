@@ -109,8 +109,9 @@ class RecallIndex:
             self._total_length += len(doc_terms)
             self._docs[mid] = _Doc(counts, len(doc_terms))
             texts[mid] = text
-        if embed is not None and texts:
-            self.add_vectors(dict(zip(texts, embed(list(texts.values())))))
+        todo = {m: t for m, t in texts.items() if m not in self._vectors}  # restored ones
+        if embed is not None and todo:
+            self.add_vectors(dict(zip(todo, embed(list(todo.values())))))
 
     def add_vectors(self, vectors: Mapping[int, Sequence[float]]) -> None:
         """Store message embeddings (normalised to unit length)."""
