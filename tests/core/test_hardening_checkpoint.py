@@ -339,3 +339,59 @@ def test_a_hosted_style_backend_gaining_a_real_tokenizer_keeps_its_checkpoints(
     assert again.recounted_from == "fmai-estimate-v1"
     _assert_recounted(again)
     assert again.chat("still there?").response == "noted: still there?"
+
+
+# -- defect 11: policy settings persist; save writes outside the conversation's lock --------
+def test_a_policys_settings_survive_a_checkpoint(tmp_path: Path) -> None:
+    from fmai_core.policies.hybrid import HybridPolicy
+    from fmai_core.policies.semantic import SemanticPolicy
+
+    for policy in (
+        HybridPolicy(relevance_weight=0.9, keep_recent=3),
+        SemanticPolicy(topics=4, min_relevance=0.2),
+    ):
+        llm = _conversation(policy=policy)
+        path = tmp_path / f"{policy.name}.json"
+        llm.save(path)
+        again = FiniteMemoryLLM.load(path, EchoBackend())
+        assert again.policy == policy, again.policy
+        assert _doc(path)["settings"]["policy_config"]["min_relevance"] == policy.min_relevance
+    other = FiniteMemoryLLM.load(tmp_path / "hybrid.json", EchoBackend(), policy="sliding")
+    assert other.policy.name == "sliding"  # an override replaces the saved policy
+
+
+def test_a_policy_config_the_policy_does_not_take_is_refused(tmp_path: Path) -> None:
+    from fmai_core.checkpoint import checksum
+
+    path = tmp_path / "chat.json"
+    _conversation(policy="hybrid").save(path)
+    doc = _doc(path)
+    doc["settings"]["policy_config"]["no_such_field"] = 1
+    doc["checksum"] = checksum(doc)
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"no_such_field.*policy="):
+        FiniteMemoryLLM.load(path, EchoBackend())
+
+
+def test_save_writes_outside_the_conversations_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    llm = _conversation()
+    seen: list[Any] = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        done = threading.Event()
+        worker = threading.Thread(
+            target=lambda: (seen.append(llm.context("while saving")), done.set()), daemon=True
+        )
+        worker.start()
+        seen.append(done.wait(2))  # the conversation is free while the file is synced
+        real_fsync(fd)
+
+    monkeypatch.setattr("fmai_core.checkpoint.os.fsync", slow_fsync)
+    llm.save(tmp_path / "chat.json")
+    assert True in seen and len(seen) >= 2
+    assert _content(FiniteMemoryLLM.load(tmp_path / "chat.json", EchoBackend())) == _content(llm)

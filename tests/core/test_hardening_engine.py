@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ import pytest
 
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.backend import Generation, StreamChunk
-from fmai_core.errors import ConfigurationError, FMAIError, InvalidMessageError
+from fmai_core.errors import (
+    BackendError,
+    ConfigurationError,
+    FMAIError,
+    InvalidMessageError,
+    MessageTooLongError,
+)
+from fmai_core.policies.base import Policy, PolicyRequest, Selection
 from fmai_core.testing import EchoBackend
 
 SURROGATE = b"caf\xe9".decode("utf-8", "surrogateescape")  # 'caf\udce9'
@@ -331,3 +339,121 @@ def test_context_never_switches_model_signals_off_a_committed_turn_does() -> Non
     assert not llm.model_signals  # switched off when the turn committed
     llm.reset()
     assert llm.model_signals
+
+
+# -- defect 11: smaller defects ------------------------------------------------------------
+def test_a_10_mb_message_is_refused_before_segmentation() -> None:
+    llm = make(max_tokens=2048, max_new_tokens=256)
+    llm.chat("hello")
+    before = llm.state
+    huge = "word " * 2_000_000  # 10 MB
+    for call in (llm.chat, llm.context, lambda t: list(llm.stream(t))):
+        start = time.perf_counter()
+        with pytest.raises(MessageTooLongError, match="characters") as info:
+            call(huge)
+        assert time.perf_counter() - start < 0.5  # before: seconds, with the lock held
+        assert info.value.available == 2048 - 256
+    assert llm.state is before
+    limit = FiniteMemoryLLM.MAX_CHARS_PER_TOKEN * (2048 - 256)
+    with pytest.raises(MessageTooLongError, match="tokens but at most"):
+        llm.chat("w " * (limit // 2))  # under the size bound: the exact token check decides
+    assert llm.chat("still fine").response == "echo: still fine"
+
+
+class Leaky(Policy):
+    """A policy whose exception message carries the user's text."""
+
+    name = "leaky"
+
+    def select(self, request: PolicyRequest) -> Selection:
+        raise ValueError(f"could not score {request.query!r}")
+
+
+def test_fallback_reason_never_carries_user_text_into_the_jsonl_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fmai_core import planner
+    from fmai_core.telemetry import JSONLTurnLog
+
+    def old_style(fn: Any, deadline_ms: float | None) -> tuple[Any, str | None]:
+        try:
+            return fn(), None
+        except Exception as exc:  # the reason format of the issue's report
+            return None, f"{type(exc).__name__}: {exc}"
+
+    log = tmp_path / "turns.jsonl"
+    for patched in (False, True):
+        if patched:
+            monkeypatch.setattr(planner, "_run_with_deadline", old_style)
+        llm = make(Leaky(), max_tokens=60, max_new_tokens=8, hooks=[JSONLTurnLog(log)])
+        for i in range(8):
+            llm.chat(f"my PIN is QXZW-{i} and my name is Zedediah")
+    text = log.read_text()
+    assert "QXZW" not in text and "Zedediah" not in text
+    reasons = {
+        v
+        for line in text.splitlines()
+        for k, v in json.loads(line)["policy_stats"].items()
+        if k.endswith("fallback_reason")
+    }
+    assert reasons and all(r.startswith(("policy raised", "ValueError")) for r in reasons), reasons
+
+
+def test_unknown_keyword_arguments_name_the_close_match() -> None:
+    with pytest.raises(ConfigurationError, match=r"'low_watter'.*did you mean 'low_water'"):
+        make(low_watter=0.1)
+    with pytest.raises(ConfigurationError, match="did you mean 'temperature'"):
+        make(temperatur=0.2)
+    with pytest.raises(ConfigurationError, match=r"generation=\{"):
+        make(frobnicate=1)
+    llm = make(temperature=0.3, top_p=0.9, seed=1, stop=["\n"], top_k=5)
+    assert llm.generation["top_p"] == 0.9 and llm.generation["top_k"] == 5
+    llm = make(generation={"custom_flag": True, "temperature": 0.1}, temperature=0.5)
+    assert llm.generation == {"custom_flag": True, "temperature": 0.5}
+    with pytest.raises(ConfigurationError, match="generation must be a mapping"):
+        make(generation=[("temperature", 0.1)])
+
+
+class Recorder(EchoBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.params: list[dict[str, Any]] = []
+
+    def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        self.params.append(params)
+        return super().generate(messages, **params)
+
+
+def test_generation_mapping_reaches_the_backend() -> None:
+    backend = Recorder()
+    llm = make(backend=backend, generation={"custom_flag": True})
+    llm.chat("hi")
+    assert backend.params[-1]["custom_flag"] is True
+
+
+class NoFinalChunk(EchoBackend):
+    """A custom backend whose stream ends without its final chunk (no `.generation`)."""
+
+    def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
+        yield StreamChunk("half a")
+        yield StreamChunk(" reply")
+
+    async def astream(self, messages: Sequence[Message], **params: Any) -> AsyncIterator[Any]:
+        for chunk in self.stream(messages, **params):
+            yield chunk
+
+
+async def test_a_stream_without_its_final_chunk_is_not_stored_as_complete() -> None:
+    llm = make(backend=NoFinalChunk())
+    llm.chat("first")
+    before = llm.state
+    seen: list[str] = []
+    it = llm.stream("hi")
+    seen += [next(it), next(it)]  # the caller sees what arrived ...
+    assert "".join(seen) == "half a reply"
+    with pytest.raises(BackendError, match="final chunk"):
+        next(it)  # ... and then the truth: it was not complete
+    with pytest.raises(BackendError, match="final chunk"):
+        [c async for c in llm.astream("hi")]
+    assert llm.state is before and llm.stats.turns == 1
+    assert llm.chat("after").response == "echo: after"

@@ -8,7 +8,10 @@ keys stay in the backend) and nothing executable: it is plain JSON.
 `backend`, `settings`, `state`, `stats` and, from version 2, `checksum`:
 `"sha256:<hex>"` over the canonical JSON of every other field (keys sorted, no spaces,
 UTF-8). Version 1 files (written before the checksum existed) still load, checked by the
-schema alone; [`VERSION`][fmai_core.checkpoint.VERSION] is what `save` writes.
+schema alone; [`VERSION`][fmai_core.checkpoint.VERSION] is what `save` writes. The settings
+hold the policy's name and, for a dataclass policy (every built-in one), its fields
+(`policy_config`), so `HybridPolicy(relevance_weight=0.9)` comes back as itself; a `policy=`
+override on load replaces both. Generation parameters that JSON cannot hold are left out.
 
 **Loading checks**, each failure a [`CheckpointError`][fmai_core.errors.CheckpointError]
 that says what to do, with nothing loaded:
@@ -53,7 +56,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, is_dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -109,7 +112,43 @@ def _settings(llm: FiniteMemoryLLM) -> dict[str, Any]:
         "segment_tokens": llm.segment_tokens,
         "archive_limit": p.archive_limit,
         "generation": {k: v for k, v in llm.generation.items() if _jsonable(v)},
+        **_policy_config(llm.policy),
     }
+
+
+def _policy_config(policy: Any) -> dict[str, Any]:
+    """A dataclass policy's fields (`HybridPolicy(relevance_weight=0.9)`), to rebuild it."""
+    if not is_dataclass(policy) or isinstance(policy, type):
+        return {}
+    config = {f.name: getattr(policy, f.name) for f in fields(policy) if f.init}
+    return {"policy_config": {k: v for k, v in config.items() if _jsonable(v)}}
+
+
+def _policy(p: Path, name: str, config: dict[str, Any]) -> Any:
+    """The policy registered as `name`, with the saved fields."""
+    from fmai_core.policies import get_policy
+
+    policy: Any = get_policy(name)
+    if not config:
+        return policy
+    if not is_dataclass(policy) or isinstance(policy, type):
+        raise CheckpointError(
+            f"{p} holds settings for policy {name!r} ({', '.join(sorted(config))}), but the "
+            f"policy registered under that name takes none. Load it with policy=... to choose "
+            "the policy."
+        )
+    current = {f.name: f for f in fields(policy) if f.init}
+    unknown = sorted(config.keys() - current.keys())
+    if unknown:
+        raise CheckpointError(
+            f"{p} holds settings {', '.join(unknown)} that policy {name!r} does not take. "
+            "Load it with policy=... to choose the policy (or a policy instance)."
+        )
+    values = {
+        k: tuple(v) if isinstance(v, list) and isinstance(getattr(policy, k), tuple) else v
+        for k, v in config.items()
+    }
+    return replace(policy, **values)
 
 
 def _jsonable(value: Any) -> bool:
@@ -398,11 +437,13 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "segment_tokens": (int, False),
     "archive_limit": (int, True),
     "generation": (dict, False),
+    "policy_config": (dict, False),
 }
 
 
 def _settings_of(data: Any) -> dict[str, Any]:
-    raw = _object(data, "settings", set(_SETTINGS) - {"recall_fraction"}, set(_SETTINGS))
+    optional = {"recall_fraction", "policy_config"}
+    raw = _object(data, "settings", set(_SETTINGS) - optional, set(_SETTINGS))
     for name, value in raw.items():
         types, nullable = _SETTINGS[name]
         if value is None and nullable:
@@ -528,10 +569,13 @@ def load_checkpoint(
         stats = _stats(doc["stats"])
     except _Damaged as exc:
         raise CheckpointError(f"{p} is damaged or incomplete: {exc}. Restore a backup.") from None
-    generation = settings.pop("generation")
+    generation = {**settings.pop("generation"), **(overrides.pop("generation", None) or {})}
+    policy_config = settings.pop("policy_config", {})
     settings.update(overrides)
+    if "policy" not in overrides:
+        settings["policy"] = _policy(p, settings["policy"], policy_config)
     try:
-        llm = cls(backend, **settings, **generation)
+        llm = cls(backend, **settings, generation=generation)
     except FMAIError:
         raise
     except (KeyError, TypeError, ValueError) as exc:

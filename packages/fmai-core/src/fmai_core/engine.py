@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from os import PathLike
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from fmai_core.errors import (
     EmptyMessageError,
     FMAIError,
     InvalidMessageError,
+    MessageTooLongError,
 )
 from fmai_core.memory import MemoryState, segment_message
 from fmai_core.messages import Message, check_encodable
@@ -47,7 +49,13 @@ if TYPE_CHECKING:
     import asyncio
     from types import TracebackType
 
-__all__ = ["ChatResult", "FiniteMemoryLLM"]
+__all__ = ["GENERATION_PARAMS", "ChatResult", "FiniteMemoryLLM"]
+
+#: Generation parameters `FiniteMemoryLLM` takes as keyword arguments (what the backends
+#: document); any other backend parameter goes in its `generation=` mapping.
+GENERATION_PARAMS = frozenset(
+    {"temperature", "top_p", "top_k", "seed", "stop", "repetition_penalty", "min_new_tokens"}
+)
 
 _REENTRY = (
     "A turn of this conversation is already running here (a stream not yet exhausted, or a "
@@ -215,7 +223,17 @@ class FiniteMemoryLLM:
         embedder: Overrides the embeddings found on the backend.
         scorer: Overrides the importance scores found on the backend.
         summarizer: Overrides the summaries found on the backend.
-        **generation: Default generation parameters (`temperature`, `top_p`, `seed`, `stop`).
+        generation: Default generation parameters of every turn, any the backend takes
+            (`{"temperature": 0.7, "presence_penalty": 0.5}`); checkpoints keep those JSON
+            can hold.
+        **params: The documented generation parameters as keywords (`temperature`,
+            `top_p`, `top_k`, `seed`, `stop`, `repetition_penalty`, `min_new_tokens`; see
+            `GENERATION_PARAMS`), which override `generation`. Any other keyword raises
+            `ConfigurationError` naming the closest setting (`low_watter` → `low_water`).
+
+    Raises:
+        ConfigurationError: a setting is invalid or unknown.
+        BudgetError: the budget leaves no room for a message.
 
     Example:
         ```python
@@ -245,8 +263,15 @@ class FiniteMemoryLLM:
         embedder: Embedder | None = None,
         scorer: ImportanceScorer | None = None,
         summarizer: Summarizer | None = None,
-        **generation: Any,
+        generation: Mapping[str, Any] | None = None,
+        **params: Any,
     ) -> None:
+        _check_params(params)
+        if generation is not None and not isinstance(generation, Mapping):
+            raise ConfigurationError(
+                f"generation must be a mapping of parameter names to values, or None; got "
+                f"{type(generation).__name__}."
+            )
         for name, value, least in (
             ("max_tokens", max_tokens, 1),
             ("max_new_tokens", max_new_tokens, 1),
@@ -285,7 +310,7 @@ class FiniteMemoryLLM:
         self.max_new_tokens = max_new_tokens
         self.system_prompt = system_prompt or None
         self.segment_tokens = segment_tokens
-        self.generation = dict(generation)
+        self.generation = {**(generation or {}), **params}
         self.generation.setdefault("temperature", 0.0)
         self.hooks = list(hooks)
         self.counter = TokenCounter(backend)
@@ -384,9 +409,26 @@ class FiniteMemoryLLM:
             timestamp=timestamp,
         )
 
+    #: A message longer than this many characters per token of room (`max_tokens` minus
+    #: `max_new_tokens`) is refused before it is counted or split: BPE tokens average 3-5
+    #: characters, and a whole message averaging more than 64 per token is not real text
+    #: (a custom tokenizer that packs more into a token can raise it on its instance).
+    MAX_CHARS_PER_TOKEN = 64
+
     def _new_user(self, text: str) -> tuple[MemoryState, list[Segment]]:
         if not isinstance(text, str):
             raise InvalidMessageError(f"A message must be a str, got {type(text).__name__}.")
+        room = self.max_tokens - self.max_new_tokens
+        if len(text) > self.MAX_CHARS_PER_TOKEN * room:
+            raise MessageTooLongError(
+                f"The message has {len(text):,} characters; at most "
+                f"{self.MAX_CHARS_PER_TOKEN * room:,} ({self.MAX_CHARS_PER_TOKEN} per token of "
+                f"the {room} left by max_tokens={self.max_tokens} and max_new_tokens="
+                f"{self.max_new_tokens}) are accepted, and a longer one cannot fit. Shorten it "
+                "or raise max_tokens. Nothing was changed.",
+                tokens=-(-len(text) // self.MAX_CHARS_PER_TOKEN),
+                available=room,
+            )
         if not text.strip():
             raise EmptyMessageError("The message is empty: send some text.")
         check_encodable(text, "The message")
@@ -556,7 +598,7 @@ class FiniteMemoryLLM:
                 policy_ms=plan.policy_ms + prepare_ms,
                 fallback=plan.fallback,
                 evicted=plan.evicted,
-                policy_stats=plan.policy_stats,
+                policy_stats=_telemetry_safe(plan.policy_stats),
             )
             t = self._stats
             t.turns += 1
@@ -700,10 +742,11 @@ class FiniteMemoryLLM:
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path: str | PathLike[str]) -> None:
         """Write a checkpoint atomically (see [`checkpoint`][fmai_core.checkpoint])."""
-        from fmai_core.checkpoint import save_checkpoint
+        from fmai_core.checkpoint import snapshot, write_checkpoint
 
-        with self._lock:
-            save_checkpoint(self, path)
+        with self._lock:  # a consistent snapshot; the slow part (encode, fsync) runs after
+            doc = snapshot(self)
+        write_checkpoint(doc, path)
 
     @classmethod
     def load(
@@ -763,10 +806,59 @@ def _storable(gen: Generation) -> Generation:
     return gen
 
 
+def _check_params(params: Mapping[str, Any]) -> None:
+    for name in params:
+        if name in GENERATION_PARAMS:
+            continue
+        import difflib
+        import inspect
+
+        settings = [
+            p
+            for p in inspect.signature(FiniteMemoryLLM.__init__).parameters
+            if p not in ("self", "params")
+        ]
+        close = difflib.get_close_matches(name, [*settings, *sorted(GENERATION_PARAMS)], 1)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise ConfigurationError(
+            f"FiniteMemoryLLM got an unknown keyword argument {name!r}{hint} Settings: "
+            f"{', '.join(settings)}; generation parameters: "
+            f"{', '.join(sorted(GENERATION_PARAMS))}. Pass any other backend parameter in "
+            f"generation={{{name!r}: ...}}."
+        )
+
+
+# What the planner writes in a fallback reason: its own words and exception type names.
+_SAFE_REASON = re.compile(
+    r"deadline of [0-9.e+-]+ ms exceeded|(policy raised )?[A-Za-z_][A-Za-z0-9_.]*"
+)
+
+
+def _telemetry_safe(stats: dict[str, Any]) -> dict[str, Any]:
+    """Keep user text out of telemetry: a fallback reason is fmai's words or a type name.
+
+    An exception's message can quote the conversation, so a reason that is anything else
+    is cut to the exception type and a fixed description (the message itself goes to the
+    `fmai` logger only).
+    """
+    out = dict(stats)
+    for key, value in stats.items():
+        if key.endswith("fallback_reason") and not (
+            isinstance(value, str) and _SAFE_REASON.fullmatch(value)
+        ):
+            kind = str(value).split(":", 1)[0].strip()
+            kind = kind if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", kind) else "an error"
+            out[key] = f"policy raised {kind} (details on the 'fmai' logger)"
+    return out
+
+
 def _complete(gen: Generation | None, text: str, start: float) -> Generation:
     if gen is None:
-        ms = (time.perf_counter() - start) * 1000
-        return Generation(text=text, latency_ms=ms, ttft_ms=ms)
+        raise BackendError(
+            "The backend's stream ended without its final chunk (a StreamChunk with "
+            "`.generation`), so the reply may be incomplete; the turn was not stored. Retry; "
+            "a custom backend must end its stream with StreamChunk('', generation=...)."
+        )
     if not gen.text and text:
         return replace(gen, text=text)
     return gen

@@ -56,6 +56,12 @@ class EmptyMessageError(InvalidMessageError):
 class MessageTooLongError(FMAIError, ValueError):
     """A single message cannot fit in the prompt even with all history evicted.
 
+    A message longer than
+    [`MAX_CHARS_PER_TOKEN`][fmai_core.engine.FiniteMemoryLLM.MAX_CHARS_PER_TOKEN] (64)
+    characters per token of room (`max_tokens - max_new_tokens`) is refused at once, before
+    it is counted or split (a 10 MB message takes microseconds, not seconds under the
+    conversation's lock); `tokens` is then a lower bound.
+
     Attributes:
         tokens: The tokens the message needs.
         available: The tokens left for it under the budget.
@@ -89,7 +95,11 @@ class MissingDependencyError(FMAIError, ImportError):
 
 
 class BackendError(FMAIError):
-    """The model backend failed (network, server, or model error)."""
+    """The model backend failed (network, server, or model error).
+
+    Also raised when a backend's stream ends without its final chunk (a `StreamChunk` with
+    `.generation`): the reply may be incomplete, so the turn is not stored.
+    """
 
 
 class BackendTimeoutError(BackendError, TimeoutError):
