@@ -352,3 +352,101 @@ def test_affine_fit_ignores_an_outlier() -> None:
         assert counter(msgs) == 30 + 2 * counter.raw(msgs)
     # and count_text uses the same factor
     assert counter.count_text("a b c") == 6
+
+
+# -- defect 11: TokenCounter is shared with abandoned policy workers --------------------------
+
+
+class _WordBackend:
+    """A counting-only backend: one token per word; `count_revision` flips the factor."""
+
+    def __init__(self) -> None:
+        self.factor = 1
+        self.count_revision = 0
+
+    def count_text(self, text: str) -> int:
+        return self.factor * len(text.split())
+
+    def count_tokens(self, messages: Any) -> int:
+        return sum(self.count_text(m.content) + 3 * self.factor for m in messages) + 2
+
+
+def _hammer(counter: Any, texts: list[str], threads: int, rounds: int) -> list[BaseException]:
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def work(seed: int) -> None:
+        try:
+            start.wait()
+            for i in range(rounds):
+                text = texts[(seed * 7 + i * 13) % len(texts)]
+                n = counter.text(text)
+                if n not in (len(text.split()), 2 * len(text.split())):
+                    raise AssertionError(f"{text!r} counted {n}")
+                counter.message(text)
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return errors
+
+
+def test_token_counter_is_safe_to_share_between_threads() -> None:
+    # A small LRU under many threads: before, a hit's move_to_end could race another
+    # thread's eviction of the same key (KeyError), and popitem could hit an empty cache.
+    import sys
+
+    from fmai_core.tokens import TokenCounter
+
+    backend = _WordBackend()
+    counter = TokenCounter(backend, cache_size=4)  # type: ignore[arg-type]
+    texts = [" ".join(["w"] * n) for n in range(1, 41)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        errors = _hammer(counter, texts, threads=16, rounds=3000)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    assert all(counter.text(t) == len(t.split()) for t in texts)  # against the reference
+    assert counter.message_overhead == 3
+    assert len(counter._cache) <= 4
+
+
+def test_token_counter_remeasures_safely_when_counting_changes() -> None:
+    # The correction changes under running threads: every count is one of the two, and once
+    # the threads are done, the cache and the overheads all belong to the current revision.
+    import sys
+
+    from fmai_core.tokens import TokenCounter
+
+    backend = _WordBackend()
+    counter = TokenCounter(backend, cache_size=16)  # type: ignore[arg-type]
+    texts = [" ".join(["w"] * n) for n in range(1, 41)]
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            backend.factor = 3 - backend.factor
+            backend.count_revision += 1
+            time.sleep(0.0005)
+        backend.factor = 2
+        backend.count_revision += 1
+
+    flipper = threading.Thread(target=flip)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        flipper.start()
+        errors = _hammer(counter, texts, threads=8, rounds=1500)
+    finally:
+        stop.set()
+        flipper.join()
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    assert all(counter.text(t) == 2 * len(t.split()) for t in texts)
+    assert counter.message_overhead == 6
