@@ -33,6 +33,7 @@ from fmai_core.errors import (
     InvalidMessageError,
     MessageTooLongError,
 )
+from fmai_core.memo import EmbeddingCache
 from fmai_core.memory import MemoryState, segment_message
 from fmai_core.messages import Message, check_encodable
 from fmai_core.planner import Plan, Planner
@@ -320,7 +321,7 @@ class FiniteMemoryLLM:
         summarizer = summarizer or (backend if isinstance(backend, Summarizer) else None)
         signals = Signals(
             importance=scorer.score_importance if scorer else None,
-            embed=embedder.embed if embedder else None,
+            embed=EmbeddingCache(embedder.embed) if embedder else None,
             summarize=summarizer.summarize if summarizer else backend_summarizer(backend),
         )
         self._signals = signals

@@ -11,11 +11,14 @@ bounded however long a conversation runs, and however many run in one process.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
-__all__ = ["PER_SET", "PER_TEXT", "clear_caches", "memo", "registered"]
+__all__ = ["PER_SET", "PER_TEXT", "EmbeddingCache", "clear_caches", "memo", "registered"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,3 +50,40 @@ def clear_caches() -> None:
     """Empty every registered memo (to free memory or to measure cold-start cost)."""
     for cached in _REGISTRY:
         cached.cache_clear()
+
+
+class EmbeddingCache:
+    """Wraps an embed function so that each text is embedded once (an LRU by text).
+
+    The engine embeds every message as it enters memory; the policies ask for the same
+    texts again (an eviction ranks the history by relevance), and get them from here.
+    Vectors are kept as 32-bit floats (`array("f")`), about 1.5 KB for 384 dimensions.
+    Safe to call from several threads.
+
+    Args:
+        embed: `(texts) -> vectors`.
+        maxsize: Most texts kept.
+    """
+
+    def __init__(
+        self, embed: Callable[[Sequence[str]], list[list[float]]], maxsize: int = PER_TEXT
+    ):
+        self.embed = embed
+        self.maxsize = maxsize
+        self._vectors: OrderedDict[str, array[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: Sequence[str]) -> list[list[float]]:
+        with self._lock:
+            found = {t: self._vectors[t] for t in texts if t in self._vectors}
+            for t in found:
+                self._vectors.move_to_end(t)
+        todo = list(dict.fromkeys(t for t in texts if t not in found))
+        if todo:
+            fresh = self.embed(todo)
+            with self._lock:
+                for t, v in zip(todo, fresh):
+                    found[t] = self._vectors[t] = array("f", v)
+                while len(self._vectors) > self.maxsize:
+                    self._vectors.popitem(last=False)
+        return [found[t].tolist() for t in texts]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+from array import array
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,10 +73,10 @@ class RecallIndex:
         self._docs: dict[int, _Doc] = {}
         self._postings: dict[str, list[tuple[int, int]]] = {}
         self._total_length = 0
-        self._vectors: dict[int, tuple[float, ...]] = {}
+        self._vectors: dict[int, array[float]] = {}
         self._rows: list[int] = []  # message id of each matrix row
         self._matrix: Any = None  # numpy array with spare capacity, when numpy is there
-        self._queries: dict[str, tuple[float, ...]] = {}
+        self._queries: dict[str, array[float]] = {}
         self._views: list[tuple[object, Any]] = []
         self._scored: tuple[Any, dict[int, float]] | None = None  # the last query's BM25
 
@@ -127,7 +128,7 @@ class RecallIndex:
         else:
             self._matrix = self._grow(self._matrix)
 
-    def vectors(self) -> Mapping[int, tuple[float, ...]]:
+    def vectors(self) -> Mapping[int, array[float]]:
         """The stored embeddings by message id (read-only)."""
         return self._vectors
 
@@ -239,7 +240,7 @@ class RecallIndex:
         self._filled = n
         return matrix
 
-    def query_vector(self, query: str, embed: EmbedFn) -> tuple[float, ...]:
+    def query_vector(self, query: str, embed: EmbedFn) -> array[float]:
         """The unit embedding of `query`, memoised for the last few queries."""
         vec = self._queries.get(query)
         if vec is None:
@@ -284,12 +285,11 @@ class RecallIndex:
             return None
         import base64
         import sys
-        from array import array
 
         dim = len(next(iter(self._vectors.values())))
         out: dict[str, str] = {}
         for m, v in sorted(self._vectors.items()):
-            values = array("f", v)
+            values = array("f", v)  # a copy: byteswap must not touch the stored vector
             if sys.byteorder != "little":
                 values.byteswap()
             out[str(m)] = base64.b64encode(values.tobytes()).decode("ascii")
@@ -307,12 +307,11 @@ class RecallIndex:
         import base64
         import binascii
         import sys
-        from array import array
 
         if self.embedder is None or data.get("embedder") != self.embedder:
             return 0
         dim = int(data["dimensions"])
-        out: dict[int, tuple[float, ...]] = {}
+        out: dict[int, array[float]] = {}
         for key, blob in dict(data["vectors"]).items():
             values = array("f")
             try:
@@ -323,11 +322,11 @@ class RecallIndex:
                 values.byteswap()
             if len(values) != dim or not all(math.isfinite(x) for x in values):
                 raise ValueError(f"embedding of message {key} is not {dim} finite values")
-            out[int(key)] = tuple(values)
+            out[int(key)] = values
         self.add_vectors(out)
         return len(out)
 
 
-def _unit(vector: Sequence[float]) -> tuple[float, ...]:
+def _unit(vector: Sequence[float]) -> array[float]:
     norm = math.sqrt(sum(float(x) * float(x) for x in vector)) or 1.0
-    return tuple(float(x) / norm for x in vector)
+    return array("f", [float(x) / norm for x in vector])

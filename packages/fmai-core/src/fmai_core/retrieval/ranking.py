@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from fmai_core.policies.base import EmbedFn
@@ -84,7 +84,7 @@ def retrieve(
     lexical = index.bm25(q, among) if mass > 0 else {}
     relevance = {m: min(1.0, s / mass) for m, s in lexical.items()}
     lists: dict[str, Mapping[int, float]] = {"bm25": lexical}
-    qv: tuple[float, ...] | None = None
+    qv: Sequence[float] | None = None
     if embed is not None and index.vectors():
         qv = index.query_vector(query, embed)
         cos = {m: c for m, c in index.cosines(qv, among).items() if c > 0.0}
