@@ -193,8 +193,51 @@ class Planner:
         return tuple(s for s in merged if s.id not in drop), excess
 
     def plan(self, state: MemoryState, new: Sequence[Segment], query: str) -> Plan:
-        """Plan a turn whose new user message is `new` (already segmented)."""
-        new_text = " ".join(s.text for s in new)
+        """Plan a turn whose new user message is `new` (already segmented).
+
+        Four steps, none of which changes anything outside the returned plan: the budget
+        (what is free once the system message, the new message and the reply are paid
+        for), eviction (history past its high-water mark goes to the archive, in a block
+        down to the low-water mark), recall (archived messages for the query, in the
+        recall share of the budget), and the exact fit (the backend's own count of the
+        rendered prompt is the authority).
+        """
+        new_text = new[0].text + "".join(s.sep + s.text for s in new[1:]) if new else ""
+        available = self._budget(state, new_text)
+        share = self.recall_share(state, query, available)
+        reserve = int(available * share)
+        turn = _Turn(state)
+        if sum(s.tokens for s in state.history) > available - reserve:
+            self._evict(turn, query, available - reserve)
+        if share >= DISTANT_SHARE:  # a question about the past may use all that is free
+            reserve = max(reserve, available - sum(s.tokens for s in turn.history))
+        if self.policy.recalls and turn.archive and reserve > 0:
+            self._recall(turn, query, reserve)
+        if self.policy.recalls:
+            turn.stats["recall_share"] = round(share, 3)
+        messages, prompt_tokens = self._fit(turn, new_text)
+        new_state = replace(
+            state,
+            summary=turn.summary,
+            history=tuple(turn.history),
+            archive=turn.archive,
+            archive_dropped=state.archive_dropped + turn.dropped,
+        )
+        return Plan(
+            messages=messages,
+            prompt_tokens=prompt_tokens,
+            state=new_state,
+            recalled=tuple(turn.recalled),
+            evicted_tokens=turn.evicted_tokens,
+            evicted=turn.evicted,
+            policy="sliding" if turn.fallback else self.policy.name,
+            policy_ms=turn.policy_ms,
+            fallback=turn.fallback,
+            policy_stats=turn.stats,
+        )
+
+    def _budget(self, state: MemoryState, new_text: str) -> int:
+        """Tokens free for history and recall; raises if the new message cannot fit."""
         new_cost = self.counter.message(self.builder.user_text((), new_text))
         fixed = self.counter.base + self.system_cost(state, state.summary)
         available = self.max_tokens - self.max_new_tokens - fixed - new_cost
@@ -208,92 +251,108 @@ class Planner:
                 tokens=new_cost,
                 available=max(room, 0),
             )
-        share = self.recall_share(state, query, available)
-        recall_reserve = int(available * share)
-        high_water = available - recall_reserve
-        history, archive, summary = state.history, state.archive, state.summary
-        policy_ms, fallback, evicted_tokens, evicted = 0.0, False, 0, False
-        stats: dict[str, Any] = {}
-        dropped = 0
-        if sum(s.tokens for s in history) > high_water:
-            old_summary = summary.tokens if summary else 0
-            budget = max(0, int(self.low_water * (high_water + old_summary)) - old_summary)
-            request = PolicyRequest(
-                "evict",
-                history,
-                budget,
-                query,
-                self.signals,
-                summary,
-                state.pinned,
-                self.counter.text,
-                state.turn,
-                self.index,
+        return available
+
+    def _evict(self, turn: _Turn, query: str, high_water: int) -> None:
+        """Ask the policy which history to keep, down to the low-water mark; archive the rest."""
+        state, history, summary = turn.state, turn.history, turn.summary
+        old_summary = summary.tokens if summary else 0
+        budget = max(0, int(self.low_water * (high_water + old_summary)) - old_summary)
+        request = PolicyRequest(
+            "evict",
+            tuple(history),
+            budget,
+            query=query,
+            signals=self.signals,
+            summary=summary,
+            context=state.pinned,
+            count_text=self.counter.text,
+            turn=state.turn,
+            index=self.index,
+        )
+        selection, ms, fb, stats = self._select(request)
+        turn.policy_ms += ms
+        turn.fallback |= fb
+        turn.stats.update(stats)
+        keep = set(selection.keep)
+        if selection.summary is not None and not fb:
+            text = selection.summary.strip()
+            turn.summary = (
+                Segment(-1, -1, "system", text, self.counter.text(text), "summary", state.turn)
+                if text
+                else None
             )
-            selection, ms, fb, stats = self._select(request)
-            policy_ms += ms
-            fallback |= fb
-            keep = set(selection.keep)
-            if selection.summary is not None and not fb:
-                text = selection.summary.strip()
-                summary = (
-                    Segment(-1, -1, "system", text, self.counter.text(text), "summary", state.turn)
-                    if text
-                    else None
-                )
-            kept = [s for s in history if s.id in keep]
-            # Enforce the high-water mark even if a policy kept too much.
-            while kept and sum(s.tokens for s in kept) > high_water:
-                kept.pop(0)
-            gone = [s for s in history if s.id not in {k.id for k in kept}]
-            evicted_tokens = sum(s.tokens for s in gone)
-            evicted = bool(gone)
-            history = tuple(kept)
-            archive, dropped = self._archive(archive, gone)
-        recalled: tuple[Segment, ...] = ()
-        if share >= DISTANT_SHARE:
-            recall_reserve = max(recall_reserve, available - sum(s.tokens for s in history))
-        if self.policy.recalls and archive and recall_reserve > 0:
-            header = self.counter.text(
-                self.builder.recall_header + "\n" + self.builder.recall_footer
-            )
-            request = PolicyRequest(
-                "recall",
-                archive,
-                max(0, recall_reserve - header - 2),
-                query,
-                self.signals,
-                summary,
-                state.pinned + history,
-                self.counter.text,
-                state.turn,
-                self.index,
-            )
-            selection, ms, fb, rstats = self._select(request)
-            policy_ms += ms
-            fallback |= fb
-            keep = set(selection.keep)
-            recalled = tuple(s for s in archive if s.id in keep)
-            stats = {**stats, **{f"recall_{k}": v for k, v in rstats.items()}}
-        if self.policy.recalls:
-            stats["recall_share"] = round(share, 3)
-        # The exact check: the backend's own count is the authority.
-        history_list, recalled_list = list(history), list(recalled)
+        kept = [s for s in history if s.id in keep]
+        while kept and sum(s.tokens for s in kept) > high_water:  # a policy kept too much
+            kept.pop(0)
+        kept_ids = {k.id for k in kept}
+        self._move_to_archive(turn, [s for s in history if s.id not in kept_ids])
+        turn.history = kept
+
+    def _move_to_archive(self, turn: _Turn, gone: Sequence[Segment]) -> None:
+        if not gone:
+            return
+        gone_ids = {s.id for s in gone}
+        turn.history = [s for s in turn.history if s.id not in gone_ids]
+        turn.evicted_tokens += sum(s.tokens for s in gone)
+        turn.evicted = True
+        turn.archive, dropped = self._archive(turn.archive, gone)
+        turn.dropped += dropped
+
+    def _recall(self, turn: _Turn, query: str, reserve: int) -> None:
+        """Ask the policy which archived segments to bring back within `reserve` tokens."""
+        header = self.counter.text(self.builder.recall_header + "\n" + self.builder.recall_footer)
+        request = PolicyRequest(
+            "recall",
+            turn.archive,
+            max(0, reserve - header - 2),
+            query=query,
+            signals=self.signals,
+            summary=turn.summary,
+            context=turn.state.pinned + tuple(turn.history),
+            count_text=self.counter.text,
+            turn=turn.state.turn,
+            index=self.index,
+        )
+        selection, ms, fb, stats = self._select(request)
+        turn.policy_ms += ms
+        turn.fallback |= fb
+        turn.stats.update({f"recall_{k}": v for k, v in stats.items()})
+        turn.rank = {sid: i for i, sid in enumerate(selection.keep)}  # best first
+        turn.recalled = [s for s in turn.archive if s.id in turn.rank]
+
+    def _fit(self, turn: _Turn, new_text: str) -> tuple[list[Message], int]:
+        """Render the prompt and make it fit by the backend's own count.
+
+        Past the budget, the least relevant recalled message goes first (whole); then
+        history is evicted in a block, oldest first, down to the low-water mark of what
+        fits, so that a count that differs slightly from the segments' sum does not evict
+        one segment per turn.
+        """
+        state = turn.state
         while True:
             messages = self.builder.render(
-                self.system_prompt, state.pinned, summary, history_list, recalled_list, new_text
-            )
+                self.system_prompt, state.pinned, turn.summary, turn.history, turn.recalled,
+                new_text,
+            )  # fmt: skip
             prompt_tokens = self.counter.prompt(messages)
-            if prompt_tokens + self.max_new_tokens <= self.max_tokens:
-                break
-            if recalled_list:
-                recalled_list.pop(0)
-            elif history_list:
-                gone_one = history_list.pop(0)
-                evicted_tokens += gone_one.tokens
-                evicted = True
-                archive, more = self._archive(archive, [gone_one])
-                dropped += more
+            over = prompt_tokens + self.max_new_tokens - self.max_tokens
+            if over <= 0:
+                return messages, prompt_tokens
+            if turn.recalled:
+                worst = max(turn.recalled, key=lambda s: turn.rank.get(s.id, -1))
+                turn.recalled = [s for s in turn.recalled if s.message_id != worst.message_id]
+            elif turn.history:
+                left = sum(s.tokens for s in turn.history) - over
+                target = int(self.low_water * max(left, 0))
+                gone: list[Segment] = []
+                total = sum(h.tokens for h in turn.history)
+                for s in turn.history:
+                    if total <= target:
+                        break
+                    gone.append(s)
+                    total -= s.tokens
+                self._move_to_archive(turn, gone or turn.history[:1])
             else:
                 raise MessageTooLongError(
                     f"The prompt needs {prompt_tokens} tokens plus max_new_tokens="
@@ -303,22 +362,26 @@ class Planner:
                     tokens=prompt_tokens,
                     available=self.max_tokens - self.max_new_tokens,
                 )
-        new_state = replace(
-            state,
-            summary=summary,
-            history=tuple(history_list),
-            archive=archive,
-            archive_dropped=state.archive_dropped + dropped,
-        )
-        return Plan(
-            messages=messages,
-            prompt_tokens=prompt_tokens,
-            state=new_state,
-            recalled=tuple(recalled_list),
-            evicted_tokens=evicted_tokens,
-            evicted=evicted,
-            policy="sliding" if fallback else self.policy.name,
-            policy_ms=policy_ms,
-            fallback=fallback,
-            policy_stats=stats,
-        )
+
+
+@dataclass
+class _Turn:
+    """The working state of one plan (never visible outside it)."""
+
+    state: MemoryState
+    history: list[Segment] = field(default_factory=list)
+    archive: tuple[Segment, ...] = ()
+    summary: Segment | None = None
+    recalled: list[Segment] = field(default_factory=list)
+    rank: dict[int, int] = field(default_factory=dict)
+    evicted_tokens: int = 0
+    evicted: bool = False
+    dropped: int = 0
+    policy_ms: float = 0.0
+    fallback: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.history = list(self.state.history)
+        self.archive = self.state.archive
+        self.summary = self.state.summary
