@@ -125,11 +125,4 @@ def docs(session: nox.Session) -> None:
 def imports(session: nox.Session) -> None:
     """Report fresh-process import time of each package (a report, not a pass/fail timing)."""
     _install(session, CORE, TORCH, MULTILINGUAL)
-    session.run(
-        "python",
-        "benchmarks/import_time.py",
-        "fmai_core",
-        "fmai_core.engine",
-        "fmai_multilingual",
-        "fmai_torch",
-    )
+    session.run("python", "benchmarks/import_time.py", *session.posargs)

@@ -46,3 +46,24 @@ def test_core_imports_load_no_heavy_module(code: str) -> None:
 def test_core_import_does_not_load_asyncio() -> None:
     # asyncio costs tens of milliseconds; the async API imports it on first use.
     assert "asyncio" not in _loaded_after("import fmai_core")
+
+
+def test_engine_import_defers_planning_asyncio_and_logging() -> None:
+    # `from fmai_core import FiniteMemoryLLM` loads the engine and the values it returns; the
+    # planner, policies and recall index load when a conversation is built, asyncio on the
+    # first async call, logging when a policy fails (docs/benchmarks.md, "Import time").
+    deferred = ["asyncio", "logging", "fmai_core.planner", "fmai_core.policies"]
+    deferred += ["fmai_core.retrieval", "fmai_core.relevance"]
+    loaded = _loaded_after("from fmai_core import FiniteMemoryLLM")
+    assert [m for m in deferred if m in loaded] == []
+
+
+def test_sync_turn_with_echo_backend_loads_no_asyncio_or_logging() -> None:
+    code = (
+        "from fmai_core import FiniteMemoryLLM\n"
+        "from fmai_core.testing import EchoBackend\n"
+        "FiniteMemoryLLM(EchoBackend(), max_tokens=256, max_new_tokens=32).chat('Hello there.')"
+    )
+    loaded = _loaded_after(code)
+    assert "asyncio" not in loaded
+    assert "logging" not in loaded

@@ -33,22 +33,23 @@ from fmai_core.errors import (
     InvalidMessageError,
     MessageTooLongError,
 )
-from fmai_core.memo import EmbeddingCache
 from fmai_core.memory import MemoryState, segment_message
 from fmai_core.messages import Message, check_encodable
-from fmai_core.planner import Plan, Planner
-from fmai_core.policies import Policy, get_policy
-from fmai_core.policies.base import Signals
-from fmai_core.retrieval import RecallIndex
 from fmai_core.segments import Segment
-from fmai_core.signals import backend_summarizer
 from fmai_core.stats import MemoryStats, TurnStats
 from fmai_core.text import split_sentences
 from fmai_core.tokens import TokenCounter
 
+# The planner, the policies and the recall index (with the relevance scorers under them) are
+# imported when the first conversation is built, not with this module: that keeps
+# `from fmai_core import FiniteMemoryLLM` light (see docs/benchmarks.md, "Import time").
 if TYPE_CHECKING:
     import asyncio
     from types import TracebackType
+
+    from fmai_core.planner import Plan
+    from fmai_core.policies import Policy
+    from fmai_core.retrieval import RecallIndex
 
 __all__ = ["GENERATION_PARAMS", "ChatResult", "FiniteMemoryLLM"]
 
@@ -267,6 +268,12 @@ class FiniteMemoryLLM:
         generation: Mapping[str, Any] | None = None,
         **params: Any,
     ) -> None:
+        from fmai_core.memo import EmbeddingCache
+        from fmai_core.planner import Planner
+        from fmai_core.policies import get_policy
+        from fmai_core.policies.base import Signals
+        from fmai_core.signals import backend_summarizer
+
         _check_params(params)
         if generation is not None and not isinstance(generation, Mapping):
             raise ConfigurationError(
@@ -356,6 +363,8 @@ class FiniteMemoryLLM:
         self._check_fixed(self._state)
 
     def _new_index(self) -> RecallIndex:
+        from fmai_core.retrieval import RecallIndex
+
         index = RecallIndex()
         index.embedder = self._embedder_id
         return index
@@ -514,6 +523,8 @@ class FiniteMemoryLLM:
         torch-free proxies then keep the turn on time. `TurnStats.policy_stats` says so
         (`"model_signals"`) on the turn it happens.
         """
+        from fmai_core.policies.base import Signals
+
         return self._planner.signals != Signals()
 
     def _commit(self, state: MemoryState) -> None:
@@ -579,6 +590,8 @@ class FiniteMemoryLLM:
             state = replace(state.append(reply), turn=state.turn + 1)
             self._commit(state)
             if plan.signals_off:  # a policy call with model signals missed the deadline
+                from fmai_core.policies.base import Signals
+
                 self._planner.signals = Signals()
             prepare_ms = self._prepare([*new, *reply])
             u = gen.usage

@@ -8,7 +8,6 @@ prompt cache, so policies, the engine and cache-stable layouts are tested withou
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -148,6 +147,8 @@ class EchoBackend:
 
     async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Async twin of `generate`."""
+        import asyncio  # here, not at the top: `import fmai_core.testing` stays light
+
         if self.delay_s:
             await asyncio.sleep(0)
         return self.generate(messages, **params)
@@ -156,6 +157,8 @@ class EchoBackend:
         self, messages: Sequence[Message], **params: Any
     ) -> AsyncIterator[StreamChunk]:
         """Async twin of `stream`."""
+        import asyncio
+
         for chunk in self.stream(messages, **params):
             yield chunk
             await asyncio.sleep(0)

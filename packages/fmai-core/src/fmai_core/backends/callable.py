@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -118,6 +117,8 @@ class CallableBackend:
 
     async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Run `generate` in a worker thread."""
+        import asyncio  # imported on first async use: asyncio is slow to import
+
         return await asyncio.to_thread(self.generate, messages, **params)
 
     async def astream(
