@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from array import array
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -15,7 +16,7 @@ from fmai_core.policies.base import EmbedFn
 from fmai_core.relevance.lexical import STOPWORDS, terms
 from fmai_core.segments import Segment
 
-__all__ = ["RecallIndex", "message_text"]
+__all__ = ["RecallIndex", "entity_terms", "message_text"]
 
 # A term in more messages than this is scored over its newest postings only: the cost of
 # a query stays bounded however long the conversation, and such a term's IDF is small.
@@ -41,10 +42,33 @@ def _meta_terms(segment: Segment) -> tuple[str, ...]:
     return tuple(extra)
 
 
+_ENTITY = re.compile(r"(?<![.!?]\s)(?<!^)(?<![.!?])\b([A-Z][\w'-]+|\d[\d:./-]*\d|\d{2,})")
+
+
+# Capitalised, but common to many turns: they bridge nothing.
+_CALENDAR = frozenset(
+    """monday tuesday wednesday thursday friday saturday sunday january february march april
+    may june july august september october november december""".split()
+)
+
+
+def entity_terms(text: str) -> frozenset[str]:
+    """The terms of `text` that name something: capitalised words inside a sentence (names,
+    places, titles; not weekdays or months) and numbers. A second recall pass grows its
+    query with these."""
+    found: set[str] = set()
+    for match in _ENTITY.finditer(text):
+        word = match.group(1)
+        if word.lower() not in _CALENDAR:
+            found.update(terms(word))
+    return frozenset(found)
+
+
 @dataclass(frozen=True)
 class _Doc:
     counts: Mapping[str, int]
     length: int
+    entities: frozenset[str] = frozenset()
 
 
 class RecallIndex:
@@ -108,7 +132,7 @@ class RecallIndex:
             for term, tf in counts.items():
                 self._postings.setdefault(term, []).append((mid, tf))
             self._total_length += len(doc_terms)
-            self._docs[mid] = _Doc(counts, len(doc_terms))
+            self._docs[mid] = _Doc(counts, len(doc_terms), entity_terms(text))
             texts[mid] = text
         todo = {m: t for m, t in texts.items() if m not in self._vectors}  # restored ones
         if embed is not None and todo:
@@ -251,15 +275,16 @@ class RecallIndex:
         return vec
 
     def top_terms(self, message_ids: Iterable[int], exclude: Collection[str], n: int) -> list[str]:
-        """The `n` most informative terms (tf x idf) of the messages, outside `exclude`."""
+        """The `n` rarest entity terms (names, places, numbers) of the messages, outside
+        `exclude` (see [`entity_terms`][fmai_core.retrieval.index.entity_terms])."""
         weights: dict[str, float] = {}
         for mid in message_ids:
             doc = self._docs.get(mid)
             if doc is None:
                 continue
-            for term, tf in doc.counts.items():
-                if term not in exclude and term not in STOPWORDS and len(term) > 2:
-                    weights[term] = max(weights.get(term, 0.0), tf * self.idf(term))
+            for term in doc.entities:
+                if term not in exclude and term not in STOPWORDS:
+                    weights[term] = self.idf(term)
         return sorted(weights, key=lambda t: (-weights[t], t))[:n]
 
     def view(self, candidates: Sequence[Segment], build: Any) -> Any:

@@ -46,14 +46,19 @@ class Retrieval:
         return [m for m in ranked if rel.get(m, 0.0) > min_relevance]
 
 
-def fuse(lists: Mapping[str, Mapping[int, float]], depth: int = FUSION_DEPTH) -> dict[int, float]:
+def fuse(
+    lists: Mapping[str, Mapping[int, float]],
+    weights: Mapping[str, float] | None = None,
+    depth: int = FUSION_DEPTH,
+) -> dict[int, float]:
     """Weighted reciprocal-rank fusion: each list adds `weight / (RRF_K + rank)`.
 
     Only the best `depth` of each list take part (ties go to the newer message).
+    `weights` default to `WEIGHTS`.
     """
     fused: dict[int, float] = {}
     for name, scores in lists.items():
-        weight = WEIGHTS[name]
+        weight = (weights or WEIGHTS)[name]
         order = heapq.nlargest(depth, scores.items(), key=_score_then_id)
         for rank, (m, _) in enumerate(order, 1):
             fused[m] = fused.get(m, 0.0) + weight / (RRF_K + rank)
@@ -93,7 +98,21 @@ def retrieve(
             if c > relevance.get(m, 0.0):
                 relevance[m] = c
     tick()
-    fused = fuse(lists)
+    weights = dict(WEIGHTS)
+    if qv is not None:
+        # How sure each signal is for this query: the share of the query's information the
+        # best lexical match holds, against the best cosine. A question worded like its
+        # evidence trusts BM25; a paraphrase (its words only in other turns) the embedding.
+        lex_best = max(relevance.get(m, 0.0) for m in lexical) if lexical else 0.0
+        lex_best = min(lex_best, max((min(1.0, s / mass) for s in lexical.values()), default=0))
+        cos_best = max(lists["cosine"].values(), default=0.0)
+        total = lex_best + cos_best
+        if total > 0:
+            weights["bm25"] = 2.0 * lex_best / total
+            weights["cosine"] = 2.0 * cos_best / total
+            weights["bm25+"] = 0.5 * weights["bm25"]
+            weights["cosine+"] = 0.5 * weights["cosine"]
+    fused = fuse(lists, weights)
     expansion: tuple[str, ...] = ()
     if second_pass and fused:
         ranked = sorted(fused, key=lambda m: (-fused[m], -m))
@@ -125,7 +144,7 @@ def retrieve(
                         m: c for m, c in index.cosines(moved, among).items() if c > 0.0
                     }
             tick()
-            fused = fuse(lists)
+            fused = fuse(lists, weights)
     return Retrieval(fused, relevance, expansion, "model" if qv is not None else "proxy")
 
 
