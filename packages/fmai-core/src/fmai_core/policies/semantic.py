@@ -18,7 +18,6 @@ from fmai_core.relevance import (
     default_topic_count,
     newest,
     query_relevance,
-    redundant,
     terms,
     tfidf_vectors,
 )
@@ -113,12 +112,9 @@ class SemanticPolicy(Policy):
     kept from other topics weighted by how similar the topics' centroids are (see
     [`topic_geometry`][fmai_core.policies.semantic.topic_geometry]). So the second segment of
     a topic competes with the first of another, and a topic split in two does not get a
-    double share. In `"evict"` mode the topics are formed over every candidate and the newest
-    `keep_recent` segments are always kept. In `"recall"` mode only segments with
-    `relevance > min_relevance` may come back, valued by relevance alone, still divided by
-    `1 + load` so that they spread over topics, which are formed over those segments only
-    (a recall over a large archive clusters a few dozen segments, not all of them); text
-    already in the prompt or repeated is not recalled.
+    double share. The topics are formed over every candidate and the newest `keep_recent`
+    segments are always kept. In `"recall"` mode it uses the shared recall
+    ([`fmai_core.retrieval`][fmai_core.retrieval]).
 
     Attributes:
         relevance_weight: Weight of relevance against topic centrality.
@@ -126,8 +122,8 @@ class SemanticPolicy(Policy):
         keep_recent: Newest segments always kept in evict mode.
         min_relevance: Relevance a segment needs to be recalled.
 
-    Stats: `signal`, `topics` (topics formed; in recall mode among the eligible segments),
-    `topics_kept` (topics with a kept segment), `kept`, `kept_tokens`.
+    Stats (evict mode): `signal`, `topics` (topics formed), `topics_kept` (topics with a kept
+    segment), `kept`, `kept_tokens`.
     """
 
     name: ClassVar[str] = "semantic"
@@ -146,50 +142,30 @@ class SemanticPolicy(Policy):
             return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
         texts = tuple(c.text for c in candidates)
         embed = request.signals.embed
-        evict = request.mode == "evict"
         relevance, vectors = query_relevance(
             request.query, texts, index=corpus_index(texts), embed=embed
         )
+        tick()
         budget = request.budget
         keep: list[int] = []
-        if evict:
-            for segment in newest(candidates, self.keep_recent, budget):
-                keep.append(segment.id)
-                budget -= segment.tokens
+        for segment in newest(candidates, self.keep_recent, budget):
+            keep.append(segment.id)
+            budget -= segment.tokens
         reserved = set(keep)
-        if not evict:
-            reserved |= redundant(candidates, request.context)
-        floor = -math.inf if evict else self.min_relevance
-        eligible = [
-            i for i, c in enumerate(candidates) if c.id not in reserved and relevance[i] > floor
-        ]
-        # Topics: in evict mode over every candidate, to cover the conversation; in recall
-        # mode over the eligible ones only, since they are all that may come back and the
-        # topics only serve to spread the recall over what they are about.
-        clustered: Sequence[int] = range(len(candidates)) if evict else eligible
-        k = self.topics if self.topics is not None else default_topic_count(len(clustered))
+        eligible = [i for i, c in enumerate(candidates) if c.id not in reserved]
+        # Topics over every candidate, to cover the conversation.
+        k = self.topics if self.topics is not None else default_topic_count(len(candidates))
         if embed is not None:  # topics over the model's embeddings, projected to 32 dims
-            some = [vectors[i] for i in clustered]
-            some_labels = cluster(some, k, top=PROJECTED_DIMENSIONS)
-            some_central, overlap = topic_geometry(some, some_labels)
-        elif evict:  # topics over TF-IDF term vectors
-            some_labels, some_central, overlap = _term_topics(texts, k)
-        else:
-            some_labels, some_central, overlap = _topics([texts[i] for i in eligible], k)
-        labels = [-1] * len(candidates)
-        central = [0.0] * len(candidates)
-        for i, label, centrality in zip(clustered, some_labels, some_central):
-            labels[i] = label
-            central[i] = centrality
-
+            labels = cluster(vectors, k, top=PROJECTED_DIMENSIONS)
+            central, overlap = topic_geometry(vectors, labels)
+        else:  # topics over TF-IDF term vectors
+            labels, central, overlap = _term_topics(texts, k)
         n = len(candidates)
-        # Recall ranks by relevance alone (topic centrality says nothing about the query).
-        weight = self.relevance_weight if evict else 1.0
         base = [
-            weight * r
-            + (1.0 - weight) * c
-            # in evict mode a tiny recency term fills spare budget with the newest leftovers
-            + (1e-3 * (i + 1) / n if evict else 0.0)
+            self.relevance_weight * r
+            + (1.0 - self.relevance_weight) * c
+            # a tiny recency term fills spare budget with the newest leftovers
+            + 1e-3 * (i + 1) / n
             for i, (r, c) in enumerate(zip(relevance, central))
         ]
         tokens = [c.tokens for c in candidates]
