@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fmai_core.policies.base import PolicyRequest
+    from fmai_core.policy_api import PolicyRequest
 
 __all__ = ["PolicyTimeout", "check_deadline", "deadline_scope", "tick"]
 

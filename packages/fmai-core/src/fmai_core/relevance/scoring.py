@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 
 from fmai_core.memo import PER_TEXT, memo
-from fmai_core.policies.base import EmbedFn
+from fmai_core.policy_api import EmbedFn
 from fmai_core.relevance.lexical import LexicalIndex, hashed_embedding, terms
 from fmai_core.segments import Segment
 

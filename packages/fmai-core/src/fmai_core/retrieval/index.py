@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmai_core.deadline import tick
-from fmai_core.policies.base import EmbedFn
+from fmai_core.policy_api import EmbedFn
 from fmai_core.relevance.lexical import STOPWORDS, terms
 from fmai_core.segments import Segment
 

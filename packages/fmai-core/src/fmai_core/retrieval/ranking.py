@@ -6,7 +6,7 @@ import heapq
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from fmai_core.policies.base import EmbedFn
+from fmai_core.policy_api import EmbedFn
 from fmai_core.relevance.lexical import terms
 from fmai_core.retrieval.index import RecallIndex
 

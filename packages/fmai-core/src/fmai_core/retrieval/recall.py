@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from fmai_core.deadline import check_deadline
 from fmai_core.memo import PER_SET, memo
-from fmai_core.policies.base import PolicyRequest, Selection
+from fmai_core.policy_api import PolicyRequest, Selection
 from fmai_core.relevance.scoring import _dedup_key
 from fmai_core.retrieval.index import RecallIndex, message_text
 from fmai_core.retrieval.ranking import retrieve
