@@ -28,13 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shlex
 import statistics
 import sys
 import time
 from typing import Any
+
+from _common import cpu_model
 
 NAMES = ["Caroline", "Melanie", "Ada", "Tomas", "Priya", "Jon", "Lena", "Omar"]
 PLACES = ["Lisbon", "the lake house", "Osaka", "my parents' farm", "the city library", "Denver"]
@@ -84,18 +85,6 @@ def make_turns(n: int, seed: int = 0) -> list[str]:
             f"{rng.choice(TAILS)}"
         )
     return turns
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

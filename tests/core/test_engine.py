@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -171,18 +172,25 @@ def test_long_message_is_split_at_sentences() -> None:
 
 
 class Slow(Policy):
+    """A policy that answers only when released: always past any deadline, no sleep."""
+
     name = "slow"
 
-    def select(self, request: PolicyRequest) -> Selection:
-        import time
+    def __init__(self) -> None:
+        self.release = threading.Event()
 
-        time.sleep(0.5)
+    def select(self, request: PolicyRequest) -> Selection:
+        self.release.wait(30)  # the abandoned worker ends when the test releases it
         return Selection(keep=tuple(s.id for s in request.candidates))
 
 
 def test_policy_past_deadline_falls_back_to_sliding() -> None:
-    llm = make(Slow(), max_tokens=80, max_new_tokens=10, max_policy_ms=20)
-    stats = [llm.chat(f"message {i} with a few words").stats for i in range(8)]
+    policy = Slow()
+    llm = make(policy, max_tokens=80, max_new_tokens=10, max_policy_ms=20)
+    try:
+        stats = [llm.chat(f"message {i} with a few words").stats for i in range(8)]
+    finally:
+        policy.release.set()
     assert any(s.fallback for s in stats)
     fell = next(s for s in stats if s.fallback)
     assert fell.policy == "sliding"
@@ -238,7 +246,9 @@ async def test_async_chat_and_stream() -> None:
 
 
 async def test_concurrent_async_calls_never_interleave() -> None:
-    llm = make(max_tokens=2000, backend=EchoBackend(delay_s=0.001))
+    # No delay needed: each turn plans in a worker thread (asyncio.to_thread), so the other
+    # tasks always run meanwhile and wait for the conversation.
+    llm = make(max_tokens=2000)
     await asyncio.gather(*(llm.achat(f"m{i}") for i in range(10)))
     roles = [s.role for s in llm.state.history]
     assert roles == ["user", "assistant"] * 10
@@ -256,21 +266,25 @@ def test_reuse_reported_from_backend() -> None:
 
 
 class SlowSignals(EchoBackend):
-    """A backend whose model signal is slower than the policy's latency budget."""
+    """A backend whose model signal comes only when released: past any latency budget."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
 
     def score_importance(self, texts: Sequence[str], query: str) -> list[float]:
-        import time
-
-        time.sleep(0.3)
+        self.release.wait(30)  # the abandoned worker ends when the test releases it
         return [1.0] * len(texts)
 
 
 def test_slow_model_signals_are_switched_off_after_a_deadline_miss() -> None:
-    llm = make(
-        "importance", backend=SlowSignals(), max_tokens=90, max_new_tokens=10, max_policy_ms=100
-    )
+    backend = SlowSignals()
+    llm = make("importance", backend=backend, max_tokens=90, max_new_tokens=10, max_policy_ms=100)
     assert llm.model_signals
-    stats = [llm.chat(f"message {i} with a few more words in it").stats for i in range(12)]
+    try:
+        stats = [llm.chat(f"message {i} with a few more words in it").stats for i in range(12)]
+    finally:
+        backend.release.set()
     missed = [s for s in stats if s.fallback]
     assert missed, "the slow signal must miss the deadline once"
     assert "model_signals" in missed[0].policy_stats

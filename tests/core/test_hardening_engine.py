@@ -156,12 +156,50 @@ def _assert_serial(llm: FiniteMemoryLLM, n: int) -> None:
     assert llm.stats.turns == n
 
 
-def _run_threads(targets: list[Any], timeout: float = 30.0) -> list[BaseException]:
+class GatedEcho(EchoBackend):
+    """An EchoBackend whose replies wait until every caller has started: they contend.
+
+    In place of a sleep that makes turns last: the first turn holds the conversation until
+    all the other callers are on their way into it, so each of them really waits its turn.
+    """
+
+    def __init__(self, callers: int) -> None:
+        super().__init__()
+        self.callers = callers
+        self._arrived = 0
+        self._all_in = threading.Condition()
+
+    def arrive(self) -> None:
+        """Count one more caller as started."""
+        with self._all_in:
+            self._arrived += 1
+            self._all_in.notify_all()
+
+    def _gate(self) -> None:
+        with self._all_in:
+            assert self._all_in.wait_for(lambda: self._arrived >= self.callers, 30)
+
+    def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        self._gate()
+        return super().generate(messages, **params)
+
+    def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
+        self._gate()
+        yield from super().stream(messages, **params)
+
+
+def _run_threads(
+    targets: list[Any], timeout: float = 30.0, gate: GatedEcho | None = None
+) -> list[BaseException]:
     errors: list[BaseException] = []
+    if gate is not None:
+        assert gate.callers == len(targets)
 
     def wrap(fn: Any) -> Any:
         def run() -> None:
             try:
+                if gate is not None:
+                    gate.arrive()
                 fn()
             except BaseException as exc:  # collected and asserted on below
                 errors.append(exc)
@@ -178,23 +216,23 @@ def _run_threads(targets: list[Any], timeout: float = 30.0) -> list[BaseExceptio
 
 
 def test_fifty_threads_calling_chat_all_succeed_in_some_serial_order() -> None:
-    llm = make(max_tokens=100_000, archive_limit=None, backend=EchoBackend(delay_s=0.0005))
-    barrier = threading.Barrier(50)
+    backend = GatedEcho(50)  # the first turn waits until all 50 callers are in
+    llm = make(max_tokens=100_000, archive_limit=None, backend=backend)
 
     def one(i: int) -> Any:
         def run() -> None:
-            barrier.wait()
             r = llm.chat(f"message number {i}")
             assert r.response == f"echo: message number {i}"
 
         return run
 
-    assert _run_threads([one(i) for i in range(50)]) == []
+    assert _run_threads([one(i) for i in range(50)], gate=backend) == []
     _assert_serial(llm, 50)
 
 
 def test_threads_mixing_chat_stream_pin_and_extend_take_turns() -> None:
-    llm = make(max_tokens=100_000, archive_limit=None, backend=EchoBackend(delay_s=0.0005))
+    backend = GatedEcho(22)
+    llm = make(max_tokens=100_000, archive_limit=None, backend=backend)
 
     def chat(i: int) -> Any:
         return lambda: llm.chat(f"chat {i}")
@@ -204,14 +242,15 @@ def test_threads_mixing_chat_stream_pin_and_extend_take_turns() -> None:
 
     jobs = [chat(i) if i % 2 else stream(i) for i in range(20)]
     jobs += [lambda: llm.pin("A fact."), lambda: llm.extend([Message("user", "ext")])]
-    assert _run_threads(jobs) == []
+    assert _run_threads(jobs, gate=backend) == []
     segs = [s for s in llm.messages() if s.text != "ext"]
     for u, a in zip(segs[::2], segs[1::2]):
         assert a.text == "echo: " + u.text
 
 
 def test_sync_threads_and_async_tasks_exclude_each_other() -> None:
-    llm = make(max_tokens=100_000, archive_limit=None, backend=EchoBackend(delay_s=0.0005))
+    backend = GatedEcho(12)  # two event loops and ten threads
+    llm = make(max_tokens=100_000, archive_limit=None, backend=backend)
 
     async def many(tag: str) -> None:
         await asyncio.gather(*(llm.achat(f"{tag} {i}") for i in range(10)))
@@ -220,12 +259,14 @@ def test_sync_threads_and_async_tasks_exclude_each_other() -> None:
 
     jobs = [lambda: asyncio.run(many("loop a")), lambda: asyncio.run(many("loop b"))]
     jobs += [(lambda i=i: llm.chat(f"thread {i}")) for i in range(10)]
-    assert _run_threads(jobs) == []
+    assert _run_threads(jobs, gate=backend) == []
     _assert_serial(llm, 32)
 
 
 def test_a_second_asyncio_run_on_the_same_instance_works() -> None:
-    llm = make(max_tokens=100_000, backend=EchoBackend(delay_s=0.001))
+    # No delay needed: each turn plans in a worker thread, so the other tasks of the loop
+    # always run meanwhile and queue for the conversation on this loop.
+    llm = make(max_tokens=100_000)
 
     async def contended() -> None:
         await asyncio.gather(*(llm.achat(f"m{i}") for i in range(3)))
@@ -233,6 +274,15 @@ def test_a_second_asyncio_run_on_the_same_instance_works() -> None:
     asyncio.run(contended())  # the waiters of this loop used to bind the lock to it
     asyncio.run(contended())
     assert llm.stats.turns == 6
+
+
+async def _queued(llm: FiniteMemoryLLM, waiters: int = 1) -> None:
+    """Let the loop run until `waiters` callers wait for the conversation (no real sleep)."""
+    for _ in range(10_000):
+        if len(llm._turn._waiters) >= waiters:
+            return
+        await asyncio.sleep(0)  # a yield to the event loop, not a wait
+    raise AssertionError("no caller queued for the conversation")
 
 
 class Blocking(EchoBackend):
@@ -257,7 +307,7 @@ def test_cancelled_waiters_and_turns_release_the_conversation() -> None:
         running = asyncio.create_task(llm.achat("block here"))
         await asyncio.wait_for(backend.entered.wait(), 10)
         waiting = asyncio.create_task(llm.achat("waits"))
-        await asyncio.sleep(0.01)
+        await _queued(llm)
         assert not waiting.done()
         for task in (waiting, running):
             task.cancel()
@@ -276,7 +326,7 @@ def test_a_waiter_cancelled_just_as_it_is_granted_hands_the_turn_on() -> None:
     async def scenario() -> None:
         llm._turn.acquire()  # a sync turn in progress
         waiting = asyncio.create_task(llm.achat("waits"))
-        await asyncio.sleep(0.01)
+        await _queued(llm)
         llm._turn.release()  # grants it: its wake-up is scheduled on this loop
         waiting.cancel()  # ... and it is cancelled before it runs
         with pytest.raises(asyncio.CancelledError):
@@ -315,26 +365,32 @@ def test_a_turn_started_inside_a_running_stream_is_refused_not_deadlocked() -> N
 
 # -- defect 10: planning has no side effect; the switch-off of model signals commits -------
 class SlowScorer(EchoBackend):
-    """A backend whose importance scores are slower than the policy's latency budget."""
+    """A backend whose importance scores come only when released: past any latency budget."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
 
     def score_importance(self, texts: Sequence[str], query: str) -> list[float]:
-        time.sleep(0.3)
+        self.release.wait(30)  # the abandoned worker ends when the test releases it
         return [1.0] * len(texts)
 
 
 def test_context_never_switches_model_signals_off_a_committed_turn_does() -> None:
-    llm = make(
-        "importance", backend=SlowScorer(), max_tokens=90, max_new_tokens=10, max_policy_ms=50
-    )
-    llm.extend(
-        Message("user" if i % 2 == 0 else "assistant", f"message {i} with a few more words")
-        for i in range(12)
-    )
-    before = llm.state
-    ctx = llm.context("what did I say?")  # evicts: the slow scorer misses the deadline
-    assert ctx and llm.state is before
-    assert llm.model_signals, "context() must have no side effect"
-    r = llm.chat("what did I say?")
+    backend = SlowScorer()
+    llm = make("importance", backend=backend, max_tokens=90, max_new_tokens=10, max_policy_ms=50)
+    try:
+        llm.extend(
+            Message("user" if i % 2 == 0 else "assistant", f"message {i} with a few more words")
+            for i in range(12)
+        )
+        before = llm.state
+        ctx = llm.context("what did I say?")  # evicts: the slow scorer misses the deadline
+        assert ctx and llm.state is before
+        assert llm.model_signals, "context() must have no side effect"
+        r = llm.chat("what did I say?")
+    finally:
+        backend.release.set()
     assert r.stats.fallback and "model_signals" in r.stats.policy_stats
     assert not llm.model_signals  # switched off when the turn committed
     llm.reset()

@@ -7,6 +7,7 @@ official SDKs; timeouts are fractions of a second, so no test waits long.
 from __future__ import annotations
 
 import email.utils
+import itertools
 import math
 import threading
 import time
@@ -371,6 +372,27 @@ class _WordBackend:
         return sum(self.count_text(m.content) + 3 * self.factor for m in messages) + 2
 
 
+class _FlippingBackend(_WordBackend):
+    """A `_WordBackend` whose factor (1 or 2) flips every `every` counts, on the counting thread.
+
+    The correction changes while other threads count, paced by the counts themselves rather
+    than by a sleeping thread.
+    """
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every = every
+        self.flipping = True
+        self._counts = itertools.count(1)
+
+    def count_text(self, text: str) -> int:
+        n = super().count_text(text)
+        if self.flipping and next(self._counts) % self.every == 0:
+            self.factor = 3 - self.factor
+            self.count_revision += 1
+        return n
+
+
 def _hammer(counter: Any, texts: list[str], threads: int, rounds: int) -> list[BaseException]:
     errors: list[BaseException] = []
     start = threading.Barrier(threads)
@@ -424,29 +446,19 @@ def test_token_counter_remeasures_safely_when_counting_changes() -> None:
 
     from fmai_core.tokens import TokenCounter
 
-    backend = _WordBackend()
+    backend = _FlippingBackend(every=16)
     counter = TokenCounter(backend, cache_size=16)  # type: ignore[arg-type]
     texts = [" ".join(["w"] * n) for n in range(1, 41)]
-    stop = threading.Event()
-
-    def flip() -> None:
-        while not stop.is_set():
-            backend.factor = 3 - backend.factor
-            backend.count_revision += 1
-            time.sleep(0.0005)
-        backend.factor = 2
-        backend.count_revision += 1
-
-    flipper = threading.Thread(target=flip)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-        flipper.start()
         errors = _hammer(counter, texts, threads=8, rounds=1500)
     finally:
-        stop.set()
-        flipper.join()
         sys.setswitchinterval(interval)
+    assert backend.count_revision > 100  # the correction changed often under the threads
+    backend.flipping = False
+    backend.factor = 2
+    backend.count_revision += 1
     assert not errors, errors[:3]
     assert all(counter.text(t) == 2 * len(t.split()) for t in texts)
     assert counter.message_overhead == 6

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fmai_core.segments import Segment
@@ -44,7 +44,6 @@ class MemoryState:
     next_segment_id: int = 0
     next_message_id: int = 0
     archive_dropped: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def history_tokens(self) -> int:

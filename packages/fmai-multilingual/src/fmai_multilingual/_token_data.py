@@ -1,6 +1,6 @@
 """Token-estimate constants fitted against real tokenizers (generated: do not edit).
 
-Written by `benchmarks/multilingual_tokens.py --write`; see the multilingual benchmarks
+Written by `benchmarks/multilingual_tokens.py --write PATH`; see the multilingual
 docs for the tokenizers, the texts and the error per script.
 """
 

@@ -193,10 +193,6 @@ class LexicalIndex:
         self._idfs: dict[str, float] | None = None
         self._postings: dict[str, list[tuple[int, int]]] = {}
 
-    def df(self, term: str) -> int:
-        """Number of documents containing `term`."""
-        return self._df.get(term, 0)
-
     def idf(self, term: str) -> float:
         """Inverse document frequency, always positive (a rare term weighs more)."""
         df = self._df.get(term, 0)
