@@ -59,3 +59,41 @@ def test_summary_is_generated_text(make_backend) -> None:  # type: ignore[no-unt
     summary = b.summarize("my name is ada . i live in paris .", 6)
     assert isinstance(summary, str)
     assert len(b.tokenizer(summary, add_special_tokens=False)["input_ids"]) <= 6
+
+
+def test_generation_and_signals_need_only_the_model_handle(make_backend) -> None:  # type: ignore[no-untyped-def]
+    # GenerationRun and ModelSignals read the ModelHandle, never the backend's attributes:
+    # built from a handle alone, they give what the backend gives.
+    import time
+
+    from fmai_torch.generation import GenerationRun
+    from fmai_torch.handle import ModelHandle
+    from fmai_torch.kv import KVCache
+    from fmai_torch.signals import ModelSignals
+
+    b = make_backend(kv_reuse=False)
+    handle = b.handle
+    assert isinstance(handle, ModelHandle)
+    assert (handle.model, handle.tokenizer, handle.device) == (b.model, b.tokenizer, b.device)
+    messages = [Message("user", "hello , my name is ada .")]
+    prompt = b.encode(messages)
+    expected = b.generate(messages, max_new_tokens=6)
+    alone = ModelHandle(
+        handle.model,
+        handle.tokenizer,
+        handle.device,
+        handle.name,
+        handle.eos_ids,
+        handle.pad_id,
+        handle.cache_kw,
+    )
+    params = {"max_new_tokens": 6}
+    with alone.lock:
+        plain = GenerationRun(alone, prompt, params, None, time.perf_counter()).run()
+        cached = GenerationRun(alone, prompt, params, KVCache(), time.perf_counter()).run()
+    assert plain.extra["token_ids"] == cached.extra["token_ids"] == expected.extra["token_ids"]
+    signals = ModelSignals(alone, generate=b.generate, max_tokens=b.signal_tokens)
+    assert signals.score_importance(TEXTS, "hello") == pytest.approx(
+        b.score_importance(TEXTS, "hello")
+    )
+    assert signals.embed(TEXTS[:1])[0] == pytest.approx(b.embed(TEXTS[:1])[0])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Generator, Sequence
@@ -14,6 +13,7 @@ from fmai_core.backend import Generation, StreamChunk
 from fmai_core.errors import BackendError, ConfigurationError
 from fmai_core.messages import Message
 from fmai_torch.generation import GenerationRun
+from fmai_torch.handle import ModelHandle
 from fmai_torch.kv import KVCache, cache_kwarg
 from fmai_torch.loading import (
     LoadedModel,
@@ -29,7 +29,7 @@ __all__ = ["HFBackend"]
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
 
-class HFBackend(ModelSignals):
+class HFBackend:
     """A local Hugging Face chat model that reuses its KV cache from turn to turn.
 
     Each call renders the prompt with the tokenizer's chat template, finds the longest common
@@ -87,45 +87,67 @@ class HFBackend(ModelSignals):
                 raise ConfigurationError("Pass tokenizer= together with a loaded model.")
             name = getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
             loaded = LoadedModel(model.eval(), tokenizer, str(name), "object")
-        self.model = loaded.model
-        self.tokenizer = loaded.tokenizer
-        self.name = loaded.name
-        self.source = loaded.source
-        self.load_seconds = loaded.seconds
-        self.device = next(self.model.parameters()).device
-        self.kv_reuse = kv_reuse
-        self.signal_tokens = signal_tokens
-        if getattr(self.tokenizer, "chat_template", None) is None:
+        model, tokenizer, name = loaded.model, loaded.tokenizer, loaded.name
+        if getattr(tokenizer, "chat_template", None) is None:
             raise ConfigurationError(
-                f"The tokenizer of {self.name!r} has no chat template: use an instruction-tuned "
+                f"The tokenizer of {name!r} has no chat template: use an instruction-tuned "
                 "model, or set tokenizer.chat_template."
             )
-        self.tokenizer_id = tokenizer_fingerprint(self.tokenizer)
-        self.eos_ids = self._end_ids()
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = int(pad) if pad is not None else self.eos_ids[0]
-        self.max_context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        eos_ids = _end_ids(model, tokenizer, name)
+        pad = tokenizer.pad_token_id
+        self.handle = ModelHandle(
+            model=model,
+            tokenizer=tokenizer,
+            device=next(model.parameters()).device,
+            name=name,
+            eos_ids=tuple(eos_ids),
+            pad_id=int(pad) if pad is not None else eos_ids[0],
+            cache_kw=cache_kwarg(),
+        )
+        self.source = loaded.source
+        self.load_seconds = loaded.seconds
+        self.kv_reuse = kv_reuse
+        self.tokenizer_id = tokenizer_fingerprint(tokenizer)
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self.signals = ModelSignals(self.handle, self._generate_detached, signal_tokens)
         self._kv = KVCache()
-        self._cache_kw = cache_kwarg()
-        self._lock = threading.Lock()  # not reentrant: a stream may end in another thread
         self._counts: OrderedDict[str, int] = OrderedDict()
 
-    def _end_ids(self) -> list[int]:
-        ids: list[int] = []
-        eos = self.tokenizer.eos_token_id
-        if eos is not None:
-            ids.append(int(eos))
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        for value in configured if isinstance(configured, list) else [configured]:
-            if value is not None and int(value) not in ids:
-                ids.append(int(value))
-        vocab = self.tokenizer.get_vocab()
-        for token in _END_OF_TURN:
-            if token in vocab and vocab[token] not in ids:
-                ids.append(int(vocab[token]))
-        if not ids:
-            raise ConfigurationError(f"{self.name!r} has no end-of-sequence token to stop at.")
-        return ids
+    # -- the model ------------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        """The loaded `PreTrainedModel` (see [`ModelHandle`][fmai_torch.handle.ModelHandle])."""
+        return self.handle.model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer."""
+        return self.handle.tokenizer
+
+    @property
+    def device(self) -> Any:
+        """The `torch.device` the model runs on."""
+        return self.handle.device
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self.handle.name
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """The token ids that end a reply."""
+        return list(self.handle.eos_ids)
+
+    @property
+    def pad_id(self) -> int:
+        """The padding id given to `generate`."""
+        return self.handle.pad_id
+
+    @property
+    def signal_tokens(self) -> int:
+        """Most tokens one importance or embedding forward pass reads."""
+        return self.signals.max_tokens
 
     # -- tokens ---------------------------------------------------------------------------
     def render(self, messages: Sequence[Message]) -> str:
@@ -163,7 +185,7 @@ class HFBackend(ModelSignals):
 
     def reset_cache(self) -> None:
         """Drop the cross-turn KV cache (the next call recomputes its whole prompt)."""
-        with self._lock:
+        with self.handle.lock:
             self._kv.reset()
 
     # -- generation -------------------------------------------------------------------------
@@ -179,7 +201,7 @@ class HFBackend(ModelSignals):
                 f"{self.name}'s context of {self.max_context} tokens: lower max_tokens."
             )
         kv = self._kv if (session and self.kv_reuse) else None
-        return GenerationRun(self, prompt, params, kv, start)
+        return GenerationRun(self.handle, prompt, params, kv, start)
 
     def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Generate a reply (see [`Backend.generate`][fmai_core.backend.Backend.generate]).
@@ -187,7 +209,7 @@ class HFBackend(ModelSignals):
         Params: `max_new_tokens` (default 256), `temperature` (0: greedy), `top_p`, `top_k`,
         `seed`, `stop` (strings), `repetition_penalty`, `min_new_tokens`.
         """
-        with self._lock:
+        with self.handle.lock:
             run = self._start(messages, params)
             return run.run()
 
@@ -199,14 +221,28 @@ class HFBackend(ModelSignals):
         `generate` runs in a worker thread and hands over each token as it is sampled.
         Closing the stream early stops generation after the current token.
         """
-        with self._lock:
+        with self.handle.lock:
             run = self._start(messages, params)
             yield from run.iterate()
 
     def _generate_detached(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Generate without touching the conversation's KV cache (summaries, signals)."""
-        with self._lock:
+        with self.handle.lock:
             return self._start(messages, params, session=False).run()
+
+    # -- model signals (fmai-core's ImportanceScorer, Embedder and Summarizer) --------------
+    def score_importance(self, texts: Sequence[str], query: str) -> list[float]:
+        """Attention the query pays to each text (see
+        [`ModelSignals.score_importance`][fmai_torch.signals.ModelSignals.score_importance])."""
+        return self.signals.score_importance(texts, query)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Mean-pooled, L2-normalised last hidden states, one vector per text."""
+        return self.signals.embed(texts)
+
+    def summarize(self, text: str, max_tokens: int) -> str:
+        """A summary of `text` written by the model itself, leaving the KV cache alone."""
+        return self.signals.summarize(text, max_tokens)
 
     async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Async [`generate`][fmai_torch.HFBackend.generate] (runs in a worker thread)."""
@@ -232,3 +268,22 @@ class HFBackend(ModelSignals):
         return (
             f"HFBackend(model={self.name!r}, device={str(self.device)!r}, kv_reuse={self.kv_reuse})"
         )
+
+
+def _end_ids(model: Any, tokenizer: Any, name: str) -> list[int]:
+    """The ids that end a reply: end of sequence, the model's configured ones, end of turn."""
+    ids: list[int] = []
+    eos = tokenizer.eos_token_id
+    if eos is not None:
+        ids.append(int(eos))
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    for value in configured if isinstance(configured, list) else [configured]:
+        if value is not None and int(value) not in ids:
+            ids.append(int(value))
+    vocab = tokenizer.get_vocab()
+    for token in _END_OF_TURN:
+        if token in vocab and vocab[token] not in ids:
+            ids.append(int(vocab[token]))
+    if not ids:
+        raise ConfigurationError(f"{name!r} has no end-of-sequence token to stop at.")
+    return ids

@@ -5,24 +5,25 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fmai_core.backend import Generation, StreamChunk, Usage
 from fmai_core.errors import BackendError
+from fmai_torch.handle import ModelHandle
 from fmai_torch.kv import KVCache
 from fmai_torch.streaming import IncrementalDecoder, StopCriteria, TokenStreamer, cut_at_stop
-
-if TYPE_CHECKING:
-    from fmai_torch.backend import HFBackend
 
 __all__ = ["GenerationRun"]
 
 
 class GenerationRun:
-    """Runs one generation for an [`HFBackend`][fmai_torch.HFBackend].
+    """Runs one generation of a model (for an [`HFBackend`][fmai_torch.HFBackend]).
+
+    The caller holds `handle.lock` while the run generates.
 
     Args:
-        backend: The backend (model, tokenizer, end-of-turn ids).
+        handle: The model, its tokenizer and end-of-turn ids (see
+            [`ModelHandle`][fmai_torch.handle.ModelHandle]).
         prompt: The full prompt's token ids.
         params: Generation parameters (see `HFBackend.generate`).
         kv: The cross-turn cache to reuse and update, or `None` to compute from scratch.
@@ -31,13 +32,13 @@ class GenerationRun:
 
     def __init__(
         self,
-        backend: HFBackend,
+        handle: ModelHandle,
         prompt: list[int],
         params: dict[str, Any],
         kv: KVCache | None,
         start: float,
     ) -> None:
-        self.backend = backend
+        self.handle = handle
         self.prompt = prompt
         self.params = params
         self.kv = kv
@@ -45,7 +46,7 @@ class GenerationRun:
         stop = params.get("stop") or []
         self.stop = [stop] if isinstance(stop, str) else [str(s) for s in stop]
         self.streamer = TokenStreamer()
-        self.stopper = StopCriteria(backend.tokenizer, len(prompt), self.stop)
+        self.stopper = StopCriteria(handle.tokenizer, len(prompt), self.stop)
         self.reused = 0
         self.sequence: list[int] = []
         self.error: BaseException | None = None
@@ -55,8 +56,8 @@ class GenerationRun:
         p = self.params
         kwargs: dict[str, Any] = {
             "max_new_tokens": int(p.get("max_new_tokens", 256)),
-            "eos_token_id": self.backend.eos_ids,
-            "pad_token_id": self.backend.pad_id,
+            "eos_token_id": list(self.handle.eos_ids),
+            "pad_token_id": self.handle.pad_id,
         }
         temperature = float(p.get("temperature") or 0.0)
         if temperature > 0:
@@ -79,17 +80,17 @@ class GenerationRun:
 
         import torch
 
-        backend = self.backend
+        handle = self.handle
         kwargs = self._kwargs()
         if self.kv is not None:
             cache, self.reused = self.kv.prepare(self.prompt)
-            kwargs[backend._cache_kw] = cache
+            kwargs[handle.cache_kw] = cache
         if self.params.get("seed") is not None:
             torch.manual_seed(int(self.params["seed"]))
-        input_ids = torch.tensor([self.prompt], dtype=torch.long, device=backend.device)
+        input_ids = torch.tensor([self.prompt], dtype=torch.long, device=handle.device)
         try:
             with torch.inference_mode():
-                out = backend.model.generate(
+                out = handle.model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
                     streamer=self.streamer,
@@ -115,7 +116,7 @@ class GenerationRun:
     def _generation(self, text: str) -> Generation:
         end = time.perf_counter()
         generated = self.sequence[len(self.prompt) :]
-        eos = set(self.backend.eos_ids)
+        eos = set(self.handle.eos_ids)
         completion = [t for t in generated if t not in eos]
         text, stopped = cut_at_stop(text, self.stop)
         finished = stopped or bool(generated and generated[-1] in eos)
@@ -134,7 +135,7 @@ class GenerationRun:
             ttft_ms=(first - self.start) * 1000 if first is not None else latency,
             finish_reason="stop" if finished else "length",
             extra={
-                "model": self.backend.name,
+                "model": self.handle.name,
                 "cached_tokens": len(self.kv) if self.kv else 0,
                 "token_ids": generated,
             },
@@ -142,7 +143,7 @@ class GenerationRun:
 
     def _decode_all(self) -> str:
         generated = self.sequence[len(self.prompt) :]
-        return str(self.backend.tokenizer.decode(generated, skip_special_tokens=True))
+        return str(self.handle.tokenizer.decode(generated, skip_special_tokens=True))
 
     def run(self) -> Generation:
         """Generate in the calling thread and return the complete Generation."""
@@ -155,7 +156,7 @@ class GenerationRun:
     def iterate(self) -> Iterator[StreamChunk]:
         """Generate in a worker thread, yielding text as tokens arrive, then the Generation."""
         worker = threading.Thread(target=self._worker, name="fmai-generate", daemon=True)
-        decoder = IncrementalDecoder(self.backend.tokenizer, skip=self.backend.eos_ids)
+        decoder = IncrementalDecoder(self.handle.tokenizer, skip=self.handle.eos_ids)
         worker.start()
         emitted = ""
         try:

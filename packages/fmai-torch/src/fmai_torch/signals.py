@@ -1,18 +1,21 @@
 """Model signals for the memory policies: attention importance, embeddings, summaries.
 
-Mixed into [`HFBackend`][fmai_torch.HFBackend], which thereby implements fmai-core's
-`ImportanceScorer`, `Embedder` and `Summarizer` protocols. None of these touch the
-conversation's KV cache.
+[`ModelSignals`][fmai_torch.signals.ModelSignals] computes them with one model (a
+[`ModelHandle`][fmai_torch.handle.ModelHandle]). [`HFBackend`][fmai_torch.HFBackend] holds
+one and passes its methods on, and thereby implements fmai-core's `ImportanceScorer`,
+`Embedder` and `Summarizer` protocols. None of these touch the conversation's KV cache.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from fmai_core.backend import Generation
 from fmai_core.messages import Message
 from fmai_core.signals import SUMMARY_PROMPT
+from fmai_torch.handle import ModelHandle
 
 __all__ = ["ModelSignals"]
 
@@ -34,22 +37,33 @@ def eager_attention(model: Any) -> Iterator[None]:
 
 
 class ModelSignals:
-    """Importance, embeddings and summaries computed by the backend's own model."""
+    """Importance, embeddings and summaries computed by one model.
 
-    model: Any
-    tokenizer: Any
-    device: Any
-    signal_tokens: int
-    _lock: Any
+    Args:
+        handle: The model; its lock is held for each forward pass.
+        generate: Generates a reply to messages without touching any conversation's KV cache
+            (`generate(messages, max_new_tokens=..., temperature=...) -> Generation`), for
+            summaries; it takes the model's lock itself.
+        max_tokens: Most tokens one importance or embedding forward pass reads.
+    """
 
-    def _generate_detached(self, messages: Sequence[Message], **params: Any) -> Any: ...
+    def __init__(
+        self,
+        handle: ModelHandle,
+        generate: Callable[..., Generation],
+        max_tokens: int = 1024,
+    ) -> None:
+        self.handle = handle
+        self.generate = generate
+        self.max_tokens = max_tokens
 
     def _ids(self, text: str) -> list[int]:
-        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+        ids = self.handle.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [int(i) for i in ids]
 
     def _sink(self) -> list[int]:
         """A neutral first token: it soaks up the attention a sequence's start always gets."""
-        bos = self.tokenizer.bos_token_id
+        bos = self.handle.tokenizer.bos_token_id
         return [int(bos)] if bos is not None else self._ids("\n")[:1]
 
     # -- importance ------------------------------------------------------------------------
@@ -58,13 +72,13 @@ class ModelSignals:
 
         The texts and the query are read in one eager-attention forward pass (texts first,
         in order, then the query); a text's score is the attention mass the query rows put
-        on its tokens. Long inputs are cut to `signal_tokens`: each text keeps its first
+        on its tokens. Long inputs are cut to `max_tokens`: each text keeps its first
         tokens, in groups scored separately when they cannot share one pass.
         """
         if not texts:
             return []
-        q = self._ids(query)[-max(8, self.signal_tokens // 4) :] or self._sink()
-        room = max(16, self.signal_tokens - len(q) - 1)
+        q = self._ids(query)[-max(8, self.max_tokens // 4) :] or self._sink()
+        room = max(16, self.max_tokens - len(q) - 1)
         share = max(8, room // len(texts))
         pieces = [self._ids(t)[:share] or self._sink() for t in texts]
         scores: list[float] = []
@@ -80,6 +94,7 @@ class ModelSignals:
     def _attention(self, pieces: list[list[int]], query: list[int]) -> list[float]:
         import torch
 
+        model = self.handle.model
         sink = self._sink()
         ids = sink + [i for p in pieces for i in p] + query
         q_start = len(ids) - len(query)
@@ -97,12 +112,12 @@ class ModelSignals:
 
         handles = [
             m.register_forward_hook(hook)
-            for name, m in self.model.named_modules()
+            for name, m in model.named_modules()
             if name.endswith("self_attn")
         ]
         try:
-            with self._lock, eager_attention(self.model), torch.inference_mode():
-                self.model(torch.tensor([ids], device=self.device), use_cache=False)
+            with self.handle.lock, eager_attention(model), torch.inference_mode():
+                model(torch.tensor([ids], device=self.handle.device), use_cache=False)
         finally:
             for h in handles:
                 h.remove()
@@ -121,18 +136,19 @@ class ModelSignals:
         """Mean-pooled last hidden states, L2-normalised (one vector per text)."""
         import torch
 
+        handle = self.handle
         vectors: list[list[float]] = []
-        limit = max(8, self.signal_tokens // 2)
+        limit = max(8, self.max_tokens // 2)
         for i in range(0, len(texts), _EMBED_BATCH):
             batch = [self._ids(t)[:limit] or self._sink() for t in texts[i : i + _EMBED_BATCH]]
             width = max(map(len, batch))
-            pad = int(self.tokenizer.pad_token_id or 0)
-            ids = torch.tensor([b + [pad] * (width - len(b)) for b in batch], device=self.device)
+            pad = int(handle.tokenizer.pad_token_id or 0)
+            ids = torch.tensor([b + [pad] * (width - len(b)) for b in batch], device=handle.device)
             mask = torch.tensor(
-                [[1] * len(b) + [0] * (width - len(b)) for b in batch], device=self.device
+                [[1] * len(b) + [0] * (width - len(b)) for b in batch], device=handle.device
             )
-            with self._lock, torch.inference_mode():
-                out = self.model(
+            with handle.lock, torch.inference_mode():
+                out = handle.model(
                     input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True
                 )
             hidden = out.hidden_states[-1].float()
@@ -146,5 +162,5 @@ class ModelSignals:
     def summarize(self, text: str, max_tokens: int) -> str:
         """A summary written by the model itself (greedy), leaving the KV cache alone."""
         messages = [Message("system", SUMMARY_PROMPT), Message("user", text)]
-        gen = self._generate_detached(messages, max_new_tokens=max_tokens, temperature=0.0)
+        gen = self.generate(messages, max_new_tokens=max_tokens, temperature=0.0)
         return str(gen.text).strip()
