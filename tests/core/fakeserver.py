@@ -13,6 +13,9 @@ or whatever `reply(messages)` returns. Tokens are words and punctuation marks; t
 prompt tokens are those of the serialized request, or what `prompt_count(messages)` returns
 (to play a provider that counts differently from fmai, e.g. 1.5x its estimate).
 
+Other paths (a server's `/tokenize` or `/apply-template`, which fmai probes for exact counts)
+get a 404 and are not recorded in `requests`.
+
 Faults are scripted per request with `fail_next(kind, times)`: `"429"` (with `Retry-After`),
 `"500"`, `"slow"` (waits `slow_s` before answering), `"malformed"` (a 200 whose body is not
 JSON), `"truncate"` (a stream that stops after two deltas, without its final event), `"stall"`
@@ -190,6 +193,11 @@ def _handler_for(provider: FakeProvider) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+            path = self.path.rstrip("/")
+            if not path.endswith(("/chat/completions", "/messages")):
+                # no token-counting endpoints here (/tokenize, /apply-template): a 404, as
+                # from OpenAI itself; not recorded, so tests see only the model requests
+                return self._json(404, _error(False, "not_found", f"no route {self.path}"))
             provider.requests.append(body)
             provider.headers.append({k.lower(): v for k, v in self.headers.items()})
             anthropic = self.path.rstrip("/").endswith("/messages")

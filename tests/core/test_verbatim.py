@@ -49,3 +49,60 @@ def test_recalled_message_carries_speaker_and_date() -> None:
     assert text.endswith("What pet does she have?")
     plain = Segment(4, 4, "assistant", "Nice!", 3)
     assert "assistant: Nice!" in ContextBuilder().user_text([plain], "q")
+
+
+# -- property: the prompt shows every message as written -----------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PIECES = st.sampled_from(
+    [" ", "  ", "\n", "\n\n", "\t", "\r\n", "```", "```python\n", "    ", "- ", "1. ", ". ", "? ",
+     "! ", "word", "Sentence.", "Ada", "42", "日本語", "これは文です。", "中文句子。", "😀",
+     "🎉🎉", "é", "ß", "\u200b", "'", '"', "(", ")", "x = 1", "\u00a0"]
+)  # fmt: skip
+_TEXT = st.lists(st.one_of(_PIECES, st.text(min_size=1, max_size=6)), min_size=1, max_size=60)
+_TEXTS = _TEXT.map("".join).filter(lambda t: bool(t.strip()))
+_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@_SETTINGS
+@given(_TEXTS.filter(_encodable), st.integers(min_value=8, max_value=24))
+def test_split_parts_rejoin_byte_for_byte(text: str, segment_tokens: int) -> None:
+    parts = segment_message(
+        "user",
+        text,
+        counter=TokenCounter(EchoBackend()),
+        splitter=split_sentences,
+        max_tokens=segment_tokens,
+        first_id=0,
+        message_id=0,
+        turn=0,
+    )
+    assert parts[0].text + "".join(p.sep + p.text for p in parts[1:]) == text
+    restored = [Segment.from_dict(p.to_dict()) for p in parts]
+    assert restored[0].text + "".join(p.sep + p.text for p in restored[1:]) == text
+
+
+@_SETTINGS
+@given(st.lists(_TEXTS.filter(_encodable), min_size=1, max_size=6), _TEXTS.filter(_encodable))
+def test_rendered_history_equals_the_messages(history: list[str], new: str) -> None:
+    """Newlines, tabs, code blocks, CJK, emoji, leading and trailing whitespace: the prompt
+    holds each message exactly as written, split or not, and the new message is the last
+    text of the final user turn."""
+    llm = FiniteMemoryLLM(
+        EchoBackend(), policy="sliding", max_tokens=100_000, max_new_tokens=16, segment_tokens=8
+    )
+    roles = ["user", "assistant"]
+    llm.extend([Message(roles[i % 2], t) for i, t in enumerate(history)])
+    prompt = llm.context(new)
+    assert [m.content for m in prompt[:-1]] == history
+    assert [m.role for m in prompt[:-1]] == [roles[i % 2] for i in range(len(history))]
+    assert prompt[-1].content == new

@@ -141,3 +141,9 @@ def test_status_line_format() -> None:
     line = cli.status_line(stats, 2048)
     assert line.startswith("[context 812/2048 tok | reused 790 / prefilled 22")
     assert "1.23s" in line and "first token 0.21s" in line
+
+
+def test_status_line_says_when_reuse_was_not_reported() -> None:
+    stats = TurnStats(context_tokens=300, reused_tokens=None, prefill_tokens=280)
+    line = cli.status_line(stats, 2048)
+    assert "reused n/a / prefilled 280" in line

@@ -47,15 +47,20 @@ class Usage:
     Attributes:
         prompt_tokens: Tokens in the prompt sent to the model.
         reused_tokens: Prompt tokens served from a cache (a local KV cache or a hosted
-            prompt cache) instead of being computed.
-        prefill_tokens: Prompt tokens computed this call (`prompt_tokens - reused_tokens`).
+            prompt cache) instead of being computed; `None` when the provider did not say
+            (not the same as 0, "nothing was reused").
+        prefill_tokens: Prompt tokens computed this call (`prompt_tokens - reused_tokens`;
+            all of them when `reused_tokens` is `None`).
         completion_tokens: Tokens generated.
+        estimated: Names of the fields above that are fmai's estimates, not the provider's
+            report or an exact count (empty for a backend that counts its own tokens).
     """
 
     prompt_tokens: int = 0
-    reused_tokens: int = 0
+    reused_tokens: int | None = 0
     prefill_tokens: int = 0
     completion_tokens: int = 0
+    estimated: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from fmai_core.errors import (
     InvalidMessageError,
     MessageTooLongError,
 )
-from fmai_core.memory import MemoryState, segment_message
+from fmai_core.memory import MemoryState, recount, segment_message
 from fmai_core.messages import Message, check_encodable
 from fmai_core.segments import Segment
 from fmai_core.stats import MemoryStats, TurnStats
@@ -442,8 +442,28 @@ class FiniteMemoryLLM:
         if not text.strip():
             raise EmptyMessageError("The message is empty: send some text.")
         check_encodable(text, "The message")
-        state = self._state
+        state = self._recounted(self._state)
         return state, self._segments(state, "user", text)
+
+    def _recounted(self, state: MemoryState) -> MemoryState:
+        """`state` with the prompt's segments (pins, summary, history) counted under the
+        backend's current count, for a backend whose counts change (`count_revision`: a
+        hosted backend refitting its correction from usage): one count throughout, so the
+        history's sum agrees with the final check. Cheap: the counts are cached per text,
+        and a segment whose count did not change is kept as it is. The archive keeps its
+        counts (recalled segments are in the final check)."""
+        if getattr(self.backend, "count_revision", None) is None:
+            return state
+        summary = state.summary
+        if summary is not None:
+            summary = recount([summary], self.counter)[0]
+        history = recount(state.history, self.counter)
+        pinned = recount(state.pinned, self.counter)
+        if summary is state.summary and all(
+            a is b for a, b in zip((*history, *pinned), (*state.history, *state.pinned))
+        ):
+            return state
+        return replace(state, pinned=pinned, summary=summary, history=history)
 
     def _with_pin(self, state: MemoryState, fact: str) -> MemoryState:
         if not isinstance(fact, str) or not fact.strip():
@@ -576,7 +596,13 @@ class FiniteMemoryLLM:
             return self._version, state, new, self._planner.plan(state, new, text), start
 
     def _finish(
-        self, version: int, new: list[Segment], plan: Plan, gen: Generation, start: float
+        self,
+        version: int,
+        new: list[Segment],
+        plan: Plan,
+        gen: Generation,
+        start: float,
+        gen_start: float,
     ) -> ChatResult:
         with self._lock:
             if version != self._version:
@@ -596,28 +622,42 @@ class FiniteMemoryLLM:
             prepare_ms = self._prepare([*new, *reply])
             u = gen.usage
             prompt = u.prompt_tokens or plan.prompt_tokens
+            estimated = list(getattr(u, "estimated", ()))
+            if not u.prompt_tokens:  # the backend reported no prompt: the planner's count
+                estimated += ["prompt_tokens", "prefill_tokens"]
+            reused = u.reused_tokens
+            prefill = u.prefill_tokens or max(prompt - (reused or 0), 0)
+            if {"prompt_tokens", "completion_tokens"} & set(estimated):
+                estimated.append("context_tokens")
+            estimated = list(dict.fromkeys(estimated))
+            # ttft from the turn's start, like latency: planning, then the backend's wait
+            ttft = (gen_start - start) * 1000 + gen.ttft_ms
             stats = TurnStats(
                 turn=state.turn - 1,
                 prompt_tokens=prompt,
-                reused_tokens=u.reused_tokens,
-                prefill_tokens=u.prefill_tokens or max(prompt - u.reused_tokens, 0),
+                reused_tokens=reused,
+                prefill_tokens=prefill,
                 completion_tokens=u.completion_tokens,
                 context_tokens=prompt + u.completion_tokens,
                 evicted_tokens=plan.evicted_tokens,
                 recalled_tokens=sum(s.tokens for s in plan.recalled),
                 summary_tokens=plan.state.summary.tokens if plan.state.summary else 0,
                 latency_ms=(time.perf_counter() - start) * 1000,
-                ttft_ms=gen.ttft_ms,
+                ttft_ms=ttft,
                 policy=plan.policy,
                 policy_ms=plan.policy_ms + prepare_ms,
                 fallback=plan.fallback,
                 evicted=plan.evicted,
                 policy_stats=_telemetry_safe(plan.policy_stats),
+                estimated=tuple(estimated),
             )
             t = self._stats
             t.turns += 1
             t.prompt_tokens += stats.prompt_tokens
-            t.reused_tokens += stats.reused_tokens
+            if stats.reused_tokens is None:
+                t.unreported_reuse_turns += 1
+            else:
+                t.reused_tokens += stats.reused_tokens
             t.prefill_tokens += stats.prefill_tokens
             t.completion_tokens += stats.completion_tokens
             t.evicted_tokens += stats.evicted_tokens
@@ -665,11 +705,12 @@ class FiniteMemoryLLM:
         params = self._params(params)
         with self._turn:
             version, _, new, plan, start = self._plan_turn(text)
+            gen_start = time.perf_counter()
             try:
                 gen = self.backend.generate(plan.messages, **params)
             except Exception as exc:
                 raise self._backend_error(exc) from exc
-            return self._finish(version, new, plan, gen, start)
+            return self._finish(version, new, plan, gen, start, gen_start)
 
     def stream(self, text: str, **params: Any) -> Iterator[str]:
         """Yield the reply's text as it arrives; the turn is stored when the stream ends.
@@ -683,6 +724,7 @@ class FiniteMemoryLLM:
         params = self._params(params)
         with self._turn:
             version, _, new, plan, start = self._plan_turn(text)
+            gen_start = time.perf_counter()
             gen: Generation | None = None
             parts: list[str] = []
             try:
@@ -697,7 +739,7 @@ class FiniteMemoryLLM:
             except Exception as exc:
                 raise self._backend_error(exc) from exc
             gen = _complete(gen, "".join(parts), start)
-            self.last_stats = self._finish(version, new, plan, gen, start).stats
+            self.last_stats = self._finish(version, new, plan, gen, start, gen_start).stats
 
     last_stats: TurnStats | None = None
 
@@ -713,6 +755,7 @@ class FiniteMemoryLLM:
         await self._turn.acquire_async()
         try:
             version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
+            gen_start = time.perf_counter()
             try:
                 if isinstance(self.backend, AsyncBackend):
                     gen = await self.backend.agenerate(plan.messages, **params)
@@ -720,7 +763,7 @@ class FiniteMemoryLLM:
                     gen = await asyncio.to_thread(self.backend.generate, plan.messages, **params)
             except Exception as exc:
                 raise self._backend_error(exc) from exc
-            return self._finish(version, new, plan, gen, start)
+            return self._finish(version, new, plan, gen, start, gen_start)
         finally:
             self._turn.release()
 
@@ -732,6 +775,7 @@ class FiniteMemoryLLM:
         await self._turn.acquire_async()
         try:
             version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
+            gen_start = time.perf_counter()
             gen: Generation | None = None
             parts: list[str] = []
             try:
@@ -749,7 +793,7 @@ class FiniteMemoryLLM:
             except Exception as exc:
                 raise self._backend_error(exc) from exc
             gen = _complete(gen, "".join(parts), start)
-            self.last_stats = self._finish(version, new, plan, gen, start).stats
+            self.last_stats = self._finish(version, new, plan, gen, start, gen_start).stats
         finally:
             self._turn.release()
 

@@ -16,7 +16,7 @@ from fmai_core.segments import Segment
 from fmai_core.text import words
 from fmai_core.tokens import TokenCounter
 
-__all__ = ["MemoryState", "archive_value", "segment_message"]
+__all__ = ["MemoryState", "archive_value", "recount", "segment_message"]
 
 _NONSPACE = re.compile(r"\S+")
 
@@ -111,6 +111,23 @@ def _spans(text: str, parts: Sequence[str]) -> list[tuple[int, int]] | None:
     return out if at == len(words_) else None
 
 
+def _word_spans(text: str, counts: Sequence[int]) -> list[tuple[int, int]]:
+    """Spans of consecutive runs of `counts` whitespace-separated words of `text` (the
+    last run takes any words left over)."""
+    words_ = [(m.start(), m.end()) for m in _NONSPACE.finditer(text)]
+    out: list[tuple[int, int]] = []
+    at = 0
+    for i, n in enumerate(counts):
+        if at >= len(words_):
+            break
+        last = len(words_) - 1 if i == len(counts) - 1 else min(at + max(n, 1), len(words_)) - 1
+        out.append((words_[at][0], words_[last][1]))
+        at = last + 1
+    if at < len(words_) and out:
+        out[-1] = (out[-1][0], words_[-1][1])
+    return out or [(0, len(text))]
+
+
 def segment_message(
     role: str,
     text: str,
@@ -129,8 +146,10 @@ def segment_message(
     A message of at most `max_tokens` tokens is one segment. A longer one is split into
     sentences (the anchors), and consecutive sentences are grouped into parts of at most
     `max_tokens` tokens; a single sentence longer than that is cut between words. Each part
-    keeps the exact whitespace that preceded it (`Segment.sep`), so the parts rejoin into
-    the message verbatim.
+    is its exact span of the message and keeps the exact whitespace that preceded it
+    (`Segment.sep`); the first part keeps the message's leading whitespace and the last its
+    trailing whitespace, so the parts rejoin into the message verbatim, byte for byte.
+    Splitting is for selection only: the prompt shows the message as written.
     """
     if counter.text(text) <= max_tokens:
         cost = counter.message(text)
@@ -157,10 +176,14 @@ def segment_message(
         else:
             parts.append(piece)
     spans = _spans(text, parts)
-    seps = [" "] * len(parts)
-    if spans is not None:  # each part is its exact span of the message
-        parts = [text[a:b] for a, b in spans]
-        seps[1:] = [text[spans[i - 1][1] : spans[i][0]] for i in range(1, len(spans))]
+    if spans is None:  # a splitter that changed the words: cut at the same word counts
+        spans = _word_spans(text, [len(p.split()) for p in parts])
+    # each part is its exact span of the message; the message's own leading and trailing
+    # whitespace stays with its first and last part, so the parts rejoin verbatim
+    spans[0] = (0, spans[0][1])
+    spans[-1] = (spans[-1][0], len(text))
+    parts = [text[a:b] for a, b in spans]
+    seps = [" ", *(text[spans[i - 1][1] : spans[i][0]] for i in range(1, len(spans)))]
     segments = []
     for i, part in enumerate(parts):
         cost = counter.text(part) + (counter.message_overhead if i == 0 else counter.separator)
@@ -182,6 +205,26 @@ def segment_message(
             )
         )
     return segments
+
+
+def recount(segments: Sequence[Segment], counter: TokenCounter) -> tuple[Segment, ...]:
+    """`segments` with their `tokens` counted again under `counter`'s current count.
+
+    The same costs as [`segment_message`][fmai_core.memory.segment_message] gives (a whole
+    message or a first part: its text plus the per-message overhead; a later part: its
+    text plus the separator; a pinned fact or a summary: its text), so that segment sizes
+    agree with the final count after a hosted backend's correction changed.
+    """
+    out: list[Segment] = []
+    for s in segments:
+        if s.kind == "part" and s.part > 0:
+            cost = counter.text(s.text) + counter.separator
+        elif s.kind in ("message", "part"):
+            cost = counter.message(s.text)
+        else:
+            cost = counter.text(s.text)
+        out.append(s if cost == s.tokens else replace(s, tokens=cost))
+    return tuple(out)
 
 
 def archive_value(segment: Segment) -> float:

@@ -100,8 +100,9 @@ def _version() -> str:
 def status_line(stats: Any, max_tokens: int) -> str:
     """The one-line memory/caching summary printed after each reply."""
     evicted = f"evicted {stats.evicted_tokens}" if stats.evicted else "no eviction"
+    reused = "n/a" if stats.reused_tokens is None else stats.reused_tokens
     return (
-        f"[context {stats.context_tokens}/{max_tokens} tok | reused {stats.reused_tokens}"
+        f"[context {stats.context_tokens}/{max_tokens} tok | reused {reused}"
         f" / prefilled {stats.prefill_tokens} | {evicted} | {stats.latency_ms / 1000:.2f}s,"
         f" first token {stats.ttft_ms / 1000:.2f}s]"
     )

@@ -12,15 +12,25 @@ import asyncio
 import contextlib
 import email.utils
 import importlib
+import logging
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar
 
 from fmai_core.backend import Generation, StreamChunk, Usage
-from fmai_core.backends.tokens import ChatCounter, TextCount, resolve_counter
+from fmai_core.backends.server_count import ServerCounter
+from fmai_core.backends.tokens import (
+    FIRST_CALL_FACTOR,
+    FIRST_CALL_FACTOR_EXACT,
+    FIRST_CALL_OVERHEAD,
+    ChatCounter,
+    TextCount,
+    resolve_counter,
+)
 from fmai_core.errors import (
     AuthenticationError,
     BackendError,
@@ -32,7 +42,17 @@ from fmai_core.errors import (
 )
 from fmai_core.messages import Message
 
-__all__ = ["DEFAULT_MAX_RETRY_AFTER", "DEFAULT_TURN_TIMEOUT", "HostedBackend", "StreamTracker"]
+__all__ = [
+    "COUNT_MODES",
+    "DEFAULT_MAX_RETRY_AFTER",
+    "DEFAULT_TURN_TIMEOUT",
+    "HostedBackend",
+    "StreamTracker",
+]
+
+#: How a hosted backend counts prompt tokens before a call (see `OpenAIBackend`'s `count`).
+COUNT_MODES = ("auto", "server", "estimate")
+_log = logging.getLogger("fmai")
 
 #: Seconds one turn may take, all attempts, retry waits and the whole stream included.
 DEFAULT_TURN_TIMEOUT = 120.0
@@ -85,7 +105,12 @@ class HostedBackend:
         tokenizer: str | TextCount | None = None,
         per_message_tokens: int = 3,
         client_options: dict[str, Any] | None = None,
+        count: str = "estimate",
     ) -> None:
+        if count not in COUNT_MODES:
+            raise ConfigurationError(
+                f"count must be one of {', '.join(map(repr, COUNT_MODES))}, got {count!r}."
+            )
         self.timeout = _seconds("timeout", timeout)
         self.turn_timeout = None if turn_timeout is None else _seconds("turn_timeout", turn_timeout)
         self.max_retry_after = _seconds("max_retry_after", max_retry_after, zero=True)
@@ -99,8 +124,19 @@ class HostedBackend:
         self.name = f"{self.provider}:{model}"
         self.base_url = base_url
         self._api_key = self._resolve_key(api_key, api_key_env)
-        count, self.tokenizer_id, self.exact_count = resolve_counter(model, tokenizer)
-        self._counter = ChatCounter(count, per_message=per_message_tokens)
+        text_count, self.tokenizer_id, self.exact_count = resolve_counter(model, tokenizer)
+        factor = FIRST_CALL_FACTOR_EXACT if self.exact_count else FIRST_CALL_FACTOR
+        self._counter = ChatCounter(
+            text_count,
+            per_message=per_message_tokens,
+            margin=(FIRST_CALL_OVERHEAD, factor),
+            max_factor=factor,
+        )
+        self.count = count
+        self._server_counter: ServerCounter | None = None
+        self._probed = count == "estimate"
+        self._probe_lock = threading.Lock()
+        self._slack = 0  # tokens the server reported beyond its own count (0 if consistent)
         self._client_options = dict(client_options or {})
         self._client: Any = None
         self._aclient: Any = None
@@ -145,25 +181,86 @@ class HostedBackend:
         return args
 
     # -- counting -----------------------------------------------------------------------
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        """Prompt tokens of `messages`: exact with a tokenizer, else a safe over-estimate.
+    def _server_counts(self) -> ServerCounter | None:
+        """The server's own counter when it has one (probed once, on the first count)."""
+        if not self._probed:
+            with self._probe_lock:
+                if not self._probed:
+                    self._probe()
+        return self._server_counter
 
-        Corrected by what the provider reported: the counter fits a fixed template overhead
-        plus a per-token factor from each call's usage (see
-        [`ChatCounter`][fmai_core.backends.tokens.ChatCounter]), never below the fit.
+    def _probe(self) -> None:
+        """Probe the server once for its counting endpoints (under `_probe_lock`)."""
+        counter = self._make_server_counter()
+        kind = counter.probe() if counter is not None else None
+        where = self.base_url or f"the {self.provider} API"
+        if kind is None:
+            note = counter.note if counter is not None else "no base_url"
+            if self.count == "server":
+                raise ConfigurationError(
+                    f"count='server', but {where} offers no token-counting endpoint fmai "
+                    f"knows (llama.cpp's /apply-template and /tokenize, vLLM's /tokenize: "
+                    f"{note}). Use count='auto' or 'estimate'."
+                )
+            _log.info(
+                "fmai: %s offers no token counting (%s); counting with %s and a "
+                "first-call margin of %d tokens + x%.2g until usage is reported",
+                where,
+                note,
+                self.tokenizer_id,
+                FIRST_CALL_OVERHEAD,
+                self._counter.factor,
+            )
+        else:
+            _log.info("fmai: counting tokens exactly with %s's %s endpoints", where, kind)
+            self._server_counter = counter
+            self.tokenizer_id = f"server:{kind}:{self.model}"
+            self.exact_count = True
+        self._probed = True
+
+    def _make_server_counter(self) -> ServerCounter | None:
+        """A counter for this provider's server, if one could exist (`None`: never)."""
+        return None
+
+    @property
+    def counting(self) -> str:
+        """How prompts are counted: `"server:<kind>"` (exact, by the server) or
+        `"estimate"` (fmai's tokenizer or estimate, corrected by reported usage)."""
+        server = self._server_counts()
+        return f"server:{server.kind}" if server is not None else "estimate"
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Prompt tokens of `messages`: the server's own count when it offers one (see
+        `count`), else fmai's count corrected by reported usage.
+
+        Without a server count, the counter fits a fixed template overhead plus a per-token
+        factor from each call's usage (see
+        [`ChatCounter`][fmai_core.backends.tokens.ChatCounter]), never below the fit; before
+        the first report it adds the first-call margin
+        ([`FIRST_CALL_OVERHEAD`][fmai_core.backends.tokens.FIRST_CALL_OVERHEAD] and
+        [`FIRST_CALL_FACTOR`][fmai_core.backends.tokens.FIRST_CALL_FACTOR]).
         """
+        server = self._server_counts()
+        if server is not None:
+            return server.prompt(messages) + self._slack
         return self._counter(messages)
 
     def count_text(self, text: str) -> int:
-        """Tokens of bare text (no template overhead), under the same correction as
-        `count_tokens`: a prompt's count is the sum of its messages' `count_text` and their
-        fixed per-message and per-prompt costs."""
+        """Tokens of bare text (no template overhead), by the same count as `count_tokens`:
+        a prompt's count is the sum of its messages' `count_text` and their fixed
+        per-message and per-prompt costs."""
+        server = self._server_counts()
+        if server is not None:
+            return server.text(text)
         return self._counter.count_text(text)
 
     @property
     def count_revision(self) -> int:
-        """Changes whenever the usage-fitted correction changes, so counts cached before
-        (by [`TokenCounter`][fmai_core.tokens.TokenCounter]) are recomputed."""
+        """Changes whenever the count changes (the usage-fitted correction, or the server
+        counter's slack), so counts cached before (by
+        [`TokenCounter`][fmai_core.tokens.TokenCounter]) are recomputed."""
+        if self._server_counter is not None:
+            return -1 - self._slack
         return self._counter.revision
 
     def close(self) -> None:
@@ -480,26 +577,66 @@ class HostedBackend:
         self,
         messages: Sequence[Message],
         prompt: int | None,
-        reused: int,
+        reused: int | None,
         completion: int | None,
         text: str,
     ) -> tuple[Usage, bool]:
-        """Build the Usage; estimate what the provider did not report. Returns (usage, reported)."""
+        """Build the Usage; estimate what the provider did not report. Returns (usage, reported).
+
+        Fields fmai had to estimate are named in `Usage.estimated`; a prompt counted by the
+        server's own tokenizer is exact, not an estimate. `reused=None` (not reported)
+        stays `None`, and `prefill_tokens` is then the whole prompt, marked estimated.
+        """
         reported = prompt is not None
+        estimated: list[str] = []
+        server = self._server_counter
         if prompt is None:
-            prompt = self._counter(messages)
+            prompt = self.count_tokens(messages)
+            if server is None:
+                estimated.append("prompt_tokens")
+        elif server is not None:
+            self._check_server_count(messages, prompt)
         else:
             self._counter.observe(messages, prompt)
         if completion is None:
-            completion = self._counter.count_text(text)
-        reused = max(0, min(reused, prompt))
+            completion = self.count_text(text)
+            estimated.append("completion_tokens")
+        if reused is None:
+            prefill = prompt
+            estimated.append("prefill_tokens")
+        else:
+            reused = max(0, min(reused, prompt))
+            prefill = prompt - reused
+            if "prompt_tokens" in estimated:
+                estimated.append("prefill_tokens")
         usage = Usage(
             prompt_tokens=prompt,
             reused_tokens=reused,
-            prefill_tokens=prompt - reused,
+            prefill_tokens=prefill,
             completion_tokens=completion,
+            estimated=tuple(estimated),
         )
         return usage, reported
+
+    def _check_server_count(self, messages: Sequence[Message], reported: int) -> None:
+        """A server whose usage exceeds its own count gets that much slack on every count."""
+        server = self._server_counter
+        if server is None:
+            return
+        try:
+            counted = server.prompt(messages)
+        except FMAIError:
+            return
+        if reported > counted + self._slack:
+            _log.warning(
+                "fmai: %s reported %d prompt tokens where its own count was %d; adding %d "
+                "tokens to every count from now on",
+                self.base_url,
+                reported,
+                counted,
+                reported - counted,
+            )
+            self._slack = reported - counted
 
 
 class StreamTracker:
@@ -513,7 +650,7 @@ class StreamTracker:
         self.parts: list[str] = []
         self.finish: str | None = None
         self.prompt: int | None = None
-        self.reused = 0
+        self.reused: int | None = None
         self.completion: int | None = None
         self.extra: dict[str, Any] = {}
 
@@ -539,6 +676,7 @@ class StreamTracker:
         ms = (end - self.start) * 1000
         ttft = ((self.first or end) - self.start) * 1000
         extra = {"provider": self.backend.provider, "usage_reported": reported, **self.extra}
+        extra.setdefault("counting", self.backend.counting)
         return Generation(
             text=text,
             usage=usage,

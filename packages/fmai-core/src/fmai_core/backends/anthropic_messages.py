@@ -190,9 +190,14 @@ class AnthropicBackend(HostedBackend):
         return ""
 
 
-def _read_usage(u: Any) -> tuple[int, int, dict[str, Any]]:
-    """(prompt, cache-read, extra) from Anthropic usage: prompt = input + read + written."""
-    read = getattr(u, "cache_read_input_tokens", None) or 0
+def _read_usage(u: Any) -> tuple[int, int | None, dict[str, Any]]:
+    """(prompt, cache-read, extra) from Anthropic usage: prompt = input + read + written.
+
+    The cache read is `None` when the usage has no `cache_read_input_tokens` (some
+    Anthropic-compatible servers leave it out): not reported, as distinct from 0.
+    """
+    read = getattr(u, "cache_read_input_tokens", None)
     written = getattr(u, "cache_creation_input_tokens", None) or 0
-    prompt = (u.input_tokens or 0) + read + written
-    return prompt, int(read), {"cache_write_tokens": int(written)}
+    prompt = (u.input_tokens or 0) + (read or 0) + written
+    reused = None if read is None else int(read)
+    return prompt, reused, {"cache_write_tokens": int(written)}

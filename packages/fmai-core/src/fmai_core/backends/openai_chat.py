@@ -16,6 +16,7 @@ from fmai_core.backends._hosted import (
     HostedBackend,
     StreamTracker,
 )
+from fmai_core.backends.server_count import ServerCounter
 from fmai_core.backends.tokens import TextCount
 from fmai_core.errors import BackendError
 from fmai_core.messages import Message
@@ -58,6 +59,16 @@ class OpenAIBackend(HostedBackend):
             for servers that reject it.
         client_options: More keyword arguments for `openai.OpenAI(...)` (its `max_retries`
             is always 0: fmai retries itself, under `turn_timeout`).
+        count: How prompts are counted before a call. `"server"`: by the server's own
+            tokenizer and chat template (llama.cpp's `/apply-template` + `/tokenize`, vLLM's
+            `/tokenize`; see [`server_count`][fmai_core.backends.server_count]), exact, or
+            a `ConfigurationError` if it has none. `"auto"` (the default with `base_url`):
+            the server's count when the first count's probe finds it, else `"estimate"`
+            (logged on the `fmai` logger). `"estimate"` (the default for OpenAI itself):
+            `tokenizer`'s count, corrected by reported usage, with the first-call margin
+            ([`FIRST_CALL_OVERHEAD`][fmai_core.backends.tokens.FIRST_CALL_OVERHEAD] tokens
+            plus x[`FIRST_CALL_FACTOR`][fmai_core.backends.tokens.FIRST_CALL_FACTOR], or
+            x1.1 with an exact tokenizer) until the first report.
 
     Example:
         ```python
@@ -91,7 +102,10 @@ class OpenAIBackend(HostedBackend):
         max_tokens_param: str | None = None,
         stream_usage: bool = True,
         client_options: dict[str, Any] | None = None,
+        count: str | None = None,
     ) -> None:
+        if count is None:
+            count = "auto" if base_url is not None else "estimate"
         super().__init__(
             model,
             api_key=api_key,
@@ -103,6 +117,7 @@ class OpenAIBackend(HostedBackend):
             max_retry_after=max_retry_after,
             tokenizer=tokenizer,
             client_options=client_options,
+            count=count,
         )
         default = "max_tokens" if base_url is not None else "max_completion_tokens"
         self.max_tokens_param = max_tokens_param or default
@@ -141,11 +156,22 @@ class OpenAIBackend(HostedBackend):
         prompt, completion, reused = _read_usage(u)
         usage, reported = self._usage(messages, prompt, reused, completion, text)
         ms = (time.perf_counter() - start) * 1000
-        extra = {"provider": self.provider, "usage_reported": reported, "model": resp.model}
+        extra = {
+            "provider": self.provider,
+            "usage_reported": reported,
+            "model": resp.model,
+            "counting": self.counting,
+        }
         return Generation(text, usage, ms, ms, finish, extra)
 
     def _create(self, client: Any) -> Any:
         return client.chat.completions.create
+
+    def _make_server_counter(self) -> ServerCounter | None:
+        if self.base_url is None:
+            return None
+        probe_timeout = min(self.timeout, 10.0)
+        return ServerCounter(self.base_url, self.model, self._api_key, timeout=probe_timeout)
 
     def _delta(self, tracker: StreamTracker, chunk: Any) -> str:
         if getattr(chunk, "usage", None) is not None:
@@ -159,10 +185,15 @@ class OpenAIBackend(HostedBackend):
         return tracker.add(text)
 
 
-def _read_usage(u: Any) -> tuple[int | None, int | None, int]:
-    """(prompt, completion, cached) from an OpenAI usage object (None where absent)."""
+def _read_usage(u: Any) -> tuple[int | None, int | None, int | None]:
+    """(prompt, completion, cached) from an OpenAI usage object (None where absent).
+
+    `cached` is `None` when the server sent no `prompt_tokens_details.cached_tokens`
+    (vLLM without `--enable-prompt-tokens-details`, llama-cpp-python, Ollama): not
+    reported, as distinct from 0.
+    """
     if u is None:
-        return None, None, 0
+        return None, None, None
     details = getattr(u, "prompt_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None) or 0
-    return u.prompt_tokens, u.completion_tokens, int(cached)
+    cached = getattr(details, "cached_tokens", None)
+    return u.prompt_tokens, u.completion_tokens, None if cached is None else int(cached)

@@ -43,6 +43,9 @@ from fmai_core.messages import Message
 
 __all__ = [
     "ESTIMATE_MARGIN",
+    "FIRST_CALL_FACTOR",
+    "FIRST_CALL_FACTOR_EXACT",
+    "FIRST_CALL_OVERHEAD",
     "ChatCounter",
     "estimate_tokens",
     "hf_counter",
@@ -55,6 +58,24 @@ TextCount = Callable[[str], int]
 # Measured by benchmarks/token_estimate.py: the worst under-count of estimate_tokens against
 # o200k_base and cl100k_base over its corpus (see docs/hosted.md).
 ESTIMATE_MARGIN = 0.20
+
+#: The safety margin of a hosted prompt counted before the provider has reported any usage
+#: (the first call), when the server cannot count it exactly: the count is
+#: `FIRST_CALL_OVERHEAD + factor x fmai's count`. The overhead covers what a chat template
+#: adds once and fmai cannot see, a default system prompt above all (SmolLM2's "You are a
+#: helpful AI assistant named SmolLM, trained by Hugging Face" is 23 tokens with its
+#: wrapper; Llama 3's date header and Qwen 2.5's default prompt are about as long).
+FIRST_CALL_OVERHEAD = 48
+#: The factor of that margin when fmai only estimates the text
+#: ([`estimate_tokens`][fmai_core.backends.tokens.estimate_tokens]): against SmolLM2's
+#: tokenizer the estimate's median ratio is 0.65 and 1.5 covers all but digit- and
+#: space-heavy tables (worst 1.63, measured on this repository's docs and code, see
+#: docs/hosted.md). It is also the steepest slope assumed while the reports are too alike
+#: to fit one.
+FIRST_CALL_FACTOR = 1.5
+#: The factor when the text is counted by the model's own tokenizer: the template's tokens
+#: around each message (ChatML has 5 where fmai counts 3 plus the role) and no more.
+FIRST_CALL_FACTOR_EXACT = 1.1
 
 _PIECE = re.compile(r"[^\W\d_]+|[0-9]+|\s+|.", re.UNICODE)
 # Tokens per character of a letter run, by script (first code point of each range), measured
@@ -276,22 +297,47 @@ class ChatCounter:
     a policy's segment sizes agree with the final budget check. `revision` changes whenever
     the correction does (cached counts made before are stale then).
 
+    Before the first report the correction is `margin` (`(overhead, factor)`; none by
+    default): the hosted backends start from
+    [`FIRST_CALL_OVERHEAD`][fmai_core.backends.tokens.FIRST_CALL_OVERHEAD] and
+    [`FIRST_CALL_FACTOR`][fmai_core.backends.tokens.FIRST_CALL_FACTOR], so that a first
+    prompt is not sent over the budget by a template fmai cannot see. While the reports are
+    too alike in size to fit a slope, the factor is at most `max_factor` (the rest goes into
+    the overhead): a short first prompt ("Hi" against a 23-token default system prompt) then
+    does not inflate every later count by the ratio of the template to the text.
+
     Args:
         count_text: Counts the tokens of bare text.
         per_message: Template tokens around each message.
         per_reply: Template tokens that open the reply.
         window: Most recent reports the fit uses.
+        margin: `(overhead, factor)` before the first report.
+        max_factor: The largest factor fitted from reports of one size (`None`: no cap).
     """
 
     def __init__(
-        self, count_text: TextCount, per_message: int = 3, per_reply: int = 3, window: int = 32
+        self,
+        count_text: TextCount,
+        per_message: int = 3,
+        per_reply: int = 3,
+        window: int = 32,
+        *,
+        margin: tuple[float, float] = (0.0, 1.0),
+        max_factor: float | None = None,
     ) -> None:
         self.text = count_text
         self.per_message = per_message
         self.per_reply = per_reply
+        self.max_factor = max_factor
         self._obs: deque[tuple[int, int]] = deque(maxlen=max(2, window))
         self._lock = threading.Lock()
-        self._fit = _Fit(0.0, 1.0, 0)  # replaced whole (one atomic store), never mutated
+        # replaced whole (one atomic store), never mutated
+        self._fit = _Fit(float(margin[0]), float(margin[1]), 0)
+
+    @property
+    def observed(self) -> int:
+        """Reports the fit currently uses (0: the first-call margin is in force)."""
+        return len(self._obs)
 
     @property
     def overhead(self) -> float:
@@ -333,11 +379,12 @@ class ChatCounter:
             return
         with self._lock:
             self._obs.append((counted, int(reported)))
-            overhead, factor = _fit_affine(self._obs)
+            first = len(self._obs) == 1
+            overhead, factor = _fit_affine(self._obs, self.max_factor)
             old = self._fit
             under = self(messages) < reported  # the current correction under-counts this one
             moved = abs(factor - old.factor) > 0.01 * old.factor or abs(overhead - old.overhead) > 1
-            if under or moved:
+            if under or moved or first:
                 self._fit = _Fit(overhead, factor, old.revision + 1)
 
 
@@ -365,20 +412,26 @@ def _median(values: Sequence[float]) -> float:
 _FACTOR_MIN, _FACTOR_MAX = 0.1, 10.0
 
 
-def _fit_affine(points: Sequence[tuple[int, int]]) -> tuple[float, float]:
+def _fit_affine(
+    points: Sequence[tuple[int, int]], max_factor: float | None = None
+) -> tuple[float, float]:
     """`(overhead, factor)` with reported ≈ overhead + factor x counted, fitted robustly.
 
     With too little spread in the counted sizes to tell the two apart (one size, or sizes
     within 25% of the largest), the correction is a pure factor, the largest ratio seen:
-    safe as prompts grow. Otherwise the factor is the Theil-Sen slope (the median of the
-    pairwise slopes) and the overhead the highest residual among the inliers (within three
-    robust deviations of the median residual), so the line is never below an inlier report.
+    safe as prompts grow; with `max_factor`, the factor is capped there and the overhead is
+    what the reports need on top (the highest residual). Otherwise the factor is the
+    Theil-Sen slope (the median of the pairwise slopes) and the overhead the highest
+    residual among the inliers (within three robust deviations of the median residual), so
+    the line is never below an inlier report.
     """
     points = list(points)
     sizes = [x for x, _ in points]
     if max(sizes) - min(sizes) < 0.25 * max(sizes):
-        factor = max(y / x for x, y in points)
-        return 0.0, min(max(factor, _FACTOR_MIN), _FACTOR_MAX)
+        factor = min(max(*(y / x for x, y in points), _FACTOR_MIN), _FACTOR_MAX)
+        if max_factor is None or factor <= max_factor:
+            return 0.0, factor
+        return max(y - max_factor * x for x, y in points), max_factor
     slopes = [
         (y2 - y1) / (x2 - x1)
         for i, (x1, y1) in enumerate(points)

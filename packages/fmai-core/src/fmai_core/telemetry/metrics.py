@@ -84,6 +84,8 @@ class Metrics:
         self._turns = 0
         self._prompt = 0
         self._reused = 0
+        self._reuse_prompt = 0  # prompt tokens of the turns that reported their reuse
+        self._unreported = 0
         self._prefill = 0
         self._completion = 0
         self._evictions = 0
@@ -98,7 +100,11 @@ class Metrics:
         with self._lock:
             self._turns += 1
             self._prompt += stats.prompt_tokens
-            self._reused += stats.reused_tokens
+            if stats.reused_tokens is None:
+                self._unreported += 1
+            else:
+                self._reused += stats.reused_tokens
+                self._reuse_prompt += stats.prompt_tokens
             self._prefill += stats.prefill_tokens
             self._completion += stats.completion_tokens
             self._evictions += int(stats.evicted)
@@ -121,12 +127,14 @@ class Metrics:
         """Return the current figures as a JSON-ready dict.
 
         Keys: `turns`, `prompt_tokens`, `reused_tokens`, `prefill_tokens`,
-        `completion_tokens`, `reuse_ratio` (reused / prompt tokens over all turns, 0 when no
-        prompt tokens), `evictions` (turns that evicted a block), `evicted_tokens`,
-        `recalled_tokens`, `fallbacks`, `context_tokens` (of the latest turn), `policies`
-        (turns per deciding policy), `window` (samples the percentiles cover) and, for each
-        of `latency_ms`, `ttft_ms` and `policy_ms`, a dict with `p50`, `p95`, `p99`, `mean`
-        and `max` (all `None` before the first turn).
+        `completion_tokens`, `reuse_ratio` (reused / prompt tokens over the turns that
+        reported their reuse, 0 when none did), `unreported_reuse_turns` (turns whose
+        backend did not report it: `TurnStats.reused_tokens is None`), `evictions` (turns
+        that evicted a block), `evicted_tokens`, `recalled_tokens`, `fallbacks`,
+        `context_tokens` (of the latest turn), `policies` (turns per deciding policy),
+        `window` (samples the percentiles cover) and, for each of `latency_ms`, `ttft_ms`
+        and `policy_ms`, a dict with `p50`, `p95`, `p99`, `mean` and `max` (all `None`
+        before the first turn).
         """
         with self._lock:
             samples = {k: list(v) for k, v in self._samples.items()}
@@ -136,7 +144,8 @@ class Metrics:
                 "reused_tokens": self._reused,
                 "prefill_tokens": self._prefill,
                 "completion_tokens": self._completion,
-                "reuse_ratio": self._reused / self._prompt if self._prompt else 0.0,
+                "reuse_ratio": self._reused / self._reuse_prompt if self._reuse_prompt else 0.0,
+                "unreported_reuse_turns": self._unreported,
                 "evictions": self._evictions,
                 "evicted_tokens": self._evicted_tokens,
                 "recalled_tokens": self._recalled_tokens,

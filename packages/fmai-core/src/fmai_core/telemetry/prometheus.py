@@ -34,6 +34,7 @@ class PrometheusExporter:
     | `fmai_turns_total` | counter | completed turns |
     | `fmai_prompt_tokens_total` | counter | prompt tokens sent |
     | `fmai_reused_tokens_total` | counter | prompt tokens served from a KV or prompt cache |
+    | `fmai_unreported_reuse_turns_total` | counter | turns that did not report their reuse |
     | `fmai_prefill_tokens_total` | counter | prompt tokens computed |
     | `fmai_completion_tokens_total` | counter | tokens generated |
     | `fmai_evictions_total` | counter | turns that evicted a block of history |
@@ -95,6 +96,10 @@ class PrometheusExporter:
         self.reused_tokens = counter(
             "reused_tokens", "Prompt tokens served from a KV cache or a hosted prompt cache."
         )
+        self.unreported_reuse = counter(
+            "unreported_reuse_turns",
+            "Turns whose backend did not report how many prompt tokens a cache served.",
+        )
         self.prefill_tokens = counter("prefill_tokens", "Prompt tokens computed.")
         self.completion_tokens = counter("completion_tokens", "Tokens generated.")
         self.evictions = counter("evictions", "Turns that evicted a block of history.")
@@ -116,7 +121,10 @@ class PrometheusExporter:
         self.policy_time.observe(stats.policy_ms / 1000)
         self.turns.inc()
         self.prompt_tokens.inc(stats.prompt_tokens)
-        self.reused_tokens.inc(stats.reused_tokens)
+        if stats.reused_tokens is None:
+            self.unreported_reuse.inc()
+        else:
+            self.reused_tokens.inc(stats.reused_tokens)
         self.prefill_tokens.inc(stats.prefill_tokens)
         self.completion_tokens.inc(stats.completion_tokens)
         self.evicted_tokens.inc(stats.evicted_tokens)
