@@ -7,8 +7,9 @@ each. Most turns are chit-chat on the same topics as the facts (work, family, pe
 food, health, books, sports, music, home...), so filler is a distractor. Facts are planted
 in some turns, and questions about them are asked after the whole conversation:
 
-- `single-hop`: one evidence turn ("What kind of dog did Caroline adopt?" against "We
-  brought home a beagle from the shelter last week, ...").
+- `single-hop`: one evidence turn ("What did Caroline name the beagle?" against "We
+  brought home a beagle from the shelter last week, and Biscuit has already claimed the
+  couch.").
 - `multi-hop`: 2-3 evidence turns in different sessions, linked by an entity named in the
   evidence only ("I met Jess at my pottery class" ... sessions later ... "Jess packed up
   and moved to Denver" -> "Which city is the pal from Caroline's ceramics course based in
@@ -22,13 +23,30 @@ in some turns, and questions about them are asked after the whole conversation:
   same topic with other facts ("What breed is the dog Caroline adopted?" against "My
   neighbour adopted a dog too, some kind of corgi mix").
 
-Paraphrase is enforced in code: a question shares no content word with its evidence turns,
-under this file's own stemmer (lower-case, stopwords out, crude suffix stripping, a table
-of irregular verbs, and word families: one stem a prefix of the other, or a 6-letter common
-prefix) and under `fmai_core.relevance.terms`. Only the two speakers' names may be shared.
-Questions are written from hand-made synonym and hypernym tables (beagle -> dog, pottery ->
-ceramics, charity 5k -> fundraising race); a draft that shares a word is rejected and
-another surface form (or other slot values) is drawn; the counts are printed.
+Every question has a `wording`, drawn 50/50 per question by its own seeded stream
+(`random.Random("fmai-recall-wording:...")`), so that the conversations, the evidence and
+the paraphrased questions are exactly those the main stream gives, whichever wording a
+question gets:
+
+- `paraphrased`: the question shares no content word with its evidence turns, under this
+  file's own stemmer (lower-case, stopwords out, crude suffix stripping, a table of
+  irregular verbs, and word families: one stem a prefix of the other, or a 6-letter common
+  prefix) and under `fmai_core.relevance.terms`. Only the two speakers' names may be
+  shared. Written from hand-made synonym and hypernym tables (beagle -> dog, pottery ->
+  ceramics, charity 5k -> fundraising race); a draft that shares a word is rejected and
+  another surface form (or other slot values) is drawn ("What did Caroline call her new
+  dog?").
+- `natural`: asked the way a user who remembers the conversation asks, with the fact's own
+  key word(s) ("What is the name of the beagle Caroline adopted?", "When did Melanie run
+  the charity 5k?"). Written from the hand-made `NATURAL` templates, tried in a random
+  order; a draft is kept only if it shares 1-3 content words with the evidence under each
+  of the same two stemmers (for multi-hop, at least one with the first hop; the bridge name
+  never comes from the question), and does not contain its expected answer. A question
+  drawn natural with no passing draft stays paraphrased. The decoys are the same for both
+  wordings, so a natural adversarial question shares words with its decoys too.
+
+The counts (rejected drafts, shared words per natural question) are printed, and the
+finished data is re-checked against its wording's rule.
 
 Each conversation goes through the real engine as an app would feed it:
 `FiniteMemoryLLM(EchoBackend(), policy, max_tokens=budget x the conversation's tokens,
@@ -54,7 +72,11 @@ the budget and BM25 hits by score the rest; a turn costs its EchoBackend count),
 With `--embedder`, `minilm` (cosine of `fmai_torch.SentenceEmbedder` embeddings, the same
 recent quarter) and `rrf(bm25, minilm)` (reciprocal-rank fusion, k=60) are added, and the
 policies are also run with that embedder. `evidence fits` is the share of questions whose
-evidence fits in the budget at all (an upper bound).
+evidence fits in the budget at all (an upper bound). Every table has the columns overall,
+`natural`, `paraphrased` and one per type; the JSON also splits each row by wording x type.
+The self-check printed with the tables expects the evidence to fit for >= 95%,
+`bm25+recent` overall between 30% and 70% at a 10% budget, and `bm25+recent` to keep at
+most 10% of the paraphrased questions at any budget.
 
 Usage:
     python benchmarks/recall.py                       # Markdown tables (10 conversations)
@@ -187,6 +209,7 @@ class Checker:
         return mine, fm
 
     def clean(self, question: str, evidence: Sequence[str]) -> bool:
+        """A paraphrased question: no content word shared with the evidence."""
         mine, fm = self.shared(question, evidence)
         if mine:
             self.rejected["benchmark stemmer"] += 1
@@ -196,6 +219,24 @@ class Checker:
             self.rejected["drafts"] += 1
             return False
         return True
+
+    def natural(self, question: str, evidence: Sequence[str]) -> tuple[list[str], list[str]] | None:
+        """A natural question: 1-3 content words shared with the evidence under each stemmer,
+        at least one of them with the first evidence turn (the first hop). Returns the shared
+        words (this file's stemmer, fmai's), or None for a draft to reject."""
+        mine, fm = self.shared(question, evidence)
+        reason = ""
+        if not mine or not fm:
+            reason = "natural: shares nothing"
+        elif len(mine) > 3 or len(fm) > 3:
+            reason = "natural: shares more than 3"
+        elif len(evidence) > 1 and not all(self.shared(question, evidence[:1])):
+            reason = "natural: nothing from the first hop"
+        if reason:
+            self.rejected[reason] += 1
+            self.rejected["natural drafts"] += 1
+            return None
+        return mine, fm
 
 
 # -- slot banks: "surface|paraphrase,paraphrase|extra" ----------------------------------------
@@ -220,8 +261,9 @@ BANKS_TEXT: dict[str, str] = {
     "race": "charity 5k|fundraising race,benefit race; half marathon|long-distance race;"
     " 10k fun run|ten-kilometre race; mud run|obstacle race; sprint triathlon|multisport race;"
     " trail ultramarathon|mountain race",
-    "subject": "a lighthouse at sunset; my grandmother's garden; a fox in the snow;"
-    " the view from our balcony; a bowl of lemons; the harbour at night; two herons by a pond",
+    "subject": "a lighthouse at sunset||lighthouse; my grandmother's garden||garden;"
+    " a fox in the snow||fox; the view from our balcony||balcony view;"
+    " a bowl of lemons||lemons; the harbour at night||harbour; two herons by a pond||herons",
     "veg": "tomatoes|crop; courgettes|squash; peppers|crop; potatoes|tubers; cucumbers|crop;"
     " pumpkins|gourds; runner beans|legumes; strawberries|fruit",
     "band": "Arcade Fire|indie band; Coldplay|pop band; the Black Keys|rock duo; Adele|singer;"
@@ -259,11 +301,11 @@ BANKS_TEXT: dict[str, str] = {
     " cataract surgery|eye operation; heart bypass|cardiac operation;"
     " back surgery|spinal operation",
     "kid": "daughter|little girl; son|little boy",
-    "milestone": "lost a baby tooth|have an incisor come out;"
-    " rode a bike without training wheels|cycle unassisted;"
-    " swam a whole length of the pool|cross the water unaided;"
-    " read a chapter book all alone|finish a novel unaided;"
-    " scored a first goal at soccer|net a debut point at football",
+    "milestone": "lost a baby tooth|have an incisor come out|lose a tooth;"
+    " rode a bike without training wheels|cycle unassisted|ride a bike alone;"
+    " swam a whole length of the pool|cross the water unaided|swim a length;"
+    " read a chapter book all alone|finish a novel unaided|finish a chapter book;"
+    " scored a first goal at soccer|net a debut point at football|score a goal",
     "dish": "fresh pasta|noodles by hand; sourdough bread|a loaf; ramen|noodle soup;"
     " dumplings|filled parcels; croissants|French pastries; paella|Spanish rice;"
     " tamales|corn husk parcels; biryani|spiced rice",
@@ -319,10 +361,11 @@ BANKS_TEXT: dict[str, str] = {
     "gift": "a vintage record player|a turntable; a hot-air balloon ride|a flight in a basket;"
     " a telescope|a stargazing scope; an espresso machine|a coffee maker;"
     " a weekend at a spa|a pampering getaway; a pottery wheel|a ceramics kit",
-    "dream": "see the northern lights|witness the aurora;"
-    " swim with sea turtles|snorkel beside marine reptiles;"
-    " drive Route 66|cross America by car; learn to fly a plane|pilot an aircraft;"
-    " walk the Camino de Santiago|complete the Spanish pilgrimage",
+    "dream": "see the northern lights|witness the aurora|the northern lights;"
+    " swim with sea turtles|snorkel beside marine reptiles|sea turtles;"
+    " drive Route 66|cross America by car|Route 66;"
+    " learn to fly a plane|pilot an aircraft|flying a plane;"
+    " walk the Camino de Santiago|complete the Spanish pilgrimage|the Camino",
     "lang": "Spanish|Castilian; Japanese|the tongue of Tokyo;"
     " Portuguese|the language of Brazil; Korean|the language of Seoul;"
     " Italian|the tongue of Rome; Greek|the language of Athens",
@@ -391,7 +434,9 @@ def _parse_banks() -> dict[str, tuple[Item, ...]]:
         items = []
         for entry in text.split(";"):
             parts = [p.strip() for p in entry.strip().split("|")]
-            paras = tuple(p.strip() for p in parts[1].split(",")) if len(parts) > 1 else ()
+            paras = (
+                tuple(p.strip() for p in parts[1].split(",") if p.strip()) if len(parts) > 1 else ()
+            )
             items.append(Item(parts[0], paras, parts[2] if len(parts) > 2 else "", name))
         banks[name] = tuple(items)
     return banks
@@ -1551,6 +1596,686 @@ CONFLICTS = {
 }  # fmt: skip
 REPEATABLE_CHAINS = ("friend_moved", "spouse_restaurant")  # the question names the activity
 
+# -- natural wordings --------------------------------------------------------------------------
+# How a user who remembers the conversation asks: with the fact's own key word(s) (the breed,
+# the race, "the vet", "lessons"...), never a copy of the evidence. Each draft must share 1-3
+# content words with the evidence turns under both stemmers (with the first hop for
+# multi-hop questions; bridge names stay out), and must not contain its expected answer where
+# the answer is a fact. Drafts are tried in a random order and the first that passes is kept;
+# "question => answer" gives the expected answer where the question asks for another part of
+# the fact ("What did Caroline name the beagle?" => the pet's name).
+NATURAL: dict[str, dict[str, tuple[str, ...]]] = {
+    "adopt_dog": {
+        "single-hop": (
+            "What did {who} name the {breed}? => {petname}",
+            "What is the name of the {breed} {who} brought home? => {petname}",
+            "What is {who}'s {breed} called? => {petname}",
+        ),
+        "temporal": (
+            "When did {who} bring home the {breed}?",
+            "When did {who} get {petname}?",
+            "When did {petname} the {breed} move in with {who}?",
+        ),
+        "speaker": (
+            "Who has {breed_a} called {petname}?",
+            "Who adopted {breed_a}?",
+            "Whose dog is {petname}?",
+        ),
+        "adversarial": (
+            "What is the name of the {breed} {who} adopted? => {petname}",
+            "What did {who} name the {breed} from the shelter? => {petname}",
+        ),
+    },
+    "adopt_cat": {
+        "single-hop": (
+            "What did {who} name the {cat}? => {petname}",
+            "What is {who}'s {cat} called? => {petname}",
+        ),
+        "temporal": (
+            "When did {who} get the {cat}?",
+            "When did {petname} the {cat} join {who}'s family?",
+        ),
+        "speaker": ("Who has {cat_a} called {petname}?", "Whose cat is {petname}?"),
+        "adversarial": (
+            "What kind of cat is {petname}? => {cat}",
+            "What kind of cat is {who}'s {petname}? => {cat}",
+        ),
+    },
+    "pet_emergency": {
+        "single-hop": (
+            "Why did {who} have to take the {pet} to the vet? => {mishap}",
+            "What happened to {who}'s {pet} that meant a trip to the vet? => {mishap}",
+            "Why was {who} at the emergency vet with the {pet}? => {mishap}",
+        ),
+        "temporal": (
+            "When did {who} take the {pet} to the vet?",
+            "When did {who}'s {pet} end up at the emergency vet?",
+        ),
+        "speaker": (
+            "Whose {pet} had to go to the vet?",
+            "Whose {pet} ended up at the emergency vet?",
+        ),
+        "adversarial": ("What happened to {who}'s {pet} at the vet? => {mishap}",),
+    },
+    "take_up_hobby": {
+        "single-hop": (
+            "What did {who} sign up for lessons in?",
+            "What did {who} finally try and get hooked on?",
+            "What did {who} start at the community centre?",
+        ),
+        "temporal": (
+            "When did {who} take up {hobby}?",
+            "When was {who}'s first {hobby} class?",
+            "When did {who} try {hobby}?",
+        ),
+        "speaker": (
+            "Who took up {hobby}?",
+            "Who signed up for {hobby} lessons?",
+            "Who is doing {hobby} now?",
+        ),
+        "adversarial": (
+            "What hobby did {who} sign up for lessons in?",
+            "What hobby is {who} hooked on now?",
+            "What hobby did {who} start at the community centre?",
+        ),
+    },
+    "charity_race": {
+        "single-hop": (
+            "What race did {who} run?",
+            "Which race did {who} finish?",
+            "What race turned {who}'s legs to jelly?",
+        ),
+        "temporal": ("When did {who} run the {race}?", "When did {who} do the {race}?"),
+        "speaker": ("Who ran {race_a}?", "Who did the {race}?"),
+        "adversarial": (
+            "Which race did {who} finish?",
+            "What race did {who} run?",
+            "Which race left {who}'s legs like jelly?",
+        ),
+    },
+    "artwork": {
+        "single-hop": (
+            "What is on {who}'s new canvas?",
+            "What does the watercolour in {who}'s hallway show?",
+        ),
+        "temporal": (
+            "When did {who} finish the canvas of the {subject_x}?",
+            "When did {who} hang the watercolour of the {subject_x}?",
+            "When did {who} paint the {subject_x}?",
+        ),
+        "speaker": ("Who painted the {subject_x}?", "Who hung a watercolour in the hallway?"),
+        "adversarial": (
+            "What did {who} paint on the canvas?",
+            "What did {who} paint for the hallway?",
+        ),
+    },
+    "harvest": {
+        "single-hop": (
+            "What did {who} pick a whole basket of?",
+            "What did {who} bring in from the allotment?",
+        ),
+        "temporal": ("When did {who} pick all those {veg}?", "When did {who} harvest the {veg}?"),
+        "speaker": ("Who grew loads of {veg}?", "Who had {veg} from the allotment?"),
+        "adversarial": (
+            "What vegetable did {who} pick a basket of?",
+            "What vegetable did {who} bring in from the allotment?",
+        ),
+    },
+    "concert": {
+        "single-hop": (
+            "Who did {who} see live? => {band}",
+            "Which band did {who} see from the front row?",
+        ),
+        "temporal": ("When did {who} see {band} live?", "When did {who} see {band}?"),
+        "speaker": ("Who saw {band} live?", "Who went to see {band}?"),
+        "adversarial": (
+            "Which concert did {who} see live?",
+            "Which concert did {who} see from the front row?",
+        ),
+    },
+    "instrument": {
+        "single-hop": (
+            "What instrument is {who} practicing every night?",
+            "Which old instrument did {who} dust off?",
+            "What does {who} practice scales on?",
+        ),
+        "temporal": (
+            "When did {who} dust off the {inst}?",
+            "When did {who} start practicing the {inst}?",
+        ),
+        "speaker": ("Who practices the {inst}?", "Who is practicing {inst} every night?"),
+        "adversarial": (
+            "What instrument is {who} practicing every night?",
+            "Which old instrument did {who} dust off?",
+        ),
+    },
+    "book_club": {
+        "single-hop": (
+            "What book did {who}'s reading group pick?",
+            "What is {who}'s group at the library reading?",
+        ),
+        "speaker": (
+            "Who is in a reading group?",
+            "Who is in a book group at the library?",
+            "Whose group is reading {title}?",
+        ),
+        "adversarial": (
+            "What book is {who}'s reading group on?",
+            "What book did {who}'s library group pick?",
+        ),
+    },
+    "new_job": {
+        "single-hop": (
+            "What job did {who} get at {company}? => {role}",
+            "What will {who} be at {company}? => {role}",
+            "Where will {who} work as {role_a}? => {company}",
+        ),
+        "temporal": (
+            "When did {who} sign the contract with {company}?",
+            "When did {who} say yes to {company}?",
+            "When did {who} get the {role} job?",
+        ),
+        "speaker": ("Who is going to work at {company}?", "Who is the new {role} at {company}?"),
+        "adversarial": (
+            "What job did {who} get at {company}? => {role}",
+            "What job did {who} sign a contract for?",
+        ),
+    },
+    "promotion": {
+        "single-hop": (
+            "What did {who} get bumped up to?",
+            "What is {who} officially now, according to the boss?",
+            "What did {who} get bumped up to, with a raise?",
+        ),
+        "temporal": (
+            "When did {who} become {jobtitle}?",
+            "When did {who} get bumped up to {jobtitle}?",
+            "When did {who} become the new {jobtitle}?",
+        ),
+        "speaker": ("Who is the new {jobtitle}?", "Who got bumped up to {jobtitle}?"),
+        "adversarial": (
+            "Which promotion did {who} get from the boss?",
+            "What was {who} bumped up to in the promotion?",
+        ),
+    },
+    "own_business": {
+        "single-hop": (
+            "What is {who} opening this autumn?",
+            "What did {who} sign a lease for?",
+            "What kind of place is {shopname}? => {shop}",
+        ),
+        "speaker": ("Who is opening {shop}?", "Who owns {shopname}?", "Whose shop is {shopname}?"),
+        "adversarial": (
+            "What business is {who} opening this autumn?",
+            "What business did {who} sign the lease for?",
+            "What kind of business is {shopname}? => {shop}",
+        ),
+    },
+    "conference": {
+        "single-hop": (
+            "Where is the conference {who} is presenting at?",
+            "Where is the conference {who} got accepted to speak at?",
+            "Where is {who} presenting in the spring?",
+        ),
+        "speaker": (
+            "Who is presenting at a conference in {city}?",
+            "Who is speaking at the conference in {city}?",
+            "Who got accepted to speak in {city}?",
+        ),
+    },
+    "engaged": {
+        "single-hop": (
+            "Which of {who}'s relatives got engaged?",
+            "Who popped the question in {who}'s family?",
+        ),
+        "temporal": (
+            "When did {rname} get engaged?",
+            "When did {who}'s {rel} get engaged?",
+            "When did {rname} pop the question?",
+        ),
+        "speaker": (
+            "Whose {rel} got engaged?",
+            "Whose {rel} is {rname}?",
+            "Whose {rel} popped the question?",
+        ),
+        "adversarial": (
+            "Who in {who}'s family got engaged to be married?",
+            "Which of {who}'s relatives popped the question?",
+        ),
+    },
+    "new_baby": {
+        "single-hop": (
+            "What is the name of {who}'s {rel}'s baby?",
+            "What is the name of {who}'s {rel}'s first kid?",
+        ),
+        "temporal": (
+            "When was {who}'s {rel}'s baby born?",
+            "When did little {babyname} arrive?",
+            "When was {babyname} born?",
+        ),
+        "speaker": ("Whose {rel} had a baby?", "Whose {rel} had little {babyname}?"),
+    },
+    "kid_milestone": {
+        "single-hop": (
+            "What did {who}'s {kid} {kname} manage to do?",
+            "What did {kname} do on the big day?",
+        ),
+        "temporal": ("When did {kname} {milestone_x}?", "When did {who}'s {kid} {milestone_x}?"),
+        "speaker": ("Whose {kid} is {kname}?", "Who is {kname}'s parent?"),
+    },
+    "parent_surgery": {
+        "single-hop": (
+            "What surgery did {who}'s {parent} have?",
+            "What is {who}'s {parent} recovering from?",
+        ),
+        "temporal": (
+            "When did {who}'s {parent} have the {procedure}?",
+            "When did {who}'s {parent} get home after the {procedure}?",
+        ),
+        "speaker": (
+            "Whose {parent} had {procedure_a}?",
+            "Whose {parent} is recovering from {procedure_a}?",
+        ),
+        "adversarial": (
+            "What surgery did {who}'s {parent} have?",
+            "What surgery is {who}'s {parent} recovering from?",
+        ),
+    },
+    "anniversary": {
+        "single-hop": (
+            "Where did {who} and {partner} go for their anniversary?",
+            "Where did {partner} whisk {who} off to?",
+            "Where did {who} and {partner} spend a long weekend?",
+        ),
+        "speaker": (
+            "Who went to {city} with {partner}?",
+            "Who celebrated ten years with {partner}?",
+        ),
+    },
+    "trip_back": {
+        "single-hop": (
+            "What was the highlight of {who}'s trip to {city}?",
+            "What took {who}'s breath away in {city}?",
+        ),
+        "temporal": (
+            "When did {who} get back from {city}?",
+            "When did {who} come home from {city}?",
+        ),
+        "speaker": ("Who just got back from {city}?", "Who went to {city}?"),
+        "adversarial": (
+            "What was the best part of {who}'s trip to {city}?",
+            "What was the highlight of {who}'s trip to {city}?",
+        ),
+    },
+    "trip_plan": {
+        "single-hop": (
+            "Where is {who} going in {month}? => {city}",
+            "Where did {who} book flights to?",
+        ),
+        "speaker": ("Who booked flights to {city}?", "Who is going to {city} in {month}?"),
+    },
+    "lost_luggage": {
+        "single-hop": (
+            "What happened with the airline on {who}'s trip to {city}?",
+            "What went wrong when {who} landed in {city}?",
+        ),
+        "temporal": (
+            "When did {who} land in {city} without a bag?",
+            "When did {who} land in {city}?",
+        ),
+        "speaker": (
+            "Whose suitcase did the airline lose?",
+            "Whose bag got lost on the way to {city}?",
+            "Who lost a bag on the way to {city}?",
+        ),
+    },
+    "cooked": {
+        "single-hop": (
+            "What did {who} make from scratch?",
+            "What did {who} spend all afternoon making?",
+        ),
+        "temporal": (
+            "When did {who} make {dish}?",
+            "When did {who} make {dish} from scratch?",
+            "When did {who} try homemade {dish}?",
+        ),
+        "speaker": (
+            "Who made {dish} from scratch?",
+            "Who made homemade {dish}?",
+            "Who cooked {dish}?",
+        ),
+        "adversarial": (
+            "What dish did {who} make from scratch?",
+            "What dish did {who} spend all afternoon on?",
+        ),
+    },
+    "quit_food": {
+        "single-hop": ("What did {who} cut out completely?", "What did {who} need luck giving up?"),
+        "temporal": (
+            "When did {who} cut out {food}?",
+            "When did {who} stop {food}?",
+            "When was {who}'s day one without {food}?",
+        ),
+        "speaker": ("Who cut out {food}?", "Who stopped {food}?"),
+        "adversarial": (
+            "What did {who} give up completely?",
+            "What did {who} give up, wishing for luck?",
+        ),
+    },
+    "restaurant": {
+        "single-hop": (
+            "What is the {cuisine} place {who} is obsessed with?",
+            "What is {who}'s favourite {cuisine} restaurant?",
+        ),
+        "speaker": ("Who loves {rest}?", "Who is obsessed with {rest}?"),
+    },
+    "bake_off": {
+        "single-hop": (
+            "What did {who} enter at the county fair?",
+            "What won {who} a ribbon?",
+            "What did {who} bake for the village show?",
+        ),
+        "temporal": (
+            "When did {who} place at the county fair?",
+            "When did {who} win a ribbon?",
+            "When did {who}'s {cake} win a prize?",
+        ),
+        "speaker": ("Who won a ribbon for {cake_a}?", "Whose {cake} won a prize?"),
+    },
+    "allergy": {
+        "single-hop": ("What is {who} allergic to?", "What makes {who} break out in hives?"),
+        "temporal": (
+            "When did {who} find out about the {allergen} allergy?",
+            "When did {who} learn about being allergic to {allergen}?",
+        ),
+        "speaker": ("Who is allergic to {allergen}?", "Who breaks out in hives from {allergen}?"),
+    },
+    "injury": {
+        "single-hop": (
+            "What did {who} sprain? => {body}",
+            "What did {who} hurt playing {sport}? => {body}",
+            "How did {who} sprain the {body}? => playing {sport}",
+        ),
+        "temporal": (
+            "When did {who} sprain the {body}?",
+            "When did {who} get hurt playing {sport}?",
+        ),
+        "speaker": ("Who hurt {body_a} playing {sport}?", "Who got injured playing {sport}?"),
+        "adversarial": (
+            "How did {who} hurt the {body}? => playing {sport}",
+            "What did {who} hurt playing {sport}? => {body}",
+        ),
+    },
+    "exercise": {
+        "single-hop": (
+            "What does {who} do three mornings a week?",
+            "What is {who}'s new habit before coffee?",
+        ),
+        "speaker": ("Who does {exercise} before work?", "Who has a new {exercise} habit?"),
+    },
+    "sleep": {
+        "single-hop": ("What fixed {who}'s insomnia?", "What stopped {who} lying awake?"),
+        "speaker": ("Who fixed their insomnia?", "Who sleeps better thanks to {practice}?"),
+    },
+    "author": {
+        "single-hop": (
+            "Whose novels are {who}'s comfort reads?",
+            "Which author does {who} reread every winter?",
+            "Which writer does {who} reread?",
+        ),
+        "speaker": ("Who loves {author}'s novels?", "Who keeps rereading {author}?"),
+        "adversarial": (
+            "Which author does {who} reread every winter?",
+            "Which author's novels are {who}'s comfort reads?",
+        ),
+    },
+    "tv_binge": {
+        "single-hop": (
+            "What did {who} watch all eight episodes of?",
+            "What did {who} stay up until 2 am finishing?",
+        ),
+        "temporal": ("When did {who} watch {show}?", "When did {who} finish {show}?"),
+        "speaker": ("Who watched all of {show}?", "Who binged {show}?"),
+        "adversarial": (
+            "What show did {who} watch all eight episodes of?",
+            "What show did {who} stay up until 2 am finishing?",
+        ),
+    },
+    "podcast": {
+        "single-hop": (
+            "What is the podcast {who} listens to on the commute about?",
+            "What is the podcast {who} is hooked on about?",
+        ),
+        "speaker": (
+            "Who listens to a podcast about {pod}?",
+            "Who is hooked on a podcast about {pod}?",
+            "Who is into {pod}?",
+        ),
+    },
+    "team_win": {
+        "single-hop": (
+            "Which team did {who} see win at home?",
+            "Who did {who} watch win from behind the goal?",
+        ),
+        "temporal": ("When did {who} see the {team} win?", "When did {who} watch the {team} win?"),
+        "speaker": ("Who saw the {team} win?", "Who watched the {team} win?"),
+    },
+    "league": {
+        "single-hop": ("What league did {who} join?", "What sport is {who}'s new league?"),
+        "speaker": ("Who plays in {lsport_a} league?", "Who joined {lsport_a} league?"),
+    },
+    "hike": {
+        "single-hop": (
+            "What did {who} hike up?",
+            "Which mountain did {who} make it to the top of?",
+        ),
+        "temporal": ("When did {who} hike up {peak}?", "When did {who} climb {peak}?"),
+        "speaker": ("Who hiked {peak}?", "Who made it to the top of {peak}?"),
+    },
+    "moved": {
+        "single-hop": (
+            "What street is {who}'s new flat on?",
+            "Where is the place {who} got the keys to?",
+        ),
+        "temporal": (
+            "When did {who} move to {street}?",
+            "When did {who} get the keys on {street}?",
+        ),
+        "speaker": ("Who moved to {street}?", "Who lives on {street}?"),
+    },
+    "renovation": {
+        "single-hop": (
+            "Which room is the contractor redoing for {who}?",
+            "What did {who} have demolition day for?",
+        ),
+        "temporal": (
+            "When did {who} tear out the {room}?",
+            "When was demolition day for {who}'s {room}?",
+        ),
+        "speaker": ("Who is redoing the {room}?", "Whose {room} is just studs and dust?"),
+    },
+    "car": {
+        "single-hop": (
+            "What did {who} trade the old car in for?",
+            "What did {who} pick up from the dealer?",
+        ),
+        "temporal": ("When did {who} get the {car_n}?", "When did {who} pick up the {car_n}?"),
+        "speaker": ("Who bought {car}?", "Who drives {car} now?"),
+        "adversarial": (
+            "What car did {who} trade the old one for?",
+            "What car did {who} pick up from the dealer?",
+        ),
+    },
+    "course": {
+        "single-hop": ("What evening course is {who} taking?", "What course did {who} start?"),
+        "temporal": (
+            "When did {who}'s {study} course start?",
+            "When did {who} go back to a classroom?",
+        ),
+        "speaker": (
+            "Who is taking a course on {study}?",
+            "Who is doing an evening course on {study}?",
+        ),
+    },
+    "volunteer": {
+        "single-hop": (
+            "Where does {who} help out on Saturdays?",
+            "Where did {who} do a first shift?",
+        ),
+        "temporal": (
+            "When was {who}'s first shift at the {vplace}?",
+            "When did {who} start helping at the {vplace}?",
+        ),
+        "speaker": ("Who helps out at the {vplace}?", "Who volunteers at the {vplace}?"),
+    },
+    "gift": {
+        "single-hop": (
+            "What did {partner} get {who} for their birthday?",
+            "What did {partner} surprise {who} with?",
+        ),
+        "temporal": ("When was {who}'s birthday?", "When did {partner} give {who} {gift}?"),
+        "speaker": (
+            "Who did {partner} surprise on their birthday?",
+            "Who got {gift} for their birthday?",
+        ),
+    },
+    "bucket": {
+        "single-hop": (
+            "What is {who}'s big dream?",
+            "What is the one thing {who} has to do before dying?",
+        ),
+        "speaker": ("Who dreams of {dream_x}?", "Whose big dream is {dream_x}?"),
+    },
+    "language": {
+        "single-hop": (
+            "What language is {who}'s app streak in?",
+            "What language did {who} order dinner in?",
+        ),
+        "speaker": ("Who is learning {lang}?", "Who has {lang_a} streak going?"),
+    },
+    "tattoo": {
+        "single-hop": ("What did {who} get inked on the wrist?", "What tattoo did {who} get?"),
+        "temporal": ("When did {who} get the {tattoo} tattoo?", "When did {who} get inked?"),
+        "speaker": ("Who got {tattoo_a} tattoo?", "Who has {tattoo_a} on the wrist?"),
+    },
+    "debt": {
+        "single-hop": ("What did {who} make the last payment on?", "What did {who} pay off?"),
+        "temporal": (
+            "When did {who} pay off {debt}?",
+            "When did {who} make the last payment on {debt}?",
+        ),
+        "speaker": ("Who paid off {debt}?", "Who made the last payment on {debt}?"),
+    },
+    "moving_city": {
+        "single-hop": ("Where has {who} decided to move?", "Where is {who} packing up for?"),
+        "speaker": ("Who is moving to {city}?", "Who is packing up for {city}?"),
+    },
+    "theft": {
+        "single-hop": (
+            "What was stolen from {who} outside the gym?",
+            "What did {who} get nicked at the café?",
+        ),
+        "temporal": ("When was {who}'s {thing} stolen?", "When did {who}'s {thing} get nicked?"),
+        "speaker": ("Whose {thing} was stolen?", "Whose {thing} got nicked?"),
+    },
+    # chains: the words come from the first hop at least; the bridge name never
+    "friend_moved": {
+        "multi-hop": (
+            "Where did {who}'s friend from {activity} class move to?",
+            "Where does {who}'s friend from {activity} live now?",
+            "Which city did {who}'s {activity} friend move to?",
+        ),
+    },
+    "relative_win": {
+        "multi-hop": (
+            "Which {hobby} competition did {who}'s {rel} win?",
+            "What did {who}'s {rel} win at {hobby}?",
+            "Which contest did {who}'s {rel} win?",
+        ),
+    },
+    "pet_chain": {
+        "multi-hop": (
+            "What happened to {who}'s {animal}?",
+            "What trouble did {who}'s {animal} get into?",
+        ),
+    },
+    "coworker_book": {
+        "multi-hop": (
+            "What did {who} think of the book from the office?",
+            "How did {who} like the book borrowed from the office?",
+            "What did {who} think of the ending of the book from the office?",
+        ),
+    },
+    "visit_relative": {
+        "multi-hop": (
+            "Where is {who} going to see the {rel}?",
+            "Which city is {who} flying to, to see the {rel}?",
+        ),
+    },
+    "interview_offer": {
+        "multi-hop": (
+            "Which company hired {who} as {role_a}?",
+            "Which company offered {who} the {role} job after the interview?",
+        ),
+    },
+    "instruments_agg": {
+        "multi-hop": (
+            "What instruments has {who} been practicing?",
+            "Which instruments does {who} play besides the {inst1}? => {others}",
+            "What instruments does {who} play, counting the {inst1}?",
+        ),
+    },
+    "trips_agg": {
+        "multi-hop": (
+            "Where has the office sent {who} for work?",
+            "Where has {who} gone for client meetings?",
+            "Which cities has {who} been sent to by the office?",
+        ),
+    },
+    "house_purchase": {
+        "multi-hop": (
+            "In which neighbourhood did {who} buy the {house}?",
+            "Where is the {house} {who} bought?",
+        ),
+    },
+    "recommend_book": {
+        "multi-hop": (
+            "What did {other} like about {title}?",
+            "What did {other} think was brilliant in {title}?",
+            "What did {other} love about {title} after {who} recommended it?",
+        ),
+    },
+    "restaurant_friend": {
+        "multi-hop": (
+            "What did {who} love at the place the old roommate opened?",
+            "What dish did {who} like at the old roommate's restaurant downtown?",
+        ),
+    },
+    "spouse_restaurant": {
+        "multi-hop": (
+            "Where is {who}'s {activity} friend's partner opening a restaurant?",
+            "Where is the chef married to {who}'s {activity} friend cooking now?",
+            "Where is the partner of {who}'s friend from {activity} opening a restaurant?",
+        ),
+    },
+    "job_to_promotion": {
+        "temporal": (
+            "How long after starting at {company} did {who} get promoted?",
+            "How long did it take {who} to get promoted at {company}?",
+            "How long after the first day at {company} did {who} become {jobtitle}?",
+        ),
+    },
+    "which_first": {
+        "temporal": (
+            "Which came first: {who}'s trip to {city} or the {race}?",
+            "Did {who} get back from {city} before or after the {race}?",
+            "Which came first for {who}: {city} or the race?",
+        ),
+    },
+}
+ANSWER_KINDS = ("single-hop", "multi-hop", "adversarial")  # a natural one must not give it away
+WORDINGS = ("natural", "paraphrased")
+
 # -- relative dates ----------------------------------------------------------------------------
 
 
@@ -2090,13 +2815,25 @@ class Event:
 
 @dataclass
 class Question:
-    """A question asked after the whole conversation, with its evidence turns."""
+    """A question asked after the whole conversation, with its evidence turns.
+
+    `text` is the wording asked: `paraphrased` (no content word shared with the evidence) or
+    `natural` (1-3 shared). Both drafts are kept for the docs: `paraphrase`, and `natural`
+    when one passed its check; `shared` holds the words a natural question shares with its
+    evidence (this file's stemmer).
+    """
 
     kind: str
     text: str
     events: list[Event]
     answer: str
     template: str
+    wording: str = "paraphrased"
+    paraphrase: str = ""
+    paraphrase_answer: str = ""
+    natural: str = ""
+    natural_answer: str = ""
+    shared: tuple[str, ...] = ()
 
     @property
     def evidence(self) -> list[int]:
@@ -2125,6 +2862,10 @@ class Generator:
     def __init__(self, seed: int, index: int) -> None:
         self.index = index
         self.rng = random.Random(f"fmai-recall:{seed}:{index}")
+        # Wordings draw from their own stream, so that the conversations, the evidence and
+        # the paraphrased questions are those that `rng` alone gives.
+        self.wrng = random.Random(f"fmai-recall-wording:{seed}:{index}")
+        self.wording = Counter[str]()
         rng = self.rng
         self.a, self.b = rng.sample(SPEAKERS, 2)
         self.people = rng.sample(PEOPLE, len(PEOPLE))
@@ -2171,12 +2912,16 @@ class Generator:
                 out[slot] = item
         return out
 
-    def _values(self, drawn: dict[str, Any], who: str, other: str) -> dict[str, str]:
-        rng = self.rng
+    def _values(
+        self, drawn: dict[str, Any], who: str, other: str, rng: random.Random | None = None
+    ) -> dict[str, str]:
+        rng = rng or self.rng
         vals = {"who": who, "other": other}
         for slot, v in drawn.items():
             if isinstance(v, Item):
                 vals[slot] = v.surface
+                vals[slot + "_n"] = re.sub(r"^(a|an|the|my) ", "", v.surface)
+                vals[slot + "_a"] = ("an " if v.surface[0] in "aeiouAEIOU" else "a ") + v.surface
                 vals[slot + "_q"] = rng.choice(v.paraphrases) if v.paraphrases else v.surface
                 vals[slot + "_x"] = v.extra
                 alts = [i for i in BANKS[v.bank] if i.surface != v.surface]
@@ -2217,7 +2962,13 @@ class Generator:
     def single(self, fact: Fact, who: str, session: int, kinds: list[str]) -> list[Question]:
         other = self.b if who == self.a else self.a
         fixed: dict[str, Any] = {}
-        best: tuple[int, list[Question], Event | None, list[str]] = (-1, [], None, [])
+        best: tuple[int, list[Question], Event | None, list[str], dict[str, Any]] = (
+            -1,
+            [],
+            None,
+            [],
+            {},
+        )
         for _attempt in range(12):
             drawn = self._draw(fact.slots, fixed)
             forms = fact.evidence
@@ -2245,11 +2996,11 @@ class Generator:
                 answer = self._answer(fact, kind, vals, when, session, "{when}" in form)
                 made.append(Question(kind, q, [event], answer, fact.key))
             if len(made) > best[0]:
-                best = (len(made), made, event, [q.kind for q in made])
+                best = (len(made), made, event, [q.kind for q in made], drawn)
             if len(made) == len(kinds):
                 break
             self.rerendered += 1
-        _, made, event, got = best
+        _, made, event, got, drawn = best
         for kind in kinds:
             if kind not in got:
                 self.dropped[kind] += 1
@@ -2258,6 +3009,7 @@ class Generator:
         self.texts.add(event.text)
         self.events.append(event)
         for q in made:
+            self._word(q, fact.key, drawn, who, other, [event.text], {})
             if q.kind == "adversarial":
                 self._decoys(fact, q, who)
         return made
@@ -2276,6 +3028,59 @@ class Generator:
             if q not in self.qtexts and self.check.clean(q, evidence):
                 self.qtexts.add(q)
                 return q
+        return None
+
+    def _word(
+        self,
+        q: Question,
+        key: str,
+        drawn: dict[str, Any],
+        who: str,
+        other: str,
+        evidence: list[str],
+        extra: dict[str, str],
+    ) -> None:
+        """Draw the question's wording (50/50) and its natural draft (kept for the docs
+        either way); a natural question whose drafts all fail stays paraphrased."""
+        natural = self.wrng.random() < 0.5
+        q.paraphrase, q.paraphrase_answer = q.text, q.answer
+        draft = self._natural(key, q.kind, drawn, who, other, evidence, q.answer, extra)
+        if draft is not None:
+            q.natural, q.natural_answer, q.shared = draft
+        if natural and draft is not None and q.natural not in self.qtexts:
+            self.qtexts.add(q.natural)
+            q.text, q.answer, q.wording = q.natural, q.natural_answer, "natural"
+        elif natural:
+            self.wording["natural, none passed: paraphrased"] += 1
+        self.wording[q.wording] += 1
+
+    def _natural(
+        self,
+        key: str,
+        kind: str,
+        drawn: dict[str, Any],
+        who: str,
+        other: str,
+        evidence: list[str],
+        answer: str,
+        extra: dict[str, str],
+    ) -> tuple[str, str, tuple[str, ...]] | None:
+        """The first natural template (in a random order) that passes `Checker.natural`."""
+        forms = NATURAL.get(key, {}).get(kind, ())
+        vals = {**self._values(drawn, who, other, self.wrng), **extra}
+        for form in self.wrng.sample(forms, len(forms)):
+            text, _, alt = form.partition(" => ")
+            q = _cap(text.format(**vals))
+            a = alt.format(**vals) if alt else answer
+            if kind in ANSWER_KINDS and a.lower() in q.lower():
+                self.check.rejected["natural: gives the answer"] += 1
+                self.check.rejected["natural drafts"] += 1
+                continue
+            if q in self.qtexts:
+                continue
+            shared = self.check.natural(q, evidence)
+            if shared is not None:
+                return q, a, tuple(shared[0])
         return None
 
     def _answer(
@@ -2346,15 +3151,19 @@ class Generator:
                 self.rerendered += 1
                 continue
             vals = self._values(drawn, who, other)
+            extra = {}
             if chain.kind == "temporal":
                 answer = self._duration(chain, whens, vals)
             else:
                 answer = chain.answer.format(**vals)
                 if chain.key == "instruments_agg":
                     answer = ", ".join(vals[f"inst{i + 1}"] for i in range(len(steps)))
+                    extra["others"] = ", ".join(vals[f"inst{i + 1}"] for i in range(1, len(steps)))
             self.texts.update(texts)
             self.events.extend(events)
-            return [Question(chain.kind, q, events, answer, chain.key)]
+            question = Question(chain.kind, q, events, answer, chain.key)
+            self._word(question, chain.key, drawn, who, other, texts, extra)
+            return [question]
         self.dropped[chain.kind] += 1
         return []
 
@@ -2630,16 +3439,37 @@ def make_conversation(seed: int, index: int) -> tuple[Conversation, dict[str, An
         "dropped": dict(gen.dropped),
         "decoys": len(gen.decoy_share),
         "decoys_sharing_a_question_term": sum(gen.decoy_share),
+        "wording": dict(gen.wording),
+        "natural_drafts_rejected": gen.check.rejected["natural drafts"],
+        "natural_rejected": {
+            k.removeprefix("natural: "): v
+            for k, v in gen.check.rejected.items()
+            if k.startswith("natural: ")
+        },
     }
     conv.stats = stats
     return conv, stats
 
 
-def verify(conv: Conversation) -> int:
-    """Re-check every question against its evidence (both stemmers); return the violations."""
+def verify(conv: Conversation) -> tuple[int, dict[str, Counter[int]]]:
+    """Re-check every question against its evidence (both stemmers) by its wording; return
+    the violations and, for the natural ones, how many words they share (per stemmer)."""
     check = Checker(conv.speakers)
     texts = [m.content for m in conv.turns]
-    return sum(not check.clean(q.text, [texts[i] for i in q.evidence]) for q in conv.questions)
+    bad = 0
+    shared: dict[str, Counter[int]] = {"benchmark stemmer": Counter(), "fmai terms": Counter()}
+    for q in conv.questions:
+        evidence = [texts[i] for i in q.evidence]
+        if q.wording == "paraphrased":
+            bad += not check.clean(q.text, evidence)
+            continue
+        got = check.natural(q.text, evidence)
+        if got is None:
+            bad += 1
+        else:
+            shared["benchmark stemmer"][len(got[0])] += 1
+            shared["fmai terms"][len(got[1])] += 1
+    return bad, shared
 
 
 # -- baselines (independent of fmai's relevance code) ------------------------------------------
@@ -2828,12 +3658,25 @@ def embed_conversation(embedder: Any, conv: Conversation) -> tuple[Any, Any]:
 
 
 # -- report ------------------------------------------------------------------------------------
-def _shares(flags: list[bool], kinds: list[str]) -> dict[str, Any]:
-    row: dict[str, Any] = {"overall": sum(flags) / len(flags) if flags else 0.0}
+def _share(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def _shares(flags: list[bool], kinds: list[str], wordings: list[str]) -> dict[str, Any]:
+    """Kept shares: overall, per wording, per type, and per wording x type."""
+    row: dict[str, Any] = {"overall": _share(flags) or 0.0}
+    for w in WORDINGS:
+        row[w] = _share([f for f, x in zip(flags, wordings) if x == w])
     for t in TYPES:
-        sel = [f for f, k in zip(flags, kinds) if k == t]
-        row[t] = sum(sel) / len(sel) if sel else None
+        row[t] = _share([f for f, k in zip(flags, kinds) if k == t])
     row["kept"] = sum(flags)
+    row["by_wording"] = {
+        w: {
+            t: _share([f for f, k, x in zip(flags, kinds, wordings) if k == t and x == w])
+            for t in TYPES
+        }
+        for w in WORDINGS
+    }
     return row
 
 
@@ -2844,9 +3687,16 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         conv, st = make_conversation(args.seed, i)
         convs.append(conv)
         gen_stats.append(st)
-    violations = sum(verify(c) for c in convs)
+    violations = 0
+    shared_n: dict[str, Counter[int]] = defaultdict(Counter)
+    for c in convs:
+        bad, shared = verify(c)
+        violations += bad
+        for stemmer, counts in shared.items():
+            shared_n[stemmer].update(counts)
     gen_s = time.perf_counter() - start
     kinds = [q.kind for c in convs for q in c.questions]
+    wordings = [q.wording for c in convs for q in c.questions]
     embedder = load_embedder() if args.embedder else None
     embeddings: list[Any] = [None] * len(convs)
     elapsed: dict[str, float] = defaultdict(float)
@@ -2880,7 +3730,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     turns = [len(c.turns) for c in convs]
     tokens = [EchoBackend().count_tokens(c.turns) for c in convs]
     per_type = Counter(kinds)
+    per_type_wording = Counter(zip(kinds, wordings))
     evidence_n = Counter(len(q.evidence) for c in convs for q in c.questions)
+    wording_stats = sum((Counter(s["wording"]) for s in gen_stats), Counter())
+    natural_rejected = sum((Counter(s["natural_rejected"]) for s in gen_stats), Counter())
     report = {
         "command": shlex.join(["python", "benchmarks/recall.py", *sys.argv[1:]]),
         "seed": args.seed,
@@ -2892,6 +3745,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "tokens": tokens,
             "questions": len(kinds),
             "questions_per_type": {t: per_type[t] for t in TYPES},
+            "questions_per_wording": {w: wordings.count(w) for w in WORDINGS},
+            "questions_per_type_wording": {
+                t: {w: per_type_wording[t, w] for w in WORDINGS} for t in TYPES
+            },
             "evidence_turns_per_question": dict(sorted(evidence_n.items())),
         },
         "paraphrase": {
@@ -2908,10 +3765,20 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 s["decoys_sharing_a_question_term"] for s in gen_stats
             ),
         },
+        "wording": {
+            "natural": wording_stats["natural"],
+            "paraphrased": wording_stats["paraphrased"],
+            "drawn_natural_but_no_draft_passed": wording_stats["natural, none passed: paraphrased"],
+            "natural_drafts_rejected": sum(s["natural_drafts_rejected"] for s in gen_stats),
+            "natural_rejected_because": dict(natural_rejected),
+            "natural_shared_words": {
+                stemmer: dict(sorted(counts.items())) for stemmer, counts in shared_n.items()
+            },
+        },
         "budgets": {
             key: {
                 "mean_max_tokens": round(mean_max[key], 1),
-                "rows": {name: _shares(f, kinds) for name, f in flags.items()},
+                "rows": {name: _shares(f, kinds, wordings) for name, f in flags.items()},
             }
             for key, flags in rows.items()
         },
@@ -2925,14 +3792,25 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+BM25_RANGE = (0.30, 0.70)  # bm25+recent overall at a 10% budget
+PARAPHRASED_BM25_MAX = 0.10  # paraphrased questions must not be found by their words
+
+
 def difficulty(report: dict[str, Any]) -> dict[str, Any]:
-    """The self-check: the plain BM25 baseline must not pass, and the evidence must fit."""
+    """The self-check: the evidence must fit; at 10%, `bm25+recent` must land in BM25_RANGE
+    overall (natural questions findable by their words, paraphrased ones not); at every
+    budget, `bm25+recent` keeps at most PARAPHRASED_BM25_MAX of the paraphrased ones."""
     out = {}
     for key, b in report["budgets"].items():
         r = b["rows"]
+        bm = r["bm25+recent"]
+        lo, hi = BM25_RANGE
         out[key] = {
-            "bm25+recent": r["bm25+recent"]["overall"],
-            "bm25_ok": r["bm25+recent"]["overall"] <= 0.75,
+            "bm25+recent": bm["overall"],
+            "bm25+recent natural": bm["natural"],
+            "bm25+recent paraphrased": bm["paraphrased"],
+            "bm25_ok": lo <= bm["overall"] <= hi if key == "0.10" else None,
+            "paraphrased_ok": (bm["paraphrased"] or 0.0) <= PARAPHRASED_BM25_MAX,
             "evidence_fits": r["evidence fits"]["overall"],
             "fits_ok": r["evidence fits"]["overall"] >= 0.95,
         }
@@ -2940,18 +3818,23 @@ def difficulty(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def examples(conv: Conversation) -> list[dict[str, Any]]:
-    """One question of each type with its evidence, for the docs."""
+    """One question of each type with its evidence and both of its wordings, for the docs
+    (the one asked is `wording`; the other draft is shown for comparison)."""
     texts = [m.content for m in conv.turns]
     session_of = [conv.dates[s] for s, sess in enumerate(conv.sessions) for _ in sess]
     out = []
     for t in TYPES:
-        q = next((q for q in conv.questions if q.kind == t), None)
+        q = next((q for q in conv.questions if q.kind == t and q.natural), None)
         if q is not None:
             out.append(
                 {
                     "type": t,
-                    "question": q.text,
-                    "answer": q.answer,
+                    "wording": q.wording,
+                    "natural": q.natural,
+                    "natural_answer": q.natural_answer,
+                    "natural_shares": list(q.shared),
+                    "paraphrased": q.paraphrase,
+                    "paraphrased_answer": q.paraphrase_answer,
                     "evidence": [
                         f"{conv.turns[i].name} ({session_of[i]}): {texts[i]}" for i in q.evidence
                     ],
@@ -2977,10 +3860,12 @@ def _pct(v: float | None) -> str:
 
 def tables(report: dict[str, Any]) -> str:
     n = report["dataset"]["questions_per_type"]
+    nw = report["dataset"]["questions_per_wording"]
     total = report["dataset"]["questions"]
+    cols = (*WORDINGS, *TYPES)
     head = (
         f"| selection | overall (n={total}) | "
-        + " | ".join(f"{t} (n={n[t]})" for t in TYPES)
+        + " | ".join(f"{c} (n={nw[c] if c in nw else n[c]})" for c in cols)
         + " |"
     )
     out = []
@@ -2990,15 +3875,13 @@ def tables(report: dict[str, Any]) -> str:
             f"(mean {b['mean_max_tokens']:.0f} tokens)\n"
         )
         out.append(head)
-        out.append("| --- | ---: | " + " | ".join("---:" for _ in TYPES) + " |")
+        out.append("| --- | ---: | " + " | ".join("---:" for _ in cols) + " |")
         for name, r in b["rows"].items():
             label = name if name.startswith("`") else f"{name}"
             if name == "evidence fits":
                 label = "evidence fits (upper bound)"
             out.append(
-                f"| {label} | {_pct(r['overall'])} | "
-                + " | ".join(_pct(r[t]) for t in TYPES)
-                + " |"
+                f"| {label} | {_pct(r['overall'])} | " + " | ".join(_pct(r[c]) for c in cols) + " |"
             )
         out.append("")
     return "\n".join(out)
@@ -3019,11 +3902,19 @@ def summary_lines(report: dict[str, Any]) -> str:
         f" {p['violations_after_generation']} violations left",
         f"decoys: {p['decoys']}, {p['decoys_sharing_a_question_term']} share a term with"
         " their question",
+        _wording_line(report),
     ]
+    lo, hi = BM25_RANGE
     for key, v in report["difficulty"].items():
+        check = ""
+        if v["bm25_ok"] is not None:
+            check = f" ({'OK' if v['bm25_ok'] else 'OUT OF RANGE'}: {lo:.0%}-{hi:.0%} expected)"
         lines.append(
-            f"difficulty at {float(key):.0%}: bm25+recent {v['bm25+recent']:.1%}"
-            f" ({'OK, <= 75%' if v['bm25_ok'] else 'TOO EASY, > 75%'}), evidence fits"
+            f"self-check at {float(key):.0%}: bm25+recent {v['bm25+recent']:.1%}{check};"
+            f" natural {_pct(v['bm25+recent natural'])}, paraphrased"
+            f" {_pct(v['bm25+recent paraphrased'])}"
+            f" ({'OK' if v['paraphrased_ok'] else 'TOO EASY'}:"
+            f" <= {PARAPHRASED_BM25_MAX:.0%} expected); evidence fits"
             f" {v['evidence_fits']:.1%} ({'OK' if v['fits_ok'] else 'LOW'})"
         )
     lines.append(
@@ -3033,20 +3924,53 @@ def summary_lines(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _wording_line(report: dict[str, Any]) -> str:
+    w = report["wording"]
+    per = report["dataset"]["questions_per_type_wording"]
+    shared = w["natural_shared_words"]
+    hist = "; ".join(
+        f"{stemmer}: " + ", ".join(f"{k} word{'s' if int(k) > 1 else ''} {v}" for k, v in c.items())
+        for stemmer, c in shared.items()
+    )
+    return (
+        f"wording: natural {w['natural']}, paraphrased {w['paraphrased']} ("
+        + ", ".join(f"{t} {c['natural']}/{c['paraphrased']}" for t, c in per.items())
+        + f"); {w['natural_drafts_rejected']} natural drafts rejected"
+        f" ({', '.join(f'{k} {v}' for k, v in w['natural_rejected_because'].items())}),"
+        f" {w['drawn_natural_but_no_draft_passed']} drawn natural stayed paraphrased;"
+        f" natural questions share with their evidence: {hist}"
+    )
+
+
 def fragment(report: dict[str, Any]) -> str:
     d = report["dataset"]
     n = d["questions_per_type"]
+    nw = d["questions_per_wording"]
+    w = report["wording"]
     ex = "\n".join(
-        f"- {e['type']}: *{e['question']}* (expected: {e['answer']}) ← "
+        f"- {e['type']} (asked {e['wording']}): natural *{e['natural']}*"
+        + (
+            f" (expected: {e['natural_answer']})"
+            if e["natural_answer"] != e["paraphrased_answer"]
+            else ""
+        )
+        + f" / paraphrased *{e['paraphrased']}* (expected: {e['paraphrased_answer']}) ← "
         + " / ".join(f"“{t}”" for t in e["evidence"])
         for e in report["examples"]
     )
     el = ", ".join(f"{k} {v:.0f} s" for k, v in report["elapsed_s"].items())
     p = report["paraphrase"]
+    lo, hi = BM25_RANGE
     diff = "; ".join(
-        f"at {float(k):.0%}, `bm25+recent` keeps {v['bm25+recent']:.1%} and the evidence fits"
+        f"at {float(k):.0%}, `bm25+recent` keeps {v['bm25+recent']:.1%} overall"
+        f" ({_pct(v['bm25+recent natural'])} of the natural questions,"
+        f" {_pct(v['bm25+recent paraphrased'])} of the paraphrased ones) and the evidence fits"
         f" for {v['evidence_fits']:.1%}"
         for k, v in report["difficulty"].items()
+    )
+    shared = w["natural_shared_words"]["benchmark stemmer"]
+    shared_txt = ", ".join(
+        f"{v} share {k} word{'s' if int(k) > 1 else ''}" for k, v in shared.items()
     )
     return f"""## Recall
 
@@ -3061,24 +3985,42 @@ whole conversation:
 - **single-hop** ({n["single-hop"]}): one evidence turn.
 - **multi-hop** ({n["multi-hop"]}): 2–3 evidence turns in different sessions, linked by a
   name that only the evidence gives ("I met Jess at my pottery class" … "Jess packed up and
-  moved to Denver" → "Which city is the pal from Caroline's ceramics course based in now?"),
-  or facts to gather ("Which musical instruments does Jon play?").
+  moved to Denver" → "Where did Caroline's friend from pottery class move to?"), or facts to
+  gather ("Which musical instruments does Jon play?").
 - **temporal** ({n["temporal"]}): "when" questions whose evidence says "yesterday", "last
   weekend", "two days ago"…, to be resolved against the session's date; a few ask for the
   time between two events in different sessions.
-- **speaker** ({n["speaker"]}): who said it ("Who took up boating?").
+- **speaker** ({n["speaker"]}): who said it ("Who ran a charity 5k?").
 - **adversarial** ({n["adversarial"]}): the question's own words are in 3–4 planted turns on
-  the same topic about other facts ("What breed is the dog Caroline adopted?" against "My
-  neighbour adopted a dog too, some kind of corgi mix").
+  the same topic about other facts ("What is the name of the beagle Caroline adopted?"
+  against "My neighbour adopted a dog too, some kind of corgi mix").
 
-**No question shares a content word with its evidence**, which is checked in code with the
-benchmark's own crude stemmer (and word families) and with `fmai_core.relevance.terms`;
-only the two speakers' names may be shared. Questions are written from hand-made synonym
-and hypernym tables (beagle → dog, pottery → ceramics, charity 5k → fundraising race), and
-a draft that shares a word is rejected and drawn again ({p["drafts_rejected"]:,} drafts
-were). So a lexical method finds an evidence turn only through its neighbours or by luck,
-and the same-topic filler and decoys pull it elsewhere. Examples from the first
-conversation:
+Each question is asked in one of two **wordings**, drawn 50/50 per question from the seed
+(its own random stream, so the conversations and the paraphrased questions are the same
+whichever wording a question gets): {nw["natural"]} natural, {nw["paraphrased"]} paraphrased.
+
+- **natural**: the way a user who remembers the conversation asks, with the fact's own key
+  word(s): "What did Caroline name the beagle?" against "We brought home a beagle from the
+  shelter last week, and Biscuit has already claimed the couch.", or "When did Melanie run
+  the charity 5k?" against "I ran a charity 5k last weekend!". A natural question must share
+  **1–3** content words with its evidence under both stemmers below (multi-hop: at least one
+  with the first hop; the bridge name never comes from the question), and must not contain
+  its expected answer: {shared_txt} (the benchmark's stemmer). It is written from
+  hand-made templates per fact, tried in a random order until one passes
+  ({w["natural_drafts_rejected"]:,} drafts were rejected; {w["drawn_natural_but_no_draft_passed"]}
+  questions drawn natural had no passing draft and stay paraphrased).
+- **paraphrased**: **no content word shared with the evidence** ("What kind of dog did
+  Caroline adopt?", "When did Melanie take part in a fundraising race?"), written from
+  hand-made synonym and hypernym tables (beagle → dog, pottery → ceramics, charity 5k →
+  fundraising race); a draft that shares a word is rejected and drawn again
+  ({p["drafts_rejected"]:,} drafts were). These are the questions of the previous version of
+  this benchmark, unchanged: the wording only decides which of them are asked as they were.
+
+Both rules are checked in code, and re-checked on the finished data
+({p["violations_after_generation"]} violations), with the benchmark's own crude stemmer (and
+word families) and with `fmai_core.relevance.terms`; the two speakers' names never count.
+Examples from the first conversation, each question in both wordings (the one it is asked
+in is named):
 
 {ex}
 
@@ -3096,23 +4038,37 @@ The baselines are implemented in the benchmark, not with fmai's code, over the s
 and budgets: `bm25+recent` is BM25 (k1 = 1.2, b = 0.75) over whole turns, with the newest
 turns filling 25% of the budget and the hits by score the rest; `bm25+neighbours` takes each
 hit with its previous and next turn; `sliding` is fmai's. "evidence fits" is the share of
-questions whose evidence fits in the budget at all. Self-check: {diff}.
+questions whose evidence fits in the budget at all. Self-check (expected: the evidence
+fits for at least 95%; `bm25+recent` overall between {lo:.0%} and {hi:.0%} at 10%, and at
+most {PARAPHRASED_BM25_MAX:.0%} of the paraphrased questions): {diff}.
 
-How to read the figures: since no question shares a content word with its evidence, a
-lexical index (BM25, or fmai's torch-free proxies) cannot rank an evidence turn on its own
-words. It reaches one only through the recent window, as the neighbour of a turn that does
-share a word (the partner's question before it, the reaction after it), or, for multi-hop,
-through a name that another evidence turn gives. Going further needs a semantic signal:
-run with `--embedder`. The generator was written on this seed and checked only against the
-paraphrase rule and the self-check above, never against a policy's figures; fmai's
-policies change, so rerun it rather than trust old figures.
+How to read the figures: the `natural` and `paraphrased` columns split every row by
+wording, and overall is over all questions. A natural question shares a word (often a rare
+one: a breed, a race, a band) with its evidence, so a lexical index finds most of the
+single-turn ones; the natural column measures whether a policy turns what it can find into
+prompt space, and its multi-hop part whether the later hops, which share nothing or little
+with the question, come along. A paraphrased question shares no word with its evidence, so
+a lexical index (BM25, or fmai's torch-free proxies) cannot rank an evidence turn on its
+own words: it reaches one only through the recent window, as the neighbour of a turn that
+does share a word, or, for multi-hop, through a name that another evidence turn gives.
+Going further there needs a semantic signal: run with `--embedder`. Real conversations mix
+the two: on the held-out conversations of issue 10, `bm25+recent` keeps 65%, between its
+natural and paraphrased figures here. An embedding model, though, has it easier here than
+there: the paraphrases come from small synonym and hypernym tables, which a sentence
+embedder bridges well, so with `--embedder` `minilm` alone keeps most paraphrased questions,
+more than it keeps of the held-out questions overall (64%); and since BM25's ranking of a
+paraphrased question is noise, `rrf(bm25, minilm)` falls below `minilm` alone here, the
+reverse of the held-out data (76% against 64%). Read the `--embedder` rows as optimistic,
+and do not tune a fusion on them. The generator was written on this seed and checked only
+against the wording rules and the self-check above, never against a policy's figures;
+fmai's policies change, so rerun it rather than trust old figures.
 
 {tables(report)}
 Run time: {el} (generation {report["generation_s"]:.0f} s; total {report["total_s"]:.0f} s),
 seed {report["seed"]}, on {report["machine"]}, single-threaded. With `--embedder`, the rows
 `minilm` (cosine of `fmai_torch.SentenceEmbedder` embeddings, the same recent quarter),
 `rrf(bm25, minilm)` (reciprocal-rank fusion, k = 60) and each policy with that embedder are
-added.
+added. `--json` gives every figure, with each row also split by wording × type.
 
 ```bash
 pip install -e packages/fmai-core
@@ -3131,7 +4087,7 @@ def print_sample(conv: Conversation, sessions: int = 3) -> None:
     shown = [q for q in conv.questions if min(q.evidence) < g]
     print("--- questions with evidence above")
     for q in shown:
-        print(f"{q.kind}: {q.text} -> {q.answer} {q.evidence}")
+        print(f"{q.kind}/{q.wording}: {q.text} -> {q.answer} {q.evidence}")
 
 
 def main() -> None:
