@@ -294,3 +294,36 @@ def test_slow_model_signals_are_switched_off_after_a_deadline_miss() -> None:
     assert all(s.policy == "importance" for s in later)
     llm.reset()
     assert llm.model_signals
+
+
+def test_messages_are_whole_messages_with_metadata_segments_are_the_parts() -> None:
+    llm = make(max_tokens=120, max_new_tokens=10, segment_tokens=16)
+    long = "\n\n".join(f"Sentence number {i} is here,  with some words." for i in range(6))
+    llm.extend(
+        [Message("user", long, name="Ada", timestamp="2024-05-01"), Message("assistant", "Ok.")]
+    )
+    replies = [llm.chat(f"message {i} with a few words").response for i in range(6)]
+    assert llm.state.archive, "some history was evicted: the record spans both"
+    messages = llm.messages()
+    assert all(isinstance(m, Message) for m in messages)
+    assert messages[0] == Message("user", long, "Ada", "2024-05-01")  # whole, verbatim
+    assert messages[1] == Message("assistant", "Ok.")
+    assert [m.content for m in messages[2:]] == [
+        text for i, r in enumerate(replies) for text in (f"message {i} with a few words", r)
+    ]
+    segments = llm.segments()
+    assert [s.id for s in segments] == sorted(s.id for s in segments)
+    assert len(segments) > len(messages) == len({s.message_id for s in segments})
+    assert {s.kind for s in segments if s.message_id == segments[0].message_id} == {"part"}
+
+
+def test_fmai_core_signals_is_a_deprecated_alias_of_summarizer() -> None:
+    import fmai_core.signals as old
+    from fmai_core import summarizer
+
+    with pytest.warns(DeprecationWarning, match=r"fmai_core\.summarizer\.backend_summarizer"):
+        assert old.backend_summarizer is summarizer.backend_summarizer
+    with pytest.warns(DeprecationWarning, match=r"fmai_core\.summarizer\.SUMMARY_PROMPT"):
+        assert old.SUMMARY_PROMPT == summarizer.SUMMARY_PROMPT
+    with pytest.raises(AttributeError):
+        _ = old.Signals

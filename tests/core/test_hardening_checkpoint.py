@@ -294,7 +294,7 @@ def test_an_estimated_checkpoint_is_recounted_on_load(tmp_path: Path) -> None:
     old, path = _saved_under(tmp_path, "fmai-estimate-v1")  # before the tokenizer packages
     llm = FiniteMemoryLLM.load(path, Counted("openai:o200k_base", scale=2))
     assert llm.recounted_from == "fmai-estimate-v1"
-    assert [x.text for x in llm.messages()] == [x.text for x in old.messages()]
+    assert [x.text for x in llm.segments()] == [x.text for x in old.segments()]
     assert llm.state.history_tokens > old.state.history_tokens
     _assert_recounted(llm)
     llm.chat("and one more turn")

@@ -146,7 +146,7 @@ def test_evicting_turns_work_at_the_largest_finite_deadline() -> None:
 
 # -- defects 4 and 5: one turn at a time, from any thread and any event loop ---------------
 def _assert_serial(llm: FiniteMemoryLLM, n: int) -> None:
-    record = list(llm.messages())
+    record = llm.segments()
     users = [s.text for s in record if s.role == "user"]
     assert len(users) == n and len(set(users)) == n
     assert len([s for s in record if s.role == "assistant"]) == n
@@ -243,7 +243,7 @@ def test_threads_mixing_chat_stream_pin_and_extend_take_turns() -> None:
     jobs = [chat(i) if i % 2 else stream(i) for i in range(20)]
     jobs += [lambda: llm.pin("A fact."), lambda: llm.extend([Message("user", "ext")])]
     assert _run_threads(jobs, gate=backend) == []
-    segs = [s for s in llm.messages() if s.text != "ext"]
+    segs = [s for s in llm.segments() if s.text != "ext"]
     for u, a in zip(segs[::2], segs[1::2]):
         assert a.text == "echo: " + u.text
 

@@ -250,7 +250,7 @@ def test_history_reaches_the_server_verbatim(server: FakeLlamaServer) -> None:
     # every earlier message, split into parts or not, comes back byte for byte
     assert [m["content"] for m in last[:-1]] == sent[:-2]
     assert last[-1]["content"] == sent[-2]
-    assert len({s.message_id for s in llm.messages()}) < len(llm.messages())  # some split
+    assert len({s.message_id for s in llm.segments()}) < len(llm.segments())  # some split
 
 
 def test_cache_reuse_by_the_servers_count(server: FakeLlamaServer) -> None:

@@ -96,7 +96,7 @@ def test_a_failing_prepare_warns_and_the_turn_stands() -> None:
     llm = FiniteMemoryLLM(EchoBackend(), policy=Failing(), max_tokens=400, max_new_tokens=16)
     with pytest.warns(RuntimeWarning, match="prepare failed"):
         reply = llm.chat("Hello there.")
-    assert [s.text for s in llm.messages()][-2:] == ["Hello there.", reply.response]
+    assert [m.content for m in llm.messages()][-2:] == ["Hello there.", reply.response]
 
 
 def test_default_prepare_fills_the_proxies_per_text_caches() -> None:

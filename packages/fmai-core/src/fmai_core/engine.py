@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from os import PathLike
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fmai_core.backend import (
     AsyncBackend,
@@ -34,7 +34,7 @@ from fmai_core.errors import (
     MessageTooLongError,
 )
 from fmai_core.memory import MemoryState, recount, segment_message
-from fmai_core.messages import Message, check_encodable
+from fmai_core.messages import Message, Role, check_encodable
 from fmai_core.segments import Segment
 from fmai_core.stats import MemoryStats, TurnStats
 from fmai_core.text import split_sentences
@@ -272,7 +272,7 @@ class FiniteMemoryLLM:
         from fmai_core.planner import Planner
         from fmai_core.policies import get_policy
         from fmai_core.policies.base import Signals
-        from fmai_core.signals import backend_summarizer
+        from fmai_core.summarizer import backend_summarizer
 
         _check_params(params)
         if generation is not None and not isinstance(generation, Mapping):
@@ -837,10 +837,37 @@ class FiniteMemoryLLM:
             f"policy={self.policy.name!r}, max_tokens={self.max_tokens})"
         )
 
-    def messages(self) -> Sequence[Segment]:
-        """Every segment of the record (archive and history), in conversation order."""
+    def segments(self) -> list[Segment]:
+        """Every segment of the record (archive and history), in conversation order.
+
+        A long message is several segments (its parts); pinned facts and the rolling summary
+        are not in the record (they are in [`state`][fmai_core.engine.FiniteMemoryLLM.state]).
+        """
         s = self._state
         return sorted((*s.archive, *s.history), key=lambda seg: seg.id)
+
+    def messages(self) -> list[Message]:
+        """The record (archive and history) as messages, in conversation order.
+
+        Each message comes back whole and verbatim (its parts joined with the whitespace
+        between them), with its `name` and `timestamp`; the parts of a message that a full
+        archive dropped (see `archive_limit`) are missing from it. Use
+        [`segments`][fmai_core.engine.FiniteMemoryLLM.segments] for the units the policies
+        choose from, with their token counts.
+        """
+        out: list[Message] = []
+        texts: list[list[str]] = []
+        heads: list[Segment] = []
+        for seg in self.segments():
+            if heads and heads[-1].message_id == seg.message_id:
+                texts[-1] += [seg.sep, seg.text]
+            else:
+                heads.append(seg)
+                texts.append([seg.text])
+        for head, parts in zip(heads, texts):
+            role = cast(Role, head.role)
+            out.append(Message(role, "".join(parts), head.name, head.timestamp))
+        return out
 
 
 def _check_int(name: str, value: object, least: int, extra: str = "") -> None:

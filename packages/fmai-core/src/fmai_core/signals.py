@@ -1,28 +1,30 @@
-"""Default model signals built from a plain backend."""
+"""Deprecated: this module is now [`fmai_core.summarizer`][fmai_core.summarizer].
+
+It held the summarizer built from a plain backend, not model signals (those are
+[`Signals`][fmai_core.policy_api.Signals] in fmai-core and `fmai_torch.signals`).
+`SUMMARY_PROMPT` and `backend_summarizer` still resolve here, with a `DeprecationWarning`;
+import them from `fmai_core.summarizer`.
+"""
 
 from __future__ import annotations
 
-from fmai_core.backend import Backend
-from fmai_core.messages import Message
-from fmai_core.policies.base import SummarizeFn
+import warnings
+from typing import Any
 
-__all__ = ["SUMMARY_PROMPT", "backend_summarizer"]
+__all__: list[str] = []
 
-SUMMARY_PROMPT = (
-    "Summarize the conversation excerpt below in a few short sentences. Keep every name, "
-    "number, date and place exactly as written. Do not add anything that is not in it."
-)
+_MOVED = ("SUMMARY_PROMPT", "backend_summarizer")
 
 
-def backend_summarizer(backend: Backend) -> SummarizeFn:
-    """Return `summarize(text, max_tokens)` that asks `backend.generate` for a summary.
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module 'fmai_core.signals' has no attribute {name!r}")
+    warnings.warn(
+        f"fmai_core.signals.{name} moved to fmai_core.summarizer.{name}; import it from there "
+        "(fmai_core.signals will be removed).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from fmai_core import summarizer
 
-    The policy that calls it (`rolling_summary`) checks the summary with a fidelity gate
-    before keeping it.
-    """
-
-    def summarize(text: str, max_tokens: int) -> str:
-        messages = [Message("system", SUMMARY_PROMPT), Message("user", text)]
-        return backend.generate(messages, max_new_tokens=max_tokens, temperature=0.0).text
-
-    return summarize
+    return getattr(summarizer, name)

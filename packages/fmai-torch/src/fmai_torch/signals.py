@@ -14,7 +14,7 @@ from typing import Any
 
 from fmai_core.backend import Generation
 from fmai_core.messages import Message
-from fmai_core.signals import SUMMARY_PROMPT
+from fmai_core.summarizer import SUMMARY_PROMPT
 from fmai_torch.handle import ModelHandle
 
 __all__ = ["ModelSignals"]
