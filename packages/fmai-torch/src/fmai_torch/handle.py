@@ -28,7 +28,7 @@ class ModelHandle:
         pad_id: The padding id given to `generate` (the first of `eos_ids` if the tokenizer
             has none).
         cache_kw: The keyword under which `generate` takes a cache in the installed
-            transformers (see [`cache_kwarg`][fmai_torch.kv.cache_kwarg]).
+            transformers (`fmai_torch.kv.cache_kwarg()`).
         lock: Held for every use of the model (a generation, a signal's forward pass): one
             at a time. Not reentrant, so that a stream may end in another thread.
     """
