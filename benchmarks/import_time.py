@@ -12,7 +12,7 @@ heavy modules each statement pulled in.
 An argument with a space in it is a statement; one without is a module to import. Each
 statement is run once first with bytecode writing on, so the timed runs read cached bytecode,
 as an installed package does from its second import on (even where `PYTHONDONTWRITEBYTECODE`
-is set; compiling fmai-core from source adds about 25 ms once).
+is set; compiling fmai-core's engine from source adds about 11 ms).
 """
 
 from __future__ import annotations
@@ -128,9 +128,11 @@ a model is used (so `fmai --help` is instant).
 
 {table}
 
-About 15 ms of each fmai-core row is the standard library's `dataclasses` (with `inspect`),
-`typing`, `re` and `threading`, which every row needs. The figures move with machine load;
-the minimum is the steadier one on a busy machine.
+About 13 ms of each fmai-core row is the standard library's `dataclasses` (with `inspect`),
+`typing`, `re` and `threading`, which every row needs. Without a bytecode cache
+(`PYTHONDONTWRITEBYTECODE` set and no `.pyc` yet) fmai's own modules compile on every
+import: about 11 ms more for the second row. The figures move with machine load; the
+minimum is the steadier one on a busy machine.
 
 ```bash
 uvx nox -s imports      # or: python benchmarks/import_time.py --write docs/benchmarks/imports.md
