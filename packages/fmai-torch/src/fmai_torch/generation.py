@@ -12,6 +12,7 @@ from fmai_core.errors import BackendError
 from fmai_torch.handle import ModelHandle
 from fmai_torch.kv import KVCache
 from fmai_torch.streaming import IncrementalDecoder, StopCriteria, TokenStreamer, cut_at_stop
+from fmai_torch.weights import use_threads
 
 __all__ = ["GenerationRun"]
 
@@ -28,6 +29,7 @@ class GenerationRun:
         params: Generation parameters (see `HFBackend.generate`).
         kv: The cross-turn cache to reuse and update, or `None` to compute from scratch.
         start: `time.perf_counter()` when the call began (latency and TTFT count from it).
+        threads: CPU threads for the forward passes (`None`: leave torch's setting).
     """
 
     def __init__(
@@ -37,8 +39,10 @@ class GenerationRun:
         params: dict[str, Any],
         kv: KVCache | None,
         start: float,
+        threads: int | None = None,
     ) -> None:
         self.handle = handle
+        self.threads = threads
         self.prompt = prompt
         self.params = params
         self.kv = kv
@@ -89,7 +93,7 @@ class GenerationRun:
             torch.manual_seed(int(self.params["seed"]))
         input_ids = torch.tensor([self.prompt], dtype=torch.long, device=handle.device)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), use_threads(self.threads):
                 out = handle.model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),

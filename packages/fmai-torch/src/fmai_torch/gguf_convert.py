@@ -19,7 +19,7 @@ from typing import Any
 
 from fmai_core.errors import ConfigurationError
 
-__all__ = ["CONVERTER_VERSION", "convert_gguf"]
+__all__ = ["CONVERTER_VERSION", "convert_gguf", "pack_gguf_int4"]
 
 #: Bumped when the output of the conversion changes; cached folders of another version are redone.
 CONVERTER_VERSION = 1
@@ -198,3 +198,71 @@ def convert_gguf(path: Path, out: Path, report: Callable[[str], None] = lambda _
     (out / "fmai-source.json").write_text(
         json.dumps({"gguf": path.name, "converter": CONVERTER_VERSION}, indent=2) + "\n"
     )
+
+
+def pack_gguf_int4(
+    path: Path, out_file: Path, report: Callable[[str], None] = lambda _: None
+) -> int:
+    """Pack the linear layers of a llama GGUF file into torch's int4 CPU format.
+
+    Q4_1 tensors go from their blocks straight into [`Int4Linear`][fmai_torch.quant.Int4Linear]
+    buffers (`scale = d`, `zero = m + 8 d`), never through float32 weights; the query and key
+    rows are reordered as in [`convert_gguf`][fmai_torch.gguf_convert.convert_gguf]. Other
+    linear weights (the output head, a tied embedding, other quantization types) are
+    dequantized and stored as per-channel int8. The norms and the embedding are not written:
+    they load from the converted folder's `model.safetensors`.
+
+    Returns:
+        The number of layers packed as int4.
+    """
+    import gguf
+    import numpy as np
+    from safetensors.torch import save_file
+
+    import torch
+    from fmai_torch.quant import Int4Linear, Int8Linear, int4_fits
+
+    report("packing int4 weights")
+    reader = gguf.GGUFReader(str(path))
+    n_head = int(_field(reader, "llama.attention.head_count"))
+    n_kv = int(_field(reader, "llama.attention.head_count_kv", n_head))
+    q41 = gguf.GGMLQuantizationType.Q4_1
+    tensors: dict[str, Any] = {}
+    packed = 0
+    names = {t.name for t in reader.tensors}
+    for t in reader.tensors:
+        hf = _hf_name(t.name)
+        linear = hf.endswith("_proj.weight") or hf == "lm_head.weight"
+        if t.name == "token_embd.weight" and "output.weight" not in names:
+            hf, linear = "lm_head.weight", True  # tied: the head gets its own int8 copy
+        if not linear:
+            continue
+        heads = n_head if t.name.endswith("attn_q.weight") else n_kv
+        permuted = t.name.endswith(("attn_q.weight", "attn_k.weight"))
+        prefix = hf[: -len(".weight")]
+        rows = int(t.data.shape[0])
+        cols = int(t.shape[0])  # GGUF lists the fastest axis first: shape is [in, out]
+        if t.tensor_type == q41 and hf != "lm_head.weight" and int4_fits(rows, cols):
+            from fmai_torch.quant import unpack_q4_1
+
+            q, d, m = unpack_q4_1(t.data)
+            if permuted:
+                q, d, m = (torch.from_numpy(_unpermute(x.numpy(), heads)) for x in (q, d, m))
+            layer: Any = Int4Linear.from_blocks(q, d, m)
+            packed += 1
+        else:
+            array = np.ascontiguousarray(
+                gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32
+            )
+            if permuted:
+                array = _unpermute(array, heads)
+            layer = Int8Linear.from_float(torch.from_numpy(array.copy()))
+        tensors[f"{prefix}.qweight"] = layer.qweight.contiguous()
+        tensors[
+            f"{prefix}.scales" if isinstance(layer, Int8Linear) else f"{prefix}.scales_and_zeros"
+        ] = (layer.scales if isinstance(layer, Int8Linear) else layer.scales_and_zeros).contiguous()
+    report("writing the packed weights")
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"format": "fmai-int4", "torch": torch.__version__})
+    tmp.replace(out_file)
+    return packed

