@@ -2,7 +2,8 @@
 
 ```text
 fmai chat [--model M] [--policy P] [--max-tokens N] [--max-new-tokens N] [--system TEXT]
-          [--temperature T] [--top-p P] [--seed S] [--device D] [--no-kv-reuse]
+          [--temperature T] [--top-p P] [--seed S] [--device D] [--weights W]
+          [--threads N] [--no-kv-reuse]
           [--no-embedder] [--checkpoint PATH] [--script FILE] [--json]
 fmai model [--model M] [--device D]
 ```
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, default=None, help="sampling seed")
     chat.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     chat.add_argument(
+        "--weights",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "int8", "int4"],
+        help="weight format (int8/int4: CPU weight-only; auto measures)",
+    )
+    chat.add_argument("--threads", default="auto", help="CPU threads, or auto (measured)")
+    chat.add_argument(
         "--max-policy-ms",
         type=float,
         default=None,
@@ -108,14 +116,19 @@ def status_line(stats: Any, max_tokens: int) -> str:
     )
 
 
-def _load_backend(model: str, device: str, kv_reuse: bool) -> Any:
+def _load_backend(
+    model: str, device: str, kv_reuse: bool, weights: str = "auto", threads: str = "auto"
+) -> Any:
     from transformers.utils import logging as hf_logging
 
     from fmai_torch.backend import HFBackend
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    return HFBackend(model, device=device, kv_reuse=kv_reuse, progress=True)
+    count: int | str = int(threads) if str(threads).isdigit() else threads
+    return HFBackend(
+        model, device=device, weights=weights, threads=count, kv_reuse=kv_reuse, progress=True
+    )
 
 
 def _load_embedder(args: argparse.Namespace) -> Any:
@@ -224,7 +237,9 @@ def _chat(args: argparse.Namespace, out: TextIO) -> int:
     from fmai_core.errors import FMAIError
 
     try:
-        backend = _load_backend(args.model, args.device, not args.no_kv_reuse)
+        backend = _load_backend(
+            args.model, args.device, not args.no_kv_reuse, args.weights, args.threads
+        )
         llm = _engine(args, backend, _load_embedder(args))
     except FMAIError as exc:
         print(f"fmai: error: {exc}", file=sys.stderr)
