@@ -119,11 +119,8 @@ class HybridPolicy(Policy):
     with embedding cosine). Then a 0/1 knapsack
     (see [`knapsack`][fmai_core.policies.hybrid.knapsack]) keeps the set of greatest total
     value that fits the budget. In `"evict"` mode the newest `keep_recent` segments are
-    always kept. In `"recall"` mode only segments with `relevance > min_relevance` may come
-    back, recency is left out, and the value is multiplied by the relevance once more
-    (`relevance * (importance_weight * importance + relevance_weight * relevance)`), so that
-    the knapsack does not trade one clearly relevant segment for several barely relevant
-    ones of the same size; text already in the prompt or repeated is not recalled.
+    always kept. In `"recall"` mode it uses the shared recall
+    ([`fmai_core.retrieval`][fmai_core.retrieval]), with `min_relevance` as its threshold.
 
     Attributes:
         recency_weight: Weight of the recency prior (evict mode only).

@@ -51,10 +51,8 @@ class ImportancePolicy(Policy):
     In `"evict"` mode the score mixes importance (the model's attention, or the
     information-content proxy when the backend has no scorer), relevance to the incoming
     message and a recency prior; the newest `keep_recent` segments are always kept so the
-    conversation keeps its thread. In `"recall"` mode only segments relevant to the query
-    (`relevance > min_relevance`) may come back, ranked by relevance times importance;
-    a segment whose text is already in the prompt (`request.context`) or repeated by a newer
-    candidate is not recalled.
+    conversation keeps its thread. In `"recall"` mode it uses the shared recall
+    ([`fmai_core.retrieval`][fmai_core.retrieval]), with `min_relevance` as its threshold.
 
     Attributes:
         importance_weight: Weight of importance in evict mode.
