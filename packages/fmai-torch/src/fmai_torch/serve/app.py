@@ -1,0 +1,374 @@
+"""The ASGI application of `fmai serve` (Starlette): the OpenAI-compatible API.
+
+Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/conversations`,
+`GET|DELETE /v1/conversations/{id}`, `GET /v1/conversations/{id}/checkpoint`,
+`GET /healthz`, `GET /metrics`. Every error is OpenAI's JSON error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from fmai_core.errors import FMAIError
+from fmai_torch.serve.auth import Keys
+from fmai_torch.serve.protocol import (
+    ApiError,
+    check_id,
+    chunk,
+    completion,
+    error_body,
+    from_fmai_error,
+    new_id,
+    parse_chat_request,
+    usage,
+)
+from fmai_torch.serve.sessions import Sessions, Started, TurnOutcome
+from fmai_torch.serve.store import Store, StoreConflict, StoreError
+
+__all__ = ["SESSION_HEADER", "STATS_HEADER", "create_app"]
+
+#: The request (and response) header naming the conversation.
+SESSION_HEADER = "X-Session-ID"
+#: The response header holding the turn's `TurnStats` as JSON.
+STATS_HEADER = "X-FMAI-Turn-Stats"
+#: The response header naming the conversation a contradicting history was forked from.
+FORKED_HEADER = "X-FMAI-Forked-From"
+
+log = logging.getLogger("fmai.serve")
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def _as_api_error(exc: BaseException) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, StoreConflict):
+        return ApiError(409, str(exc), type="conflict_error", code="conversation_busy")
+    if isinstance(exc, StoreError):
+        return ApiError(503, str(exc), type="server_error", code="store_unavailable")
+    if isinstance(exc, FMAIError):
+        return from_fmai_error(exc)
+    log.exception("fmai serve: unexpected error")
+    return ApiError(
+        500,
+        "Internal server error; the turn was not stored. See the server log.",
+        type="server_error",
+    )
+
+
+class _Metrics:
+    """Prometheus: the engines' turn metrics plus request counts by route and status."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        from fmai_core.telemetry import PrometheusExporter
+
+        self.exporter = PrometheusExporter()
+        self.requests = Counter(
+            "fmai_serve_requests",
+            "HTTP requests answered.",
+            ["route", "status"],
+            registry=self.exporter.registry,
+        )
+        self.active = Gauge(
+            "fmai_serve_active_turns", "Turns running now.", registry=self.exporter.registry
+        )
+
+
+def create_app(
+    sessions: Sessions,
+    store: Store,
+    keys: Keys,
+    model_name: str,
+    metrics: Any = None,
+    *,
+    threads: int = 64,
+) -> Starlette:
+    """The Starlette app serving `sessions` from `store`.
+
+    Args:
+        sessions: Runs the turns.
+        store: The conversation store.
+        keys: The accepted API keys (none: no authentication).
+        model_name: The model id `GET /v1/models` lists and completions name.
+        metrics: A `_Metrics` (built when `None`), whose exporter is among the engines' hooks.
+        threads: Worker threads for the store and the model (blocking calls).
+    """
+    metrics = metrics or _Metrics()
+
+    def owner(request: Request) -> str:
+        found = keys.owner(request.headers.get("authorization"))
+        if found is None:
+            raise ApiError(
+                401,
+                "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+                type="invalid_request_error",
+                code="invalid_api_key",
+            )
+        return found
+
+    async def chat(request: Request) -> Response:
+        who = owner(request)
+        req = parse_chat_request(await request.body())
+        cid = request.headers.get(SESSION_HEADER) or req.metadata_id or req.user
+        if cid is not None:
+            check_id(cid)
+        start = time.perf_counter()
+        events = sessions.turn(who, cid, req)
+        metrics.active.inc()
+        try:
+            started = await anext(events)
+            assert isinstance(started, Started)
+            first = await anext(events)  # plan and the model's first output: errors are HTTP
+        except BaseException:
+            metrics.active.dec()
+            await events.aclose()
+            raise
+        headers = {}
+        if started.conversation_id is not None:
+            headers[SESSION_HEADER] = started.conversation_id
+        if started.forked_from is not None:
+            headers[FORKED_HEADER] = started.forked_from
+        comp_id, model = new_id(), model_name
+        if not req.stream:
+            try:
+                outcome = first
+                async for event in events:
+                    outcome = event
+            finally:
+                metrics.active.dec()
+            assert isinstance(outcome, TurnOutcome)
+            stats = outcome.stats
+            headers[STATS_HEADER] = json.dumps(stats, separators=(",", ":"))
+            total = (time.perf_counter() - start) * 1000
+            headers["Server-Timing"] = (
+                f"fmai;dur={total:.2f}, turn;dur={stats['latency_ms']:.2f}, "
+                f"policy;dur={stats['policy_ms']:.2f}"
+            )
+            body = completion(
+                comp_id, model, outcome.text, outcome.finish_reason, stats, started.conversation_id
+            )
+            return JSONResponse(body, headers=headers)
+
+        async def sse() -> AsyncIterator[str]:
+            try:
+                yield chunk(comp_id, model, {"role": "assistant", "content": ""})
+                event: Any = first
+                while True:
+                    if isinstance(event, TurnOutcome):  # committed: acknowledge
+                        stats = event.stats
+                        fmai = {"conversation_id": started.conversation_id, "turn_stats": stats}
+                        yield chunk(comp_id, model, {}, event.finish_reason, fmai=fmai)
+                        if req.include_usage:
+                            yield chunk(comp_id, model, None, usage=usage(stats))
+                        yield "data: [DONE]\n\n"
+                        return
+                    yield chunk(comp_id, model, {"content": event})
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        return
+                    except Exception as exc:  # after the headers: an error event ends it
+                        err = _as_api_error(exc)
+                        yield "data: " + json.dumps(err.body()) + "\n\n"
+                        return
+            finally:
+                metrics.active.dec()
+                await events.aclose()
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
+
+    async def models(request: Request) -> Response:
+        owner(request)
+        data = [{"id": model_name, "object": "model", "created": 0, "owned_by": "fmai"}]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def list_conversations(request: Request) -> Response:
+        who = owner(request)
+        try:
+            limit = int(request.query_params.get("limit", "20"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            raise ApiError(400, "limit must be a whole number from 1 to 100.", param="limit")
+        after = request.query_params.get("after")
+        rows, more = await asyncio.to_thread(store.list, who, limit=limit, after=after)
+        data = [_summary(r) for r in rows]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "has_more": more,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
+
+    async def _found(request: Request, checkpoint: bool) -> tuple[str, Any]:
+        who = owner(request)
+        cid = check_id(request.path_params["cid"])
+        row = await asyncio.to_thread(store.get, who, cid, checkpoint=checkpoint)
+        if row is None:
+            raise ApiError(404, f"No conversation {cid!r}.", code="conversation_not_found")
+        return who, row
+
+    async def get_conversation(request: Request) -> Response:
+        who, row = await _found(request, True)
+        msgs = await asyncio.to_thread(store.messages, who, row.id)
+        return JSONResponse(_detail(row, msgs))
+
+    async def delete_conversation(request: Request) -> Response:
+        who = owner(request)
+        cid = check_id(request.path_params["cid"])
+        async with sessions._local((who, cid)):
+            existed = await asyncio.to_thread(store.delete, who, cid)
+            sessions.forget(who, cid)
+        if not existed:
+            raise ApiError(404, f"No conversation {cid!r}.", code="conversation_not_found")
+        return JSONResponse({"id": cid, "object": "conversation.deleted", "deleted": True})
+
+    async def checkpoint(request: Request) -> Response:
+        _, row = await _found(request, True)
+        return Response(row.checkpoint, media_type="application/json")
+
+    async def healthz(request: Request) -> Response:
+        try:
+            await asyncio.to_thread(store.ping)
+        except Exception as exc:
+            return JSONResponse(
+                {"status": "unavailable", "store": store.dialect, "error": type(exc).__name__},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ok", "store": store.dialect, "model": model_name})
+
+    async def prometheus(request: Request) -> Response:
+        owner(request)
+        return Response(
+            metrics.exporter.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        return _error(_as_api_error(exc))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        body = error_body(f"{exc.detail} ({request.method} {request.url.path})", kind)
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(threads))
+        yield
+
+    routes = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/conversations", list_conversations, methods=["GET"]),
+        Route("/v1/conversations/{cid}", get_conversation, methods=["GET"]),
+        Route("/v1/conversations/{cid}", delete_conversation, methods=["DELETE"]),
+        Route("/v1/conversations/{cid}/checkpoint", checkpoint, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    handlers: dict[Any, Any] = {
+        ApiError: on_api_error,
+        FMAIError: on_api_error,
+        HTTPException: on_http,
+        Exception: on_api_error,
+    }
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.add_middleware(_CountRequests, counter=metrics.requests)
+    app.state.metrics = metrics
+    return app
+
+
+class _CountRequests:
+    """ASGI middleware: count answered requests by route and status (ids collapsed)."""
+
+    def __init__(self, app: Any, counter: Any) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        if path.startswith("/v1/conversations/"):
+            path = "/v1/conversations/{id}" + (
+                "/checkpoint" if path.endswith("/checkpoint") else ""
+            )
+        elif path not in _PATHS:
+            path = "other"
+
+        async def counting_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                self.counter.labels(path, str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/models", "/v1/conversations", "/healthz", "/metrics"}
+)
+
+
+def _summary(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "conversation",
+        "title": row.title,
+        "turns": row.turns,
+        "messages": row.message_count,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def _detail(row: Any, msgs: list[Any]) -> dict[str, Any]:
+    doc = json.loads(row.checkpoint)
+    state, settings = doc["state"], doc["settings"]
+    stats = [m.stats for m in msgs if m.stats is not None]
+    last = stats[-1] if stats else {}
+    return {
+        **_summary(row),
+        "messages": [
+            {
+                "seq": m.seq,
+                "turn": m.turn,
+                "role": m.role,
+                "content": m.content,
+                "created_at": m.created_at,
+            }
+            for m in msgs
+        ],
+        "prompt": {
+            "system_prompt": settings.get("system_prompt"),
+            "pinned": state["pinned"],
+            "summary": state["summary"],
+            "history": state["history"],
+            "recalled_tokens": last.get("recalled_tokens", 0),
+            "history_tokens": sum(s["tokens"] for s in state["history"]),
+        },
+        "archived": state["archive"],
+        "settings": settings,
+        "turn_stats": stats,
+        "stats": doc["stats"],
+    }

@@ -1,0 +1,159 @@
+"""Building and running `fmai serve`: the backend, the store, the app, then uvicorn.
+
+The local model (torch) is imported only when it is served: with `--upstream` or
+`--anthropic` the server runs without torch.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmai_core.errors import ConfigurationError
+
+__all__ = ["ServeOptions", "build_app", "build_backend", "check_bind", "default_store_url", "run"]
+
+
+@dataclass
+class ServeOptions:
+    """The options of `fmai serve` (see `fmai serve --help`)."""
+
+    model: str | None = None
+    upstream: str | None = None
+    upstream_model: str | None = None
+    upstream_key_env: str | None = None
+    anthropic: bool = False
+    upstream_timeout: float = 120.0
+    store: str | None = None
+    policy: str = "hybrid"
+    max_tokens: int = 2048
+    max_new_tokens: int = 256
+    system: str | None = None
+    max_policy_ms: float | None = None
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: list[str] = field(default_factory=list)
+    insecure_public: bool = False
+    log_level: str = "info"
+
+
+def default_store_url() -> str:
+    """`sqlite:///` + `serve.sqlite3` in the user's data folder (`$XDG_DATA_HOME/fmai`)."""
+    from platformdirs import user_data_dir
+
+    folder = Path(user_data_dir("fmai", appauthor=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'serve.sqlite3'}"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, keys_required: bool, insecure_public: bool) -> None:
+    """Refuse a non-loopback address without API keys, unless `insecure_public`."""
+    if not keys_required and not insecure_public and not _loopback(host):
+        raise ConfigurationError(
+            f"Refusing to serve on {host} without API keys: anyone who can reach it could read "
+            "every conversation. Give --api-key KEY (or set FMAI_API_KEYS), bind to 127.0.0.1, "
+            "or pass --insecure-public if a proxy in front of fmai authenticates."
+        )
+
+
+def build_backend(opts: ServeOptions) -> tuple[Any, str, bool]:
+    """The backend, the model name to report, and whether replies must be generated serially."""
+    if opts.anthropic:
+        if not opts.upstream_model:
+            raise ConfigurationError("--anthropic needs --upstream-model NAME (a Claude model).")
+        from fmai_core.backends import AnthropicBackend
+
+        backend: Any = AnthropicBackend(
+            opts.upstream_model,
+            api_key_env=opts.upstream_key_env,
+            base_url=opts.upstream,
+            turn_timeout=opts.upstream_timeout,
+        )
+        return backend, opts.upstream_model, False
+    if opts.upstream:
+        if not opts.upstream_model:
+            raise ConfigurationError("--upstream needs --upstream-model NAME (the served model).")
+        from fmai_core.backends import OpenAIBackend
+
+        backend = OpenAIBackend(
+            opts.upstream_model,
+            base_url=opts.upstream,
+            api_key_env=opts.upstream_key_env,
+            timeout=min(60.0, opts.upstream_timeout),
+            turn_timeout=opts.upstream_timeout,
+        )
+        return backend, opts.upstream_model, False
+    from fmai_torch.backend import HFBackend  # torch is imported here, and only here
+
+    backend = HFBackend(opts.model or "default", device=opts.device, progress=True)
+    return backend, getattr(backend, "name", opts.model or "default"), True
+
+
+def build_app(opts: ServeOptions, keys: list[str] | None = None) -> Any:
+    """The app for `opts` (keys: the accepted API keys; `opts.api_keys` when `None`)."""
+    from fmai_torch.serve.app import _Metrics, create_app
+    from fmai_torch.serve.auth import Keys
+    from fmai_torch.serve.sessions import EngineFactory, Sessions
+    from fmai_torch.serve.store import Store
+
+    accepted = Keys(opts.api_keys if keys is None else keys)
+    check_bind(opts.host, accepted.required, opts.insecure_public)
+    store = Store(opts.store or default_store_url())
+    backend, name, serial = build_backend(opts)
+    metrics = _Metrics()
+    factory = EngineFactory(
+        backend,
+        policy=opts.policy,
+        max_tokens=opts.max_tokens,
+        max_new_tokens=opts.max_new_tokens,
+        system=opts.system,
+        max_policy_ms=opts.max_policy_ms,
+        hooks=[metrics.exporter],
+    )
+    sessions = Sessions(store, factory, serial=serial)
+    app = create_app(sessions, store, accepted, name, metrics)
+    app.state.store_where = store.where
+    return app
+
+
+def run(opts: ServeOptions) -> int:
+    """Serve until interrupted; return the exit status."""
+    import uvicorn
+
+    from fmai_core.errors import FMAIError
+    from fmai_torch.serve.auth import keys_from_env
+
+    keys = [*opts.api_keys, *keys_from_env()]
+    try:
+        app = build_app(opts, keys)
+    except FMAIError as exc:
+        print(f"fmai: error: {exc}", file=sys.stderr)
+        return 2
+    auth = f"{len(set(keys))} API key(s)" if keys else "no API keys"
+    print(
+        f"fmai serve: http://{opts.host}:{opts.port}/v1 ({auth}), store {app.state.store_where}",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=opts.host,
+        port=opts.port,
+        log_level=opts.log_level,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    return 0

@@ -1,0 +1,319 @@
+"""Conversations of `fmai serve`: one `FiniteMemoryLLM` per conversation, kept in the store.
+
+A turn on conversation *c* runs under *c*'s lock in this process (turns of one
+conversation take turns, first come first served; other conversations run in parallel) and
+under the store's lock or check across processes (see [`store`][fmai_torch.serve.store]):
+
+1. open the turn in the store and read the conversation's `etag`;
+2. take the engine from the in-process cache when its `etag` matches, else load it from the
+   stored checkpoint (after a restart, or when another process moved the conversation on);
+3. reconcile the request's history with the stored record
+   ([`reconcile`][fmai_torch.serve.sessions.reconcile]);
+4. generate (the memory policy builds the prompt), then commit the checkpoint and the
+   turn's messages in one transaction; only then is the reply acknowledged.
+
+A failure at any step (a bad request, the upstream, the store) rolls the transaction back
+and drops the engine from the cache, so the next turn starts again from what is stored:
+memory is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fmai_core import FiniteMemoryLLM, Message
+from fmai_torch.serve.protocol import ApiError, ChatRequest
+from fmai_torch.serve.store import NewMessage, Store, TurnTx
+
+__all__ = ["EngineFactory", "Sessions", "Started", "TurnOutcome", "reconcile"]
+
+
+class EngineFactory:
+    """Builds, loads and dumps the engines of one server (one backend, one set of defaults)."""
+
+    def __init__(
+        self,
+        backend: Any,
+        *,
+        policy: str = "hybrid",
+        max_tokens: int = 2048,
+        max_new_tokens: int = 256,
+        system: str | None = None,
+        max_policy_ms: float | None = None,
+        hooks: Sequence[Any] = (),
+    ) -> None:
+        self.backend = backend
+        self.policy, self.max_tokens, self.max_new_tokens = policy, max_tokens, max_new_tokens
+        self.system, self.max_policy_ms = system, max_policy_ms
+        self.hooks = list(hooks)
+        self._tmp = Path(tempfile.mkdtemp(prefix="fmai-serve-"))
+        self.new(None)  # check the settings now, not on the first request
+
+    def new(self, system: str | None) -> FiniteMemoryLLM:
+        """A fresh conversation (`system`: the client's system prompt, else the server's)."""
+        extra = {} if self.max_policy_ms is None else {"max_policy_ms": self.max_policy_ms}
+        return FiniteMemoryLLM(
+            self.backend,
+            policy=self.policy,
+            max_tokens=self.max_tokens,
+            max_new_tokens=self.max_new_tokens,
+            system_prompt=system if system is not None else self.system,
+            hooks=self.hooks,
+            **extra,
+        )
+
+    def load(self, document: str) -> FiniteMemoryLLM:
+        """The conversation of a stored checkpoint document (checked as `load` checks a file)."""
+        path = self._tmp / f"{uuid.uuid4().hex}.json"
+        path.write_text(document, encoding="utf-8")
+        try:
+            return FiniteMemoryLLM.load(path, self.backend, hooks=self.hooks)
+        finally:
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def dump(llm: FiniteMemoryLLM) -> str:
+        """The checkpoint document of `llm`, as `save` writes it (checksum included)."""
+        from fmai_core.checkpoint import checksum, snapshot
+
+        doc = snapshot(llm)
+        return json.dumps({**doc, "checksum": checksum(doc)}, ensure_ascii=False)
+
+    def close(self) -> None:
+        """Remove the scratch folder."""
+        for p in self._tmp.glob("*"):
+            p.unlink(missing_ok=True)
+        os.rmdir(self._tmp)
+
+
+@dataclass(frozen=True)
+class Started:
+    """The first event of a turn: the conversation it runs on (a fork's new id)."""
+
+    conversation_id: str | None
+    forked_from: str | None = None
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    """The last event of a committed turn."""
+
+    conversation_id: str | None
+    text: str
+    stats: dict[str, Any]
+    finish_reason: str
+
+
+def _norm(messages: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(r, c.strip()) for r, c in messages if c.strip()]
+
+
+def reconcile(
+    stored: Sequence[tuple[str, str]] | None,
+    stored_system: str | None,
+    system: str | None,
+    history: Sequence[tuple[str, str]],
+) -> list[tuple[str, str]] | None:
+    """What of the request's `history` to append to the stored record; `None`: fork.
+
+    Messages compare by role and text (surrounding whitespace and empty messages ignored).
+
+    - no history sent (the client sends only its new message): append nothing;
+    - the stored record is a prefix of the history sent (the client sends its whole
+      history): append the rest, the messages the server has not stored yet;
+    - the history sent is the end of the stored record (a client that keeps a window):
+      append nothing;
+    - anything else, or a system prompt that differs from the stored one: the history
+      contradicts the record, and the turn is forked into a new conversation.
+    """
+    if stored is None:
+        return list(history)
+    if system is not None and system.strip() != (stored_system or "").strip():
+        return None
+    sent, record = _norm(history), _norm(stored)
+    if not sent:
+        return []
+    if sent[: len(record)] == record:
+        return [m for m in history if m[1].strip()][len(record) :]
+    if len(sent) <= len(record) and record[len(record) - len(sent) :] == sent:
+        return []
+    return None
+
+
+@dataclass
+class _Cached:
+    llm: FiniteMemoryLLM
+    etag: str
+
+
+class Sessions:
+    """Runs turns on stored conversations.
+
+    Args:
+        store: Where conversations live.
+        factory: Builds the engines.
+        serial: Generate one reply at a time (a local model has one KV cache).
+        cache_size: Engines kept in memory, least recently used dropped first.
+    """
+
+    def __init__(
+        self, store: Store, factory: EngineFactory, *, serial: bool = False, cache_size: int = 256
+    ) -> None:
+        self.store, self.factory = store, factory
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
+        self._locks: dict[tuple[str, str], list[Any]] = {}
+        self._serial = asyncio.Semaphore(1) if serial else None
+
+    @asynccontextmanager
+    async def _local(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[key]
+
+    def forget(self, owner: str, cid: str) -> None:
+        """Drop a conversation's engine from the cache."""
+        self._cache.pop((owner, cid), None)
+
+    async def turn(
+        self, owner: str, cid: str | None, req: ChatRequest
+    ) -> AsyncIterator[Started | str | TurnOutcome]:
+        """Run one turn: yield `Started`, the reply's text pieces, then the `TurnOutcome`.
+
+        Nothing is stored when the iterator is closed before the `TurnOutcome`.
+        """
+        if cid is None:  # one-off: the memory policy applies, nothing is stored
+            llm = await asyncio.to_thread(self.factory.new, req.system)
+            await self._extend(llm, req.history)
+            yield Started(None)
+            async for event in self._generate(llm, req, None):
+                yield event
+            return
+        key = (owner, cid)
+        async with self._local(key):
+            tx = await asyncio.to_thread(self.store.begin_turn, owner, cid)
+            try:
+                llm = await self._engine(tx)
+                stored = None
+                if tx.row is not None:
+                    stored = (
+                        []
+                        if not req.history
+                        else [(m.role, m.content) for m in await asyncio.to_thread(tx.messages)]
+                    )
+                extra = reconcile(stored, llm and llm.system_prompt, req.system, req.history)
+                if extra is not None:
+                    if llm is None:
+                        llm = await asyncio.to_thread(self.factory.new, req.system)
+                    yield Started(cid)
+                    async for event in self._run(tx, llm, req, extra):
+                        yield event
+                    return
+            finally:
+                tx.close()
+        # the history contradicts the record: a new conversation from the client's history
+        fork = f"{cid[:180]}.fork-{uuid.uuid4().hex[:12]}"
+        async with self._local((owner, fork)):
+            tx = await asyncio.to_thread(self.store.begin_turn, owner, fork)
+            try:
+                llm = await asyncio.to_thread(self.factory.new, req.system)
+                yield Started(fork, forked_from=cid)
+                async for event in self._run(tx, llm, req, list(req.history)):
+                    yield event
+            finally:
+                tx.close()
+
+    async def _engine(self, tx: TurnTx) -> FiniteMemoryLLM | None:
+        """The conversation's engine as stored (`None`: a new conversation)."""
+        cached = self._cache.pop((tx.owner, tx.id), None)
+        if tx.row is None:
+            return None
+        if cached is not None and cached.etag == tx.etag:
+            return cached.llm
+        document = await asyncio.to_thread(tx.checkpoint)
+        return await asyncio.to_thread(self.factory.load, document)
+
+    async def _extend(self, llm: FiniteMemoryLLM, history: Sequence[tuple[str, str]]) -> None:
+        if history:
+            await asyncio.to_thread(llm.extend, [Message(r, c) for r, c in history])
+
+    async def _run(
+        self,
+        tx: TurnTx,
+        llm: FiniteMemoryLLM,
+        req: ChatRequest,
+        extra: list[tuple[str, str]],
+    ) -> AsyncIterator[str | TurnOutcome]:
+        turn = llm.state.turn
+        new = [NewMessage(r, c, turn) for r, c in extra if c.strip()]
+        await self._extend(llm, extra)
+        outcome: TurnOutcome | None = None
+        async for event in self._generate(llm, req, tx.id):
+            if isinstance(event, TurnOutcome):
+                outcome = event
+            else:
+                yield event
+        assert outcome is not None
+        stats = outcome.stats
+        new += [
+            NewMessage("user", req.message, stats["turn"]),
+            NewMessage("assistant", outcome.text, stats["turn"], stats),
+        ]
+        title = tx.row.title if tx.row is not None else (extra[0][1] if extra else req.message)
+        document = await asyncio.to_thread(self.factory.dump, llm)
+        etag = await asyncio.to_thread(tx.commit, document, new, llm.state.turn, title)
+        self._cache[(tx.owner, tx.id)] = _Cached(llm, etag)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        yield outcome
+
+    async def _generate(
+        self, llm: FiniteMemoryLLM, req: ChatRequest, cid: str | None
+    ) -> AsyncIterator[str | TurnOutcome]:
+        """Generate the reply (text pieces), then a `TurnOutcome` (not yet committed)."""
+        limit = llm.max_new_tokens
+        if req.max_new_tokens is not None and req.max_new_tokens > limit:
+            raise ApiError(
+                400,
+                f"max_tokens={req.max_new_tokens} is over this conversation's reply budget of "
+                f"{limit} tokens (fmai serve --max-new-tokens): ask for at most {limit}. Nothing "
+                "was changed.",
+                code="max_tokens_exceeded",
+                param="max_tokens",
+            )
+        wanted = req.max_new_tokens or limit
+        params = {**req.params, "max_new_tokens": wanted}
+        if self._serial is not None:
+            await self._serial.acquire()
+        try:
+            if req.stream:
+                parts = []
+                async for piece in llm.astream(req.message, **params):
+                    parts.append(piece)
+                    yield piece
+                text, stats = "".join(parts), llm.last_stats
+            else:
+                result = await llm.achat(req.message, **params)
+                text, stats = result.response, result.stats
+        finally:
+            if self._serial is not None:
+                self._serial.release()
+        assert stats is not None
+        finish = "length" if stats.completion_tokens >= wanted else "stop"
+        yield TurnOutcome(cid, text, stats.to_dict(), finish)

@@ -1,0 +1,515 @@
+"""The durable conversation store of `fmai serve`, on SQLAlchemy 2 (SQLite or PostgreSQL).
+
+Three tables:
+
+- `fmai_schema`: one row, the schema version
+  ([`SCHEMA_VERSION`][fmai_torch.serve.store.SCHEMA_VERSION]).
+- `fmai_conversations`: one row per conversation, keyed by (owner, id): the checkpoint
+  document (the JSON `FiniteMemoryLLM.save` writes), the number of turns and messages, and
+  an `etag` that changes on every commit.
+- `fmai_messages`: the append-only record, one row per message, numbered `seq` 0, 1, 2 ...
+  within a conversation; an assistant row carries its turn's `TurnStats`.
+
+**A turn is one transaction**: the new checkpoint and the turn's messages are committed
+together or not at all, and the reply is sent only after the commit. **Two turns of one
+conversation never interleave**, across processes too:
+
+- PostgreSQL: the turn holds `pg_advisory_xact_lock` on the conversation from its first read
+  to its commit (released at once if the process dies), so a second process waits.
+- SQLite: the turn reads, runs, then commits in a `BEGIN IMMEDIATE` transaction that checks
+  the conversation's `etag` is still the one it read (compare and swap). A turn that lost
+  the race is refused ([`StoreConflict`][fmai_torch.serve.store.StoreConflict], HTTP 409)
+  and changes nothing. Different conversations run in parallel in both stores.
+
+An older schema is migrated on start (`MIGRATIONS`); a newer one, or tables that are not
+fmai's, are refused with a [`StoreError`][fmai_torch.serve.store.StoreError] that says what
+to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from fmai_core.errors import FMAIError
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Conversation",
+    "NewMessage",
+    "Store",
+    "StoreConflict",
+    "StoreError",
+    "StoredMessage",
+    "TurnTx",
+    "normalize_url",
+]
+
+#: The schema version this fmai writes.
+SCHEMA_VERSION = 1
+#: `MIGRATIONS[v]` upgrades a store from version `v` to `v + 1` (run in one transaction).
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {}
+
+_meta = sa.MetaData()
+schema_table = sa.Table("fmai_schema", _meta, sa.Column("version", sa.Integer, nullable=False))
+conversations = sa.Table(
+    "fmai_conversations",
+    _meta,
+    sa.Column("owner", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("etag", sa.String(32), nullable=False),
+    sa.Column("checkpoint", sa.Text, nullable=False),
+    sa.Column("turns", sa.Integer, nullable=False),
+    sa.Column("message_count", sa.Integer, nullable=False),
+    sa.Column("title", sa.String(120), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+messages = sa.Table(
+    "fmai_messages",
+    _meta,
+    sa.Column("owner", sa.String(64), primary_key=True),
+    sa.Column("conversation_id", sa.String(200), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("turn", sa.Integer, nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("stats", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+class StoreError(FMAIError):
+    """The store cannot be opened or used (unreachable, unknown schema version)."""
+
+
+class StoreConflict(FMAIError):
+    """Another process committed to this conversation while the turn ran (SQLite store)."""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message of the record."""
+
+    seq: int
+    turn: int
+    role: str
+    content: str
+    stats: dict[str, Any] | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message a turn appends: role, content and, for the reply, the turn's stats."""
+
+    role: str
+    content: str
+    turn: int
+    stats: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A conversation's row (its checkpoint only when asked for)."""
+
+    id: str
+    etag: str
+    turns: int
+    message_count: int
+    title: str
+    created_at: float
+    updated_at: float
+    checkpoint: str | None = None
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` (and `postgres://`) go through psycopg 3; anything else is kept."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _lock_key(owner: str, cid: str) -> int:
+    """A signed 64-bit advisory-lock key for one conversation."""
+    digest = hashlib.sha256(f"{owner}\0{cid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class Store:
+    """A conversation store at a SQLAlchemy URL (`sqlite:///PATH` or `postgresql://...`).
+
+    Args:
+        url: Where the store lives.
+        pool_size: Connections kept open (PostgreSQL: a running turn holds one).
+
+    Raises:
+        StoreError: the store cannot be reached, or its schema is newer than this fmai or
+            not fmai's.
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 20) -> None:
+        self.url = normalize_url(url)
+        try:
+            parsed = sa.engine.make_url(self.url)
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(
+                f"--store {url!r} is not a database URL: use sqlite:///PATH or "
+                "postgresql://USER@HOST:PORT/DB."
+            ) from exc
+        self.dialect = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise StoreError(f"--store {url!r}: only sqlite and postgresql stores are supported.")
+        self.where = parsed.render_as_string(hide_password=True)
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if self.dialect == "postgresql":
+            options.update(pool_size=pool_size, max_overflow=2 * pool_size, pool_timeout=60)
+        else:
+            options.update(pool_size=pool_size, max_overflow=2 * pool_size)
+            options["connect_args"] = {"timeout": 30.0}
+        self.engine = sa.create_engine(self.url, **options)
+        if self.dialect == "sqlite":
+            _sqlite_events(self.engine)
+        try:
+            self._setup()
+        except sa.exc.OperationalError as exc:
+            self.engine.dispose()
+            raise StoreError(
+                f"Cannot open the store {self.where}: {exc.orig}. Check that the database is "
+                "running and the URL, user and password are right."
+            ) from exc
+        except StoreError:
+            self.engine.dispose()
+            raise
+
+    # -- schema ---------------------------------------------------------------------------
+    def _setup(self) -> None:
+        with self._locked_ddl() as conn:
+            inspector = sa.inspect(conn)
+            tables = set(inspector.get_table_names())
+            ours = {t.name for t in _meta.sorted_tables}
+            if "fmai_schema" not in tables:
+                if tables & ours:
+                    raise StoreError(
+                        f"The store {self.where} has fmai tables but no schema version: it was "
+                        "not written by fmai serve, or is damaged. Point --store at another "
+                        "database."
+                    )
+                _meta.create_all(conn)
+                conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+                return
+            version = conn.execute(sa.select(schema_table.c.version)).scalar()
+            if version is None or version < 1:
+                raise StoreError(
+                    f"The store {self.where} has no valid schema version ({version!r}): point "
+                    "--store at another database."
+                )
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"The store {self.where} has schema version {version}; this fmai knows "
+                    f"versions up to {SCHEMA_VERSION}. Upgrade fmai to serve it (nothing was "
+                    "changed)."
+                )
+            while version < SCHEMA_VERSION:
+                step = MIGRATIONS.get(version)
+                if step is None:
+                    raise StoreError(
+                        f"The store {self.where} has schema version {version}, which this fmai "
+                        "cannot migrate: export its conversations with an older fmai."
+                    )
+                step(conn)
+                version += 1
+                conn.execute(schema_table.update().values(version=version))
+
+    @contextmanager
+    def _locked_ddl(self) -> Iterator[sa.Connection]:
+        """A transaction that one process at a time holds while it sets up the schema."""
+        if self.dialect == "sqlite":
+            with self.engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
+                yield conn
+            return
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(8071997)"))
+            yield conn
+
+    @property
+    def schema_version(self) -> int:
+        """The version recorded in the store."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(schema_table.c.version)).scalar_one())
+
+    # -- turns ----------------------------------------------------------------------------
+    def begin_turn(self, owner: str, cid: str) -> TurnTx:
+        """Open a turn on conversation `cid` of `owner` (PostgreSQL: waits for its lock)."""
+        return TurnTx(self, owner, cid)
+
+    # -- reads ----------------------------------------------------------------------------
+    def get(self, owner: str, cid: str, *, checkpoint: bool = False) -> Conversation | None:
+        """The conversation's row, or `None`."""
+        with self.engine.connect() as conn:
+            return _conversation(conn, owner, cid, checkpoint=checkpoint)
+
+    def messages(self, owner: str, cid: str) -> list[StoredMessage]:
+        """The conversation's record, in order."""
+        with self.engine.connect() as conn:
+            return _messages(conn, owner, cid)
+
+    def list(
+        self, owner: str, *, limit: int = 20, after: str | None = None
+    ) -> tuple[list[Conversation], bool]:
+        """`owner`'s conversations by id, `limit` after id `after`; and whether more follow."""
+        c = conversations.c
+        query = sa.select(*_columns()).where(c.owner == owner)
+        if after is not None:
+            query = query.where(c.id > after)
+        query = query.order_by(c.id).limit(limit + 1)
+        with self.engine.connect() as conn:
+            rows = [Conversation(**dict(r._mapping)) for r in conn.execute(query)]
+        return rows[:limit], len(rows) > limit
+
+    def delete(self, owner: str, cid: str) -> bool:
+        """Delete a conversation and its record (under its lock); whether it existed."""
+        tx = self.begin_turn(owner, cid)
+        try:
+            return tx.delete()
+        finally:
+            tx.close()
+
+    def ping(self) -> None:
+        """Raise if the store cannot be reached."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+class TurnTx:
+    """One turn's transaction on one conversation: read, then `commit` or `close`.
+
+    PostgreSQL: the conversation stays locked from construction to `commit`/`close`.
+    SQLite: reads are immediate; `commit` checks that nobody committed in between.
+    """
+
+    def __init__(self, store: Store, owner: str, cid: str) -> None:
+        self.store, self.owner, self.id = store, owner, cid
+        self._conn: sa.Connection | None = None
+        self._done = False
+        if store.dialect == "postgresql":
+            conn = store.engine.connect()
+            self._conn = conn
+            try:
+                conn.begin()
+                lock = sa.text("SELECT pg_advisory_xact_lock(:k)")
+                conn.execute(lock, {"k": _lock_key(owner, cid)})
+                self.row = _conversation(conn, owner, cid, checkpoint=False)
+            except BaseException:
+                self.close()
+                raise
+        else:
+            self.row = self._read(lambda conn: _conversation(conn, owner, cid, checkpoint=False))
+
+    def _read(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        if self._conn is not None:
+            return fn(self._conn)
+        with self.store.engine.connect() as conn:
+            return fn(conn)
+
+    @property
+    def etag(self) -> str | None:
+        """The etag read when the turn began (`None`: a new conversation)."""
+        return None if self.row is None else self.row.etag
+
+    def checkpoint(self) -> str:
+        """The stored checkpoint document (the conversation exists)."""
+        c = conversations.c
+        query = sa.select(c.checkpoint).where(c.owner == self.owner, c.id == self.id)
+        return str(self._read(lambda conn: conn.execute(query).scalar_one()))
+
+    def messages(self) -> list[StoredMessage]:
+        """The conversation's record as the turn began."""
+        return list(self._read(lambda conn: _messages(conn, self.owner, self.id)))
+
+    def commit(self, checkpoint: str, new: Sequence[NewMessage], turns: int, title: str) -> str:
+        """Store the checkpoint and append `new`, in one transaction; return the new etag.
+
+        Raises:
+            StoreConflict: (SQLite) another process committed this conversation meanwhile.
+        """
+        etag = uuid.uuid4().hex
+        now = time.time()
+        if self._conn is not None:
+            self._write(self._conn, checkpoint, new, turns, title, etag, now)
+            self._conn.commit()
+            self.close()
+            return etag
+        immediate = self.store.engine.execution_options(sqlite_begin="IMMEDIATE")
+        try:
+            with immediate.begin() as conn:
+                self._write(conn, checkpoint, new, turns, title, etag, now)
+        finally:
+            self._done = True
+        return etag
+
+    def _write(
+        self,
+        conn: sa.Connection,
+        checkpoint: str,
+        new: Sequence[NewMessage],
+        turns: int,
+        title: str,
+        etag: str,
+        now: float,
+    ) -> None:
+        c = conversations.c
+        first = 0 if self.row is None else self.row.message_count
+        if self.row is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(
+                        conversations.insert().values(
+                            owner=self.owner,
+                            id=self.id,
+                            etag=etag,
+                            checkpoint=checkpoint,
+                            turns=turns,
+                            message_count=len(new),
+                            title=title[:120],
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+            except sa.exc.IntegrityError:
+                raise _conflict(self.id) from None
+        else:
+            done = conn.execute(
+                conversations.update()
+                .where(c.owner == self.owner, c.id == self.id, c.etag == self.row.etag)
+                .values(
+                    etag=etag,
+                    checkpoint=checkpoint,
+                    turns=turns,
+                    message_count=first + len(new),
+                    updated_at=now,
+                )
+            )
+            if done.rowcount != 1:
+                raise _conflict(self.id)
+        if new:
+            conn.execute(
+                messages.insert(),
+                [
+                    {
+                        "owner": self.owner,
+                        "conversation_id": self.id,
+                        "seq": first + i,
+                        "turn": m.turn,
+                        "role": m.role,
+                        "content": m.content,
+                        "stats": None if m.stats is None else json.dumps(m.stats),
+                        "created_at": now,
+                    }
+                    for i, m in enumerate(new)
+                ],
+            )
+
+    def delete(self) -> bool:
+        """Delete the conversation and its record; whether it existed."""
+
+        def run(conn: sa.Connection) -> bool:
+            m, c = messages.c, conversations.c
+            conn.execute(
+                messages.delete().where(m.owner == self.owner, m.conversation_id == self.id)
+            )
+            gone = conn.execute(
+                conversations.delete().where(c.owner == self.owner, c.id == self.id)
+            )
+            return bool(gone.rowcount)
+
+        if self._conn is not None:
+            existed = run(self._conn)
+            self._conn.commit()
+            return existed
+        with self.store.engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
+            return run(conn)
+
+    def close(self) -> None:
+        """End the turn without committing (rolls back; PostgreSQL: releases the lock)."""
+        self._done = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.rollback()
+            finally:
+                conn.close()
+
+
+def _conflict(cid: str) -> StoreConflict:
+    return StoreConflict(
+        f"Another request committed to conversation {cid!r} while this turn ran (two server "
+        "processes on one SQLite store). Nothing was stored: send the message again, or use a "
+        "PostgreSQL store (--store postgresql://...) to share conversations between processes."
+    )
+
+
+def _columns() -> list[sa.Column[Any]]:
+    c = conversations.c
+    return [c.id, c.etag, c.turns, c.message_count, c.title, c.created_at, c.updated_at]
+
+
+def _conversation(
+    conn: sa.Connection, owner: str, cid: str, *, checkpoint: bool
+) -> Conversation | None:
+    c = conversations.c
+    cols = [*_columns(), c.checkpoint] if checkpoint else _columns()
+    row = conn.execute(sa.select(*cols).where(c.owner == owner, c.id == cid)).first()
+    return None if row is None else Conversation(**dict(row._mapping))
+
+
+def _messages(conn: sa.Connection, owner: str, cid: str) -> list[StoredMessage]:
+    m = messages.c
+    query = (
+        sa.select(m.seq, m.turn, m.role, m.content, m.stats, m.created_at)
+        .where(m.owner == owner, m.conversation_id == cid)
+        .order_by(m.seq)
+    )
+    return [
+        StoredMessage(
+            r.seq,
+            r.turn,
+            r.role,
+            r.content,
+            None if r.stats is None else json.loads(r.stats),
+            r.created_at,
+        )
+        for r in conn.execute(query)
+    ]
+
+
+def _sqlite_events(engine: sa.Engine) -> None:
+    """WAL, full sync, and `BEGIN IMMEDIATE` where asked (SQLAlchemy's documented recipe)."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
