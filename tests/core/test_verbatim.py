@@ -106,3 +106,12 @@ def test_rendered_history_equals_the_messages(history: list[str], new: str) -> N
     assert [m.content for m in prompt[:-1]] == history
     assert [m.role for m in prompt[:-1]] == [roles[i % 2] for i in range(len(history))]
     assert prompt[-1].content == new
+
+
+def test_recall_block_has_a_plain_lead_in_and_the_new_message_last() -> None:
+    seg = Segment(3, 3, "user", "I adopted a beagle.", 6)
+    new = "  What pet do I have?\n"
+    text = ContextBuilder().user_text([seg], new)
+    assert text.startswith("Earlier in this conversation:\nuser: I adopted a beagle.\n\n")
+    assert text.endswith(new)  # the new message is the turn's last text, verbatim
+    assert "[" not in text  # no bracketed marker for a small model to copy

@@ -57,14 +57,18 @@ class ContextBuilder:
     Attributes:
         pinned_header: Heading before pinned facts in the system message.
         summary_header: Heading before the rolling summary in the system message.
-        recall_header: Opening line of the recalled block in the final user message.
-        recall_footer: Closing line of the recalled block.
+        recall_header: Opening line of the recalled block in the final user message: a
+            plain-language lead-in. (Bracketed markers such as "[End of recalled context]"
+            were copied by the embedded SmolLM2-135M as its whole reply; see
+            docs/hosted.md for the measurement.)
+        recall_footer: Closing line of the recalled block; empty (the default): no closing
+            line, a blank line separates the block from the new message.
     """
 
     pinned_header: str = "Facts to remember:"
     summary_header: str = "Summary of the earlier conversation:"
-    recall_header: str = "[Recalled from earlier in this conversation]"
-    recall_footer: str = "[End of recalled context]"
+    recall_header: str = "Earlier in this conversation:"
+    recall_footer: str = ""
 
     def system_text(
         self, system_prompt: str | None, pinned: Sequence[Segment], summary: Segment | None
@@ -89,7 +93,8 @@ class ContextBuilder:
             return new_text
         lines = [self.recall_header]
         lines += [f"{_label(head)}: {text}" for head, text in _messages(recalled)]
-        lines.append(self.recall_footer)
+        if self.recall_footer:
+            lines.append(self.recall_footer)
         return "\n".join(lines) + "\n\n" + new_text
 
     def render(
