@@ -1,0 +1,33 @@
+"""The decode benchmarks run: the GPU one on the CPU with `--tiny` (so it is tested here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the decode benchmarks need torch")
+pytest.importorskip("transformers", reason="the decode benchmarks need transformers")
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_decode_gpu_tiny_runs_on_cpu(tmp_path: Path) -> None:
+    env = {**os.environ, "OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "decode_gpu.py"), "--tiny", "--repeats", "1"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert "| context |" in out.stdout
+    result = json.loads((tmp_path / "decode_gpu.json").read_text())
+    row = result["rows"][0]
+    assert row["identical"]  # float32 on the CPU: the static cache path is exact
+    assert row["eager"]["decode_tok_s"] > 0 and row["static+compile"]["decode_tok_s"] > 0
