@@ -124,6 +124,12 @@ def test_bad_store_urls_are_clear(tmp_path: Path) -> None:
         Store("not a url")
     with pytest.raises(StoreError, match="only sqlite and postgresql"):
         Store("mysql://localhost/x")
+    with pytest.raises(StoreError, match="synchronous must be full or normal"):
+        Store(f"sqlite:///{tmp_path / 'a.db'}?synchronous=off")
+    fast = Store(f"sqlite:///{tmp_path / 'b.db'}?synchronous=normal")
+    with fast.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    fast.close()
     with pytest.raises(StoreError, match="Cannot open the store"):
         Store("postgresql://nobody@127.0.0.1:9/none")
 

@@ -16,10 +16,12 @@ conversation never interleave**, across processes too:
 
 - PostgreSQL: the turn holds `pg_advisory_xact_lock` on the conversation from its first read
   to its commit (released at once if the process dies), so a second process waits.
-- SQLite: the turn reads, runs, then commits in a `BEGIN IMMEDIATE` transaction that checks
-  the conversation's `etag` is still the one it read (compare and swap). A turn that lost
-  the race is refused ([`StoreConflict`][fmai_torch.serve.store.StoreConflict], HTTP 409)
-  and changes nothing. Different conversations run in parallel in both stores.
+- SQLite (WAL, `synchronous=FULL`; `sqlite:///PATH?synchronous=normal` trades durability
+  against a machine crash for commit speed): the turn reads, runs, then commits in a
+  `BEGIN IMMEDIATE` transaction that checks the conversation's `etag` is still the one it
+  read (compare and swap). A turn that lost the race is refused
+  ([`StoreConflict`][fmai_torch.serve.store.StoreConflict], HTTP 409) and changes nothing.
+  Different conversations run in parallel in both stores.
 
 An older schema is migrated on start (`MIGRATIONS`); a newer one, or tables that are not
 fmai's, are refused with a [`StoreError`][fmai_torch.serve.store.StoreError] that says what
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -170,6 +173,13 @@ class Store:
         self.dialect = parsed.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
             raise StoreError(f"--store {url!r}: only sqlite and postgresql stores are supported.")
+        # `?synchronous=normal` (SQLite): a commit survives a crash of the process, not
+        # of the machine; the default, full, survives both (one fsync per commit)
+        self.synchronous = str(parsed.query.get("synchronous", "full")).upper()
+        if self.synchronous not in ("FULL", "NORMAL"):
+            raise StoreError(f"--store {url!r}: synchronous must be full or normal.")
+        parsed = parsed.difference_update_query(["synchronous"])
+        self.url = parsed.render_as_string(hide_password=False)
         self.where = parsed.render_as_string(hide_password=True)
         options: dict[str, Any] = {"pool_pre_ping": True}
         if self.dialect == "postgresql":
@@ -177,9 +187,12 @@ class Store:
         else:
             options.update(pool_size=pool_size, max_overflow=2 * pool_size)
             options["connect_args"] = {"timeout": 30.0}
-        self.engine = sa.create_engine(self.url, **options)
+        self.engine = sa.create_engine(parsed, **options)
+        # SQLite has one writer at a time: this process's writers queue here, in order,
+        # rather than in SQLite's busy handler (which sleeps up to 100 ms between tries)
+        self.write_lock = threading.Lock()
         if self.dialect == "sqlite":
-            _sqlite_events(self.engine)
+            _sqlite_events(self.engine, self.synchronous)
         try:
             self._setup()
         except sa.exc.OperationalError as exc:
@@ -356,7 +369,7 @@ class TurnTx:
             return etag
         immediate = self.store.engine.execution_options(sqlite_begin="IMMEDIATE")
         try:
-            with immediate.begin() as conn:
+            with self.store.write_lock, immediate.begin() as conn:
                 self._write(conn, checkpoint, new, turns, title, etag, now)
         finally:
             self._done = True
@@ -441,7 +454,8 @@ class TurnTx:
             existed = run(self._conn)
             self._conn.commit()
             return existed
-        with self.store.engine.execution_options(sqlite_begin="IMMEDIATE").begin() as conn:
+        immediate = self.store.engine.execution_options(sqlite_begin="IMMEDIATE")
+        with self.store.write_lock, immediate.begin() as conn:
             return run(conn)
 
     def close(self) -> None:
@@ -497,7 +511,7 @@ def _messages(conn: sa.Connection, owner: str, cid: str) -> list[StoredMessage]:
     ]
 
 
-def _sqlite_events(engine: sa.Engine) -> None:
+def _sqlite_events(engine: sa.Engine, synchronous: str) -> None:
     """WAL, full sync, and `BEGIN IMMEDIATE` where asked (SQLAlchemy's documented recipe)."""
 
     @sa.event.listens_for(engine, "connect")
@@ -505,7 +519,7 @@ def _sqlite_events(engine: sa.Engine) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 

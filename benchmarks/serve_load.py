@@ -1,0 +1,369 @@
+"""`fmai serve` under load and under faults, through the official openai SDK (asyncio).
+
+The upstream is the loopback fake provider (`tests/core/fakeserver.py`), which answers at
+once; `fmai serve` runs as a subprocess (`python -m fmai_torch.cli serve --upstream ...`).
+
+- **load**: C concurrent conversations x T turns, each sending only its new message. Reports
+  requests/s and the p50/p95/p99 latency through fmai serve next to the same requests sent
+  straight to the fake upstream at the same concurrency (the difference is what fmai adds:
+  policy, store commit, HTTP hop), plus the policy's own time. Then every conversation is
+  read back from the store: every acknowledged turn must be there, in order, exactly once.
+- **kill**: the same kind of load while the server is SIGKILLed at random moments (K times)
+  and restarted. A conversation whose turn failed moves on to a new message (no retry, so a
+  turn committed but not acknowledged is told apart). Afterwards: every acknowledged turn
+  is in the store, in order, exactly once; no half turn (each stored user message is followed
+  by its own reply, and the checkpoint's turn count equals the stored turns).
+- **upstream**: the upstream answers 429, 500 and stalls: the HTTP status each request gets,
+  and whether the conversation's record and checkpoint are unchanged.
+
+Run: `python benchmarks/serve_load.py` (needs `fmai-torch[serve]`); `--conversations`,
+`--turns`, `--kills`, `--store URL` (default: a SQLite file in a temp folder), `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
+
+import openai
+from fakeserver import FakeProvider
+
+from _common import cpu_model
+from fmai_torch.serve.store import Store
+
+KEY = "sk-bench"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, upstream: FakeProvider, store: str, *extra: str) -> None:
+        self.port, self.store = _port(), store
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "fmai_torch.cli",
+            "serve",
+            "--upstream",
+            upstream.openai_url,
+            "--upstream-model",
+            "fake",
+            "--upstream-key-env",
+            "BENCH_UPSTREAM_KEY",
+            "--store",
+            store,
+            "--port",
+            str(self.port),
+            "--policy",
+            "hybrid",
+            "--max-tokens",
+            "1024",
+            "--max-new-tokens",
+            "64",
+            "--log-level",
+            "error",
+            *extra,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        env = {**os.environ, "BENCH_UPSTREAM_KEY": KEY}
+        self.proc = subprocess.Popen(self.cmd, env=env, stderr=subprocess.DEVNULL)
+        while True:
+            try:
+                with urllib.request.urlopen(self.url[:-3] + "/healthz", timeout=1):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("fmai serve exited") from None
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] if s else float("nan")
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {f"p{q}": round(pct(values, q), 2) for q in (50, 95, 99)}
+
+
+def text_of(conv: int, turn: int) -> str:
+    return f"Conversation {conv}, turn {turn}: my number today is {conv * 1000 + turn}."
+
+
+async def run_load(url: str, conversations: int, turns: int, session: bool) -> dict[str, Any]:
+    """C conversations x T turns at once; per request: latency (ms) and policy_ms."""
+    client = openai.AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60)
+    latency: list[float] = []
+    policy: list[float] = []
+    acked: dict[int, list[tuple[str, str]]] = {c: [] for c in range(conversations)}
+    failed = 0
+
+    async def one(c: int) -> None:
+        nonlocal failed
+        for t in range(turns):
+            text = text_of(c, t)
+            headers = {"X-Session-ID": f"load-{c}"} if session else {}
+            start = time.perf_counter()
+            try:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="fake",
+                    messages=[{"role": "user", "content": text}],
+                    extra_headers=headers,
+                )
+            except openai.APIError:
+                failed += 1
+                continue
+            latency.append((time.perf_counter() - start) * 1000)
+            r = raw.parse()
+            stats = (r.model_extra or {}).get("fmai", {}).get("turn_stats")
+            if stats:
+                policy.append(stats["policy_ms"])
+            acked[c].append((text, r.choices[0].message.content or ""))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in range(conversations)))
+    wall = time.perf_counter() - start
+    await client.close()
+    n = len(latency)
+    return {
+        "requests": n,
+        "failed": failed,
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(n / wall, 1),
+        "latency_ms": summary(latency),
+        "policy_ms": summary(policy),
+        "acked": acked,
+    }
+
+
+def check_store(
+    store_url: str, acked: dict[int, list[tuple[str, str]]], prefix: str, strict: bool
+) -> dict[str, Any]:
+    """Every acknowledged turn in the store, in order, exactly once; no half turn."""
+    store = Store(store_url)
+    problems: list[str] = []
+    extra = 0
+    for c, turns in acked.items():
+        cid = f"{prefix}-{c}"
+        msgs = store.messages("anonymous", cid)
+        row = store.get("anonymous", cid, checkpoint=True)
+        pairs = list(zip(msgs[::2], msgs[1::2]))
+        if len(msgs) % 2 or any(u.role != "user" or a.role != "assistant" for u, a in pairs):
+            problems.append(f"{cid}: not whole user/assistant pairs")
+        if any(u.turn != a.turn for u, a in pairs):
+            problems.append(f"{cid}: a reply stored with another turn's message")
+        stored = [(u.content, a.content) for u, a in pairs]
+        if len(set(stored)) != len(stored):
+            problems.append(f"{cid}: a turn stored twice")
+        it = iter(stored)
+        if not all(any(s == t for s in it) for t in turns):  # acked is a subsequence, in order
+            problems.append(f"{cid}: an acknowledged turn is missing or out of order")
+        if strict and stored != turns:
+            problems.append(f"{cid}: the store differs from what was acknowledged")
+        if turns and row is None:
+            problems.append(f"{cid}: missing")
+        if row is not None:
+            doc = json.loads(row.checkpoint or "{}")
+            if row.turns != len(pairs) or doc["state"]["turn"] != len(pairs):
+                problems.append(f"{cid}: checkpoint turns != stored turns (a half turn)")
+        extra += len(stored) - len(turns)
+    store.close()
+    acknowledged = sum(len(t) for t in acked.values())
+    return {
+        "acknowledged": acknowledged,
+        "stored_not_acknowledged": extra,
+        "problems": problems[:10],
+        "ok": not problems,
+    }
+
+
+async def kill_loop(server: Server, kills: int, stop: asyncio.Event) -> int:
+    done = 0
+    rng = random.Random(7)
+    while done < kills:
+        await asyncio.sleep(rng.uniform(0.2, 1.0))
+        server.kill()
+        done += 1
+        await asyncio.to_thread(server.start)
+    stop.set()
+    return done
+
+
+async def run_kill(server: Server, conversations: int, kills: int) -> dict[str, Any]:
+    client = openai.AsyncOpenAI(base_url=server.url, api_key=KEY, max_retries=0, timeout=10)
+    acked: dict[int, list[tuple[str, str]]] = {c: [] for c in range(conversations)}
+    failed = 0
+    stop = asyncio.Event()
+
+    async def one(c: int) -> None:
+        nonlocal failed
+        t = 0
+        while not stop.is_set():
+            text = text_of(c, t)
+            t += 1
+            try:
+                r = await client.chat.completions.create(
+                    model="fake",
+                    messages=[{"role": "user", "content": text}],
+                    extra_headers={"X-Session-ID": f"kill-{c}"},
+                )
+                acked[c].append((text, r.choices[0].message.content or ""))
+            except openai.APIError:
+                failed += 1  # killed mid-turn: move on to a new message
+                await asyncio.sleep(0.25)
+
+    killer = asyncio.create_task(kill_loop(server, kills, stop))
+    await asyncio.gather(*(one(c) for c in range(conversations)))
+    done = await killer
+    await client.close()
+    return {"kills": done, "failed_requests": failed, "acked": acked}
+
+
+def run_upstream_faults(server: Server, upstream: FakeProvider) -> dict[str, Any]:
+    client = openai.OpenAI(base_url=server.url, api_key=KEY, max_retries=0)
+    session = {"X-Session-ID": "faults"}
+    client.chat.completions.create(
+        model="fake",
+        extra_headers=session,
+        messages=[{"role": "user", "content": "Remember 5512."}],
+    )
+
+    def record() -> Any:
+        req = urllib.request.Request(server.url + "/conversations/faults/checkpoint")
+        with urllib.request.urlopen(req) as r:
+            return r.read()
+
+    before = record()
+    out: dict[str, Any] = {}
+    for fault, times in (("429", 3), ("500", 3), ("slow", 1), ("stall", 1)):
+        upstream.fail_next(fault, times)
+        start = time.perf_counter()
+        try:
+            r = client.chat.completions.create(
+                model="fake",
+                extra_headers=session,
+                stream=fault == "stall",
+                messages=[{"role": "user", "content": "x"}],
+            )
+            if fault == "stall":
+                for _ in r:  # type: ignore[union-attr]
+                    pass
+            status: Any = 200
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+        except openai.APIError as exc:  # an error event after the stream began
+            status = f"200 then error event ({str(exc)[:40]}...)"
+        out[fault] = {"status": status, "seconds": round(time.perf_counter() - start, 2)}
+        upstream._faults.clear()
+    out["memory_unchanged"] = record() == before
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--conversations", type=int, default=50)
+    ap.add_argument("--turns", type=int, default=20)
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--store", default=None, help="store URL (default: SQLite in a temp dir)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="fmai-bench-"))
+    store = args.store or f"sqlite:///{tmp / 'serve.sqlite3'}"
+    results: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "store": store}
+    with FakeProvider(api_key=KEY, slow_s=6.0) as upstream:
+        # answer without Nagle's delay: the fake's own latency is then its real work
+        upstream._server.RequestHandlerClass.disable_nagle_algorithm = True
+        server = Server(upstream, store, "--upstream-timeout", "2")
+        server.start()
+        try:
+            c, t = args.conversations, args.turns
+            for label, conc, turns in (("sequential", 1, 100), ("concurrent", c, t)):
+                direct = asyncio.run(run_load(upstream.openai_url, conc, turns, False))
+                served = asyncio.run(run_load(server.url, conc, turns, True))
+                added = {
+                    q: round(served["latency_ms"][q] - direct["latency_ms"][q], 2)
+                    for q in ("p50", "p95", "p99")
+                }
+                results[label] = {
+                    "conversations": conc,
+                    "turns": turns,
+                    "direct": {k: v for k, v in direct.items() if k != "acked"},
+                    "served": {k: v for k, v in served.items() if k != "acked"},
+                    "added_latency_ms": added,
+                    "store_check": check_store(store, served["acked"], "load", strict=True),
+                }
+                # the next run starts new conversations: reuse of ids would mix the two
+                check = Store(store)
+                with check.engine.begin() as conn:
+                    conn.exec_driver_sql("DELETE FROM fmai_messages")
+                    conn.exec_driver_sql("DELETE FROM fmai_conversations")
+                check.close()
+                server.stop()
+                server.start()
+            results["upstream_faults"] = run_upstream_faults(server, upstream)
+            killed = asyncio.run(run_kill(server, min(20, c), args.kills))
+            results["kill"] = {
+                "kills": killed["kills"],
+                "failed_requests": killed["failed_requests"],
+                "store_check": check_store(store, killed["acked"], "kill", strict=False),
+            }
+        finally:
+            server.stop()
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"fmai serve load ({results['cpu']}, {results['cores']} cores, store {store})")
+    for label in ("sequential", "concurrent"):
+        r = results[label]
+        s, d = r["served"], r["direct"]
+        print(f"\n{label}: {r['conversations']} conversations x {r['turns']} turns")
+        print(
+            f"  fmai serve: {s['requests_per_s']} req/s, latency ms {s['latency_ms']}, "
+            f"policy ms {s['policy_ms']}, failed {s['failed']}"
+        )
+        print(f"  upstream directly: {d['requests_per_s']} req/s, latency ms {d['latency_ms']}")
+        print(f"  added by fmai serve (ms): {r['added_latency_ms']}")
+        print(f"  store check: {r['store_check']}")
+    print(f"\nupstream faults: {results['upstream_faults']}")
+    print(
+        f"SIGKILL x{results['kill']['kills']}: failed requests "
+        f"{results['kill']['failed_requests']}, store check {results['kill']['store_check']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
