@@ -106,6 +106,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import cpu_model
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.relevance import terms as fmai_terms
 from fmai_core.testing import EchoBackend
@@ -3841,17 +3842,6 @@ def examples(conv: Conversation) -> list[dict[str, Any]]:
                 }
             )
     return out
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _pct(v: float | None) -> str:
