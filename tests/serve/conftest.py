@@ -136,7 +136,10 @@ class Postgres:
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
         self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="fmai-pg-"))
+        # As root the server runs as another user, who must reach its directory: the
+        # session's TMPDIR may sit under a checkout only root can enter (a `mktemp -d`).
+        base = "/tmp" if os.geteuid() == 0 and os.path.isdir("/tmp") else None
+        self.dir = Path(tempfile.mkdtemp(prefix="fmai-pg-", dir=base))
         self.data = self.dir / "data"
         self.user: str | None = None
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
