@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from fmai_core.policies import Policy, get_policy, register_policy
     from fmai_core.segments import Segment
     from fmai_core.stats import MemoryStats, TurnStats
+    from fmai_core.trace import TurnTrace
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "Segment": "fmai_core.segments",
     "MemoryStats": "fmai_core.stats",
     "TurnStats": "fmai_core.stats",
+    "TurnTrace": "fmai_core.trace",
 }
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "Segment",
     "StreamChunk",
     "TurnStats",
+    "TurnTrace",
     "Usage",
     "__version__",
     "get_policy",

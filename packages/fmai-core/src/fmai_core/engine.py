@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from fmai_core.planner import Plan
     from fmai_core.policies import Policy
     from fmai_core.retrieval import RecallIndex
+    from fmai_core.trace import TurnTrace
 
 __all__ = ["GENERATION_PARAMS", "ChatResult", "FiniteMemoryLLM"]
 
@@ -192,10 +193,15 @@ class _TurnLock:
 
 @dataclass(frozen=True)
 class ChatResult:
-    """The reply to one turn and its figures."""
+    """The reply to one turn and its figures.
+
+    `trace` is the turn's [`TurnTrace`][fmai_core.trace.TurnTrace]: its prompt part by
+    part, what was evicted and recalled (with scores), and `stats`.
+    """
 
     response: str
     stats: TurnStats
+    trace: TurnTrace | None = None
 
 
 class FiniteMemoryLLM:
@@ -533,6 +539,18 @@ class FiniteMemoryLLM:
             state, new = self._new_user(text)
             return self._planner.plan(state, new, text).messages
 
+    def trace(self, text: str) -> TurnTrace:
+        """The [`TurnTrace`][fmai_core.trace.TurnTrace] the next turn would have for `text`.
+
+        The planning of `context` (the same prompt, as `messages`), laid out in its parts
+        with what would be evicted and recalled; it changes nothing, and `stats` is `None`.
+        """
+        from fmai_core.trace import build_trace
+
+        with self._lock:
+            state, new = self._new_user(text)
+            return build_trace(self._planner, self._planner.plan(state, new, text), new)
+
     def reset(self) -> None:
         """Forget the conversation (pinned facts included) and the cumulative stats."""
         with self._turn, self._lock:
@@ -672,11 +690,15 @@ class FiniteMemoryLLM:
             t.evicted_tokens += stats.evicted_tokens
             t.evictions += int(stats.evicted)
             t.fallbacks += int(stats.fallback)
+        from fmai_core.trace import build_trace
+
+        trace = build_trace(self._planner, plan, new).with_stats(stats)
+        self.last_trace = trace
         if self.hooks:
             from fmai_core.telemetry.hooks import call_hooks
 
             call_hooks(self.hooks, stats)
-        return ChatResult(gen.text, stats)
+        return ChatResult(gen.text, stats, trace)
 
     @staticmethod
     def _backend_error(exc: Exception) -> FMAIError:
@@ -751,6 +773,8 @@ class FiniteMemoryLLM:
             self.last_stats = self._finish(version, new, plan, gen, start, gen_start).stats
 
     last_stats: TurnStats | None = None
+    #: The [`TurnTrace`][fmai_core.trace.TurnTrace] of the last turn that committed.
+    last_trace: TurnTrace | None = None
 
     async def achat(self, text: str, **params: Any) -> ChatResult:
         """Async [`chat`][fmai_core.engine.FiniteMemoryLLM.chat]; concurrent calls take turns.

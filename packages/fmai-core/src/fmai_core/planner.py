@@ -51,6 +51,12 @@ class Plan:
     policy_ms: float
     fallback: bool
     policy_stats: dict[str, Any] = field(default_factory=dict)
+    #: Segments moved from the history to the archive by this plan (see `TurnTrace`).
+    evicted_segments: tuple[Segment, ...] = ()
+    #: Relevance of each recalled segment, by id, as the policy's recall reported it.
+    recall_scores: dict[int, float] = field(default_factory=dict)
+    #: Archived segments a full archive dropped in this plan.
+    dropped: int = 0
 
     @property
     def signals_off(self) -> bool:
@@ -244,6 +250,9 @@ class Planner:
             policy_ms=turn.policy_ms,
             fallback=turn.fallback,
             policy_stats=turn.stats,
+            evicted_segments=tuple(turn.gone),
+            recall_scores={s.id: turn.scores[s.id] for s in turn.recalled if s.id in turn.scores},
+            dropped=turn.dropped,
         )
 
     def _budget(self, state: MemoryState, new_text: str) -> int:
@@ -306,6 +315,7 @@ class Planner:
         gone_ids = {s.id for s in gone}
         turn.history = [s for s in turn.history if s.id not in gone_ids]
         turn.evicted_tokens += sum(s.tokens for s in gone)
+        turn.gone += gone
         turn.evicted = True
         turn.archive, dropped = self._archive(turn.archive, gone)
         turn.dropped += dropped
@@ -330,6 +340,7 @@ class Planner:
         turn.fallback |= fb
         turn.stats.update({f"recall_{k}": v for k, v in stats.items()})
         turn.rank = {sid: i for i, sid in enumerate(selection.keep)}  # best first
+        turn.scores = dict(selection.scores) if not fb else {}
         turn.recalled = [s for s in turn.archive if s.id in turn.rank]
 
     def _fit(self, turn: _Turn, new_text: str) -> tuple[list[Message], int]:
@@ -383,6 +394,8 @@ class _Turn:
     summary: Segment | None = None
     recalled: list[Segment] = field(default_factory=list)
     rank: dict[int, int] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+    gone: list[Segment] = field(default_factory=list)
     evicted_tokens: int = 0
     evicted: bool = False
     dropped: int = 0

@@ -89,8 +89,11 @@ class Selection:
         summary: A new summary text replacing the current one, or `None` to keep it as is.
         stats: Free-form figures about the decision, reported in `TurnStats.policy_stats`.
             By convention `"signal"` is `"model"` or `"proxy"`.
+        scores: Optional relevance score of kept candidates, by id (in `"recall"` mode:
+            what [`TurnTrace.recall_scores`][fmai_core.trace.TurnTrace] reports).
     """
 
     keep: tuple[int, ...]
     summary: str | None = None
     stats: Mapping[str, Any] = field(default_factory=dict)
+    scores: Mapping[int, float] = field(default_factory=dict)
