@@ -7,11 +7,12 @@ from collections.abc import Sequence
 import pytest
 
 from fmai_core import Message
+from fmai_core.config import MemoryConfig
 from fmai_core.context import ContextBuilder
 from fmai_core.errors import MessageTooLongError
 from fmai_core.memory import MemoryState, segment_message
 from fmai_core.planner import Planner
-from fmai_core.policies import Signals, get_policy
+from fmai_core.policies import get_policy
 from fmai_core.segments import Segment
 from fmai_core.testing import EchoBackend
 from fmai_core.text import split_sentences
@@ -27,9 +28,11 @@ class Overcounting(EchoBackend):
 
 def _planner(backend: EchoBackend, policy: str = "sliding", max_tokens: int = 400) -> Planner:
     return Planner(
-        get_policy(policy), TokenCounter(backend), ContextBuilder(), None, max_tokens, 32,
-        0.6, None, None, None, Signals(),
-    )  # fmt: skip
+        policy=get_policy(policy),
+        counter=TokenCounter(backend),
+        builder=ContextBuilder(),
+        config=MemoryConfig(max_tokens=max_tokens, max_new_tokens=32, max_policy_ms=None),
+    )
 
 
 def _state(planner: Planner, n: int) -> MemoryState:

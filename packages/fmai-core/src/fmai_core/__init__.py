@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from fmai_core.backend import Backend, Generation, StreamChunk, Usage
+    from fmai_core.config import MemoryConfig
     from fmai_core.engine import ChatResult, FiniteMemoryLLM
     from fmai_core.errors import FMAIError
     from fmai_core.messages import Message
@@ -36,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "Generation": "fmai_core.backend",
     "StreamChunk": "fmai_core.backend",
     "Usage": "fmai_core.backend",
+    "MemoryConfig": "fmai_core.config",
     "ChatResult": "fmai_core.engine",
     "FiniteMemoryLLM": "fmai_core.engine",
     "FMAIError": "fmai_core.errors",
@@ -55,6 +57,7 @@ __all__ = [
     "FMAIError",
     "FiniteMemoryLLM",
     "Generation",
+    "MemoryConfig",
     "MemoryStats",
     "Message",
     "Policy",

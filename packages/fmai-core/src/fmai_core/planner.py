@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fmai_core.config import MemoryConfig
 from fmai_core.context import ContextBuilder
 from fmai_core.deadline import PolicyTimeout, deadline_scope
 from fmai_core.errors import MessageTooLongError
@@ -115,19 +116,23 @@ def _run_with_deadline(
 
 @dataclass
 class Planner:
-    """Plans turns for one conversation (configuration only; state is passed in)."""
+    """Plans turns for one conversation (configuration only; state is passed in).
+
+    Attributes:
+        policy: The memory policy.
+        counter: Counts tokens under the backend.
+        builder: Lays out the prompt.
+        config: The memory settings (budget, low-water mark, recall share, archive cap,
+            policy deadline).
+        signals: The model signals the policy gets (the engine may switch them off).
+        index: The conversation's recall index.
+    """
 
     policy: Policy
     counter: TokenCounter
     builder: ContextBuilder
-    system_prompt: str | None
-    max_tokens: int
-    max_new_tokens: int
-    low_water: float
-    recall_fraction: float | None
-    archive_limit: int | None
-    max_policy_ms: float | None
-    signals: Signals
+    config: MemoryConfig
+    signals: Signals = field(default_factory=Signals)
     index: RecallIndex = field(default_factory=RecallIndex)
 
     def recall_share(self, state: MemoryState, query: str, available: int) -> float:
@@ -141,8 +146,8 @@ class Planner:
         """
         if not self.policy.recalls:
             return 0.0
-        if self.recall_fraction is not None:
-            return self.recall_fraction
+        if self.config.recall_fraction is not None:
+            return self.config.recall_fraction
         # Recent: the history that stays in the prompt at the smallest share (all of it, or
         # what an eviction would keep of its newest part); older: the rest and the archive.
         room = available * (1.0 - MIN_RECALL_SHARE)
@@ -150,7 +155,7 @@ class Planner:
         if sum(s.tokens for s in state.history) <= room:
             recent = {s.message_id for s in state.history}
         else:
-            left = self.low_water * room
+            left = self.config.low_water * room
             for s in reversed(state.history):
                 if s.tokens > left:
                     break
@@ -163,9 +168,10 @@ class Planner:
 
     def _select(self, request: PolicyRequest) -> tuple[Selection, float, bool, dict[str, Any]]:
         start = time.perf_counter()
-        if self.max_policy_ms is not None:
-            request = replace(request, deadline=start + self.max_policy_ms / 1000)
-        result, error = _run_with_deadline(lambda: self.policy.select(request), self.max_policy_ms)
+        limit = self.config.max_policy_ms
+        if limit is not None:
+            request = replace(request, deadline=start + limit / 1000)
+        result, error = _run_with_deadline(lambda: self.policy.select(request), limit)
         fallback = result is None
         degraded = False
         if error and error.startswith("deadline") and request.signals != Signals():
@@ -173,10 +179,11 @@ class Planner:
             # deadline on a CPU: the engine switches them off when the turn commits
             # (`Plan.signals_off`); planning itself changes nothing.
             degraded = True
-        if result is None:
-            result = _SLIDING.select(replace(request, signals=Signals()))
+        if result is None:  # the fallback: sliding evicts, and recalls nothing
             if request.mode == "recall":
                 result = Selection(keep=())
+            else:
+                result = _SLIDING.select(replace(request, signals=Signals()))
         ms = (time.perf_counter() - start) * 1000
         stats = dict(result.stats)
         if error:
@@ -186,7 +193,7 @@ class Planner:
         return result, ms, fallback, stats
 
     def system_cost(self, state: MemoryState, summary: Segment | None) -> int:
-        text = self.builder.system_text(self.system_prompt, state.pinned, summary)
+        text = self.builder.system_text(self.config.system_prompt, state.pinned, summary)
         return self.counter.message(text) if text is not None else 0
 
     def _archive(
@@ -195,9 +202,9 @@ class Planner:
         merged = list(archive)  # sorted by id; what is added is small
         for segment in add:
             bisect.insort(merged, segment, key=_segment_id)
-        if self.archive_limit is None or len(merged) <= self.archive_limit:
+        if self.config.archive_limit is None or len(merged) <= self.config.archive_limit:
             return tuple(merged), 0
-        excess = len(merged) - self.archive_limit
+        excess = len(merged) - self.config.archive_limit
         drop = {s.id for s in sorted(merged, key=lambda s: (archive_value(s), s.id))[:excess]}
         return tuple(s for s in merged if s.id not in drop), excess
 
@@ -252,13 +259,14 @@ class Planner:
         """Tokens free for history and recall; raises if the new message cannot fit."""
         new_cost = self.counter.message(self.builder.user_text((), new_text))
         fixed = self.counter.base + self.system_cost(state, state.summary)
-        available = self.max_tokens - self.max_new_tokens - fixed - new_cost
+        c = self.config
+        available = c.room - fixed - new_cost
         if available < 0:
-            room = self.max_tokens - self.max_new_tokens - fixed - self.counter.message_overhead
+            room = c.room - fixed - self.counter.message_overhead
             raise MessageTooLongError(
                 f"The message needs {new_cost - self.counter.message_overhead} tokens but at most "
-                f"{max(room, 0)} fit (max_tokens={self.max_tokens}, max_new_tokens="
-                f"{self.max_new_tokens}, system prompt and pins included). Shorten the message "
+                f"{max(room, 0)} fit (max_tokens={c.max_tokens}, max_new_tokens="
+                f"{c.max_new_tokens}, system prompt and pins included). Shorten the message "
                 "or raise max_tokens. Nothing was changed.",
                 tokens=new_cost,
                 available=max(room, 0),
@@ -269,11 +277,11 @@ class Planner:
         """Ask the policy which history to keep, down to the low-water mark; archive the rest."""
         state, history, summary = turn.state, turn.history, turn.summary
         old_summary = summary.tokens if summary else 0
-        budget = max(0, int(self.low_water * (high_water + old_summary)) - old_summary)
+        budget = max(0, int(self.config.low_water * (high_water + old_summary)) - old_summary)
         request = PolicyRequest(
-            "evict",
-            tuple(history),
-            budget,
+            mode="evict",
+            candidates=tuple(history),
+            budget=budget,
             query=query,
             signals=self.signals,
             summary=summary,
@@ -316,9 +324,9 @@ class Planner:
         """Ask the policy which archived segments to bring back within `reserve` tokens."""
         header = self.counter.text(self.builder.recall_header + "\n" + self.builder.recall_footer)
         request = PolicyRequest(
-            "recall",
-            turn.archive,
-            max(0, reserve - header - 2),
+            mode="recall",
+            candidates=turn.archive,
+            budget=max(0, reserve - header - 2),
             query=query,
             signals=self.signals,
             summary=turn.summary,
@@ -343,14 +351,13 @@ class Planner:
         fits, so that a count that differs slightly from the segments' sum does not evict
         one segment per turn.
         """
-        state = turn.state
+        state, c = turn.state, self.config
         while True:
             messages = self.builder.render(
-                self.system_prompt, state.pinned, turn.summary, turn.history, turn.recalled,
-                new_text,
-            )  # fmt: skip
+                c.system_prompt, state.pinned, turn.summary, turn.history, turn.recalled, new_text
+            )
             prompt_tokens = self.counter.prompt(messages)
-            over = prompt_tokens + self.max_new_tokens - self.max_tokens
+            over = prompt_tokens + c.max_new_tokens - c.max_tokens
             if over <= 0:
                 return messages, prompt_tokens
             if turn.recalled:
@@ -358,7 +365,7 @@ class Planner:
                 turn.recalled = [s for s in turn.recalled if s.message_id != worst.message_id]
             elif turn.history:
                 left = sum(s.tokens for s in turn.history) - over
-                target = int(self.low_water * max(left, 0))
+                target = int(c.low_water * max(left, 0))
                 gone: list[Segment] = []
                 total = sum(h.tokens for h in turn.history)
                 for s in turn.history:
@@ -370,11 +377,10 @@ class Planner:
             else:
                 raise MessageTooLongError(
                     f"The prompt needs {prompt_tokens} tokens plus max_new_tokens="
-                    f"{self.max_new_tokens}, over max_tokens={self.max_tokens}, with all "
-                    "history evicted. Shorten the message or raise max_tokens. "
-                    "Nothing was changed.",
+                    f"{c.max_new_tokens}, over max_tokens={c.max_tokens}, with all history "
+                    "evicted. Shorten the message or raise max_tokens. Nothing was changed.",
                     tokens=prompt_tokens,
-                    available=self.max_tokens - self.max_new_tokens,
+                    available=c.room,
                 )
 
 

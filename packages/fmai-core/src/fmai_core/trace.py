@@ -150,7 +150,7 @@ def build_trace(planner: Planner, plan: Plan, new: Sequence[Segment]) -> TurnTra
     """The trace of `plan`, a plan `planner` made for the new message `new` (its segments)."""
     new_text = new[0].text + "".join(s.sep + s.text for s in new[1:]) if new else ""
     state = plan.state
-    system = planner.system_prompt
+    system = planner.config.system_prompt
     builder, counter = planner.builder, planner.counter
     return TurnTrace(
         turn=state.turn,
