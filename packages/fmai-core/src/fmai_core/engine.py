@@ -677,6 +677,7 @@ class FiniteMemoryLLM:
                 evicted=plan.evicted,
                 policy_stats=_telemetry_safe(plan.policy_stats),
                 estimated=tuple(estimated),
+                kv=dict(gen.extra.get("kv") or {}),
             )
             t = self._stats
             t.turns += 1

@@ -16,7 +16,7 @@ from fmai_core.deadline import PolicyTimeout, deadline_scope
 from fmai_core.errors import MessageTooLongError
 from fmai_core.memory import MemoryState, archive_value
 from fmai_core.messages import Message
-from fmai_core.policies.base import Policy, PolicyRequest, Selection, Signals
+from fmai_core.policies.base import Policy, PolicyRequest, Selection, Signals, enforce_budget
 from fmai_core.policies.sliding import SlidingWindowPolicy
 from fmai_core.retrieval import RecallIndex, recall_need
 from fmai_core.segments import Segment
@@ -184,6 +184,7 @@ class Planner:
                 result = Selection(keep=())
             else:
                 result = _SLIDING.select(replace(request, signals=Signals()))
+        result = enforce_budget(request, result)  # the contract, for every policy
         ms = (time.perf_counter() - start) * 1000
         stats = dict(result.stats)
         if error:
@@ -302,11 +303,8 @@ class Planner:
                 if text
                 else None
             )
-        kept = [s for s in history if s.id in keep]
-        while kept and sum(s.tokens for s in kept) > high_water:  # a policy kept too much
-            kept.pop(0)
-        kept_ids = {k.id for k in kept}
-        self._move_to_archive(turn, [s for s in history if s.id not in kept_ids])
+        kept = [s for s in history if s.id in keep]  # within the budget: see _select
+        self._move_to_archive(turn, [s for s in history if s.id not in keep])
         turn.history = kept
 
     def _move_to_archive(self, turn: _Turn, gone: Sequence[Segment]) -> None:
