@@ -10,12 +10,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fmai_core.config import MemoryConfig
 from fmai_core.context import ContextBuilder
 from fmai_core.deadline import PolicyTimeout, deadline_scope
 from fmai_core.errors import MessageTooLongError
 from fmai_core.memory import MemoryState, archive_value
 from fmai_core.messages import Message
-from fmai_core.policies.base import Policy, PolicyRequest, Selection, Signals
+from fmai_core.policies.base import Policy, PolicyRequest, Selection, Signals, enforce_budget
 from fmai_core.policies.sliding import SlidingWindowPolicy
 from fmai_core.retrieval import RecallIndex, recall_need
 from fmai_core.segments import Segment
@@ -50,6 +51,12 @@ class Plan:
     policy_ms: float
     fallback: bool
     policy_stats: dict[str, Any] = field(default_factory=dict)
+    #: Segments moved from the history to the archive by this plan (see `TurnTrace`).
+    evicted_segments: tuple[Segment, ...] = ()
+    #: Relevance of each recalled segment, by id, as the policy's recall reported it.
+    recall_scores: dict[int, float] = field(default_factory=dict)
+    #: Archived segments a full archive dropped in this plan.
+    dropped: int = 0
 
     @property
     def signals_off(self) -> bool:
@@ -109,19 +116,23 @@ def _run_with_deadline(
 
 @dataclass
 class Planner:
-    """Plans turns for one conversation (configuration only; state is passed in)."""
+    """Plans turns for one conversation (configuration only; state is passed in).
+
+    Attributes:
+        policy: The memory policy.
+        counter: Counts tokens under the backend.
+        builder: Lays out the prompt.
+        config: The memory settings (budget, low-water mark, recall share, archive cap,
+            policy deadline).
+        signals: The model signals the policy gets (the engine may switch them off).
+        index: The conversation's recall index.
+    """
 
     policy: Policy
     counter: TokenCounter
     builder: ContextBuilder
-    system_prompt: str | None
-    max_tokens: int
-    max_new_tokens: int
-    low_water: float
-    recall_fraction: float | None
-    archive_limit: int | None
-    max_policy_ms: float | None
-    signals: Signals
+    config: MemoryConfig
+    signals: Signals = field(default_factory=Signals)
     index: RecallIndex = field(default_factory=RecallIndex)
 
     def recall_share(self, state: MemoryState, query: str, available: int) -> float:
@@ -135,8 +146,8 @@ class Planner:
         """
         if not self.policy.recalls:
             return 0.0
-        if self.recall_fraction is not None:
-            return self.recall_fraction
+        if self.config.recall_fraction is not None:
+            return self.config.recall_fraction
         # Recent: the history that stays in the prompt at the smallest share (all of it, or
         # what an eviction would keep of its newest part); older: the rest and the archive.
         room = available * (1.0 - MIN_RECALL_SHARE)
@@ -144,7 +155,7 @@ class Planner:
         if sum(s.tokens for s in state.history) <= room:
             recent = {s.message_id for s in state.history}
         else:
-            left = self.low_water * room
+            left = self.config.low_water * room
             for s in reversed(state.history):
                 if s.tokens > left:
                     break
@@ -157,9 +168,10 @@ class Planner:
 
     def _select(self, request: PolicyRequest) -> tuple[Selection, float, bool, dict[str, Any]]:
         start = time.perf_counter()
-        if self.max_policy_ms is not None:
-            request = replace(request, deadline=start + self.max_policy_ms / 1000)
-        result, error = _run_with_deadline(lambda: self.policy.select(request), self.max_policy_ms)
+        limit = self.config.max_policy_ms
+        if limit is not None:
+            request = replace(request, deadline=start + limit / 1000)
+        result, error = _run_with_deadline(lambda: self.policy.select(request), limit)
         fallback = result is None
         degraded = False
         if error and error.startswith("deadline") and request.signals != Signals():
@@ -167,10 +179,12 @@ class Planner:
             # deadline on a CPU: the engine switches them off when the turn commits
             # (`Plan.signals_off`); planning itself changes nothing.
             degraded = True
-        if result is None:
-            result = _SLIDING.select(replace(request, signals=Signals()))
+        if result is None:  # the fallback: sliding evicts, and recalls nothing
             if request.mode == "recall":
                 result = Selection(keep=())
+            else:
+                result = _SLIDING.select(replace(request, signals=Signals()))
+        result = enforce_budget(request, result)  # the contract, for every policy
         ms = (time.perf_counter() - start) * 1000
         stats = dict(result.stats)
         if error:
@@ -180,7 +194,7 @@ class Planner:
         return result, ms, fallback, stats
 
     def system_cost(self, state: MemoryState, summary: Segment | None) -> int:
-        text = self.builder.system_text(self.system_prompt, state.pinned, summary)
+        text = self.builder.system_text(self.config.system_prompt, state.pinned, summary)
         return self.counter.message(text) if text is not None else 0
 
     def _archive(
@@ -189,9 +203,9 @@ class Planner:
         merged = list(archive)  # sorted by id; what is added is small
         for segment in add:
             bisect.insort(merged, segment, key=_segment_id)
-        if self.archive_limit is None or len(merged) <= self.archive_limit:
+        if self.config.archive_limit is None or len(merged) <= self.config.archive_limit:
             return tuple(merged), 0
-        excess = len(merged) - self.archive_limit
+        excess = len(merged) - self.config.archive_limit
         drop = {s.id for s in sorted(merged, key=lambda s: (archive_value(s), s.id))[:excess]}
         return tuple(s for s in merged if s.id not in drop), excess
 
@@ -237,19 +251,23 @@ class Planner:
             policy_ms=turn.policy_ms,
             fallback=turn.fallback,
             policy_stats=turn.stats,
+            evicted_segments=tuple(turn.gone),
+            recall_scores={s.id: turn.scores[s.id] for s in turn.recalled if s.id in turn.scores},
+            dropped=turn.dropped,
         )
 
     def _budget(self, state: MemoryState, new_text: str) -> int:
         """Tokens free for history and recall; raises if the new message cannot fit."""
         new_cost = self.counter.message(self.builder.user_text((), new_text))
         fixed = self.counter.base + self.system_cost(state, state.summary)
-        available = self.max_tokens - self.max_new_tokens - fixed - new_cost
+        c = self.config
+        available = c.room - fixed - new_cost
         if available < 0:
-            room = self.max_tokens - self.max_new_tokens - fixed - self.counter.message_overhead
+            room = c.room - fixed - self.counter.message_overhead
             raise MessageTooLongError(
                 f"The message needs {new_cost - self.counter.message_overhead} tokens but at most "
-                f"{max(room, 0)} fit (max_tokens={self.max_tokens}, max_new_tokens="
-                f"{self.max_new_tokens}, system prompt and pins included). Shorten the message "
+                f"{max(room, 0)} fit (max_tokens={c.max_tokens}, max_new_tokens="
+                f"{c.max_new_tokens}, system prompt and pins included). Shorten the message "
                 "or raise max_tokens. Nothing was changed.",
                 tokens=new_cost,
                 available=max(room, 0),
@@ -260,11 +278,11 @@ class Planner:
         """Ask the policy which history to keep, down to the low-water mark; archive the rest."""
         state, history, summary = turn.state, turn.history, turn.summary
         old_summary = summary.tokens if summary else 0
-        budget = max(0, int(self.low_water * (high_water + old_summary)) - old_summary)
+        budget = max(0, int(self.config.low_water * (high_water + old_summary)) - old_summary)
         request = PolicyRequest(
-            "evict",
-            tuple(history),
-            budget,
+            mode="evict",
+            candidates=tuple(history),
+            budget=budget,
             query=query,
             signals=self.signals,
             summary=summary,
@@ -285,11 +303,8 @@ class Planner:
                 if text
                 else None
             )
-        kept = [s for s in history if s.id in keep]
-        while kept and sum(s.tokens for s in kept) > high_water:  # a policy kept too much
-            kept.pop(0)
-        kept_ids = {k.id for k in kept}
-        self._move_to_archive(turn, [s for s in history if s.id not in kept_ids])
+        kept = [s for s in history if s.id in keep]  # within the budget: see _select
+        self._move_to_archive(turn, [s for s in history if s.id not in keep])
         turn.history = kept
 
     def _move_to_archive(self, turn: _Turn, gone: Sequence[Segment]) -> None:
@@ -298,6 +313,7 @@ class Planner:
         gone_ids = {s.id for s in gone}
         turn.history = [s for s in turn.history if s.id not in gone_ids]
         turn.evicted_tokens += sum(s.tokens for s in gone)
+        turn.gone += gone
         turn.evicted = True
         turn.archive, dropped = self._archive(turn.archive, gone)
         turn.dropped += dropped
@@ -306,9 +322,9 @@ class Planner:
         """Ask the policy which archived segments to bring back within `reserve` tokens."""
         header = self.counter.text(self.builder.recall_header + "\n" + self.builder.recall_footer)
         request = PolicyRequest(
-            "recall",
-            turn.archive,
-            max(0, reserve - header - 2),
+            mode="recall",
+            candidates=turn.archive,
+            budget=max(0, reserve - header - 2),
             query=query,
             signals=self.signals,
             summary=turn.summary,
@@ -322,6 +338,7 @@ class Planner:
         turn.fallback |= fb
         turn.stats.update({f"recall_{k}": v for k, v in stats.items()})
         turn.rank = {sid: i for i, sid in enumerate(selection.keep)}  # best first
+        turn.scores = dict(selection.scores) if not fb else {}
         turn.recalled = [s for s in turn.archive if s.id in turn.rank]
 
     def _fit(self, turn: _Turn, new_text: str) -> tuple[list[Message], int]:
@@ -332,14 +349,13 @@ class Planner:
         fits, so that a count that differs slightly from the segments' sum does not evict
         one segment per turn.
         """
-        state = turn.state
+        state, c = turn.state, self.config
         while True:
             messages = self.builder.render(
-                self.system_prompt, state.pinned, turn.summary, turn.history, turn.recalled,
-                new_text,
-            )  # fmt: skip
+                c.system_prompt, state.pinned, turn.summary, turn.history, turn.recalled, new_text
+            )
             prompt_tokens = self.counter.prompt(messages)
-            over = prompt_tokens + self.max_new_tokens - self.max_tokens
+            over = prompt_tokens + c.max_new_tokens - c.max_tokens
             if over <= 0:
                 return messages, prompt_tokens
             if turn.recalled:
@@ -347,7 +363,7 @@ class Planner:
                 turn.recalled = [s for s in turn.recalled if s.message_id != worst.message_id]
             elif turn.history:
                 left = sum(s.tokens for s in turn.history) - over
-                target = int(self.low_water * max(left, 0))
+                target = int(c.low_water * max(left, 0))
                 gone: list[Segment] = []
                 total = sum(h.tokens for h in turn.history)
                 for s in turn.history:
@@ -359,11 +375,10 @@ class Planner:
             else:
                 raise MessageTooLongError(
                     f"The prompt needs {prompt_tokens} tokens plus max_new_tokens="
-                    f"{self.max_new_tokens}, over max_tokens={self.max_tokens}, with all "
-                    "history evicted. Shorten the message or raise max_tokens. "
-                    "Nothing was changed.",
+                    f"{c.max_new_tokens}, over max_tokens={c.max_tokens}, with all history "
+                    "evicted. Shorten the message or raise max_tokens. Nothing was changed.",
                     tokens=prompt_tokens,
-                    available=self.max_tokens - self.max_new_tokens,
+                    available=c.room,
                 )
 
 
@@ -377,6 +392,8 @@ class _Turn:
     summary: Segment | None = None
     recalled: list[Segment] = field(default_factory=list)
     rank: dict[int, int] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+    gone: list[Segment] = field(default_factory=list)
     evicted_tokens: int = 0
     evicted: bool = False
     dropped: int = 0

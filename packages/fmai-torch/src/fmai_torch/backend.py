@@ -15,6 +15,7 @@ from fmai_core.messages import Message
 from fmai_torch.generation import GenerationRun
 from fmai_torch.handle import ModelHandle
 from fmai_torch.kv import KVCache, cache_kwarg
+from fmai_torch.kv_edit import EDIT_MODES, RopeEditor, edit_support
 from fmai_torch.loading import (
     LoadedModel,
     load_model,
@@ -53,6 +54,13 @@ class HFBackend:
             never more than the cores this process may use; for a model passed in loaded,
             `auto` leaves torch's setting). Set only during the backend's own calls.
         kv_reuse: Keep the KV cache across calls. Off, every call recomputes its prompt.
+        kv_edit: What the cache does when the prompt changes in the middle (an eviction):
+            `"recompute"` (exact: crop at the first changed token, prefill the rest),
+            `"rerotate"` (cut the removed tokens out of the cache and re-rotate the keys
+            after them) or `"keep-positions"` (cut, and leave gaps in the position ids).
+            Models these cannot edit (sliding-window layers, no RoPE, a RoPE whose
+            frequencies depend on the length) recompute; `Generation.extra["kv"]` and
+            `TurnStats.kv` say what each turn did (see the KV cache page).
         progress: Show a progress indicator on stderr while loading or converting.
         local_files_only: For hub ids: use the local Hugging Face cache, never download.
         signal_tokens: Most tokens one importance or embedding forward pass reads.
@@ -78,6 +86,7 @@ class HFBackend:
         weights: str = "auto",
         threads: int | str | None = "auto",
         kv_reuse: bool = True,
+        kv_edit: str = "recompute",
         progress: bool = False,
         local_files_only: bool = False,
         signal_tokens: int = 1024,
@@ -123,10 +132,17 @@ class HFBackend:
         else:
             self.threads = choose_threads(threads, self.weights)
         self.kv_reuse = kv_reuse
+        if kv_edit not in EDIT_MODES:
+            raise ConfigurationError(
+                f"kv_edit must be one of {', '.join(EDIT_MODES)}, got {kv_edit!r}."
+            )
+        self.kv_edit = kv_edit
+        self.kv_edit_fallback = edit_support(model)
+        self._editor = RopeEditor(model) if self.kv_edit_fallback is None else None
         self.tokenizer_id = tokenizer_fingerprint(tokenizer)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self.signals = ModelSignals(self.handle, self._generate_detached, signal_tokens)
-        self._kv = KVCache()
+        self._kv = self._new_cache()
         self._counts: OrderedDict[str, int] = OrderedDict()
 
     # -- the model ------------------------------------------------------------------------
@@ -194,6 +210,15 @@ class HFBackend:
         return hit
 
     # -- the KV cache -----------------------------------------------------------------------
+    def _new_cache(self) -> KVCache:
+        keep = self.kv_edit == "keep-positions"
+        return KVCache(
+            self.kv_edit,
+            self._editor,
+            self.kv_edit_fallback,
+            max_position=self.max_context if keep else 0,
+        )
+
     @property
     def cached_tokens(self) -> int:
         """Tokens whose keys and values the cross-turn cache holds now."""
@@ -286,7 +311,8 @@ class HFBackend:
     def __repr__(self) -> str:
         return (
             f"HFBackend(model={self.name!r}, device={str(self.device)!r}, "
-            f"weights={self.weights!r}, threads={self.threads}, kv_reuse={self.kv_reuse})"
+            f"weights={self.weights!r}, threads={self.threads}, kv_reuse={self.kv_reuse}, "
+            f"kv_edit={self.kv_edit!r})"
         )
 
 

@@ -3,7 +3,7 @@
 ```text
 fmai chat [--model M] [--policy P] [--max-tokens N] [--max-new-tokens N] [--system TEXT]
           [--temperature T] [--top-p P] [--seed S] [--device D] [--weights W]
-          [--threads N] [--no-kv-reuse]
+          [--threads N] [--no-kv-reuse] [--kv-edit recompute|rerotate|keep-positions]
           [--no-embedder] [--checkpoint PATH] [--script FILE] [--json]
 fmai model [--model M] [--device D]
 fmai serve [--model M | --upstream URL --upstream-model NAME [--upstream-key-env VAR] |
@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument(
         "--no-kv-reuse", action="store_true", help="recompute the whole prompt every turn"
+    )
+    chat.add_argument(
+        "--kv-edit",
+        choices=("recompute", "rerotate", "keep-positions"),
+        default="recompute",
+        help="after an eviction: recompute (exact), rerotate or keep-positions the cache",
     )
     chat.add_argument(
         "--no-embedder",
@@ -175,7 +181,12 @@ def status_line(stats: Any, max_tokens: int) -> str:
 
 
 def _load_backend(
-    model: str, device: str, kv_reuse: bool, weights: str = "auto", threads: str = "auto"
+    model: str,
+    device: str,
+    kv_reuse: bool,
+    weights: str = "auto",
+    threads: str = "auto",
+    kv_edit: str = "recompute",
 ) -> Any:
     from transformers.utils import logging as hf_logging
 
@@ -185,7 +196,13 @@ def _load_backend(
     hf_logging.set_verbosity_error()
     count: int | str = int(threads) if str(threads).isdigit() else threads
     return HFBackend(
-        model, device=device, weights=weights, threads=count, kv_reuse=kv_reuse, progress=True
+        model,
+        device=device,
+        weights=weights,
+        threads=count,
+        kv_reuse=kv_reuse,
+        kv_edit=kv_edit,
+        progress=True,
     )
 
 
@@ -296,7 +313,12 @@ def _chat(args: argparse.Namespace, out: TextIO) -> int:
 
     try:
         backend = _load_backend(
-            args.model, args.device, not args.no_kv_reuse, args.weights, args.threads
+            args.model,
+            args.device,
+            not args.no_kv_reuse,
+            args.weights,
+            args.threads,
+            args.kv_edit,
         )
         llm = _engine(args, backend, _load_embedder(args))
     except FMAIError as exc:

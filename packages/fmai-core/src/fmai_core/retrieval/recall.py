@@ -155,15 +155,18 @@ def recall(
                     score[n] = neighbours * s
     budget = request.budget
     keep: list[int] = []
+    scores: dict[int, float] = {}
     kept = 0
     for m in sorted(score, key=lambda m: (-score[m], -m)):
         cost = sum(p.tokens for p in units[m])
         if cost <= budget:
             keep += [p.id for p in units[m]]
+            scores.update((p.id, round(score[m], 4)) for p in units[m])
             budget -= cost
             kept += 1
     return Selection(
         keep=tuple(keep),
+        scores=scores,
         stats={
             "signal": found.signal,
             "recall": "fused" if found.signal == "model" else "lexical",
