@@ -76,6 +76,16 @@ def test_turn_traces_show_the_exact_prompt_evictions_and_recall(
     assert listed["prompt_tokens"] == r.usage.prompt_tokens and listed["archive_tokens"] > 0
     assert listed["archive_tokens"] == last["archive_tokens"]
 
+    assert get(server, "/conversations/tr/turns/latest", KEY) == {**last}
+    # the record, newest page first, then the page before it
+    newest = get(server, "/conversations/tr/messages?limit=10", KEY)
+    assert [m["seq"] for m in newest["data"]] == list(range(16, 26)) and newest["has_more"]
+    assert newest["data"][-1]["content"] == r.choices[0].message.content
+    older = get(server, f"/conversations/tr/messages?limit=100&before={newest['first_id']}", KEY)
+    assert [m["seq"] for m in older["data"]] == list(range(16)) and not older["has_more"]
+    assert call(server, "/conversations/tr/messages?before=x", KEY)[0] == 400
+    assert call(server, "/conversations/tr/messages", "sk-other")[0] == 404
+
     # the archive search: what would be recalled, with scores, and nothing changes
     before = get(server, "/conversations/tr/checkpoint", KEY)
     status, found = post(server, "/conversations/tr/search", {"query": "Lisbon sister"})

@@ -178,6 +178,10 @@ class RecallIndex:
         self._scored = None
 
     # -- scoring ----------------------------------------------------------------------------
+    def df(self, term: str) -> int:
+        """Messages that hold `term`."""
+        return len(self._postings.get(term, ()))
+
     def idf(self, term: str) -> float:
         """BM25 inverse document frequency over every indexed message."""
         df = len(self._postings.get(term, ()))
