@@ -176,7 +176,13 @@ def test_inspector_shows_turns_parts_plots_and_streams(
     assert reply.inner_text().startswith("reply to: ")
     assert page.evaluate("fmaiInspector.plots[0].data[0].length") == 14
 
-    page.click(f"#transcript li[data-turn='{n}'][data-role='user']")  # a turn with evictions
+    # the screenshot shows a turn that evicted and recalled, when there is one
+    both = [t["turn"] for t in turns if t["evicted_segments"] and t["recalled_segments"]]
+    shown_turn = both[-1] if both else n
+    page.click(f"#transcript li[data-turn='{shown_turn}'][data-role='user']")
+    page.wait_for_function(
+        f"() => document.getElementById('turn-number').textContent === '{shown_turn}'"
+    )
     page.wait_for_selector("#evicted li.segment")
     shots = Path(os.environ.get("FMAI_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
