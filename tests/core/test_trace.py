@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
+from pathlib import Path
 
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.testing import EchoBackend
@@ -76,3 +80,13 @@ def test_stream_sets_last_trace() -> None:
     text = "".join(llm.stream("Hello there."))
     assert llm.last_trace is not None and llm.last_trace.stats == llm.last_stats
     assert text and llm.last_trace.new_message == "Hello there."
+
+
+def test_the_telemetry_page_example_prints_what_it_says() -> None:
+    page = Path(__file__).resolve().parents[2] / "docs" / "telemetry.md"
+    section = page.read_text(encoding="utf-8").split("## Per-turn traces", 1)[1]
+    code, expected = re.findall(r"```\w+\n(.*?)```", section, flags=re.DOTALL)[:2]
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        exec(compile(code, str(page), "exec"), {})
+    assert buffer.getvalue() == expected

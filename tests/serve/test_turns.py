@@ -76,6 +76,16 @@ def test_turn_traces_show_the_exact_prompt_evictions_and_recall(
     assert listed["prompt_tokens"] == r.usage.prompt_tokens and listed["archive_tokens"] > 0
     assert listed["archive_tokens"] == last["archive_tokens"]
 
+    assert get(server, "/conversations/tr/turns/latest", KEY) == {**last}
+    # the record, newest page first, then the page before it
+    newest = get(server, "/conversations/tr/messages?limit=10", KEY)
+    assert [m["seq"] for m in newest["data"]] == list(range(16, 26)) and newest["has_more"]
+    assert newest["data"][-1]["content"] == r.choices[0].message.content
+    older = get(server, f"/conversations/tr/messages?limit=100&before={newest['first_id']}", KEY)
+    assert [m["seq"] for m in older["data"]] == list(range(16)) and not older["has_more"]
+    assert call(server, "/conversations/tr/messages?before=x", KEY)[0] == 400
+    assert call(server, "/conversations/tr/messages", "sk-other")[0] == 404
+
     # the archive search: what would be recalled, with scores, and nothing changes
     before = get(server, "/conversations/tr/checkpoint", KEY)
     status, found = post(server, "/conversations/tr/search", {"query": "Lisbon sister"})
@@ -146,3 +156,16 @@ def test_a_schema_1_store_is_migrated_in_place(store_url: str) -> None:
     again = Store(store_url)  # opening again changes nothing
     assert again.schema_version == 2 and again.turns("o", "old")[0] == [{"turn": 1}]
     again.close()
+
+
+def test_a_stale_trace_of_a_rewritten_turn_is_replaced(store_url: str) -> None:
+    store = Store(store_url)
+    for life in ("first", "second"):  # the id's rows deleted by hand, its traces left
+        tx = store.begin_turn("o", "c")
+        records = [TurnRecord(0, {"turn": 0, "life": life}, {"turn": 0, "life": life})]
+        tx.commit("{}", [NewMessage("user", life, 0)], 1, life, records=records, tokens=(5, 0))
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM fmai_messages"))
+            conn.execute(sa.text("DELETE FROM fmai_conversations"))
+    assert store.turns("o", "c") == ([{"turn": 0, "life": "second"}], False)
+    store.close()

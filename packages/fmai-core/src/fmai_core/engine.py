@@ -832,13 +832,28 @@ class FiniteMemoryLLM:
             self._turn.release()
 
     # -- checkpoints ----------------------------------------------------------------------
-    def save(self, path: str | PathLike[str]) -> None:
-        """Write a checkpoint atomically (see [`checkpoint`][fmai_core.checkpoint])."""
-        from fmai_core.checkpoint import snapshot, write_checkpoint
+    def save(self, path: str | PathLike[str], *, kv: bool = False) -> None:
+        """Write a checkpoint atomically (see [`checkpoint`][fmai_core.checkpoint]).
+
+        `kv=True` also writes the backend's KV cache beside it, to `PATH.kv.safetensors`
+        (a backend with `save_kv`, such as `HFBackend`; others warn), tied to this
+        checkpoint's checksum: `load` restores it only beside this exact checkpoint.
+        """
+        from fmai_core.checkpoint import checksum, snapshot, write_checkpoint
 
         with self._lock:  # a consistent snapshot; the slow part (encode, fsync) runs after
             doc = snapshot(self)
         write_checkpoint(doc, path)
+        if kv:
+            save_kv = getattr(self.backend, "save_kv", None)
+            if save_kv is None:
+                warnings.warn(
+                    f"{type(self.backend).__name__} cannot save its KV cache; only the "
+                    "checkpoint was written.",
+                    stacklevel=2,
+                )
+            else:
+                save_kv(kv_path(path), checksum(doc))
 
     @classmethod
     def load(
@@ -847,9 +862,15 @@ class FiniteMemoryLLM:
         backend: Backend,
         *,
         recount: bool = False,
+        kv: bool | None = None,
         **overrides: Any,
     ) -> FiniteMemoryLLM:
         """Restore a conversation saved with `save`; `overrides` replace saved settings.
+
+        The KV cache saved beside it (`save(path, kv=True)`) is restored into a backend with
+        `load_kv` when the file is there (`kv=None`), unless `kv=False`. One that is damaged
+        or made for another model, dtype, tokenizer or checkpoint is refused with a warning
+        (and, with `kv=True`, a missing one): the first turn then recomputes its prompt.
 
         A checkpoint written under another tokenizer has its token counts recomputed from
         the text when either tokenizer is fmai's estimate (`fmai-estimate-*`), or when
@@ -859,7 +880,10 @@ class FiniteMemoryLLM:
         """
         from fmai_core.checkpoint import load_checkpoint
 
-        return load_checkpoint(cls, path, backend, recount=recount, **overrides)
+        llm = load_checkpoint(cls, path, backend, recount=recount, **overrides)
+        if kv is not False:
+            _restore_kv(backend, path, warn_missing=kv is True)
+        return llm
 
     #: The `tokenizer_id` a loaded checkpoint was counted under, when `load` re-counted it
     #: under this backend's tokenizer; `None` otherwise.
@@ -940,6 +964,38 @@ def _check_params(params: Mapping[str, Any]) -> None:
 _SAFE_REASON = re.compile(
     r"deadline of [0-9.e+-]+ ms exceeded|(policy raised )?[A-Za-z_][A-Za-z0-9_.]*"
 )
+
+
+def kv_path(path: str | PathLike[str]) -> str:
+    """Where `FiniteMemoryLLM.save(path, kv=True)` writes the KV cache: `PATH.kv.safetensors`."""
+    return f"{path}.kv.safetensors"
+
+
+def _restore_kv(backend: Backend, path: str | PathLike[str], warn_missing: bool) -> None:
+    import json
+    import os
+
+    load_kv = getattr(backend, "load_kv", None)
+    where = kv_path(path)
+    if load_kv is None or not os.path.exists(where):
+        if warn_missing:
+            warnings.warn(
+                f"No KV cache to restore beside {path}: the first turn recomputes its prompt.",
+                stacklevel=3,
+            )
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            tag = str(json.load(f).get("checksum", ""))
+    except (OSError, ValueError):
+        tag = ""
+    reason = load_kv(where, tag)
+    if reason is not None:
+        warnings.warn(
+            f"The KV cache {where} was not restored ({reason}): the first turn recomputes "
+            "its prompt.",
+            stacklevel=3,
+        )
 
 
 def _telemetry_safe(stats: dict[str, Any]) -> dict[str, Any]:

@@ -143,6 +143,7 @@ class HFBackend:
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self.signals = ModelSignals(self.handle, self._generate_detached, signal_tokens)
         self._kv = self._new_cache()
+        self._fingerprint: str | None = None
         self._counts: OrderedDict[str, int] = OrderedDict()
 
     # -- the model ------------------------------------------------------------------------
@@ -228,6 +229,59 @@ class HFBackend:
         """Drop the cross-turn KV cache (the next call recomputes its whole prompt)."""
         with self.handle.lock:
             self._kv.reset()
+
+    # -- KV files ---------------------------------------------------------------------------
+    @property
+    def model_fingerprint(self) -> str:
+        """SHA-256 over the config and a sample of every weight (see
+        [`model_fingerprint`][fmai_torch.kv_store.model_fingerprint]); computed once."""
+        if self._fingerprint is None:
+            from fmai_torch.kv_store import model_fingerprint
+
+            self._fingerprint = model_fingerprint(self.model)
+        return self._fingerprint
+
+    def _kv_meta(self, tag: str) -> dict[str, str]:
+        """What a KV file must match to be restored (checked in this order)."""
+        return {
+            "checkpoint": tag,
+            "tokenizer": self.tokenizer_id,
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "model": self.model_fingerprint,
+        }
+
+    def save_kv(self, path: str | os.PathLike[str], tag: str = "") -> int:
+        """Write the conversation's KV cache to `path` (safetensors); return its bytes.
+
+        `tag` ties the file to something the caller checks on load (`FiniteMemoryLLM.save`
+        passes the checkpoint's checksum). Writes nothing and returns 0 when the cache is
+        empty. See [`fmai_torch.kv_store`][fmai_torch.kv_store].
+        """
+        from fmai_torch.kv_store import write_kv
+
+        with self.handle.lock:
+            layers = self._kv.layers()
+            if not layers:
+                return 0
+            meta = {**self._kv_meta(tag), "kv_edit": self.kv_edit}
+            return write_kv(path, layers, self._kv.ids, self._kv.positions, meta)
+
+    def load_kv(self, path: str | os.PathLike[str], tag: str = "") -> str | None:
+        """Restore a KV cache written by [`save_kv`][fmai_torch.HFBackend.save_kv].
+
+        Returns `None` when restored, or why not (missing, damaged, another model, dtype,
+        tokenizer or tag); the cache is then empty and the next turn recomputes.
+        """
+        from fmai_torch.kv_store import KVFileError, read_kv
+
+        with self.handle.lock:
+            self._kv.reset()
+            try:
+                stored = read_kv(path, self._kv_meta(tag), device=self.device)
+            except KVFileError as exc:
+                return str(exc)
+            self._kv.restore(stored.layers, stored.ids, stored.positions)
+            return None
 
     # -- generation -------------------------------------------------------------------------
     def _start(

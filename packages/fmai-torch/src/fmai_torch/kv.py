@@ -224,3 +224,42 @@ class KVCache:
             range(start, start + held - self._reused)
         )
         self.ids = list(sequence[:held])
+
+    # -- moving and storing ----------------------------------------------------------------
+    def layers(self) -> list[tuple[Any, Any]]:
+        """Every layer's `(keys, values)` (empty when the cache holds nothing)."""
+        if self._cache is None or not self.ids:
+            return []
+        out = []
+        for layer in self._cache.layers:
+            if not layer.is_initialized or layer.keys is None:
+                return []
+            out.append((layer.keys, layer.values))
+        return out
+
+    def restore(self, layers: list[tuple[Any, Any]], ids: list[int], positions: list[int]) -> None:
+        """Hold exactly these keys and values, covering `ids` at `positions`."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(layers):
+            cache.update(k, v, i)
+        self.reset()
+        self._cache = cache
+        self.ids = list(ids)
+        self.positions = list(positions)
+
+    def to(self, device: Any) -> None:
+        """Move the keys and values to `device` (host memory: `"cpu"`)."""
+        if self._cache is None:
+            return
+        for layer in self._cache.layers:
+            if layer.is_initialized and layer.keys is not None:
+                layer.keys = layer.keys.to(device)
+                layer.values = layer.values.to(device)
+                layer.device = layer.keys.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of keys and values held."""
+        return sum(k.numel() * k.element_size() * 2 for k, _ in self.layers())

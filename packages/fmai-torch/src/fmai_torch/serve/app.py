@@ -2,7 +2,8 @@
 
 Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/conversations`,
 `GET|DELETE /v1/conversations/{id}`, `GET /v1/conversations/{id}/checkpoint`,
-`GET /v1/conversations/{id}/turns` (paged) and `.../turns/{n}` (a turn's trace),
+`GET /v1/conversations/{id}/messages` (paged, newest first), `GET
+/v1/conversations/{id}/turns` (paged) and `.../turns/{n}` (a turn's trace),
 `POST /v1/conversations/{id}/search` (what the policy would recall, no side effect),
 `GET /healthz`, `GET /metrics`, and the memory inspector's page under `/ui/`.
 Every error is OpenAI's JSON error shape.
@@ -268,22 +269,44 @@ def create_app(
         limit = _int_param(request, "limit", 100, 1, 1000)
         after = request.query_params.get("after")
         start = None if after is None else _int_param(request, "after", 0, -1, 2**31)
-        data, more = await asyncio.to_thread(store.turns, who, row.id, limit=limit, after=start)
+        rows, more = await asyncio.to_thread(
+            store.turns_json, who, row.id, limit=limit, after=start
+        )
+        # the stored summaries are JSON already: spliced in, not parsed and dumped again
+        first = json.loads(rows[0])["turn"] if rows else None
+        last = json.loads(rows[-1])["turn"] if rows else None
+        head = {"object": "list", "has_more": more, "first_id": first, "last_id": last}
+        body = json.dumps(head)[:-1] + ', "data": [' + ",".join(rows) + "]}"
+        return Response(body.encode(), media_type="application/json")
+
+    async def list_messages(request: Request) -> Response:
+        who, row = await _found(request, False)
+        limit = _int_param(request, "limit", 200, 1, 1000)
+        before = request.query_params.get("before")
+        end = None if before is None else _int_param(request, "before", 0, 0, 2**31)
+        msgs, more = await asyncio.to_thread(
+            store.messages_page, who, row.id, limit=limit, before=end
+        )
+        data = [_message(m) for m in msgs]
         return JSONResponse(
             {
                 "object": "list",
                 "data": data,
                 "has_more": more,
-                "first_id": data[0]["turn"] if data else None,
-                "last_id": data[-1]["turn"] if data else None,
+                "first_id": data[0]["seq"] if data else None,
+                "last_id": data[-1]["seq"] if data else None,
             }
         )
 
     async def get_turn(request: Request) -> Response:
         who, row = await _found(request, False)
         raw = request.path_params["turn"]
+        if raw == "latest" and row.turns:
+            raw = str(row.turns - 1)
         if not raw.isdigit():
-            raise ApiError(400, f"A turn is a whole number from 0, got {raw!r}.", param="turn")
+            raise ApiError(
+                400, f"A turn is a whole number from 0 or 'latest', got {raw!r}.", param="turn"
+            )
         found = await asyncio.to_thread(store.turn_trace, who, row.id, int(raw))
         if found is None:
             raise ApiError(
@@ -350,6 +373,7 @@ def create_app(
         Route("/v1/conversations/{cid}", get_conversation, methods=["GET"]),
         Route("/v1/conversations/{cid}", delete_conversation, methods=["DELETE"]),
         Route("/v1/conversations/{cid}/checkpoint", checkpoint, methods=["GET"]),
+        Route("/v1/conversations/{cid}/messages", list_messages, methods=["GET"]),
         Route("/v1/conversations/{cid}/turns", list_turns, methods=["GET"]),
         Route("/v1/conversations/{cid}/turns/{turn}", get_turn, methods=["GET"]),
         Route("/v1/conversations/{cid}/search", search, methods=["POST"]),
@@ -402,7 +426,8 @@ class _CountRequests:
         path = scope.get("path", "")
         if path.startswith("/v1/conversations/"):
             rest = path.split("/")[4:]  # after /v1/conversations/{id}
-            suffix = {"checkpoint": "/checkpoint", "search": "/search"}.get(rest[0] if rest else "")
+            named = {"checkpoint": "/checkpoint", "search": "/search", "messages": "/messages"}
+            suffix = named.get(rest[0] if rest else "")
             if rest and rest[0] == "turns":
                 suffix = "/turns/{n}" if len(rest) > 1 else "/turns"
             path = "/v1/conversations/{id}" + (suffix or "")
@@ -449,6 +474,16 @@ def _summary(row: Any) -> dict[str, Any]:
     }
 
 
+def _message(m: Any) -> dict[str, Any]:
+    return {
+        "seq": m.seq,
+        "turn": m.turn,
+        "role": m.role,
+        "content": m.content,
+        "created_at": m.created_at,
+    }
+
+
 def _detail(row: Any, msgs: list[Any]) -> dict[str, Any]:
     doc = json.loads(row.checkpoint)
     state, settings = doc["state"], doc["settings"]
@@ -456,16 +491,7 @@ def _detail(row: Any, msgs: list[Any]) -> dict[str, Any]:
     last = stats[-1] if stats else {}
     return {
         **_summary(row),
-        "messages": [
-            {
-                "seq": m.seq,
-                "turn": m.turn,
-                "role": m.role,
-                "content": m.content,
-                "created_at": m.created_at,
-            }
-            for m in msgs
-        ],
+        "messages": [_message(m) for m in msgs],
         "prompt": {
             "system_prompt": settings.get("system_prompt"),
             "pinned": state["pinned"],

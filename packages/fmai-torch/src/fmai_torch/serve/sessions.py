@@ -117,6 +117,7 @@ class TurnOutcome:
 
 def turn_summary(trace: dict[str, Any]) -> dict[str, Any]:
     """The small summary of a turn's trace (`TurnTrace.to_dict`) that listings and plots use."""
+    stats = trace["stats"] or {}
     return {
         "turn": trace["turn"],
         "prompt_tokens": trace["prompt_tokens"],
@@ -128,8 +129,16 @@ def turn_summary(trace: dict[str, Any]) -> dict[str, Any]:
         "archive_segments": trace["archive_segments"],
         "archive_tokens": trace["archive_tokens"],
         "policy": trace["policy"],
-        "stats": trace["stats"],
+        "stats": {k: stats.get(k) for k in _SUMMARY_STATS},
     }
+
+
+#: The `TurnStats` fields a turn's summary keeps (the whole stats are in its trace).
+_SUMMARY_STATS = (
+    "turn", "prompt_tokens", "reused_tokens", "prefill_tokens", "completion_tokens",
+    "evicted_tokens", "recalled_tokens", "latency_ms", "ttft_ms", "policy_ms", "evicted",
+    "fallback",
+)  # fmt: skip
 
 
 def _norm(messages: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

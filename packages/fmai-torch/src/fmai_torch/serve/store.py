@@ -322,17 +322,39 @@ class Store:
         with self.engine.connect() as conn:
             return _messages(conn, owner, cid)
 
+    def messages_page(
+        self, owner: str, cid: str, *, limit: int = 200, before: int | None = None
+    ) -> tuple[list[StoredMessage], bool]:
+        """The newest `limit` messages before `seq` `before`, in order; whether older exist."""
+        m = messages.c
+        query = sa.select(m.seq, m.turn, m.role, m.content, m.stats, m.created_at).where(
+            m.owner == owner, m.conversation_id == cid
+        )
+        if before is not None:
+            query = query.where(m.seq < before)
+        query = query.order_by(m.seq.desc()).limit(limit + 1)
+        with self.engine.connect() as conn:
+            rows = [_stored(r) for r in conn.execute(query)]
+        return rows[:limit][::-1], len(rows) > limit
+
     def turns(
         self, owner: str, cid: str, *, limit: int = 100, after: int | None = None
     ) -> tuple[list[dict[str, Any]], bool]:
         """The turn summaries of a conversation, `limit` after turn `after`; more follow?"""
+        rows, more = self.turns_json(owner, cid, limit=limit, after=after)
+        return [json.loads(r) for r in rows], more
+
+    def turns_json(
+        self, owner: str, cid: str, *, limit: int = 100, after: int | None = None
+    ) -> tuple[list[str], bool]:
+        """`turns`, each summary as the JSON text stored (served without parsing it)."""
         t = turns_table.c
         query = sa.select(t.summary).where(t.owner == owner, t.conversation_id == cid)
         if after is not None:
             query = query.where(t.turn > after)
         query = query.order_by(t.turn).limit(limit + 1)
         with self.engine.connect() as conn:
-            rows = [json.loads(r.summary) for r in conn.execute(query)]
+            rows = [str(r.summary) for r in conn.execute(query)]
         return rows[:limit], len(rows) > limit
 
     def turn_trace(self, owner: str, cid: str, turn: int) -> dict[str, Any] | None:
@@ -470,6 +492,16 @@ class TurnTx:
                 .values(prompt_tokens=tokens[0], archive_tokens=tokens[1])
             )
         if records:
+            # a trace left from an earlier life of this id (its rows deleted by hand, an
+            # older checkpoint put back) describes turns that are now rewritten: replace it
+            t = turns_table.c
+            conn.execute(
+                turns_table.delete().where(
+                    t.owner == self.owner,
+                    t.conversation_id == self.id,
+                    t.turn >= min(r.turn for r in records),
+                )
+            )
             conn.execute(
                 turns_table.insert(),
                 [
@@ -477,8 +509,8 @@ class TurnTx:
                         "owner": self.owner,
                         "conversation_id": self.id,
                         "turn": r.turn,
-                        "summary": json.dumps(r.summary, ensure_ascii=False),
-                        "trace": json.dumps(r.trace, ensure_ascii=False),
+                        "summary": json.dumps(r.summary, ensure_ascii=False, separators=(",", ":")),
+                        "trace": json.dumps(r.trace, ensure_ascii=False, separators=(",", ":")),
                         "created_at": now,
                     }
                     for r in records
@@ -614,17 +646,12 @@ def _messages(conn: sa.Connection, owner: str, cid: str) -> list[StoredMessage]:
         .where(m.owner == owner, m.conversation_id == cid)
         .order_by(m.seq)
     )
-    return [
-        StoredMessage(
-            r.seq,
-            r.turn,
-            r.role,
-            r.content,
-            None if r.stats is None else json.loads(r.stats),
-            r.created_at,
-        )
-        for r in conn.execute(query)
-    ]
+    return [_stored(r) for r in conn.execute(query)]
+
+
+def _stored(r: Any) -> StoredMessage:
+    stats = None if r.stats is None else json.loads(r.stats)
+    return StoredMessage(r.seq, r.turn, r.role, r.content, stats, r.created_at)
 
 
 def _sqlite_events(engine: sa.Engine, synchronous: str) -> None:

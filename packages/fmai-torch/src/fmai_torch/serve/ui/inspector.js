@@ -29,13 +29,18 @@
   };
 
   const $ = (id) => document.getElementById(id);
+  // uPlot is the next deferred script: it has run once DOMContentLoaded fires
+  const chartsReady = new Promise((resolve) => {
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", resolve);
+    else resolve();
+  });
   const state = {
     key: null,
     model: null,
     cid: null,
     turns: [],
     messages: [],
-    shownFrom: 0,
+    olderMessages: false,
     turn: null,
     plots: [],
     convAfter: null,
@@ -125,18 +130,22 @@
     document.body.dataset.state = "loading";
     status("Loading...");
     try {
-      const models = await api("/models");
+      clear(document.querySelector("#conv-table tbody"));
+      state.convAfter = null;
+      const wanted = new URLSearchParams(location.hash.slice(1)).get("c");
+      // all at once: nothing is shown unless the key is accepted (every call needs it)
+      const [models] = await Promise.all([
+        api("/models"),
+        loadConversations(),
+        wanted ? openConversation(wanted) : null,
+      ]);
       state.model = models.data.length ? models.data[0].id : "default";
       sessionStorage.setItem(KEY_NAME, key);
       $("forget").hidden = false;
       $("app").hidden = false;
-      clear(document.querySelector("#conv-table tbody"));
-      state.convAfter = null;
-      await loadConversations();
       status("");
-      const wanted = new URLSearchParams(location.hash.slice(1)).get("c");
-      if (wanted) await openConversation(wanted);
-      else document.body.dataset.state = "ready";
+      document.body.dataset.state = "ready";
+      if (wanted) performance.mark("fmai-interactive");
     } catch (error) {
       failed(error);
     }
@@ -171,29 +180,49 @@
     for (const row of document.querySelectorAll("#conv-table tbody tr")) {
       row.classList.toggle("selected", row.dataset.cid === cid);
     }
-    const [detail, turns] = await Promise.all([
-      api("/conversations/" + encodeURIComponent(cid)),
+    const base = "/conversations/" + encodeURIComponent(cid);
+    const wanted = parseInt(new URLSearchParams(location.hash.slice(1)).get("t"), 10);
+    const which = Number.isFinite(wanted) ? String(wanted) : "latest";
+    const [page, turns, trace] = await Promise.all([
+      api(base + "/messages?limit=" + MESSAGE_PAGE),
       loadTurns(cid),
+      api(base + "/turns/" + which).catch((error) => {
+        if (error instanceof ApiError && error.status === 404) return null; // no trace yet
+        throw error;
+      }),
     ]);
     if (state.cid !== cid) return;
     state.turns = turns;
-    state.messages = detail.messages;
+    state.messages = page.data;
+    state.olderMessages = page.has_more;
     $("conversation").hidden = false;
-    $("conv-title").textContent = detail.id;
-    $("conv-summary").textContent =
-      detail.turns + " turns, " + detail.messages.length + " messages; " +
-      detail.archived.length + " segments archived (" + detail.archive_tokens +
-      " tokens); policy " + detail.settings.policy + ", max_tokens " +
-      detail.settings.max_tokens + ".";
-    state.shownFrom = Math.max(0, state.messages.length - MESSAGE_PAGE);
+    $("conv-title").textContent = cid;
+    const last = turns.length ? turns[turns.length - 1] : null;
+    $("conv-summary").textContent = last
+      ? turns.length + " turns traced; last prompt " + last.stats.prompt_tokens +
+        " tokens; archive " + last.archive_segments + " segments (" + last.archive_tokens +
+        " tokens); policy " + last.policy + "."
+      : "No traced turns yet.";
     renderTranscript();
+    await chartsReady;
     drawPlots();
-    const wanted = parseInt(new URLSearchParams(location.hash.slice(1)).get("t"), 10);
-    const last = turns.length ? turns[turns.length - 1].turn : null;
-    await selectTurn(Number.isFinite(wanted) ? wanted : last);
+    await selectTurn(trace ? trace.turn : null, trace);
     window.fmaiInspector.timings.open_ms = performance.now() - t0;
-    performance.mark("fmai-interactive");
-    document.body.dataset.state = "ready";
+    if (state.key && !$("app").hidden) {
+      performance.mark("fmai-interactive");
+      document.body.dataset.state = "ready";
+    }
+  }
+
+  async function earlierMessages() {
+    if (!state.messages.length) return;
+    const base = "/conversations/" + encodeURIComponent(state.cid);
+    const page = await api(
+      base + "/messages?limit=" + MESSAGE_PAGE + "&before=" + state.messages[0].seq
+    );
+    state.messages = page.data.concat(state.messages);
+    state.olderMessages = page.has_more;
+    renderTranscript();
   }
 
   async function loadTurns(cid) {
@@ -221,9 +250,9 @@
     const list = $("transcript");
     clear(list);
     const fragment = document.createDocumentFragment();
-    for (const m of state.messages.slice(state.shownFrom)) fragment.appendChild(messageItem(m));
+    for (const m of state.messages) fragment.appendChild(messageItem(m));
     list.appendChild(fragment);
-    $("earlier").hidden = state.shownFrom === 0;
+    $("earlier").hidden = !state.olderMessages;
     list.scrollTop = list.scrollHeight;
   }
 
@@ -298,7 +327,7 @@
   }
 
   // -- the selected turn ------------------------------------------------------------------
-  async function selectTurn(n) {
+  async function selectTurn(n, prefetched) {
     if (n === null || n === undefined || !state.turns.length) {
       $("turn-number").textContent = "(none yet)";
       for (const id of ["parts", "sent-messages", "evicted", "recalled", "policy-stats",
@@ -313,7 +342,7 @@
       item.classList.toggle("selected", Number(item.dataset.turn) === n);
     }
     for (const u of state.plots) u.redraw(false, false);
-    const trace = await api(
+    const trace = prefetched && prefetched.turn === n ? prefetched : await api(
       "/conversations/" + encodeURIComponent(state.cid) + "/turns/" + n
     );
     if (state.turn !== n) return;
@@ -541,10 +570,7 @@
     });
     $("forget").addEventListener("click", () => lockOut("Key forgotten."));
     $("conv-more").addEventListener("click", () => loadConversations().catch(failed));
-    $("earlier").addEventListener("click", () => {
-      state.shownFrom = Math.max(0, state.shownFrom - MESSAGE_PAGE);
-      renderTranscript();
-    });
+    $("earlier").addEventListener("click", () => earlierMessages().catch(failed));
     $("turn-prev").addEventListener("click", () => selectTurn((state.turn || 0) - 1).catch(failed));
     $("turn-next").addEventListener("click", () => selectTurn((state.turn || 0) + 1).catch(failed));
     $("chat-form").addEventListener("submit", (event) => {
