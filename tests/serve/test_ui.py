@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,13 @@ def test_inspector_shows_turns_parts_plots_and_streams(
     assert reply.inner_text().startswith("reply to: ")
     assert page.evaluate("fmaiInspector.plots[0].data[0].length") == 14
 
-    page.click(f"#transcript li[data-turn='{n}'][data-role='user']")  # a turn with evictions
+    # the screenshot shows a turn that evicted and recalled, when there is one
+    both = [t["turn"] for t in turns if t["evicted_segments"] and t["recalled_segments"]]
+    shown_turn = both[-1] if both else n
+    page.click(f"#transcript li[data-turn='{shown_turn}'][data-role='user']")
+    page.wait_for_function(
+        f"() => document.getElementById('turn-number').textContent === '{shown_turn}'"
+    )
     page.wait_for_selector("#evicted li.segment")
     shots = Path(os.environ.get("FMAI_SCREENSHOT_DIR") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
@@ -187,6 +194,13 @@ def test_inspector_shows_turns_parts_plots_and_streams(
 
 def test_a_wrong_key_sees_nothing(serve: Any, tmp_path: Path, page: Any) -> None:
     server = serve(f"sqlite:///{tmp_path / 'ui.sqlite3'}", "--api-key", KEY)
+    base = server.url.removesuffix("/v1")
+    with urllib.request.urlopen(base + "/ui", timeout=10) as r:  # redirected to /ui/
+        assert r.url == base + "/ui/" and b"inspector.js" in r.read()
+        assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+    with urllib.request.urlopen(base + "/ui/inspector.js", timeout=10) as r:
+        assert "javascript" in r.headers["Content-Type"]
     ask(server.client(KEY), "My secret plan is to visit Oslo.", "private")
     for attempt in ("sk-wrong-key", KEY + "x"):
         open_page(page, server, attempt)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +38,23 @@ def _segment_id(segment: Segment) -> int:
     return segment.id
 
 
+def _drop_order(segment: Segment) -> tuple[float, int]:
+    return archive_value(segment), segment.id
+
+
+def _segments_by_id(segments: Sequence[Segment], ids: Iterable[int]) -> list[Segment]:
+    """The segments with `ids`, in order, from `segments` sorted by id (bisection: the cost
+    is that of `ids`, not of an archive of thousands)."""
+    out: list[Segment] = []
+    n = len(segments)
+    for i in ids:
+        at = bisect.bisect_left(segments, i, key=_segment_id)
+        if at < n and segments[at].id == i:
+            out.append(segments[at])
+    out.sort(key=_segment_id)
+    return out
+
+
 @dataclass(frozen=True)
 class Plan:
     """The outcome of planning a turn: the prompt and the state to commit if the turn succeeds."""
@@ -57,6 +75,8 @@ class Plan:
     recall_scores: dict[int, float] = field(default_factory=dict)
     #: Archived segments a full archive dropped in this plan.
     dropped: int = 0
+    #: Tokens of the plan's archive (`state.archive`).
+    archive_tokens: int = 0
 
     @property
     def signals_off(self) -> bool:
@@ -134,6 +154,11 @@ class Planner:
     config: MemoryConfig
     signals: Signals = field(default_factory=Signals)
     index: RecallIndex = field(default_factory=RecallIndex)
+    # (archive, its tokens) of the last few archives planned: an archive's total is carried
+    # from one plan to the next, so no turn sums thousands of archived segments.
+    _totals: list[tuple[tuple[Segment, ...], int]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     def recall_share(self, state: MemoryState, query: str, available: int) -> float:
         """The share of the free budget that recalled memory gets this turn.
@@ -197,17 +222,40 @@ class Planner:
         text = self.builder.system_text(self.config.system_prompt, state.pinned, summary)
         return self.counter.message(text) if text is not None else 0
 
+    def archive_tokens(self, archive: tuple[Segment, ...]) -> int:
+        """Tokens of `archive`: carried from the plan that made it, else summed once."""
+        for known, total in self._totals:
+            if known is archive:
+                return total
+        total = sum(s.tokens for s in archive)
+        self._remember(archive, total)
+        return total
+
+    def _remember(self, archive: tuple[Segment, ...], total: int) -> None:
+        self._totals.insert(0, (archive, total))
+        del self._totals[4:]
+
     def _archive(
-        self, archive: Sequence[Segment], add: Sequence[Segment]
+        self, archive: tuple[Segment, ...], add: Sequence[Segment]
     ) -> tuple[tuple[Segment, ...], int]:
+        total = self.archive_tokens(archive) + sum(s.tokens for s in add)
         merged = list(archive)  # sorted by id; what is added is small
         for segment in add:
             bisect.insort(merged, segment, key=_segment_id)
-        if self.config.archive_limit is None or len(merged) <= self.config.archive_limit:
-            return tuple(merged), 0
-        excess = len(merged) - self.config.archive_limit
-        drop = {s.id for s in sorted(merged, key=lambda s: (archive_value(s), s.id))[:excess]}
-        return tuple(s for s in merged if s.id not in drop), excess
+        limit = self.config.archive_limit
+        if limit is None or len(merged) <= limit:
+            out = tuple(merged)
+            self._remember(out, total)
+            self.index.derive(out, archive, add)
+            return out, 0
+        excess = len(merged) - limit
+        dropped = heapq.nsmallest(excess, merged, key=_drop_order)
+        drop = {s.id for s in dropped}
+        out = tuple(s for s in merged if s.id not in drop)
+        self._remember(out, total - sum(s.tokens for s in dropped))
+        dropped_old = [s for s in dropped if s not in add]  # added and dropped: never there
+        self.index.derive(out, archive, [s for s in add if s.id not in drop], dropped_old)
+        return out, excess
 
     def plan(self, state: MemoryState, new: Sequence[Segment], query: str) -> Plan:
         """Plan a turn whose new user message is `new` (already segmented).
@@ -254,6 +302,7 @@ class Planner:
             evicted_segments=tuple(turn.gone),
             recall_scores={s.id: turn.scores[s.id] for s in turn.recalled if s.id in turn.scores},
             dropped=turn.dropped,
+            archive_tokens=self.archive_tokens(turn.archive),
         )
 
     def _budget(self, state: MemoryState, new_text: str) -> int:
@@ -339,7 +388,7 @@ class Planner:
         turn.stats.update({f"recall_{k}": v for k, v in stats.items()})
         turn.rank = {sid: i for i, sid in enumerate(selection.keep)}  # best first
         turn.scores = dict(selection.scores) if not fb else {}
-        turn.recalled = [s for s in turn.archive if s.id in turn.rank]
+        turn.recalled = _segments_by_id(turn.archive, turn.rank)
 
     def _fit(self, turn: _Turn, new_text: str) -> tuple[list[Message], int]:
         """Render the prompt and make it fit by the backend's own count.

@@ -168,7 +168,7 @@ def build_trace(planner: Planner, plan: Plan, new: Sequence[Segment]) -> TurnTra
         evicted=plan.evicted_segments,
         archive_dropped=plan.dropped,
         archive_segments=len(state.archive),
-        archive_tokens=sum(s.tokens for s in state.archive),
+        archive_tokens=plan.archive_tokens,
         policy=plan.policy,
         policy_stats=dict(plan.policy_stats),
     )

@@ -18,6 +18,7 @@ The engine calls a policy in two modes (see the architecture docs):
 
 from __future__ import annotations
 
+import bisect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import replace
@@ -99,7 +100,7 @@ def enforce_budget(request: PolicyRequest, selection: Selection) -> Selection:
     first (`keep` is best first). Stats gain `trimmed`, the number of segments dropped,
     when any was. The planner applies it to every policy's selection, wrappers included.
     """
-    tokens = {s.id: s.tokens for s in request.candidates}
+    tokens = _tokens_of(request.candidates, selection.keep)
     keep = [i for i in dict.fromkeys(selection.keep) if i in tokens]
     summary = selection.summary if request.mode == "evict" else None
     summary_cost = request.count_text(summary) if summary else 0
@@ -125,3 +126,27 @@ def enforce_budget(request: PolicyRequest, selection: Selection) -> Selection:
     return replace(
         selection, keep=tuple(i for i in keep if i not in gone), summary=summary, stats=stats
     )
+
+
+def _segment_id(segment: Segment) -> int:
+    return segment.id
+
+
+def _tokens_of(candidates: Sequence[Segment], ids: Sequence[int]) -> dict[int, int]:
+    """Token counts of the candidates among `ids`, by id.
+
+    Candidates are in conversation order, so ids increase: each is found by bisection, and
+    the cost is that of the selection, not of the candidates (an archive of thousands).
+    """
+    out: dict[int, int] = {}
+    n = len(candidates)
+    for i in ids:
+        at = bisect.bisect_left(candidates, i, key=_segment_id)
+        if at < n and candidates[at].id == i:
+            out[i] = candidates[at].tokens
+    if len(out) < len(set(ids)) and any(
+        a.id >= b.id for a, b in zip(candidates, candidates[1:])
+    ):  # not in conversation order after all (a policy called by hand): look them all up
+        wanted = set(ids)
+        out = {s.id: s.tokens for s in candidates if s.id in wanted}
+    return out
