@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--embedder", action="store_true", help="also with SentenceEmbedder")
+    ap.add_argument("--threads", type=int, help="SentenceEmbedder(threads=...)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--write", metavar="PATH", help="write the Markdown table to PATH")
     args = ap.parse_args()
@@ -143,7 +144,8 @@ def main() -> None:
     if args.embedder:
         from fmai_torch import SentenceEmbedder  # type: ignore[attr-defined]
 
-        paths.append(("SentenceEmbedder", SentenceEmbedder()))
+        label = "SentenceEmbedder" + (f"(threads={args.threads})" if args.threads else "")
+        paths.append((label, SentenceEmbedder(threads=args.threads)))
     rows = []
     for path, embedder in paths:
         for policy in args.policies.split(","):

@@ -4085,7 +4085,7 @@ def tables_fragment(report: dict[str, Any]) -> str:
     el = ", ".join(f"{k} {v:.0f} s" for k, v in report["elapsed_s"].items())
     return (
         tables(report)
-        + f"Run time: {el} (total {report['total_s']:.0f} s), seed {report['seed']}, on "
+        + f"\nRun time: {el} (total {report['total_s']:.0f} s), seed {report['seed']}, on "
         f"{report['machine']}.\n\n```bash\n{report['command']}\n```\n"
     )
 
