@@ -4,7 +4,7 @@
     python benchmarks/decode_gpu.py --tiny         # CPU smoke test: small config, short context
 
 The model is built from a config (no download): hidden 2048, 16 layers, 32 heads, 8 KV heads,
-MLP 5632, vocab 32000 (1.1B parameters), bfloat16, random weights (seeded). It needs only
+MLP 5632, vocab 32000 (0.85B parameters), bfloat16, random weights (seeded). It needs only
 torch and transformers (it runs on a GPU machine without fmai installed). For each context
 length a random prompt of that many tokens is decoded greedily for `--new-tokens` tokens by:
 
