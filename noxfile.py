@@ -113,9 +113,11 @@ def serve(session: nox.Session) -> None:
     without its own dependencies plus its `serve` extra: the tests run in seconds of set-up
     instead of a torch download. Serving the local model is covered where torch is (the
     `torch` session). PostgreSQL comes from Debian's `postgresql` (`.ci/run` installs it);
-    without it the PostgreSQL tests skip, naming it.
+    without it the PostgreSQL tests skip, naming it. The memory inspector's browser tests
+    drive Debian's `chromium` (`.ci/run` installs it) through Playwright (the `browser`
+    group; no browser download); without chromium they skip, naming it.
     """
-    _install(session, *TEST_DEPS, *_serve_requirements())
+    _install(session, *TEST_DEPS, *GROUPS["browser"], *_serve_requirements())
     _install(session, "--no-deps", TORCH)
     _assert_absent(session, HEAVY)
     session.run("pytest", "tests/serve", *session.posargs)

@@ -13,7 +13,7 @@ from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.checkpoint import checksum
 from fmai_core.errors import CheckpointError
 from fmai_core.policies import PolicyRequest, Signals, get_policy
-from fmai_core.retrieval import RecallIndex, recall
+from fmai_core.retrieval import RecallIndex, recall, retrieve
 from fmai_core.segments import Segment
 from fmai_core.testing import EchoBackend
 
@@ -62,6 +62,28 @@ def test_fusion_ranks_a_paraphrased_questions_evidence_first() -> None:
     )
     assert fused.keep == (candidates[1].id,)
     assert fused.stats["signal"] == "model"
+
+
+def test_fusion_keeps_an_exact_lexical_match_the_embedding_ranks_second() -> None:
+    # The embedder prefers the message full of dog words; BM25 has the only "beagle".
+    index = RecallIndex()
+    index.add(
+        segs(
+            [
+                "The beagle we brought home from the shelter on the coast is called Biscuit.",
+                "Puppy dog pet dog.",
+                "The weather was grey all week.",
+            ]
+        ),
+        embed=concept_embed,
+    )
+    query = "What is the beagle called?"
+    lexical = retrieve(index, query, second_pass=False)
+    dense = index.cosines(index.query_vector(query, concept_embed))
+    fused = retrieve(index, query, embed=concept_embed, second_pass=False)
+    assert lexical.best(0.15)[0] == 0
+    assert max(dense, key=dense.__getitem__) == 1
+    assert fused.best(0.15)[0] == 0  # fusion does not fall to the weaker signal
 
 
 def test_second_pass_follows_a_bridge_entity() -> None:

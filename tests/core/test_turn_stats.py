@@ -18,19 +18,29 @@ from fmai_core.testing import EchoBackend
 
 
 class NoReuseReport(EchoBackend):
-    """A backend that reports no cache reuse and no prompt count, and plans slowly."""
+    """A backend that reports no cache reuse, no prompt count and no wait for a first token.
 
-    plan_delay = 0.0
+    It notes how long each count through it took, so a test can tell a part of planning.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counted: list[float] = []  # ms of each count_tokens call
+        self.planned: list[float] = []  # those made before the last generation
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
-        time.sleep(self.plan_delay)
-        return super().count_tokens(messages)
+        start = time.perf_counter()
+        try:
+            return super().count_tokens(messages)
+        finally:
+            self.counted.append((time.perf_counter() - start) * 1000)
 
     def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        self.planned, self.counted = self.counted, []
         gen = super().generate(messages, **params)
         u = gen.usage
         usage = Usage(0, None, 0, u.completion_tokens)
-        return Generation(gen.text, usage, gen.latency_ms, gen.ttft_ms, gen.finish_reason)
+        return Generation(gen.text, usage, gen.latency_ms, 0.0, gen.finish_reason)
 
 
 def test_unreported_reuse_is_none_and_the_planners_count_is_marked() -> None:
@@ -54,13 +64,18 @@ def test_an_exact_backend_marks_nothing() -> None:
 def test_ttft_and_latency_count_from_the_same_start() -> None:
     backend = NoReuseReport()
     llm = FiniteMemoryLLM(backend, policy="sliding", max_tokens=512, max_new_tokens=16)
-    backend.plan_delay = 0.05  # the final budget check counts through the backend
+    llm.extend([Message("user", "an earlier message"), Message("assistant", "and its reply")])
+    backend.counted = []
     stats = llm.chat("hello there").stats
-    assert stats.ttft_ms >= 50.0  # planning is inside ttft, as inside latency
-    assert stats.ttft_ms <= stats.latency_ms
-    streamed = list(llm.stream("and again"))
-    assert streamed and llm.last_stats is not None
-    assert 50.0 <= llm.last_stats.ttft_ms <= llm.last_stats.latency_ms
+    # The backend waits 0 ms for its first token, so ttft is the planning before it, which
+    # holds at least the planner's counts through the backend (the final budget check).
+    planning = sum(backend.planned)
+    assert backend.planned and planning > 0
+    assert planning <= stats.ttft_ms <= stats.latency_ms
+    backend.counted = []
+    assert list(llm.stream("and again")) and llm.last_stats is not None
+    planning = sum(backend.counted[:1])  # the stream's planning: its final budget check
+    assert planning > 0 and planning <= llm.last_stats.ttft_ms <= llm.last_stats.latency_ms
 
 
 def test_metrics_and_logs_take_unreported_reuse(tmp_path: Path) -> None:

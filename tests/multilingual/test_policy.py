@@ -14,7 +14,8 @@ from fmai_core import FiniteMemoryLLM, Segment
 from fmai_core.backend import SentenceSplitter
 from fmai_core.errors import UnknownPolicyError
 from fmai_core.policies import get_policy
-from fmai_core.policies.base import Policy, PolicyRequest, Selection
+from fmai_core.policies.base import Policy, PolicyRequest, Selection, enforce_budget
+from fmai_core.policies.scored import WrapperPolicy
 from fmai_core.testing import EchoBackend
 from fmai_multilingual import MultilingualPolicy
 from fmai_multilingual.policy import split_at_script_switches
@@ -54,19 +55,27 @@ def test_delegates_to_the_base() -> None:
     assert set(chosen.keep) == {2, 3}
     assert chosen.stats["base"] == "sliding"
     assert MultilingualPolicy("sliding").name == "multilingual:sliding"
-    assert chosen.stats["trimmed"] == 0
+    assert isinstance(MultilingualPolicy(), WrapperPolicy)
 
 
-def test_trims_an_over_budget_base_oldest_first() -> None:
+def test_the_planner_holds_an_over_budget_base_to_its_budget() -> None:
+    # The wrapper does not trim: the planner's contract (enforce_budget) does, for every policy.
     request = PolicyRequest("evict", _segments([4, 4, 4, 4]), budget=10)
-    chosen = MultilingualPolicy(Greedy()).select(request)
+    raw = MultilingualPolicy(Greedy()).select(request)
+    assert raw.keep == (0, 1, 2, 3)
+    chosen = enforce_budget(request, raw)
     # The summary costs 4 (default count: words); 4 + 4 + 4 > 10, so drop oldest until fit.
     assert chosen.keep == (3,)
     assert chosen.summary == "a b c d"
-    assert chosen.stats["trimmed"] == 3
-    kept = sum(s.tokens for s in request.candidates if s.id in chosen.keep)
-    summary = request.count_text(chosen.summary) if chosen.summary else 0
-    assert kept + summary <= request.budget
+    assert chosen.stats["trimmed"] == 3 and chosen.stats["base"] == "greedy"
+    llm = FiniteMemoryLLM(
+        EchoBackend(), policy=MultilingualPolicy(Greedy()), max_tokens=160, max_new_tokens=16,
+        max_policy_ms=None,
+    )  # fmt: skip
+    for i in range(30):
+        stats = llm.chat(f"Message number {i} about the weather in town today.").stats
+        assert stats.prompt_tokens + 16 <= 160
+    assert llm.stats.evictions > 0
 
 
 @settings(max_examples=60, deadline=None)

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from test_chat import ask, get
 
-from fmai_torch.serve.store import NewMessage, Store, StoreConflict, StoreError
+from fmai_torch.serve.store import SCHEMA_VERSION, NewMessage, Store, StoreConflict, StoreError
 
 
 def test_restart_keeps_every_conversation(serve: Any, store_url: str, upstream: Any) -> None:
@@ -104,13 +104,14 @@ def test_postgres_lock_serializes_one_conversation_not_others(postgres: Any) -> 
 
 def test_schema_version_is_checked(store_url: str) -> None:
     store = Store(store_url)
-    assert store.schema_version == 1
+    assert store.schema_version == SCHEMA_VERSION
     url = store.url
     store.close()
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE fmai_schema SET version = 99"))
-    with pytest.raises(StoreError, match="schema version 99; this fmai knows versions up to 1"):
+    known = f"schema version 99; this fmai knows versions up to {SCHEMA_VERSION}"
+    with pytest.raises(StoreError, match=known):
         Store(store_url)
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE fmai_schema"))

@@ -147,3 +147,27 @@ def test_status_line_says_when_reuse_was_not_reported() -> None:
     stats = TurnStats(context_tokens=300, reused_tokens=None, prefill_tokens=280)
     line = cli.status_line(stats, 2048)
     assert "reused n/a / prefilled 280" in line
+
+
+def test_kv_edit_flag(tiny_dir: str, tmp_path: Path) -> None:
+    """`--kv-edit rerotate`: every turn reports the mode, and eviction turns edit the cache."""
+    script = tmp_path / "msgs.txt"
+    lines = [
+        "hello , my name is ada and my sister is called eve .",
+        "i live in paris with two cats and a dog .",
+        "what is the name of my sister ?",
+        "tell me about rome and london in the summer .",
+        "my favourite food is pizza and i like tea in the morning .",
+        "do you remember where i live ?",
+        "we travel to tokyo by train next week .",
+        "what do you think of my cats ?",
+    ]
+    script.write_text("\n".join(lines) + "\n")
+    args = ["chat", "--model", tiny_dir, "--policy", "sliding", "--max-tokens", "160"]
+    args += ["--max-new-tokens", "16", "--script", str(script), "--json"]
+    code, out = _run([*args, "--kv-edit", "rerotate"])
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert all(r["kv"]["mode"] == "rerotate" for r in rows)
+    edited = [r for r in rows if r["kv"]["applied"] == "rerotate"]
+    assert edited and all(r["evicted"] and r["kv"]["cut_tokens"] > 0 for r in edited)

@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     from typing import Any
 
     from fmai_core.backend import Backend, Generation, StreamChunk, Usage
+    from fmai_core.config import MemoryConfig
     from fmai_core.engine import ChatResult, FiniteMemoryLLM
     from fmai_core.errors import FMAIError
     from fmai_core.messages import Message
     from fmai_core.policies import Policy, get_policy, register_policy
     from fmai_core.segments import Segment
     from fmai_core.stats import MemoryStats, TurnStats
+    from fmai_core.trace import TurnTrace
 
 __version__ = "0.1.0"
 
@@ -35,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "Generation": "fmai_core.backend",
     "StreamChunk": "fmai_core.backend",
     "Usage": "fmai_core.backend",
+    "MemoryConfig": "fmai_core.config",
     "ChatResult": "fmai_core.engine",
     "FiniteMemoryLLM": "fmai_core.engine",
     "FMAIError": "fmai_core.errors",
@@ -45,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     "Segment": "fmai_core.segments",
     "MemoryStats": "fmai_core.stats",
     "TurnStats": "fmai_core.stats",
+    "TurnTrace": "fmai_core.trace",
 }
 
 __all__ = [
@@ -53,12 +57,14 @@ __all__ = [
     "FMAIError",
     "FiniteMemoryLLM",
     "Generation",
+    "MemoryConfig",
     "MemoryStats",
     "Message",
     "Policy",
     "Segment",
     "StreamChunk",
     "TurnStats",
+    "TurnTrace",
     "Usage",
     "__version__",
     "get_policy",

@@ -61,6 +61,7 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
+from fmai_core.config import MemoryConfig
 from fmai_core.errors import CheckpointError, CheckpointWriteError, FMAIError
 from fmai_core.memory import MemoryState
 from fmai_core.messages import ROLES, check_encodable
@@ -96,21 +97,12 @@ STALE_TMP_S = 60.0
 _KINDS = frozenset(get_args(SegmentKind))
 #: The prefix of fmai's estimated tokenizer ids: a change from or to one re-counts on load.
 ESTIMATE_PREFIX = "fmai-estimate-"
-_NUMBER = (int, float)
 
 
 def _settings(llm: FiniteMemoryLLM) -> dict[str, Any]:
-    p = llm._planner
     return {
         "policy": llm.policy.name,
-        "max_tokens": llm.max_tokens,
-        "max_new_tokens": llm.max_new_tokens,
-        "system_prompt": llm.system_prompt,
-        "max_policy_ms": p.max_policy_ms,
-        "low_water": p.low_water,
-        "recall_fraction": p.recall_fraction,
-        "segment_tokens": llm.segment_tokens,
-        "archive_limit": p.archive_limit,
+        **llm.config.to_dict(),
         "generation": {k: v for k, v in llm.generation.items() if _jsonable(v)},
         **_policy_config(llm.policy),
     }
@@ -425,34 +417,27 @@ def _state(data: Any) -> MemoryState:
     return MemoryState.from_dict(raw)
 
 
-_SETTINGS: dict[str, tuple[type | tuple[type, ...], bool]] = {
-    # name: (types, may be None)
-    "policy": (str, False),
-    "max_tokens": (int, False),
-    "max_new_tokens": (int, False),
-    "system_prompt": (str, True),
-    "max_policy_ms": (_NUMBER, True),
-    "low_water": (_NUMBER, False),
-    "recall_fraction": (_NUMBER, True),
-    "segment_tokens": (int, False),
-    "archive_limit": (int, True),
-    "generation": (dict, False),
-    "policy_config": (dict, False),
-}
+# Besides the MemoryConfig fields (which MemoryConfig validates): name -> type.
+_OTHER_SETTINGS: dict[str, type] = {"policy": str, "generation": dict, "policy_config": dict}
+# Settings a checkpoint may lack (older files): they take their defaults.
+_OPTIONAL_SETTINGS = frozenset({"recall_fraction", "policy_config"})
 
 
-def _settings_of(data: Any) -> dict[str, Any]:
-    optional = {"recall_fraction", "policy_config"}
-    raw = _object(data, "settings", set(_SETTINGS) - optional, set(_SETTINGS))
-    for name, value in raw.items():
-        types, nullable = _SETTINGS[name]
-        if value is None and nullable:
-            continue
-        if isinstance(value, bool) or not isinstance(value, types):
+def _settings_of(data: Any) -> tuple[MemoryConfig, dict[str, Any]]:
+    """The saved `MemoryConfig` and the other settings (policy, generation, policy_config)."""
+    names = {*MemoryConfig.names(), *_OTHER_SETTINGS}
+    raw = _object(data, "settings", names - _OPTIONAL_SETTINGS, names)
+    other = {k: v for k, v in raw.items() if k in _OTHER_SETTINGS}
+    for name, value in other.items():
+        if not isinstance(value, _OTHER_SETTINGS[name]):
             raise _Damaged(f"settings.{name} has the wrong type ({type(value).__name__})")
-    if raw["system_prompt"] is not None:
+    if isinstance(raw["system_prompt"], str):
         _text(raw["system_prompt"], "settings.system_prompt")
-    return dict(raw)
+    try:
+        config = MemoryConfig.from_dict({k: v for k, v in raw.items() if k not in other})
+    except FMAIError as exc:
+        raise _Damaged(f"settings: {exc}") from None
+    return config, other
 
 
 def _stats(data: Any) -> MemoryStats:
@@ -564,22 +549,21 @@ def load_checkpoint(
         top = {"format", "version", "tokenizer_id", "backend", "settings", "state", "stats"}
         _object(doc, "the checkpoint", top, top | {"checksum", "vectors"})
         _text(doc["backend"], "backend")
-        settings = _settings_of(doc["settings"])
+        config, settings = _settings_of(doc["settings"])
         state = _state(doc["state"])
         stats = _stats(doc["stats"])
     except _Damaged as exc:
         raise CheckpointError(f"{p} is damaged or incomplete: {exc}. Restore a backup.") from None
-    generation = {**settings.pop("generation"), **(overrides.pop("generation", None) or {})}
-    policy_config = settings.pop("policy_config", {})
-    settings.update(overrides)
-    if "policy" not in overrides:
-        settings["policy"] = _policy(p, settings["policy"], policy_config)
-    try:
-        llm = cls(backend, **settings, generation=generation)
-    except FMAIError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{p} is damaged or incomplete ({exc!r}); restore a backup.") from exc
+    generation = {**settings["generation"], **(overrides.pop("generation", None) or {})}
+    policy = overrides.pop("policy", None)
+    if policy is None:
+        policy = _policy(p, settings["policy"], settings.get("policy_config", {}))
+    changes = {k: overrides.pop(k) for k in MemoryConfig.names() if k in overrides}
+    if "config" in overrides:  # a whole MemoryConfig replaces the saved one
+        config = overrides.pop("config")
+    elif changes:
+        config = replace(config, **changes)  # validated again: a bad override raises
+    llm = cls(backend, policy=policy, config=config, generation=generation, **overrides)
     if changed:
         import logging
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import threading
@@ -23,6 +22,7 @@ from fmai_core.backend import (
     SentenceSplitter,
     Summarizer,
 )
+from fmai_core.config import MemoryConfig, _check_int
 from fmai_core.context import ContextBuilder
 from fmai_core.errors import (
     BackendError,
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from fmai_core.planner import Plan
     from fmai_core.policies import Policy
     from fmai_core.retrieval import RecallIndex
+    from fmai_core.trace import TurnTrace
 
 __all__ = ["GENERATION_PARAMS", "ChatResult", "FiniteMemoryLLM"]
 
@@ -192,10 +193,15 @@ class _TurnLock:
 
 @dataclass(frozen=True)
 class ChatResult:
-    """The reply to one turn and its figures."""
+    """The reply to one turn and its figures.
+
+    `trace` is the turn's [`TurnTrace`][fmai_core.trace.TurnTrace]: its prompt part by
+    part, what was evicted and recalled (with scores), and `stats`.
+    """
 
     response: str
     stats: TurnStats
+    trace: TurnTrace | None = None
 
 
 class FiniteMemoryLLM:
@@ -228,6 +234,9 @@ class FiniteMemoryLLM:
         generation: Default generation parameters of every turn, any the backend takes
             (`{"temperature": 0.7, "presence_penalty": 0.5}`); checkpoints keep those JSON
             can hold.
+        config: The memory settings as one [`MemoryConfig`][fmai_core.config.MemoryConfig],
+            instead of the keywords `max_tokens` ... `archive_limit` (passing both raises
+            `ConfigurationError`). The keywords build one; either way it is `llm.config`.
         **params: The documented generation parameters as keywords (`temperature`,
             `top_p`, `top_k`, `seed`, `stop`, `repetition_penalty`, `min_new_tokens`; see
             `GENERATION_PARAMS`), which override `generation`. Any other keyword raises
@@ -266,6 +275,7 @@ class FiniteMemoryLLM:
         scorer: ImportanceScorer | None = None,
         summarizer: Summarizer | None = None,
         generation: Mapping[str, Any] | None = None,
+        config: MemoryConfig | None = None,
         **params: Any,
     ) -> None:
         from fmai_core.memo import EmbeddingCache
@@ -280,44 +290,34 @@ class FiniteMemoryLLM:
                 f"generation must be a mapping of parameter names to values, or None; got "
                 f"{type(generation).__name__}."
             )
-        for name, value, least in (
-            ("max_tokens", max_tokens, 1),
-            ("max_new_tokens", max_new_tokens, 1),
-            ("segment_tokens", segment_tokens, 8),
-        ):
-            _check_int(name, value, least)
-        if archive_limit is not None:
-            _check_int("archive_limit", archive_limit, 0, " (or None: unbounded)")
-        for name, number in (("low_water", low_water), ("recall_fraction", recall_fraction)):
-            if number is not None and not _finite(number):
-                raise ConfigurationError(f"{name} must be a finite number, got {number!r}.")
-        if max_policy_ms is not None and not (_finite(max_policy_ms) and max_policy_ms > 0):
+        settings: dict[str, Any] = {
+            "max_tokens": max_tokens,
+            "max_new_tokens": max_new_tokens,
+            "system_prompt": system_prompt,
+            "max_policy_ms": max_policy_ms,
+            "low_water": low_water,
+            "recall_fraction": recall_fraction,
+            "segment_tokens": segment_tokens,
+            "archive_limit": archive_limit,
+        }
+        if config is None:
+            config = MemoryConfig(**settings)
+        elif not isinstance(config, MemoryConfig):
             raise ConfigurationError(
-                "max_policy_ms must be a finite number of milliseconds above 0, or None for no "
-                f"deadline; got {max_policy_ms!r}."
+                f"config must be a MemoryConfig or None, got {type(config).__name__}."
             )
-        if max_new_tokens >= max_tokens:
-            raise BudgetError(
-                f"max_new_tokens ({max_new_tokens}) must be below max_tokens ({max_tokens}): "
-                "lower max_new_tokens or raise max_tokens."
-            )
-        if not 0.0 < low_water <= 1.0:
-            raise ConfigurationError(f"low_water must be in (0, 1], got {low_water!r}.")
-        if recall_fraction is not None and not 0.0 <= recall_fraction < 1.0:
-            raise ConfigurationError(
-                f"recall_fraction must be in [0, 1), or None to split by the query, got "
-                f"{recall_fraction!r}."
-            )
-        if system_prompt is not None and not isinstance(system_prompt, str):
-            raise ConfigurationError("system_prompt must be a str or None.")
-        if system_prompt is not None:
-            check_encodable(system_prompt, "The system prompt")
+        else:
+            defaults = MemoryConfig()
+            given = sorted(k for k, v in settings.items() if v != getattr(defaults, k))
+            if given:
+                raise ConfigurationError(
+                    f"Pass the memory settings either in config= or as keywords, not both "
+                    f"(got config= and {', '.join(given)}): use "
+                    f"dataclasses.replace(config, {given[0]}=...)."
+                )
+        self.config = config
         self.backend = backend
         self.policy = get_policy(policy)
-        self.max_tokens = max_tokens
-        self.max_new_tokens = max_new_tokens
-        self.system_prompt = system_prompt or None
-        self.segment_tokens = segment_tokens
         self.generation = {**(generation or {}), **params}
         self.generation.setdefault("temperature", 0.0)
         self.hooks = list(hooks)
@@ -333,17 +333,11 @@ class FiniteMemoryLLM:
         )
         self._signals = signals
         self._planner = Planner(
-            self.policy,
-            self.counter,
-            self.builder,
-            self.system_prompt,
-            max_tokens,
-            max_new_tokens,
-            low_water,
-            recall_fraction,
-            archive_limit,
-            max_policy_ms,
-            signals,
+            policy=self.policy,
+            counter=self.counter,
+            builder=self.builder,
+            config=config,
+            signals=signals,
         )
         self._embedder_id: str | None = None
         if embedder is not None:
@@ -379,6 +373,27 @@ class FiniteMemoryLLM:
                 f"{self.max_new_tokens} no room is left for a message under max_tokens="
                 f"{self.max_tokens}. Raise max_tokens, lower max_new_tokens, or shorten them."
             )
+
+    # -- settings -------------------------------------------------------------------------
+    @property
+    def max_tokens(self) -> int:
+        """`config.max_tokens`: prompt tokens + `max_new_tokens` never exceed it."""
+        return self.config.max_tokens
+
+    @property
+    def max_new_tokens(self) -> int:
+        """`config.max_new_tokens`: the most tokens generated in a reply."""
+        return self.config.max_new_tokens
+
+    @property
+    def system_prompt(self) -> str | None:
+        """`config.system_prompt`."""
+        return self.config.system_prompt
+
+    @property
+    def segment_tokens(self) -> int:
+        """`config.segment_tokens`."""
+        return self.config.segment_tokens
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -524,6 +539,18 @@ class FiniteMemoryLLM:
             state, new = self._new_user(text)
             return self._planner.plan(state, new, text).messages
 
+    def trace(self, text: str) -> TurnTrace:
+        """The [`TurnTrace`][fmai_core.trace.TurnTrace] the next turn would have for `text`.
+
+        The planning of `context` (the same prompt, as `messages`), laid out in its parts
+        with what would be evicted and recalled; it changes nothing, and `stats` is `None`.
+        """
+        from fmai_core.trace import build_trace
+
+        with self._lock:
+            state, new = self._new_user(text)
+            return build_trace(self._planner, self._planner.plan(state, new, text), new)
+
     def reset(self) -> None:
         """Forget the conversation (pinned facts included) and the cumulative stats."""
         with self._turn, self._lock:
@@ -650,6 +677,7 @@ class FiniteMemoryLLM:
                 evicted=plan.evicted,
                 policy_stats=_telemetry_safe(plan.policy_stats),
                 estimated=tuple(estimated),
+                kv=dict(gen.extra.get("kv") or {}),
             )
             t = self._stats
             t.turns += 1
@@ -663,11 +691,15 @@ class FiniteMemoryLLM:
             t.evicted_tokens += stats.evicted_tokens
             t.evictions += int(stats.evicted)
             t.fallbacks += int(stats.fallback)
+        from fmai_core.trace import build_trace
+
+        trace = build_trace(self._planner, plan, new).with_stats(stats)
+        self.last_trace = trace
         if self.hooks:
             from fmai_core.telemetry.hooks import call_hooks
 
             call_hooks(self.hooks, stats)
-        return ChatResult(gen.text, stats)
+        return ChatResult(gen.text, stats, trace)
 
     @staticmethod
     def _backend_error(exc: Exception) -> FMAIError:
@@ -742,6 +774,8 @@ class FiniteMemoryLLM:
             self.last_stats = self._finish(version, new, plan, gen, start, gen_start).stats
 
     last_stats: TurnStats | None = None
+    #: The [`TurnTrace`][fmai_core.trace.TurnTrace] of the last turn that committed.
+    last_trace: TurnTrace | None = None
 
     async def achat(self, text: str, **params: Any) -> ChatResult:
         """Async [`chat`][fmai_core.engine.FiniteMemoryLLM.chat]; concurrent calls take turns.
@@ -798,13 +832,28 @@ class FiniteMemoryLLM:
             self._turn.release()
 
     # -- checkpoints ----------------------------------------------------------------------
-    def save(self, path: str | PathLike[str]) -> None:
-        """Write a checkpoint atomically (see [`checkpoint`][fmai_core.checkpoint])."""
-        from fmai_core.checkpoint import snapshot, write_checkpoint
+    def save(self, path: str | PathLike[str], *, kv: bool = False) -> None:
+        """Write a checkpoint atomically (see [`checkpoint`][fmai_core.checkpoint]).
+
+        `kv=True` also writes the backend's KV cache beside it, to `PATH.kv.safetensors`
+        (a backend with `save_kv`, such as `HFBackend`; others warn), tied to this
+        checkpoint's checksum: `load` restores it only beside this exact checkpoint.
+        """
+        from fmai_core.checkpoint import checksum, snapshot, write_checkpoint
 
         with self._lock:  # a consistent snapshot; the slow part (encode, fsync) runs after
             doc = snapshot(self)
         write_checkpoint(doc, path)
+        if kv:
+            save_kv = getattr(self.backend, "save_kv", None)
+            if save_kv is None:
+                warnings.warn(
+                    f"{type(self.backend).__name__} cannot save its KV cache; only the "
+                    "checkpoint was written.",
+                    stacklevel=2,
+                )
+            else:
+                save_kv(kv_path(path), checksum(doc))
 
     @classmethod
     def load(
@@ -813,9 +862,15 @@ class FiniteMemoryLLM:
         backend: Backend,
         *,
         recount: bool = False,
+        kv: bool | None = None,
         **overrides: Any,
     ) -> FiniteMemoryLLM:
         """Restore a conversation saved with `save`; `overrides` replace saved settings.
+
+        The KV cache saved beside it (`save(path, kv=True)`) is restored into a backend with
+        `load_kv` when the file is there (`kv=None`), unless `kv=False`. One that is damaged
+        or made for another model, dtype, tokenizer or checkpoint is refused with a warning
+        (and, with `kv=True`, a missing one): the first turn then recomputes its prompt.
 
         A checkpoint written under another tokenizer has its token counts recomputed from
         the text when either tokenizer is fmai's estimate (`fmai-estimate-*`), or when
@@ -825,7 +880,10 @@ class FiniteMemoryLLM:
         """
         from fmai_core.checkpoint import load_checkpoint
 
-        return load_checkpoint(cls, path, backend, recount=recount, **overrides)
+        llm = load_checkpoint(cls, path, backend, recount=recount, **overrides)
+        if kv is not False:
+            _restore_kv(backend, path, warn_missing=kv is True)
+        return llm
 
     #: The `tokenizer_id` a loaded checkpoint was counted under, when `load` re-counted it
     #: under this backend's tokenizer; `None` otherwise.
@@ -870,17 +928,6 @@ class FiniteMemoryLLM:
         return out
 
 
-def _check_int(name: str, value: object, least: int, extra: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigurationError(
-            f"{name} must be an int of at least {least}{extra}, got {value!r}."
-        )
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _storable(gen: Generation) -> Generation:
     """Replace lone surrogates in a reply with U+FFFD: what is stored must be savable."""
     try:
@@ -917,6 +964,38 @@ def _check_params(params: Mapping[str, Any]) -> None:
 _SAFE_REASON = re.compile(
     r"deadline of [0-9.e+-]+ ms exceeded|(policy raised )?[A-Za-z_][A-Za-z0-9_.]*"
 )
+
+
+def kv_path(path: str | PathLike[str]) -> str:
+    """Where `FiniteMemoryLLM.save(path, kv=True)` writes the KV cache: `PATH.kv.safetensors`."""
+    return f"{path}.kv.safetensors"
+
+
+def _restore_kv(backend: Backend, path: str | PathLike[str], warn_missing: bool) -> None:
+    import json
+    import os
+
+    load_kv = getattr(backend, "load_kv", None)
+    where = kv_path(path)
+    if load_kv is None or not os.path.exists(where):
+        if warn_missing:
+            warnings.warn(
+                f"No KV cache to restore beside {path}: the first turn recomputes its prompt.",
+                stacklevel=3,
+            )
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            tag = str(json.load(f).get("checksum", ""))
+    except (OSError, ValueError):
+        tag = ""
+    reason = load_kv(where, tag)
+    if reason is not None:
+        warnings.warn(
+            f"The KV cache {where} was not restored ({reason}): the first turn recomputes "
+            "its prompt.",
+            stacklevel=3,
+        )
 
 
 def _telemetry_safe(stats: dict[str, Any]) -> dict[str, Any]:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fmai_core.config import MemoryConfig
 from fmai_core.context import ContextBuilder
 from fmai_core.deadline import PolicyTimeout, deadline_scope
 from fmai_core.errors import MessageTooLongError
 from fmai_core.memory import MemoryState, archive_value
 from fmai_core.messages import Message
-from fmai_core.policies.base import Policy, PolicyRequest, Selection, Signals
+from fmai_core.policies.base import Policy, PolicyRequest, Selection, Signals, enforce_budget
 from fmai_core.policies.sliding import SlidingWindowPolicy
 from fmai_core.retrieval import RecallIndex, recall_need
 from fmai_core.segments import Segment
@@ -36,6 +38,23 @@ def _segment_id(segment: Segment) -> int:
     return segment.id
 
 
+def _drop_order(segment: Segment) -> tuple[float, int]:
+    return archive_value(segment), segment.id
+
+
+def _segments_by_id(segments: Sequence[Segment], ids: Iterable[int]) -> list[Segment]:
+    """The segments with `ids`, in order, from `segments` sorted by id (bisection: the cost
+    is that of `ids`, not of an archive of thousands)."""
+    out: list[Segment] = []
+    n = len(segments)
+    for i in ids:
+        at = bisect.bisect_left(segments, i, key=_segment_id)
+        if at < n and segments[at].id == i:
+            out.append(segments[at])
+    out.sort(key=_segment_id)
+    return out
+
+
 @dataclass(frozen=True)
 class Plan:
     """The outcome of planning a turn: the prompt and the state to commit if the turn succeeds."""
@@ -50,6 +69,14 @@ class Plan:
     policy_ms: float
     fallback: bool
     policy_stats: dict[str, Any] = field(default_factory=dict)
+    #: Segments moved from the history to the archive by this plan (see `TurnTrace`).
+    evicted_segments: tuple[Segment, ...] = ()
+    #: Relevance of each recalled segment, by id, as the policy's recall reported it.
+    recall_scores: dict[int, float] = field(default_factory=dict)
+    #: Archived segments a full archive dropped in this plan.
+    dropped: int = 0
+    #: Tokens of the plan's archive (`state.archive`).
+    archive_tokens: int = 0
 
     @property
     def signals_off(self) -> bool:
@@ -109,20 +136,29 @@ def _run_with_deadline(
 
 @dataclass
 class Planner:
-    """Plans turns for one conversation (configuration only; state is passed in)."""
+    """Plans turns for one conversation (configuration only; state is passed in).
+
+    Attributes:
+        policy: The memory policy.
+        counter: Counts tokens under the backend.
+        builder: Lays out the prompt.
+        config: The memory settings (budget, low-water mark, recall share, archive cap,
+            policy deadline).
+        signals: The model signals the policy gets (the engine may switch them off).
+        index: The conversation's recall index.
+    """
 
     policy: Policy
     counter: TokenCounter
     builder: ContextBuilder
-    system_prompt: str | None
-    max_tokens: int
-    max_new_tokens: int
-    low_water: float
-    recall_fraction: float | None
-    archive_limit: int | None
-    max_policy_ms: float | None
-    signals: Signals
+    config: MemoryConfig
+    signals: Signals = field(default_factory=Signals)
     index: RecallIndex = field(default_factory=RecallIndex)
+    # (archive, its tokens) of the last few archives planned: an archive's total is carried
+    # from one plan to the next, so no turn sums thousands of archived segments.
+    _totals: list[tuple[tuple[Segment, ...], int]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     def recall_share(self, state: MemoryState, query: str, available: int) -> float:
         """The share of the free budget that recalled memory gets this turn.
@@ -135,8 +171,8 @@ class Planner:
         """
         if not self.policy.recalls:
             return 0.0
-        if self.recall_fraction is not None:
-            return self.recall_fraction
+        if self.config.recall_fraction is not None:
+            return self.config.recall_fraction
         # Recent: the history that stays in the prompt at the smallest share (all of it, or
         # what an eviction would keep of its newest part); older: the rest and the archive.
         room = available * (1.0 - MIN_RECALL_SHARE)
@@ -144,7 +180,7 @@ class Planner:
         if sum(s.tokens for s in state.history) <= room:
             recent = {s.message_id for s in state.history}
         else:
-            left = self.low_water * room
+            left = self.config.low_water * room
             for s in reversed(state.history):
                 if s.tokens > left:
                     break
@@ -157,9 +193,10 @@ class Planner:
 
     def _select(self, request: PolicyRequest) -> tuple[Selection, float, bool, dict[str, Any]]:
         start = time.perf_counter()
-        if self.max_policy_ms is not None:
-            request = replace(request, deadline=start + self.max_policy_ms / 1000)
-        result, error = _run_with_deadline(lambda: self.policy.select(request), self.max_policy_ms)
+        limit = self.config.max_policy_ms
+        if limit is not None:
+            request = replace(request, deadline=start + limit / 1000)
+        result, error = _run_with_deadline(lambda: self.policy.select(request), limit)
         fallback = result is None
         degraded = False
         if error and error.startswith("deadline") and request.signals != Signals():
@@ -167,10 +204,12 @@ class Planner:
             # deadline on a CPU: the engine switches them off when the turn commits
             # (`Plan.signals_off`); planning itself changes nothing.
             degraded = True
-        if result is None:
-            result = _SLIDING.select(replace(request, signals=Signals()))
+        if result is None:  # the fallback: sliding evicts, and recalls nothing
             if request.mode == "recall":
                 result = Selection(keep=())
+            else:
+                result = _SLIDING.select(replace(request, signals=Signals()))
+        result = enforce_budget(request, result)  # the contract, for every policy
         ms = (time.perf_counter() - start) * 1000
         stats = dict(result.stats)
         if error:
@@ -180,20 +219,43 @@ class Planner:
         return result, ms, fallback, stats
 
     def system_cost(self, state: MemoryState, summary: Segment | None) -> int:
-        text = self.builder.system_text(self.system_prompt, state.pinned, summary)
+        text = self.builder.system_text(self.config.system_prompt, state.pinned, summary)
         return self.counter.message(text) if text is not None else 0
 
+    def archive_tokens(self, archive: tuple[Segment, ...]) -> int:
+        """Tokens of `archive`: carried from the plan that made it, else summed once."""
+        for known, total in self._totals:
+            if known is archive:
+                return total
+        total = sum(s.tokens for s in archive)
+        self._remember(archive, total)
+        return total
+
+    def _remember(self, archive: tuple[Segment, ...], total: int) -> None:
+        self._totals.insert(0, (archive, total))
+        del self._totals[4:]
+
     def _archive(
-        self, archive: Sequence[Segment], add: Sequence[Segment]
+        self, archive: tuple[Segment, ...], add: Sequence[Segment]
     ) -> tuple[tuple[Segment, ...], int]:
+        total = self.archive_tokens(archive) + sum(s.tokens for s in add)
         merged = list(archive)  # sorted by id; what is added is small
         for segment in add:
             bisect.insort(merged, segment, key=_segment_id)
-        if self.archive_limit is None or len(merged) <= self.archive_limit:
-            return tuple(merged), 0
-        excess = len(merged) - self.archive_limit
-        drop = {s.id for s in sorted(merged, key=lambda s: (archive_value(s), s.id))[:excess]}
-        return tuple(s for s in merged if s.id not in drop), excess
+        limit = self.config.archive_limit
+        if limit is None or len(merged) <= limit:
+            out = tuple(merged)
+            self._remember(out, total)
+            self.index.derive(out, archive, add)
+            return out, 0
+        excess = len(merged) - limit
+        dropped = heapq.nsmallest(excess, merged, key=_drop_order)
+        drop = {s.id for s in dropped}
+        out = tuple(s for s in merged if s.id not in drop)
+        self._remember(out, total - sum(s.tokens for s in dropped))
+        dropped_old = [s for s in dropped if s not in add]  # added and dropped: never there
+        self.index.derive(out, archive, [s for s in add if s.id not in drop], dropped_old)
+        return out, excess
 
     def plan(self, state: MemoryState, new: Sequence[Segment], query: str) -> Plan:
         """Plan a turn whose new user message is `new` (already segmented).
@@ -237,19 +299,24 @@ class Planner:
             policy_ms=turn.policy_ms,
             fallback=turn.fallback,
             policy_stats=turn.stats,
+            evicted_segments=tuple(turn.gone),
+            recall_scores={s.id: turn.scores[s.id] for s in turn.recalled if s.id in turn.scores},
+            dropped=turn.dropped,
+            archive_tokens=self.archive_tokens(turn.archive),
         )
 
     def _budget(self, state: MemoryState, new_text: str) -> int:
         """Tokens free for history and recall; raises if the new message cannot fit."""
         new_cost = self.counter.message(self.builder.user_text((), new_text))
         fixed = self.counter.base + self.system_cost(state, state.summary)
-        available = self.max_tokens - self.max_new_tokens - fixed - new_cost
+        c = self.config
+        available = c.room - fixed - new_cost
         if available < 0:
-            room = self.max_tokens - self.max_new_tokens - fixed - self.counter.message_overhead
+            room = c.room - fixed - self.counter.message_overhead
             raise MessageTooLongError(
                 f"The message needs {new_cost - self.counter.message_overhead} tokens but at most "
-                f"{max(room, 0)} fit (max_tokens={self.max_tokens}, max_new_tokens="
-                f"{self.max_new_tokens}, system prompt and pins included). Shorten the message "
+                f"{max(room, 0)} fit (max_tokens={c.max_tokens}, max_new_tokens="
+                f"{c.max_new_tokens}, system prompt and pins included). Shorten the message "
                 "or raise max_tokens. Nothing was changed.",
                 tokens=new_cost,
                 available=max(room, 0),
@@ -260,11 +327,11 @@ class Planner:
         """Ask the policy which history to keep, down to the low-water mark; archive the rest."""
         state, history, summary = turn.state, turn.history, turn.summary
         old_summary = summary.tokens if summary else 0
-        budget = max(0, int(self.low_water * (high_water + old_summary)) - old_summary)
+        budget = max(0, int(self.config.low_water * (high_water + old_summary)) - old_summary)
         request = PolicyRequest(
-            "evict",
-            tuple(history),
-            budget,
+            mode="evict",
+            candidates=tuple(history),
+            budget=budget,
             query=query,
             signals=self.signals,
             summary=summary,
@@ -285,11 +352,8 @@ class Planner:
                 if text
                 else None
             )
-        kept = [s for s in history if s.id in keep]
-        while kept and sum(s.tokens for s in kept) > high_water:  # a policy kept too much
-            kept.pop(0)
-        kept_ids = {k.id for k in kept}
-        self._move_to_archive(turn, [s for s in history if s.id not in kept_ids])
+        kept = [s for s in history if s.id in keep]  # within the budget: see _select
+        self._move_to_archive(turn, [s for s in history if s.id not in keep])
         turn.history = kept
 
     def _move_to_archive(self, turn: _Turn, gone: Sequence[Segment]) -> None:
@@ -298,6 +362,7 @@ class Planner:
         gone_ids = {s.id for s in gone}
         turn.history = [s for s in turn.history if s.id not in gone_ids]
         turn.evicted_tokens += sum(s.tokens for s in gone)
+        turn.gone += gone
         turn.evicted = True
         turn.archive, dropped = self._archive(turn.archive, gone)
         turn.dropped += dropped
@@ -306,9 +371,9 @@ class Planner:
         """Ask the policy which archived segments to bring back within `reserve` tokens."""
         header = self.counter.text(self.builder.recall_header + "\n" + self.builder.recall_footer)
         request = PolicyRequest(
-            "recall",
-            turn.archive,
-            max(0, reserve - header - 2),
+            mode="recall",
+            candidates=turn.archive,
+            budget=max(0, reserve - header - 2),
             query=query,
             signals=self.signals,
             summary=turn.summary,
@@ -322,7 +387,8 @@ class Planner:
         turn.fallback |= fb
         turn.stats.update({f"recall_{k}": v for k, v in stats.items()})
         turn.rank = {sid: i for i, sid in enumerate(selection.keep)}  # best first
-        turn.recalled = [s for s in turn.archive if s.id in turn.rank]
+        turn.scores = dict(selection.scores) if not fb else {}
+        turn.recalled = _segments_by_id(turn.archive, turn.rank)
 
     def _fit(self, turn: _Turn, new_text: str) -> tuple[list[Message], int]:
         """Render the prompt and make it fit by the backend's own count.
@@ -332,14 +398,13 @@ class Planner:
         fits, so that a count that differs slightly from the segments' sum does not evict
         one segment per turn.
         """
-        state = turn.state
+        state, c = turn.state, self.config
         while True:
             messages = self.builder.render(
-                self.system_prompt, state.pinned, turn.summary, turn.history, turn.recalled,
-                new_text,
-            )  # fmt: skip
+                c.system_prompt, state.pinned, turn.summary, turn.history, turn.recalled, new_text
+            )
             prompt_tokens = self.counter.prompt(messages)
-            over = prompt_tokens + self.max_new_tokens - self.max_tokens
+            over = prompt_tokens + c.max_new_tokens - c.max_tokens
             if over <= 0:
                 return messages, prompt_tokens
             if turn.recalled:
@@ -347,7 +412,7 @@ class Planner:
                 turn.recalled = [s for s in turn.recalled if s.message_id != worst.message_id]
             elif turn.history:
                 left = sum(s.tokens for s in turn.history) - over
-                target = int(self.low_water * max(left, 0))
+                target = int(c.low_water * max(left, 0))
                 gone: list[Segment] = []
                 total = sum(h.tokens for h in turn.history)
                 for s in turn.history:
@@ -359,11 +424,10 @@ class Planner:
             else:
                 raise MessageTooLongError(
                     f"The prompt needs {prompt_tokens} tokens plus max_new_tokens="
-                    f"{self.max_new_tokens}, over max_tokens={self.max_tokens}, with all "
-                    "history evicted. Shorten the message or raise max_tokens. "
-                    "Nothing was changed.",
+                    f"{c.max_new_tokens}, over max_tokens={c.max_tokens}, with all history "
+                    "evicted. Shorten the message or raise max_tokens. Nothing was changed.",
                     tokens=prompt_tokens,
-                    available=self.max_tokens - self.max_new_tokens,
+                    available=c.room,
                 )
 
 
@@ -377,6 +441,8 @@ class _Turn:
     summary: Segment | None = None
     recalled: list[Segment] = field(default_factory=list)
     rank: dict[int, int] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)
+    gone: list[Segment] = field(default_factory=list)
     evicted_tokens: int = 0
     evicted: bool = False
     dropped: int = 0

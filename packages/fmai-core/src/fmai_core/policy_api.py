@@ -7,7 +7,7 @@ policies use can depend on these types without depending on the policies.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from fmai_core.segments import Segment
@@ -46,7 +46,7 @@ def _default_count(text: str) -> int:
 
 @dataclass(frozen=True)
 class PolicyRequest:
-    """What a policy sees.
+    """What a policy sees: `mode`, `candidates` and `budget`, and the rest by keyword.
 
     Attributes:
         mode: `"evict"` or `"recall"` (see the module docs).
@@ -69,6 +69,7 @@ class PolicyRequest:
     mode: Literal["evict", "recall"]
     candidates: tuple[Segment, ...]
     budget: int
+    _: KW_ONLY  # the rest by keyword only
     query: str = ""
     signals: Signals = field(default_factory=Signals)
     summary: Segment | None = None
@@ -88,8 +89,11 @@ class Selection:
         summary: A new summary text replacing the current one, or `None` to keep it as is.
         stats: Free-form figures about the decision, reported in `TurnStats.policy_stats`.
             By convention `"signal"` is `"model"` or `"proxy"`.
+        scores: Optional relevance score of kept candidates, by id (in `"recall"` mode:
+            what [`TurnTrace.recall_scores`][fmai_core.trace.TurnTrace] reports).
     """
 
     keep: tuple[int, ...]
     summary: str | None = None
     stats: Mapping[str, Any] = field(default_factory=dict)
+    scores: Mapping[int, float] = field(default_factory=dict)

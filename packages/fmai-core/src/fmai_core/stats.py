@@ -40,6 +40,9 @@ class TurnStats:
             backend's report (e.g. `("prompt_tokens", "completion_tokens",
             "prefill_tokens", "context_tokens")` for a stream whose server sent no usage).
             Empty when every figure was reported or counted exactly.
+        kv: What the backend's KV cache did this turn, when it says (`HFBackend`:
+            `mode`, `applied`, `cut_tokens`, `rotated_tokens`, `fallback`; see the KV cache
+            page). Empty for backends that do not report it.
     """
 
     turn: int = 0
@@ -59,6 +62,7 @@ class TurnStats:
     evicted: bool = False
     policy_stats: dict[str, Any] = field(default_factory=dict)
     estimated: tuple[str, ...] = ()
+    kv: dict[str, Any] = field(default_factory=dict)
 
     @property
     def reuse_ratio(self) -> float | None:

@@ -9,9 +9,9 @@ to it. What it adds:
   `।`, Thai spaces, abbreviations...) instead of the core's Latin-centred default.
 - **A language switch is an anchor.** Inside a sentence, a switch of writing system that
   spans at least two words (`"我明天去北京 but I am not sure when"`) is a cut too.
-- **The budget stays exact.** Whatever the base policy returns, the kept tokens (plus the
-  new summary, in evict mode) never exceed `request.budget`: if they would, the oldest kept
-  segments are dropped until they fit, and the stats say so.
+- **The budget stays exact**, as for every policy: the planner cuts any selection over
+  `request.budget` ([`enforce_budget`][fmai_core.policies.base.enforce_budget]: the oldest
+  kept segments first, and the stats say so in `trimmed`), so the wrapper does not.
 
 Example:
     ```python
@@ -25,13 +25,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
 from functools import partial
 
-from fmai_core.policies import POLICY_NAMES, get_policy, register_policy
-from fmai_core.policies.base import Policy, PolicyRequest, Selection
-from fmai_core.segments import Segment
+from fmai_core.policies import POLICY_NAMES, register_policy
+from fmai_core.policies.base import Policy
+from fmai_core.policies.scored import WrapperPolicy
 from fmai_multilingual.scripts import COMMON, INHERITED, script_runs
 from fmai_multilingual.sentences import split_sentences
 
@@ -47,8 +45,11 @@ _UNSPACED = frozenset({"Hani", "Hira", "Kana", "Thai"})
 _MIN_UNSPACED_CHARS = 4
 
 
-class MultilingualPolicy(Policy):
-    """Wrap a policy with multilingual sentence anchors and an exact budget.
+class MultilingualPolicy(WrapperPolicy):
+    """Wrap a policy with multilingual sentence anchors.
+
+    The base policy chooses the segments; the planner holds every policy's selection to its
+    budget ([`enforce_budget`][fmai_core.policies.base.enforce_budget]), this one included.
 
     Args:
         base: The policy that chooses segments: a registered name (`"hybrid"`, `"sliding"`,
@@ -60,19 +61,11 @@ class MultilingualPolicy(Policy):
         UnknownPolicyError: `base` is not a registered policy name.
     """
 
+    prefix = PREFIX
+
     def __init__(self, base: str | Policy = "hybrid", language: str | None = None) -> None:
-        self.base = get_policy(base)
+        super().__init__(base)
         self.language = language
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        """`"multilingual:<base>"`, a registered name (checkpoints restore the policy by it)."""
-        return f"{PREFIX}{self.base.name}"
-
-    @property
-    def recalls(self) -> bool:  # type: ignore[override]
-        """Whether the base policy recalls archived segments."""
-        return self.base.recalls
 
     def split_sentences(self, text: str) -> list[str]:
         """Sentences of `text` by the rules of its script, cut again at script switches."""
@@ -80,32 +73,6 @@ class MultilingualPolicy(Policy):
         for sentence in split_sentences(text, self.language):
             pieces.extend(split_at_script_switches(sentence))
         return pieces
-
-    def prepare(self, segments: Sequence[Segment]) -> None:
-        """Let the base policy precompute what it needs from segments entering memory."""
-        self.base.prepare(segments)
-
-    def select(self, request: PolicyRequest) -> Selection:
-        """Delegate to the base policy, then make sure the selection fits the budget."""
-        selection = self.base.select(request)
-        tokens = {s.id: s.tokens for s in request.candidates}
-        keep = [i for i in selection.keep if i in tokens]
-        summary_cost = request.count_text(selection.summary) if selection.summary else 0
-        used = sum(tokens[i] for i in keep) + summary_cost
-        dropped = 0
-        for i in sorted(keep):  # ids increase in conversation order: oldest first
-            if used <= request.budget:
-                break
-            keep.remove(i)
-            used -= tokens[i]
-            dropped += 1
-        summary = selection.summary
-        if used > request.budget and summary is not None:
-            summary, used = None, used - summary_cost
-        stats = {**selection.stats, "base": self.base.name, "trimmed": dropped}
-        if dropped or summary is not selection.summary:
-            return replace(selection, keep=tuple(keep), summary=summary, stats=stats)
-        return replace(selection, stats=stats)
 
     def __repr__(self) -> str:
         return f"MultilingualPolicy(base={self.base.name!r}, language={self.language!r})"

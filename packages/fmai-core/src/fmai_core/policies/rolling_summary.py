@@ -9,13 +9,13 @@ from typing import ClassVar
 
 from fmai_core.fidelity import check_fidelity
 from fmai_core.memo import PER_TEXT, memo
-from fmai_core.policies.base import Policy, PolicyRequest, Selection
+from fmai_core.policies.base import PolicyRequest, Selection
+from fmai_core.policies.scored import RecallingPolicy
 from fmai_core.relevance import (
     information,
     newest,
     terms,
 )
-from fmai_core.retrieval import recall
 from fmai_core.segments import Segment
 from fmai_core.text import split_sentences
 
@@ -74,7 +74,7 @@ def extractive_summary(lines: Sequence[str], budget: int, count_text: Callable[[
 
 
 @dataclass(frozen=True)
-class RollingSummaryPolicy(Policy):
+class RollingSummaryPolicy(RecallingPolicy):
     """Keep the newest history and fold what leaves it into a rolling summary.
 
     `"evict"` mode: the newest segments that fit `budget - summary budget` are kept; the
@@ -112,16 +112,8 @@ class RollingSummaryPolicy(Policy):
         super().prepare(segments)
         warm(unit for line in summary_source(None, segments) for unit in _units(line))
 
-    def select(self, request: PolicyRequest) -> Selection:
-        """Keep recent history; summarise the rest (evict) or recall by relevance (recall)."""
-        if request.mode == "recall":
-            return recall(request, min_relevance=self.min_relevance)
-        candidates = request.candidates
-        if not candidates or request.budget <= 0:
-            return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
-        return self._evict(request)
-
-    def _evict(self, request: PolicyRequest) -> Selection:
+    def evict(self, request: PolicyRequest) -> Selection:
+        """Keep recent history; summarise the rest."""
         candidates = request.candidates
         summary_budget = max(0, int(request.budget * self.summary_fraction))
         kept = newest(candidates, len(candidates), request.budget - summary_budget)

@@ -6,23 +6,22 @@ import math
 import operator
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from fmai_core.deadline import tick
 from fmai_core.memo import PER_SET, memo
-from fmai_core.policies.base import Policy, PolicyRequest, Selection
+from fmai_core.policies.base import PolicyRequest
+from fmai_core.policies.scored import ScoredPolicy
 from fmai_core.relevance import (
     LexicalIndex,
     cluster,
     corpus_index,
     default_topic_count,
-    newest,
     query_relevance,
     terms,
     tfidf_vectors,
 )
 from fmai_core.relevance.scoring import PROJECTED_DIMENSIONS
-from fmai_core.retrieval import recall
 
 __all__ = ["SemanticPolicy", "topic_geometry"]
 
@@ -99,7 +98,7 @@ def _term_topics(
 
 
 @dataclass(frozen=True)
-class SemanticPolicy(Policy):
+class SemanticPolicy(ScoredPolicy):
     """Keep what is relevant to the incoming message and cover every topic of the rest.
 
     Each candidate gets a relevance score (BM25 mixed with embedding cosine: the model's
@@ -133,25 +132,18 @@ class SemanticPolicy(Policy):
     keep_recent: int = 2
     min_relevance: float = 0.15
 
-    def select(self, request: PolicyRequest) -> Selection:
-        """Pick relevant segments, spreading the rest of the budget over topics."""
-        if request.mode == "recall":
-            return recall(request, min_relevance=self.min_relevance)
+    def fill(
+        self, request: PolicyRequest, reserved: frozenset[int], budget: int
+    ) -> tuple[list[int], dict[str, Any]]:
+        """Pick relevant segments, spreading the budget over topics."""
         candidates = request.candidates
-        if not candidates or request.budget <= 0:
-            return Selection(keep=(), stats={"signal": "none", "kept": 0, "kept_tokens": 0})
         texts = tuple(c.text for c in candidates)
         embed = request.signals.embed
         relevance, vectors = query_relevance(
             request.query, texts, index=corpus_index(texts), embed=embed
         )
         tick()
-        budget = request.budget
         keep: list[int] = []
-        for segment in newest(candidates, self.keep_recent, budget):
-            keep.append(segment.id)
-            budget -= segment.tokens
-        reserved = set(keep)
         eligible = [i for i, c in enumerate(candidates) if c.id not in reserved]
         # Topics over every candidate, to cover the conversation.
         k = self.topics if self.topics is not None else default_topic_count(len(candidates))
@@ -177,9 +169,8 @@ class SemanticPolicy(Policy):
             for other, sim in overlap[label].items():
                 load[other] = load.get(other, 0.0) + sim
 
-        kept_now = set(keep)
         for i, c in enumerate(candidates):
-            if c.id in kept_now:
+            if c.id in reserved:
                 cover(labels[i])
         # Greedy: each step takes the best candidate over all topics. Within a topic the
         # order never changes (one divisor per topic), so each topic is a sorted queue and a
@@ -209,16 +200,11 @@ class SemanticPolicy(Policy):
             keep.append(candidates[i].id)
             budget -= tokens[i]
             cover(labels[i])
-        kept = set(keep)
-        return Selection(
-            keep=tuple(keep),
-            stats={
-                "signal": "model" if embed is not None else "proxy",
-                "topics": len({lab for lab in labels if lab >= 0}),
-                "topics_kept": len(
-                    {labels[i] for i, c in enumerate(candidates) if c.id in kept and labels[i] >= 0}
-                ),
-                "kept": len(keep),
-                "kept_tokens": request.budget - budget,
-            },
-        )
+        kept = reserved.union(keep)
+        return keep, {
+            "signal": "model" if embed is not None else "proxy",
+            "topics": len({lab for lab in labels if lab >= 0}),
+            "topics_kept": len(
+                {labels[i] for i, c in enumerate(candidates) if c.id in kept and labels[i] >= 0}
+            ),
+        }

@@ -7,14 +7,19 @@ sentence parts a long message is split into, and it is torch-free:
 1. **Lexical.** BM25 over each message's content terms, its speaker's name and its date
    (so "what did Caroline say in May?" meets Caroline's turns of May).
 2. **Embeddings,** when the conversation has an embedder (`FiniteMemoryLLM(embedder=...)`
-   or a backend that embeds): the cosine of the question with each message. The two
-   rankings are fused by weighted reciprocal-rank fusion (Cormack et al., 2009), which needs
-   no calibration between BM25 scores and cosines.
+   or a backend that embeds): the cosine of the question with each message. The two are
+   fused by their scores (CombSUM of normalised scores, which beat reciprocal-rank fusion
+   on the recall benchmark with and without paraphrase): BM25 as the share of the whole
+   query's information a message matches, where a query term the conversation never used
+   counts at the highest IDF (a question worded unlike anything said, a paraphrase, is
+   then left mostly to the embedding, while one that names a rare word it shares with a
+   turn keeps it on top); the cosine min-max scaled over its best matches (its scale
+   differs from model to model).
 3. **A second pass** for questions whose evidence is spread over several turns: the query
    grows by the most informative terms (names, places, dates) of the first pass's best
    hits, and the embedding query moves toward them (pseudo-relevance feedback), so "who
    did I meet at pottery?" reaches "Jess just moved to Denver" through "I met Jess at my
-   pottery class". Its rankings join the fusion at half weight.
+   pottery class". Its scores join the fusion at half weight.
 4. **Partners.** A hit brings the other half of its question-and-answer pair: the
    question it answers (the other speaker's turn before it, when that asks something), or
    the reply it got (when the hit asks something), at a share of the hit's score, so the

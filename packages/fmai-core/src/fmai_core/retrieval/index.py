@@ -102,6 +102,8 @@ class RecallIndex:
         self._matrix: Any = None  # numpy array with spare capacity, when numpy is there
         self._queries: dict[str, array[float]] = {}
         self._views: list[tuple[object, Any]] = []
+        # (candidates, made from, added, dropped): how the planner made each recent archive
+        self._lineage: list[tuple[object, object, tuple[Segment, ...], tuple[Segment, ...]]] = []
         self._scored: tuple[Any, dict[int, float]] | None = None  # the last query's BM25
 
     @property
@@ -172,9 +174,14 @@ class RecallIndex:
         self._rows = [m for m in self._rows if m not in gone]
         self._matrix = None
         self._views.clear()
+        self._lineage.clear()
         self._scored = None
 
     # -- scoring ----------------------------------------------------------------------------
+    def df(self, term: str) -> int:
+        """Messages that hold `term`."""
+        return len(self._postings.get(term, ()))
+
     def idf(self, term: str) -> float:
         """BM25 inverse document frequency over every indexed message."""
         df = len(self._postings.get(term, ()))
@@ -288,20 +295,42 @@ class RecallIndex:
         return sorted(weights, key=lambda t: (-weights[t], t))[:n]
 
     def view(self, candidates: Sequence[Segment], build: Any) -> Any:
-        """`build(candidates, previous)`, memoised for the last few candidate sets.
+        """`build(candidates, previous[, delta])`, memoised for the last few candidate sets.
 
         Candidate sets are told apart by identity: the archive stays the same object from
         one eviction to the next, so what recall derives from it alone (messages by id,
         their order) is built once per eviction, from the previous one (`previous`, the
-        last view built, or `None`).
+        last view built, or `None`). When the planner said how it made `candidates` from a
+        set whose view is kept (`derive`), `previous` is that view and `delta` is
+        `(added, dropped)`, so the build costs what changed, not the archive's size.
         """
         for obj, value in self._views:
             if obj is candidates:
                 return value
-        value = build(candidates, self._views[0][1] if self._views else None)
+        previous = self._views[0][1] if self._views else None
+        delta = None
+        for new, old, added, dropped in self._lineage:
+            if new is candidates:
+                base = next((v for obj, v in self._views if obj is old), None)
+                if base is not None:
+                    previous, delta = base, (added, dropped)
+                break
+        value = build(candidates, previous) if delta is None else build(candidates, previous, delta)
         self._views.insert(0, (candidates, value))
         del self._views[4:]
         return value
+
+    def derive(
+        self,
+        candidates: Sequence[Segment],
+        source: Sequence[Segment],
+        added: Sequence[Segment],
+        dropped: Sequence[Segment] = (),
+    ) -> None:
+        """Note that `candidates` is `source` plus `added` minus `dropped` (the planner's
+        new archive), so that its `view` is built from `source`'s by the change alone."""
+        self._lineage.insert(0, (candidates, source, tuple(added), tuple(dropped)))
+        del self._lineage[8:]
 
     # -- persistence ------------------------------------------------------------------------
     def vectors_to_dict(self) -> dict[str, Any] | None:

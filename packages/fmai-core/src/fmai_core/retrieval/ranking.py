@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from fmai_core.policy_api import EmbedFn
 from fmai_core.relevance.lexical import terms
-from fmai_core.retrieval.index import RecallIndex
+from fmai_core.retrieval.index import QUERY_TERMS, RecallIndex
 
-__all__ = ["RRF_K", "Retrieval", "fuse", "recall_need", "retrieve"]
+__all__ = ["Retrieval", "fuse", "recall_need", "retrieve"]
 
-RRF_K = 60.0
 # Fusion weights: first-pass BM25 and cosine count fully, the second pass at half weight.
 WEIGHTS = {"bm25": 1.0, "cosine": 1.0, "bm25+": 0.5, "cosine+": 0.5}
-# Terms the second pass adds, from the best hits of the first.
-EXPANSION_TERMS = 6
-# Ranks fused per list: beyond them a list's vote (1 / (60 + rank)) no longer matters.
-FUSION_DEPTH = 300
-SEEDS = 3
+# The second pass: the best first-pass hits it follows (seeds), the entity terms it takes
+# from each, and the seeds the embedding query moves toward.
+SEEDS = 5
+BRIDGE_TERMS = 3
+MEAN_SEEDS = 3
 
 
 @dataclass(frozen=True)
@@ -47,26 +45,33 @@ class Retrieval:
 
 
 def fuse(
-    lists: Mapping[str, Mapping[int, float]],
-    weights: Mapping[str, float] | None = None,
-    depth: int = FUSION_DEPTH,
+    lists: Mapping[str, Mapping[int, float]], weights: Mapping[str, float] | None = None
 ) -> dict[int, float]:
-    """Weighted reciprocal-rank fusion: each list adds `weight / (RRF_K + rank)`.
+    """Score fusion: the weighted sum of each list's normalised scores (CombSUM).
 
-    Only the best `depth` of each list take part (ties go to the newer message).
-    `weights` default to `WEIGHTS`.
+    Each list's scores must already be on a common [0, 1] scale (see `retrieve`); a message
+    missing from a list scores 0 there. `weights` default to `WEIGHTS`.
+
+    Example:
+        >>> fuse({"bm25": {1: 1.0, 2: 0.2}, "cosine": {2: 1.0, 3: 0.5}})
+        {1: 1.0, 2: 1.2, 3: 0.5}
     """
     fused: dict[int, float] = {}
     for name, scores in lists.items():
         weight = (weights or WEIGHTS)[name]
-        order = heapq.nlargest(depth, scores.items(), key=_score_then_id)
-        for rank, (m, _) in enumerate(order, 1):
-            fused[m] = fused.get(m, 0.0) + weight / (RRF_K + rank)
+        for m, x in scores.items():
+            fused[m] = fused.get(m, 0.0) + weight * x
     return fused
 
 
-def _score_then_id(item: tuple[int, float]) -> tuple[float, int]:
-    return item[1], item[0]
+def _minmax(scores: Mapping[int, float]) -> dict[int, float]:
+    """Scores mapped onto [0, 1] by the list's own range (its best is 1)."""
+    if not scores:
+        return {}
+    lo, hi = min(scores.values()), max(scores.values())
+    if hi <= lo:
+        return dict.fromkeys(scores, 1.0)
+    return {m: (x - lo) / (hi - lo) for m, x in scores.items()}
 
 
 def retrieve(
@@ -87,65 +92,84 @@ def retrieve(
     q = dict.fromkeys(q_terms, 1.0)
     mass = index.mass(q)
     lexical = index.bm25(q, among) if mass > 0 else {}
+    # BM25 on an absolute scale: the share of the query's information a message matches.
     relevance = {m: min(1.0, s / mass) for m, s in lexical.items()}
-    lists: dict[str, Mapping[int, float]] = {"bm25": lexical}
+    # For fusion, BM25 is read on the scale of the whole query: a term the conversation
+    # never used (a paraphrase's word) counts at the highest IDF, so a query half made of
+    # them reaches at most about half on BM25, and the embedding decides.
+    unseen = sorted({t for t in q_terms if index.df(t) == 0})[:QUERY_TERMS]
+    scale = mass + sum(index.idf(t) for t in unseen)
+    lists: dict[str, Mapping[int, float]] = {
+        "bm25": {m: min(1.0, s / scale) for m, s in lexical.items()} if scale else {}
+    }
     qv: Sequence[float] | None = None
     if embed is not None and index.vectors():
         qv = index.query_vector(query, embed)
         cos = {m: c for m, c in index.cosines(qv, among).items() if c > 0.0}
-        lists["cosine"] = cos
+        lists["cosine"] = _minmax(cos)
         for m, c in cos.items():
             if c > relevance.get(m, 0.0):
                 relevance[m] = c
     tick()
-    weights = dict(WEIGHTS)
-    if qv is not None:
-        # How sure each signal is for this query: the share of the query's information the
-        # best lexical match holds, against the best cosine. A question worded like its
-        # evidence trusts BM25; a paraphrase (its words only in other turns) the embedding.
-        lex_best = max(relevance.get(m, 0.0) for m in lexical) if lexical else 0.0
-        lex_best = min(lex_best, max((min(1.0, s / mass) for s in lexical.values()), default=0))
-        cos_best = max(lists["cosine"].values(), default=0.0)
-        total = lex_best + cos_best
-        if total > 0:
-            weights["bm25"] = 2.0 * lex_best / total
-            weights["cosine"] = 2.0 * cos_best / total
-            weights["bm25+"] = 0.5 * weights["bm25"]
-            weights["cosine+"] = 0.5 * weights["cosine"]
-    fused = fuse(lists, weights)
+    fused = fuse(lists)
     expansion: tuple[str, ...] = ()
     if second_pass and fused:
         ranked = sorted(fused, key=lambda m: (-fused[m], -m))
         seeds = [m for m in ranked if relevance[m] > min_relevance][:SEEDS]
         if seeds:
-            expansion = tuple(index.top_terms(seeds, set(q_terms), EXPANSION_TERMS))
-            grown = dict.fromkeys(expansion, 0.5)
-            mass2 = index.mass(grown)
-            if mass2 > 0:
-                added = index.bm25(grown, among)
-                # BM25 adds up over terms: the grown query's score is the first pass's plus
-                # the added terms'.
-                lists["bm25+"] = {
-                    m: lexical.get(m, 0.0) + added.get(m, 0.0) for m in lexical.keys() | added
-                }
-                # A second-pass hit counts as relevant by the share of the added terms it
-                # matches, at half weight: reached through a hit, it is less sure than one.
-                for m, s in added.items():
-                    r = 0.5 * min(1.0, s / mass2)
-                    if r > relevance.get(m, 0.0):
-                        relevance[m] = r
+            expansion = _bridges(index, seeds, fused, set(q_terms), among, lists, relevance)
             if qv is not None:
                 vecs = index.vectors()
-                rows = [vecs[m] for m in seeds if m in vecs]
+                rows = [vecs[m] for m in seeds[:MEAN_SEEDS] if m in vecs]
                 if rows:
                     mean = [sum(col) / len(rows) for col in zip(*rows)]
                     moved = [a + 0.5 * b for a, b in zip(qv, mean)]
-                    lists["cosine+"] = {
-                        m: c for m, c in index.cosines(moved, among).items() if c > 0.0
-                    }
+                    lists["cosine+"] = _minmax(
+                        {m: c for m, c in index.cosines(moved, among).items() if c > 0.0}
+                    )
             tick()
-            fused = fuse(lists, weights)
+            fused = fuse(lists)
     return Retrieval(fused, relevance, expansion, "model" if qv is not None else "proxy")
+
+
+def _bridges(
+    index: RecallIndex,
+    seeds: Sequence[int],
+    fused: Mapping[int, float],
+    exclude: Collection[str],
+    among: Collection[int] | None,
+    lists: dict[str, Mapping[int, float]],
+    relevance: dict[int, float],
+) -> tuple[str, ...]:
+    """The second pass: messages that share a seed's names, places or numbers.
+
+    Each seed's rarest `BRIDGE_TERMS` entity terms are a query of their own; a message
+    they match scores the share of them it matches times the seed's fused score relative
+    to the best seed, and keeps its best over the seeds (`"bm25+"`). A bridge found
+    through one seed is not diluted by another seed's terms, and a weak seed bridges
+    weakly. Returns the terms used.
+    """
+    top = fused[seeds[0]]
+    bridge: dict[int, float] = {}
+    used: list[str] = []
+    for seed in seeds:
+        names = index.top_terms([seed], exclude, BRIDGE_TERMS)
+        query = dict.fromkeys(names, 1.0)
+        mass = index.mass(query)
+        if mass <= 0:
+            continue
+        used += names
+        share = fused[seed] / top
+        for m, x in index.bm25(query, among).items():
+            score = share * min(1.0, x / mass)
+            if m != seed and score > bridge.get(m, 0.0):
+                bridge[m] = score
+    lists["bm25+"] = bridge
+    # Reached through a hit, a bridge is less sure than one: half its score is its relevance.
+    for m, score in bridge.items():
+        if 0.5 * score > relevance.get(m, 0.0):
+            relevance[m] = 0.5 * score
+    return tuple(dict.fromkeys(used))
 
 
 def recall_need(

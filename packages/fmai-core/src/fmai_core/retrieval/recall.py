@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fmai_core.deadline import check_deadline
 from fmai_core.memo import PER_SET, memo
@@ -22,44 +23,93 @@ class _Archive:
     """What recall derives from the candidates alone (built once per candidate set)."""
 
     units: dict[int, list[Segment]]  # message id -> its candidate segments
-    order: list[int]  # message ids in conversation order
+    order: list[int]  # message ids in conversation order (increasing)
     newest: dict[str, int]  # dedup key -> id of the newest segment with that text
     ids: frozenset[int]  # segment ids
-    _position: dict[int, int] = field(default_factory=dict)
 
     def position(self, message_id: int) -> int:
-        """Where the message is in `order`."""
-        if not self._position:
-            self._position.update((m, i) for i, m in enumerate(self.order))
-        return self._position[message_id]
+        """Where the message is in `order` (a bisection: `order` is sorted)."""
+        return bisect.bisect_left(self.order, message_id)
 
 
-def _archive(candidates: Sequence[Segment], previous: _Archive | None = None) -> _Archive:
-    """The view of `candidates`, built from `previous` when they only add to it."""
-    if previous is not None:
-        added = [c for c in candidates if c.id not in previous.ids]
-        if len(candidates) - len(added) == len(previous.ids):  # nothing was dropped
-            units = dict(previous.units)  # lists are shared, never changed: copy on write
-            newest = dict(previous.newest)
-            order = list(previous.order)
-            for c in added:
-                if c.message_id not in units:
-                    bisect.insort(order, c.message_id)
-                units[c.message_id] = sorted([*units.get(c.message_id, ()), c], key=_segment_id)
-                key = _dedup_key(c.text)
-                if newest.get(key, -1) < c.id:
-                    newest[key] = c.id
-            return _Archive(units, order, newest, previous.ids | {c.id for c in added})
-    units = {}
-    newest = {}
+def _archive(
+    candidates: Sequence[Segment],
+    previous: _Archive | None = None,
+    delta: tuple[Sequence[Segment], Sequence[Segment]] | None = None,
+) -> _Archive:
+    """The view of `candidates`, built from `previous` when they only add to it.
+
+    `delta`, when the index knows it (the planner made `candidates` from `previous`'s
+    candidates, see [`RecallIndex.derive`][fmai_core.retrieval.RecallIndex.derive]), is
+    `(added, dropped)`: then the cost is that of the change, not of the archive.
+    """
+    if previous is not None and delta is not None:
+        grown = _changed(previous, *delta)
+        if grown is not None:
+            return grown
+    elif previous is not None:
+        # Set operations run in C: the cost of a new archive is mostly what it adds.
+        ids = frozenset(map(_ID, candidates))
+        new_ids = ids - previous.ids
+        added = _by_id(candidates, sorted(new_ids))
+        # nothing was dropped (and the candidates are in order: every new one was found)
+        if len(ids) - len(new_ids) == len(previous.ids) and len(added) == len(new_ids):
+            grown = _changed(previous, added, ())
+            if grown is not None:
+                return grown
+    units: dict[int, list[Segment]] = {}
+    newest: dict[str, int] = {}
     for c in candidates:
         units.setdefault(c.message_id, []).append(c)
         newest[_dedup_key(c.text)] = c.id
     return _Archive(units, sorted(units), newest, frozenset(c.id for c in candidates))
 
 
+def _changed(
+    previous: _Archive, added: Sequence[Segment], dropped: Sequence[Segment]
+) -> _Archive | None:
+    """`previous` with `added` and without `dropped`; `None` when it must be built anew
+    (a dropped segment was the newest of its text, so an older copy becomes the newest)."""
+    units = dict(previous.units)  # lists are shared, never changed: copy on write
+    newest = dict(previous.newest)
+    order = list(previous.order)
+    for d in dropped:
+        if newest.get(_dedup_key(d.text)) == d.id:
+            return None
+        rest = [p for p in units.get(d.message_id, ()) if p.id != d.id]
+        if rest:
+            units[d.message_id] = rest
+        elif d.message_id in units:
+            del units[d.message_id]
+            order.pop(bisect.bisect_left(order, d.message_id))
+    for c in added:
+        if c.message_id not in units:
+            bisect.insort(order, c.message_id)
+        units[c.message_id] = sorted([*units.get(c.message_id, ()), c], key=_segment_id)
+        key = _dedup_key(c.text)
+        if newest.get(key, -1) < c.id:
+            newest[key] = c.id
+    ids = previous.ids
+    if dropped:
+        ids = ids - {d.id for d in dropped}
+    return _Archive(units, order, newest, ids | {c.id for c in added})
+
+
 def _segment_id(segment: Segment) -> int:
     return segment.id
+
+
+_ID = operator.attrgetter("id")
+
+
+def _by_id(candidates: Sequence[Segment], ids: Sequence[int]) -> list[Segment]:
+    """The candidates with `ids` (in the order of `ids`); candidates are sorted by id."""
+    out = []
+    for i in ids:
+        at = bisect.bisect_left(candidates, i, key=_segment_id)
+        if at < len(candidates) and candidates[at].id == i:
+            out.append(candidates[at])
+    return out
 
 
 @memo(PER_SET)
@@ -155,15 +205,18 @@ def recall(
                     score[n] = neighbours * s
     budget = request.budget
     keep: list[int] = []
+    scores: dict[int, float] = {}
     kept = 0
     for m in sorted(score, key=lambda m: (-score[m], -m)):
         cost = sum(p.tokens for p in units[m])
         if cost <= budget:
             keep += [p.id for p in units[m]]
+            scores.update((p.id, round(score[m], 4)) for p in units[m])
             budget -= cost
             kept += 1
     return Selection(
         keep=tuple(keep),
+        scores=scores,
         stats={
             "signal": found.signal,
             "recall": "fused" if found.signal == "model" else "lexical",

@@ -2,7 +2,11 @@
 
 Routes: `POST /v1/chat/completions`, `GET /v1/models`, `GET /v1/conversations`,
 `GET|DELETE /v1/conversations/{id}`, `GET /v1/conversations/{id}/checkpoint`,
-`GET /healthz`, `GET /metrics`. Every error is OpenAI's JSON error shape.
+`GET /v1/conversations/{id}/messages` (paged, newest first), `GET
+/v1/conversations/{id}/turns` (paged) and `.../turns/{n}` (a turn's trace),
+`POST /v1/conversations/{id}/search` (what the policy would recall, no side effect),
+`GET /healthz`, `GET /metrics`, and the memory inspector's page under `/ui/`.
+Every error is OpenAI's JSON error shape.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from fmai_core.errors import FMAIError
 from fmai_torch.serve.auth import Keys
@@ -38,7 +44,7 @@ from fmai_torch.serve.protocol import (
 from fmai_torch.serve.sessions import Sessions, Started, TurnOutcome
 from fmai_torch.serve.store import Store, StoreConflict, StoreError
 
-__all__ = ["SESSION_HEADER", "STATS_HEADER", "create_app"]
+__all__ = ["CONTENT_SECURITY_POLICY", "SESSION_HEADER", "STATS_HEADER", "UI_DIR", "create_app"]
 
 #: The request (and response) header naming the conversation.
 SESSION_HEADER = "X-Session-ID"
@@ -48,6 +54,21 @@ STATS_HEADER = "X-FMAI-Turn-Stats"
 FORKED_HEADER = "X-FMAI-Forked-From"
 
 log = logging.getLogger("fmai.serve")
+
+#: The memory inspector's page (plain HTML, CSS and JS, with uPlot vendored), served at `/ui/`.
+UI_DIR = Path(__file__).parent / "ui"
+#: Sent with every response: scripts and styles only from the server itself (no inline
+#: script, no eval), requests only to it, no frames, forms, plugins or other origins.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
 
 
 def _error(exc: ApiError) -> JSONResponse:
@@ -231,7 +252,10 @@ def create_app(
     async def get_conversation(request: Request) -> Response:
         who, row = await _found(request, True)
         msgs = await asyncio.to_thread(store.messages, who, row.id)
-        return JSONResponse(_detail(row, msgs))
+        last = None
+        if row.turns:
+            last = await asyncio.to_thread(store.turn_trace, who, row.id, row.turns - 1)
+        return JSONResponse(_detail(row, msgs, last))
 
     async def delete_conversation(request: Request) -> Response:
         who = owner(request)
@@ -242,6 +266,74 @@ def create_app(
         if not existed:
             raise ApiError(404, f"No conversation {cid!r}.", code="conversation_not_found")
         return JSONResponse({"id": cid, "object": "conversation.deleted", "deleted": True})
+
+    async def list_turns(request: Request) -> Response:
+        who, row = await _found(request, False)
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        after = request.query_params.get("after")
+        start = None if after is None else _int_param(request, "after", 0, -1, 2**31)
+        rows, more = await asyncio.to_thread(
+            store.turns_json, who, row.id, limit=limit, after=start
+        )
+        # the stored summaries are JSON already: spliced in, not parsed and dumped again
+        first = json.loads(rows[0])["turn"] if rows else None
+        last = json.loads(rows[-1])["turn"] if rows else None
+        head = {"object": "list", "has_more": more, "first_id": first, "last_id": last}
+        body = json.dumps(head)[:-1] + ', "data": [' + ",".join(rows) + "]}"
+        return Response(body.encode(), media_type="application/json")
+
+    async def list_messages(request: Request) -> Response:
+        who, row = await _found(request, False)
+        limit = _int_param(request, "limit", 200, 1, 1000)
+        before = request.query_params.get("before")
+        end = None if before is None else _int_param(request, "before", 0, 0, 2**31)
+        msgs, more = await asyncio.to_thread(
+            store.messages_page, who, row.id, limit=limit, before=end
+        )
+        data = [_message(m) for m in msgs]
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "has_more": more,
+                "first_id": data[0]["seq"] if data else None,
+                "last_id": data[-1]["seq"] if data else None,
+            }
+        )
+
+    async def get_turn(request: Request) -> Response:
+        who, row = await _found(request, False)
+        raw = request.path_params["turn"]
+        if raw == "latest" and row.turns:
+            raw = str(row.turns - 1)
+        if not raw.isdigit():
+            raise ApiError(
+                400, f"A turn is a whole number from 0 or 'latest', got {raw!r}.", param="turn"
+            )
+        found = await asyncio.to_thread(store.turn_trace, who, row.id, int(raw))
+        if found is None:
+            raise ApiError(
+                404,
+                f"Conversation {row.id!r} has no trace of turn {raw} (turns are numbered from "
+                "0; turns stored before schema 2 have none).",
+                code="turn_not_found",
+            )
+        return JSONResponse({"object": "conversation.turn", **found})
+
+    async def search(request: Request) -> Response:
+        who = owner(request)
+        cid = check_id(request.path_params["cid"])
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise ApiError(400, 'The body must be JSON: {"query": "..."}.') from None
+        query = body.get("query") if isinstance(body, dict) else None
+        if not isinstance(query, str) or not query.strip():
+            raise ApiError(400, "'query' must be a non-empty string.", param="query")
+        found = await sessions.search(who, cid, query)
+        if found is None:
+            raise ApiError(404, f"No conversation {cid!r}.", code="conversation_not_found")
+        return JSONResponse({"object": "conversation.search", "query": query, **found})
 
     async def checkpoint(request: Request) -> Response:
         _, row = await _found(request, True)
@@ -284,8 +376,13 @@ def create_app(
         Route("/v1/conversations/{cid}", get_conversation, methods=["GET"]),
         Route("/v1/conversations/{cid}", delete_conversation, methods=["DELETE"]),
         Route("/v1/conversations/{cid}/checkpoint", checkpoint, methods=["GET"]),
+        Route("/v1/conversations/{cid}/messages", list_messages, methods=["GET"]),
+        Route("/v1/conversations/{cid}/turns", list_turns, methods=["GET"]),
+        Route("/v1/conversations/{cid}/turns/{turn}", get_turn, methods=["GET"]),
+        Route("/v1/conversations/{cid}/search", search, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
+        Mount("/ui", app=StaticFiles(directory=UI_DIR, html=True), name="ui"),
     ]
     handlers: dict[Any, Any] = {
         ApiError: on_api_error,
@@ -295,8 +392,28 @@ def create_app(
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.add_middleware(_CountRequests, counter=metrics.requests)
+    app.add_middleware(_SecurityHeaders)
     app.state.metrics = metrics
     return app
+
+
+class _SecurityHeaders:
+    """ASGI middleware: the Content-Security-Policy and related headers on every response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def secured(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *_SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, secured)
 
 
 class _CountRequests:
@@ -311,9 +428,14 @@ class _CountRequests:
             return
         path = scope.get("path", "")
         if path.startswith("/v1/conversations/"):
-            path = "/v1/conversations/{id}" + (
-                "/checkpoint" if path.endswith("/checkpoint") else ""
-            )
+            rest = path.split("/")[4:]  # after /v1/conversations/{id}
+            named = {"checkpoint": "/checkpoint", "search": "/search", "messages": "/messages"}
+            suffix = named.get(rest[0] if rest else "")
+            if rest and rest[0] == "turns":
+                suffix = "/turns/{n}" if len(rest) > 1 else "/turns"
+            path = "/v1/conversations/{id}" + (suffix or "")
+        elif path.startswith("/ui"):
+            path = "/ui"
         elif path not in _PATHS:
             path = "other"
 
@@ -330,6 +452,17 @@ _PATHS = frozenset(
 )
 
 
+def _int_param(request: Request, name: str, default: int, least: int, most: int) -> int:
+    raw = request.query_params.get(name)
+    try:
+        value = default if raw is None else int(raw)
+    except ValueError:
+        value = least - 1
+    if not least <= value <= most:
+        raise ApiError(400, f"{name} must be a whole number from {least} to {most}.", param=name)
+    return value
+
+
 def _summary(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -337,34 +470,39 @@ def _summary(row: Any) -> dict[str, Any]:
         "title": row.title,
         "turns": row.turns,
         "messages": row.message_count,
+        "prompt_tokens": row.prompt_tokens,
+        "archive_tokens": row.archive_tokens,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
     }
 
 
-def _detail(row: Any, msgs: list[Any]) -> dict[str, Any]:
+def _message(m: Any) -> dict[str, Any]:
+    return {
+        "seq": m.seq,
+        "turn": m.turn,
+        "role": m.role,
+        "content": m.content,
+        "created_at": m.created_at,
+    }
+
+
+def _detail(row: Any, msgs: list[Any], trace: dict[str, Any] | None = None) -> dict[str, Any]:
     doc = json.loads(row.checkpoint)
     state, settings = doc["state"], doc["settings"]
     stats = [m.stats for m in msgs if m.stats is not None]
     last = stats[-1] if stats else {}
     return {
         **_summary(row),
-        "messages": [
-            {
-                "seq": m.seq,
-                "turn": m.turn,
-                "role": m.role,
-                "content": m.content,
-                "created_at": m.created_at,
-            }
-            for m in msgs
-        ],
+        "messages": [_message(m) for m in msgs],
         "prompt": {
             "system_prompt": settings.get("system_prompt"),
             "pinned": state["pinned"],
             "summary": state["summary"],
             "history": state["history"],
             "recalled_tokens": last.get("recalled_tokens", 0),
+            # the last turn's recalled segments, with their scores (its trace; see /turns)
+            "recalled": trace["recalled"] if trace is not None else None,
             "history_tokens": sum(s["tokens"] for s in state["history"]),
         },
         "archived": state["archive"],

@@ -33,9 +33,9 @@ from typing import Any
 
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_torch.serve.protocol import ApiError, ChatRequest
-from fmai_torch.serve.store import NewMessage, Store, TurnTx
+from fmai_torch.serve.store import NewMessage, Store, TurnRecord, TurnTx
 
-__all__ = ["EngineFactory", "Sessions", "Started", "TurnOutcome", "reconcile"]
+__all__ = ["EngineFactory", "Sessions", "Started", "TurnOutcome", "reconcile", "turn_summary"]
 
 
 class EngineFactory:
@@ -112,6 +112,33 @@ class TurnOutcome:
     text: str
     stats: dict[str, Any]
     finish_reason: str
+    trace: dict[str, Any] | None = None
+
+
+def turn_summary(trace: dict[str, Any]) -> dict[str, Any]:
+    """The small summary of a turn's trace (`TurnTrace.to_dict`) that listings and plots use."""
+    stats = trace["stats"] or {}
+    return {
+        "turn": trace["turn"],
+        "prompt_tokens": trace["prompt_tokens"],
+        "part_tokens": trace["part_tokens"],
+        "overhead_tokens": trace["overhead_tokens"],
+        "evicted_segments": len(trace["evicted"]),
+        "evicted_tokens": sum(s["tokens"] for s in trace["evicted"]),
+        "recalled_segments": len(trace["recalled"]),
+        "archive_segments": trace["archive_segments"],
+        "archive_tokens": trace["archive_tokens"],
+        "policy": trace["policy"],
+        "stats": {k: stats.get(k) for k in _SUMMARY_STATS},
+    }
+
+
+#: The `TurnStats` fields a turn's summary keeps (the whole stats are in its trace).
+_SUMMARY_STATS = (
+    "turn", "prompt_tokens", "reused_tokens", "prefill_tokens", "completion_tokens",
+    "evicted_tokens", "recalled_tokens", "latency_ms", "ttft_ms", "policy_ms", "evicted",
+    "fallback",
+)  # fmt: skip
 
 
 def _norm(messages: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -277,7 +304,13 @@ class Sessions:
         ]
         title = tx.row.title if tx.row is not None else (extra[0][1] if extra else req.message)
         document = await asyncio.to_thread(self.factory.dump, llm)
-        etag = await asyncio.to_thread(tx.commit, document, new, llm.state.turn, title)
+        records = []
+        if outcome.trace is not None:
+            records.append(TurnRecord(stats["turn"], turn_summary(outcome.trace), outcome.trace))
+        tokens = (stats["prompt_tokens"], sum(s.tokens for s in llm.state.archive))
+        etag = await asyncio.to_thread(
+            tx.commit, document, new, llm.state.turn, title, records=records, tokens=tokens
+        )
         self._cache[(tx.owner, tx.id)] = _Cached(llm, etag)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -307,13 +340,33 @@ class Sessions:
                 async for piece in llm.astream(req.message, **params):
                     parts.append(piece)
                     yield piece
-                text, stats = "".join(parts), llm.last_stats
+                text, stats, trace = "".join(parts), llm.last_stats, llm.last_trace
             else:
                 result = await llm.achat(req.message, **params)
-                text, stats = result.response, result.stats
+                text, stats, trace = result.response, result.stats, result.trace
         finally:
             if self._serial is not None:
                 self._serial.release()
         assert stats is not None
         finish = "length" if stats.completion_tokens >= wanted else "stop"
-        yield TurnOutcome(cid, text, stats.to_dict(), finish)
+        record = trace.to_dict() if trace is not None and cid is not None else None
+        yield TurnOutcome(cid, text, stats.to_dict(), finish, record)
+
+    async def search(self, owner: str, cid: str, query: str) -> dict[str, Any] | None:
+        """The trace the next turn would have for `query` (what would be recalled, with
+        scores), from the conversation as stored; `None`: no such conversation.
+
+        It uses `FiniteMemoryLLM.trace` (the planning of `context()`): nothing is stored and
+        the conversation's engine is not changed.
+        """
+        row = await asyncio.to_thread(self.store.get, owner, cid, checkpoint=True)
+        if row is None:
+            return None
+        cached = self._cache.get((owner, cid))
+        if cached is not None and cached.etag == row.etag:
+            llm = cached.llm
+        else:
+            assert row.checkpoint is not None
+            llm = await asyncio.to_thread(self.factory.load, row.checkpoint)
+        trace = await asyncio.to_thread(llm.trace, query)
+        return trace.to_dict()

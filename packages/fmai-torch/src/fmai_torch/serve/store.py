@@ -1,6 +1,6 @@
 """The durable conversation store of `fmai serve`, on SQLAlchemy 2 (SQLite or PostgreSQL).
 
-Three tables:
+Four tables:
 
 - `fmai_schema`: one row, the schema version
   ([`SCHEMA_VERSION`][fmai_torch.serve.store.SCHEMA_VERSION]).
@@ -9,6 +9,13 @@ Three tables:
   an `etag` that changes on every commit.
 - `fmai_messages`: the append-only record, one row per message, numbered `seq` 0, 1, 2 ...
   within a conversation; an assistant row carries its turn's `TurnStats`.
+- `fmai_turns` (schema 2): one row per turn, keyed by (owner, conversation, turn): the
+  turn's [`TurnTrace`][fmai_core.trace.TurnTrace] as JSON (its prompt in parts, what was
+  evicted and recalled, the stats; about twice the prompt's text) and a small summary of it
+  for listings and plots. Committed in the turn's transaction. A store of schema 1 is
+  migrated in place on start (the table is created and the conversations get
+  `prompt_tokens` and `archive_tokens` columns, 0 until their next turn); turns from before
+  the migration have no trace.
 
 **A turn is one transaction**: the new checkpoint and the turn's messages are committed
 together or not at all, and the reply is sent only after the commit. **Two turns of one
@@ -54,14 +61,13 @@ __all__ = [
     "StoreConflict",
     "StoreError",
     "StoredMessage",
+    "TurnRecord",
     "TurnTx",
     "normalize_url",
 ]
 
 #: The schema version this fmai writes.
-SCHEMA_VERSION = 1
-#: `MIGRATIONS[v]` upgrades a store from version `v` to `v + 1` (run in one transaction).
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {}
+SCHEMA_VERSION = 2
 
 _meta = sa.MetaData()
 schema_table = sa.Table("fmai_schema", _meta, sa.Column("version", sa.Integer, nullable=False))
@@ -77,6 +83,9 @@ conversations = sa.Table(
     sa.Column("title", sa.String(120), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # schema 2: the last turn's prompt tokens and the archive's tokens after it
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("archive_tokens", sa.Integer, nullable=False, server_default="0"),
 )
 messages = sa.Table(
     "fmai_messages",
@@ -90,6 +99,31 @@ messages = sa.Table(
     sa.Column("stats", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+turns_table = sa.Table(
+    "fmai_turns",
+    _meta,
+    sa.Column("owner", sa.String(64), primary_key=True),
+    sa.Column("conversation_id", sa.String(200), primary_key=True),
+    sa.Column("turn", sa.Integer, primary_key=True),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("trace", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+
+def _migrate_1_to_2(conn: sa.Connection) -> None:
+    """Schema 2: the `fmai_turns` table, and token columns on the conversations."""
+    for column in ("prompt_tokens", "archive_tokens"):
+        conn.execute(
+            sa.text(
+                f"ALTER TABLE fmai_conversations ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+            )
+        )
+    turns_table.create(conn)
+
+
+#: `MIGRATIONS[v]` upgrades a store from version `v` to `v + 1` (run in one transaction).
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _migrate_1_to_2}
 
 
 class StoreError(FMAIError):
@@ -113,6 +147,15 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class TurnRecord:
+    """A turn's trace as the store keeps it: a small `summary` and the whole `trace` (JSON)."""
+
+    turn: int
+    summary: dict[str, Any]
+    trace: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class NewMessage:
     """A message a turn appends: role, content and, for the reply, the turn's stats."""
 
@@ -133,6 +176,8 @@ class Conversation:
     title: str
     created_at: float
     updated_at: float
+    prompt_tokens: int = 0
+    archive_tokens: int = 0
     checkpoint: str | None = None
 
 
@@ -281,6 +326,49 @@ class Store:
         with self.engine.connect() as conn:
             return _messages(conn, owner, cid)
 
+    def messages_page(
+        self, owner: str, cid: str, *, limit: int = 200, before: int | None = None
+    ) -> tuple[list[StoredMessage], bool]:
+        """The newest `limit` messages before `seq` `before`, in order; whether older exist."""
+        m = messages.c
+        query = sa.select(m.seq, m.turn, m.role, m.content, m.stats, m.created_at).where(
+            m.owner == owner, m.conversation_id == cid
+        )
+        if before is not None:
+            query = query.where(m.seq < before)
+        query = query.order_by(m.seq.desc()).limit(limit + 1)
+        with self.engine.connect() as conn:
+            rows = [_stored(r) for r in conn.execute(query)]
+        return rows[:limit][::-1], len(rows) > limit
+
+    def turns(
+        self, owner: str, cid: str, *, limit: int = 100, after: int | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The turn summaries of a conversation, `limit` after turn `after`; more follow?"""
+        rows, more = self.turns_json(owner, cid, limit=limit, after=after)
+        return [json.loads(r) for r in rows], more
+
+    def turns_json(
+        self, owner: str, cid: str, *, limit: int = 100, after: int | None = None
+    ) -> tuple[list[str], bool]:
+        """`turns`, each summary as the JSON text stored (served without parsing it)."""
+        t = turns_table.c
+        query = sa.select(t.summary).where(t.owner == owner, t.conversation_id == cid)
+        if after is not None:
+            query = query.where(t.turn > after)
+        query = query.order_by(t.turn).limit(limit + 1)
+        with self.engine.connect() as conn:
+            rows = [str(r.summary) for r in conn.execute(query)]
+        return rows[:limit], len(rows) > limit
+
+    def turn_trace(self, owner: str, cid: str, turn: int) -> dict[str, Any] | None:
+        """The whole trace of one turn, or `None`."""
+        t = turns_table.c
+        query = sa.select(t.trace).where(t.owner == owner, t.conversation_id == cid, t.turn == turn)
+        with self.engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        return None if found is None else dict(json.loads(found))
+
     def list(
         self, owner: str, *, limit: int = 20, after: str | None = None
     ) -> tuple[list[Conversation], bool]:
@@ -358,8 +446,19 @@ class TurnTx:
         """The conversation's record as the turn began."""
         return list(self._read(lambda conn: _messages(conn, self.owner, self.id)))
 
-    def commit(self, checkpoint: str, new: Sequence[NewMessage], turns: int, title: str) -> str:
-        """Store the checkpoint and append `new`, in one transaction; return the new etag.
+    def commit(
+        self,
+        checkpoint: str,
+        new: Sequence[NewMessage],
+        turns: int,
+        title: str,
+        *,
+        records: Sequence[TurnRecord] = (),
+        tokens: tuple[int, int] | None = None,
+    ) -> str:
+        """Store the checkpoint, append `new` and `records`, in one transaction; new etag.
+
+        `tokens`: the conversation's (prompt tokens, archive tokens) after the turn.
 
         Raises:
             StoreConflict: (SQLite) another process committed this conversation meanwhile.
@@ -368,6 +467,7 @@ class TurnTx:
         now = time.time()
         if self._conn is not None:
             self._write(self._conn, checkpoint, new, turns, title, etag, now)
+            self._extra(self._conn, records, tokens, now)
             self._conn.commit()
             self.close()
             return etag
@@ -375,9 +475,51 @@ class TurnTx:
         try:
             with self.store.write_lock, immediate.begin() as conn:
                 self._write(conn, checkpoint, new, turns, title, etag, now)
+                self._extra(conn, records, tokens, now)
         finally:
             self._done = True
         return etag
+
+    def _extra(
+        self,
+        conn: sa.Connection,
+        records: Sequence[TurnRecord],
+        tokens: tuple[int, int] | None,
+        now: float,
+    ) -> None:
+        """The turn's traces and token figures (same transaction as `_write`)."""
+        if tokens is not None:
+            c = conversations.c
+            conn.execute(
+                conversations.update()
+                .where(c.owner == self.owner, c.id == self.id)
+                .values(prompt_tokens=tokens[0], archive_tokens=tokens[1])
+            )
+        if records:
+            # a trace left from an earlier life of this id (its rows deleted by hand, an
+            # older checkpoint put back) describes turns that are now rewritten: replace it
+            t = turns_table.c
+            conn.execute(
+                turns_table.delete().where(
+                    t.owner == self.owner,
+                    t.conversation_id == self.id,
+                    t.turn >= min(r.turn for r in records),
+                )
+            )
+            conn.execute(
+                turns_table.insert(),
+                [
+                    {
+                        "owner": self.owner,
+                        "conversation_id": self.id,
+                        "turn": r.turn,
+                        "summary": json.dumps(r.summary, ensure_ascii=False, separators=(",", ":")),
+                        "trace": json.dumps(r.trace, ensure_ascii=False, separators=(",", ":")),
+                        "created_at": now,
+                    }
+                    for r in records
+                ],
+            )
 
     def _write(
         self,
@@ -445,9 +587,12 @@ class TurnTx:
         """Delete the conversation and its record; whether it existed."""
 
         def run(conn: sa.Connection) -> bool:
-            m, c = messages.c, conversations.c
+            m, c, t = messages.c, conversations.c, turns_table.c
             conn.execute(
                 messages.delete().where(m.owner == self.owner, m.conversation_id == self.id)
+            )
+            conn.execute(
+                turns_table.delete().where(t.owner == self.owner, t.conversation_id == self.id)
             )
             gone = conn.execute(
                 conversations.delete().where(c.owner == self.owner, c.id == self.id)
@@ -483,7 +628,10 @@ def _conflict(cid: str) -> StoreConflict:
 
 def _columns() -> list[sa.Column[Any]]:
     c = conversations.c
-    return [c.id, c.etag, c.turns, c.message_count, c.title, c.created_at, c.updated_at]
+    return [
+        c.id, c.etag, c.turns, c.message_count, c.title, c.created_at, c.updated_at,
+        c.prompt_tokens, c.archive_tokens,
+    ]  # fmt: skip
 
 
 def _conversation(
@@ -502,17 +650,12 @@ def _messages(conn: sa.Connection, owner: str, cid: str) -> list[StoredMessage]:
         .where(m.owner == owner, m.conversation_id == cid)
         .order_by(m.seq)
     )
-    return [
-        StoredMessage(
-            r.seq,
-            r.turn,
-            r.role,
-            r.content,
-            None if r.stats is None else json.loads(r.stats),
-            r.created_at,
-        )
-        for r in conn.execute(query)
-    ]
+    return [_stored(r) for r in conn.execute(query)]
+
+
+def _stored(r: Any) -> StoredMessage:
+    stats = None if r.stats is None else json.loads(r.stats)
+    return StoredMessage(r.seq, r.turn, r.role, r.content, stats, r.created_at)
 
 
 def _sqlite_events(engine: sa.Engine, synchronous: str) -> None:

@@ -1,0 +1,151 @@
+"""KV caches on disk: one safetensors file per cache, refused unless it provably fits.
+
+A file holds every layer's keys and values (`k.<layer>`, `v.<layer>`), the token ids and
+position ids they cover, and, in the safetensors metadata, what they are only valid for:
+
+- `model`: a fingerprint of the weights (name, config, and every tensor's name, shape, dtype
+  and a strided sample of 256 of its values, hashed with SHA-256);
+- `dtype`: the cache's dtype; `tokenizer`: the tokenizer's fingerprint;
+- `checkpoint`: what the caller ties the cache to (`FiniteMemoryLLM.save` passes the
+  checkpoint's checksum, so a cache restores only beside the exact checkpoint it was saved
+  with);
+- `ids_sha256`: a hash of the ids, so a damaged file is caught before use.
+
+[`read_kv`][fmai_torch.kv_store.read_kv] raises
+[`KVFileError`][fmai_torch.kv_store.KVFileError] with the reason when anything differs or
+cannot be read; the backend then recomputes, which is always correct.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FORMAT", "KVFileError", "StoredKV", "model_fingerprint", "read_kv", "write_kv"]
+
+FORMAT = "fmai-kv-1"
+
+
+_WORDS = {"model": "model (its weights differ)", "checkpoint": "checkpoint"}
+
+
+class KVFileError(Exception):
+    """A KV file that cannot be used (missing, damaged or made for something else)."""
+
+
+@dataclass
+class StoredKV:
+    """What a KV file holds: per-layer `(keys, values)`, ids, positions and its metadata."""
+
+    layers: list[tuple[Any, Any]]
+    ids: list[int]
+    positions: list[int]
+    meta: dict[str, str]
+
+
+def model_fingerprint(model: Any) -> str:
+    """A SHA-256 over the model's config and a strided sample of every weight tensor."""
+    import torch
+
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    h.update(str(getattr(config, "_name_or_path", "")).encode())
+    if config is not None and hasattr(config, "to_json_string"):
+        h.update(config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            flat = t.detach().reshape(-1)
+            if flat.numel():
+                step = max(1, flat.numel() // 256)
+                sample = flat[::step][:256].to("cpu")
+                if sample.is_floating_point() or sample.is_complex():
+                    sample = sample.to(torch.float64)
+                else:
+                    sample = sample.to(torch.int64)
+                h.update(repr(sample.tolist()).encode())
+    return h.hexdigest()
+
+
+def _ids_hash(ids: list[int], positions: list[int]) -> str:
+    return hashlib.sha256(json.dumps([ids, positions]).encode()).hexdigest()
+
+
+def write_kv(
+    path: str | os.PathLike[str],
+    layers: list[tuple[Any, Any]],
+    ids: list[int],
+    positions: list[int],
+    meta: dict[str, str],
+) -> int:
+    """Write a KV file atomically (a temporary file, fsync, rename); return its size."""
+    from safetensors.torch import save_file
+
+    import torch
+
+    target = Path(path)
+    tensors: dict[str, Any] = {
+        "ids": torch.tensor(ids, dtype=torch.int64),
+        "positions": torch.tensor(positions, dtype=torch.int64),
+    }
+    for i, (k, v) in enumerate(layers):
+        tensors[f"k.{i}"] = k.detach().to("cpu").contiguous()
+        tensors[f"v.{i}"] = v.detach().to("cpu").contiguous()
+    info = {
+        **meta,
+        "format": FORMAT,
+        "layers": str(len(layers)),
+        "ids_sha256": _ids_hash(ids, positions),
+    }
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=info)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target.stat().st_size
+
+
+def read_kv(path: str | os.PathLike[str], expect: dict[str, str], device: Any = None) -> StoredKV:
+    """Read a KV file and check its metadata against `expect` (every key must match).
+
+    Raises:
+        KVFileError: the file is missing, unreadable, damaged, or its metadata differs.
+    """
+    from safetensors import safe_open
+
+    target = Path(path)
+    if not target.exists():
+        raise KVFileError(f"no KV file at {target}")
+    try:
+        with safe_open(str(target), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            if meta.get("format") != FORMAT:
+                raise KVFileError(f"not an fmai KV file ({meta.get('format')!r})")
+            for key, want in expect.items():
+                if meta.get(key) != want:
+                    raise KVFileError(f"made for another {_WORDS.get(key, key)}")
+            ids = [int(i) for i in f.get_tensor("ids").tolist()]
+            positions = [int(p) for p in f.get_tensor("positions").tolist()]
+            layers = []
+            for i in range(int(meta["layers"])):
+                k, v = f.get_tensor(f"k.{i}"), f.get_tensor(f"v.{i}")
+                if device is not None:
+                    k, v = k.to(device), v.to(device)
+                layers.append((k, v))
+    except KVFileError:
+        raise
+    except Exception as exc:  # safetensors raises several kinds on a damaged file
+        raise KVFileError(f"unreadable ({type(exc).__name__}: {exc})") from exc
+    if meta.get("ids_sha256") != _ids_hash(ids, positions):
+        raise KVFileError("damaged (its token ids do not match their hash)")
+    if len(positions) != len(ids) or any(k.shape[-2] != len(ids) for k, _ in layers):
+        raise KVFileError("damaged (its tensors do not cover its token ids)")
+    return StoredKV(layers, ids, positions, meta)

@@ -1,0 +1,326 @@
+"""KV-level editing (`kv_edit="rerotate"` / `"keep-positions"`), checked in float64.
+
+The references are fresh prefills of the model itself: a re-rotated key must equal the key
+the model computes for the same token, with the same context, at its new position.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="fmai-torch tests need torch")
+pytest.importorskip("transformers", reason="fmai-torch tests need transformers")
+
+from fmai_core import FiniteMemoryLLM, Message  # noqa: E402
+from fmai_torch import HFBackend  # noqa: E402
+from fmai_torch.kv import KVCache  # noqa: E402
+from fmai_torch.kv_edit import RopeEditor, edit_support, plan_edit  # noqa: E402
+
+ROPES = {
+    "default": None,
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+}
+
+
+def _llama(rope: dict[str, object] | None, exact: bool = True, vocab: int = 64):  # type: ignore[no-untyped-def]
+    """A 3-layer random Llama in float64 with the given RoPE scaling.
+
+    `exact`: its rotary module computes the angles in float64 (transformers computes them
+    in float32, which makes a prefill at shifted positions differ from the original by
+    about 1e-6 in the deeper layers, whatever the cache does).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    class Float64Rotary(LlamaRotaryEmbedding):
+        def forward(self, x, position_ids):  # type: ignore[no-untyped-def]
+            freqs = position_ids[..., None].double() * self.inv_freq.double()
+            emb = torch.cat((freqs, freqs), dim=-1)
+            scale = self.attention_scaling
+            return (emb.cos() * scale).to(x.dtype), (emb.sin() * scale).to(x.dtype)
+
+    torch.manual_seed(1)
+    kwargs: dict[str, object] = {}
+    if rope is not None:
+        kwargs["rope_parameters"] = {"rope_theta": 10000.0, **rope}
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        initializer_range=0.2,
+        **kwargs,
+    )
+    model = LlamaForCausalLM(config)
+    if exact:
+        model.model.rotary_emb = Float64Rotary(config)
+    return model.to(torch.float64).eval()
+
+
+def _prefill(model, ids: list[int], positions: list[int] | None = None):  # type: ignore[no-untyped-def]
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    kwargs = {}
+    if positions is not None:
+        kwargs["position_ids"] = torch.tensor([positions])
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([ids]), use_cache=True, cache=cache, **kwargs)
+    return cache
+
+
+def _tokens(n: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, 64, (n,), generator=g).tolist()
+
+
+@pytest.mark.parametrize("rope", list(ROPES))
+@pytest.mark.parametrize("shift", [37, -21])
+def test_rotation_equals_fresh_prefill_at_new_positions(rope: str, shift: int) -> None:
+    """Every layer: keys moved by `shift` equal the model's own keys at the new positions."""
+    model = _llama(ROPES[rope])
+    assert edit_support(model) is None
+    editor = RopeEditor(model)
+    ids = _tokens(48, seed=2)
+    start = 30
+    at = _prefill(model, ids, list(range(start, start + len(ids))))
+    moved = _prefill(model, ids, list(range(start + shift, start + shift + len(ids))))
+    old = torch.arange(start, start + len(ids))
+    for a, b in zip(at.layers, moved.layers):
+        rotated = editor.rotate(a.keys, old, old + shift)
+        assert (rotated - b.keys).abs().max().item() < 1e-9
+        assert (a.values - b.values).abs().max().item() < 1e-9  # RoPE leaves values alone
+        assert (a.keys - b.keys).abs().max().item() > 1e-3  # the rotation did something
+
+
+@pytest.mark.parametrize("rope", list(ROPES))
+def test_cut_cache_equals_fresh_prefill(rope: str) -> None:
+    """Cut a block out of [prefix, block, tail] and re-rotate: the tail's keys and values, in
+    every layer, equal a fresh prefill of the same tokens at their new positions, and layer
+    0 (whose keys depend on the token alone) equals a fresh prefill of [prefix, tail]."""
+    model = _llama(ROPES[rope])
+    prefix, block, tail = _tokens(20, 3), _tokens(17, 4), _tokens(30, 5)
+    full = prefix + block + tail
+    kv = KVCache("rerotate", RopeEditor(model))
+    kv._cache = _prefill(model, full)
+    kv.ids, kv.positions = list(full), list(range(len(full)))
+    ready = kv.prepare(prefix + tail + _tokens(5, 6))
+    assert ready.reused == len(prefix) + len(tail)
+    assert ready.position_ids is None  # positions stay 0..n-1
+    assert ready.info["applied"] == "rerotate" and ready.info["cut_tokens"] == len(block)
+    assert ready.info["rotated_tokens"] == len(tail)
+    # the same tokens with the same context, prefilled at their new positions
+    b = len(block)
+    reference = _prefill(model, full, [i - b for i in range(len(full))])
+    p = len(prefix)
+    for layer, ref, orig in zip(ready.cache.layers, reference.layers, _prefill(model, full).layers):
+        assert torch.equal(layer.keys[..., :p, :], orig.keys[..., :p, :])  # prefix untouched
+        assert (layer.keys[..., p:, :] - ref.keys[..., p + b :, :]).abs().max() < 1e-9
+        assert torch.equal(layer.values[..., p:, :], orig.values[..., p + b :, :])
+    fresh = _prefill(model, prefix + tail)
+    assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
+    assert (ready.cache.layers[0].values - fresh.layers[0].values).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("rope", list(ROPES))
+def test_stock_rotary_layer0_equals_fresh_prefill(rope: str) -> None:
+    """With transformers' own (float32-angle) rotary module: a cut and re-rotated cache's
+    layer 0, whose keys depend on the token and its position alone, equals a fresh prefill."""
+    model = _llama(ROPES[rope], exact=False)
+    prefix, block, tail = _tokens(20, 3), _tokens(40, 4), _tokens(60, 5)
+    kv = KVCache("rerotate", RopeEditor(model))
+    kv._cache = _prefill(model, prefix + block + tail)
+    kv.ids = prefix + block + tail
+    kv.positions = list(range(len(kv.ids)))
+    ready = kv.prepare(prefix + tail + [7])
+    assert ready.reused == len(prefix) + len(tail)
+    fresh = _prefill(model, prefix + tail)
+    assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
+
+
+def test_repeated_edits_do_not_drift() -> None:
+    """Ten edits in a row end where one edit removing the same tokens ends (1e-9)."""
+    model = _llama(ROPES["llama3"])
+    ids = _tokens(160, 7)
+    step = KVCache("rerotate", RopeEditor(model))
+    step._cache = _prefill(model, ids)
+    step.ids, step.positions = list(ids), list(range(len(ids)))
+    removed: set[int] = set()
+    current = list(range(len(ids)))  # original indices still in the cache
+    for k in range(10):
+        cut = current[10 + 10 * k : 14 + 10 * k]  # four tokens, ten later each time
+        removed.update(cut)
+        current = [i for i in current if i not in removed]
+        ready = step.prepare([ids[i] for i in current] + [5])
+        assert ready.info["applied"] == "rerotate" and ready.info["cut_tokens"] == 4
+        assert ready.reused == len(current)
+    once = KVCache("rerotate", RopeEditor(model))
+    once._cache = _prefill(model, ids)
+    once.ids, once.positions = list(ids), list(range(len(ids)))
+    ready = once.prepare([ids[i] for i in current] + [5])
+    assert ready.info["runs"] > 2
+    fresh = _prefill(model, [ids[i] for i in current])
+    for a, b in zip(step._cache.layers, once._cache.layers):
+        assert (a.keys - b.keys).abs().max() < 1e-9
+        assert torch.equal(a.values, b.values)
+    assert (step._cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
+
+
+def test_plan_edit_finds_removed_blocks() -> None:
+    old = list(range(100))
+    new = old[:10] + old[30:60] + old[75:] + [500, 501]
+    edit = plan_edit(old, new, prefix=10)
+    assert edit.runs == ((0, 10), (30, 60), (75, 100))
+    assert edit.kept == 10 + 30 + 25 and edit.cut == 35
+    # a short coincidental match is not kept history
+    assert plan_edit(old, [*old[:10], 900, 40, 41, 42, *old[50:]], prefix=10).kept == 10
+
+
+USER_TURNS = [
+    "hello , my name is ada and my sister is called eve .",
+    "i live in paris with two cats and a dog .",
+    "what is the name of my sister ?",
+    "tell me about rome and london in the summer .",
+    "my favourite food is pizza and i like tea in the morning .",
+    "do you remember where i live ?",
+    "we travel to tokyo by train next week .",
+    "what do you think of my cats ?",
+]
+
+
+@pytest.mark.parametrize("mode", ["rerotate", "keep-positions"])
+def test_greedy_identical_to_recompute_until_an_edit(make_backend, mode: str) -> None:  # type: ignore[no-untyped-def]
+    """Turns that edit nothing are token-identical to recompute; eviction turns edit the
+    cache (and then reuse more than recompute), and say so in the stats."""
+    kwargs = {
+        "policy": "sliding",
+        "max_tokens": 160,
+        "max_new_tokens": 16,
+        "system_prompt": "you are a good friend .",
+    }
+    edit = FiniteMemoryLLM(make_backend(kv_edit=mode), **kwargs)
+    plain = FiniteMemoryLLM(make_backend(kv_edit="recompute"), **kwargs)
+    edited = 0
+    for i in range(12):
+        a, b = edit.chat(USER_TURNS[i % 8]), plain.chat(USER_TURNS[i % 8])
+        assert a.stats.kv["mode"] == mode and b.stats.kv["mode"] == "recompute"
+        assert a.stats.reused_tokens + a.stats.prefill_tokens == a.stats.prompt_tokens
+        if a.stats.kv["applied"] == mode:  # the first edit: the replies part from here
+            edited += 1
+            assert a.stats.evicted and a.stats.kv["cut_tokens"] > 0
+            assert a.stats.prompt_tokens == b.stats.prompt_tokens
+            assert a.stats.reused_tokens > b.stats.reused_tokens + 30
+            break
+        assert a.response == b.response
+        assert a.stats.reused_tokens == b.stats.reused_tokens
+    assert edited == 1
+    assert "fallback" not in a.stats.kv
+
+
+def test_keep_positions_generates_with_gaps(make_backend, tiny_parts) -> None:  # type: ignore[no-untyped-def]
+    """After a keep-positions cut the model continues at the old positions: the backend's
+    greedy tokens equal a hand-written greedy loop over the same cut cache and position ids."""
+    model, _ = tiny_parts
+    backend = make_backend(kv_edit="keep-positions")
+    system = Message("system", "you are a good friend .")
+    history = [Message("user", USER_TURNS[0])]
+    first = backend.generate([system, *history], max_new_tokens=10)
+    history.append(Message("assistant", first.text))
+    history += [Message("user", USER_TURNS[1])]
+    second = backend.generate([system, *history], max_new_tokens=10)
+    history.append(Message("assistant", second.text))
+    before = (list(backend._kv.ids), list(backend._kv.positions))
+    messages = [system, *history[2:], Message("user", USER_TURNS[2])]
+    prompt = backend.encode(messages)
+    third = backend.generate(messages, max_new_tokens=8)
+    info = third.extra["kv"]
+    assert info["applied"] == "keep-positions" and info["cut_tokens"] > 0
+    # the reference: the same cut by hand, then a greedy loop with explicit positions
+    ids, positions = before
+    edit = plan_edit(ids, prompt, prefix=_common(ids, prompt))
+    index = [i for a, b in edit.runs for i in range(a, b)]
+    cache = _prefill(model, ids, positions)
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., index, :]
+        layer.values = layer.values[..., index, :]
+    pos = [positions[i] for i in index]
+    assert pos[-1] + 1 > len(index)  # there is a gap
+    nxt, todo, out = pos[-1] + 1, prompt[len(index) :], []
+    with torch.inference_mode():
+        for _ in range(8):
+            p = list(range(nxt, nxt + len(todo)))
+            logits = model(
+                input_ids=torch.tensor([todo]),
+                position_ids=torch.tensor([p]),
+                cache=cache,
+                use_cache=True,
+            ).logits
+            tok = int(logits[0, -1].argmax())
+            out.append(tok)
+            nxt += len(todo)
+            todo = [tok]
+            if tok in backend.eos_ids:
+                break
+    assert third.extra["token_ids"] == out
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    from fmai_torch.kv import common_prefix
+
+    return common_prefix(a, b)
+
+
+def test_unsupported_attention_falls_back_to_recompute(tiny_parts) -> None:  # type: ignore[no-untyped-def]
+    """A sliding-window model recomputes under kv_edit='rerotate', and says so."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    _, tokenizer = tiny_parts
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=4096,
+        max_position_embeddings=4096,
+    )
+    model = MistralForCausalLM(config).to(torch.float64).eval()
+    assert edit_support(model) == "sliding-window attention layers"
+    kwargs = {"policy": "sliding", "max_tokens": 160, "max_new_tokens": 12}
+    edit = FiniteMemoryLLM(HFBackend(model, tokenizer=tokenizer, kv_edit="rerotate"), **kwargs)
+    plain = FiniteMemoryLLM(HFBackend(model, tokenizer=tokenizer), **kwargs)
+    for i in range(10):
+        a, b = edit.chat(USER_TURNS[i % 8]), plain.chat(USER_TURNS[i % 8])
+        assert a.response == b.response and a.stats.reused_tokens == b.stats.reused_tokens
+        assert a.stats.kv["applied"] == "recompute"
+        assert a.stats.kv["fallback"] == "sliding-window attention layers"
+    assert edit.stats.evictions > 0
+
+
+def test_non_rope_model_is_refused_by_edit_support() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+    assert "not a known full-RoPE decoder" in str(edit_support(model))
+    with pytest.raises(ValueError, match="cannot be edited"):
+        RopeEditor(model)
+
+
+def test_bad_mode_is_a_clear_error(make_backend) -> None:  # type: ignore[no-untyped-def]
+    from fmai_core.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="kv_edit must be one of"):
+        make_backend(kv_edit="shift")
