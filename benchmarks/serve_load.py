@@ -265,11 +265,17 @@ async def run_kill(server: Server, conversations: int, kills: int) -> dict[str, 
 def run_upstream_faults(server: Server, upstream: FakeProvider) -> dict[str, Any]:
     client = openai.OpenAI(base_url=server.url, api_key=KEY, max_retries=0)
     session = {"X-Session-ID": "faults"}
-    client.chat.completions.create(
-        model="fake",
-        extra_headers=session,
-        messages=[{"role": "user", "content": "Remember 5512."}],
-    )
+    for attempt in range(5):  # set-up, not measured: a first call on a busy machine can time out
+        try:
+            client.chat.completions.create(
+                model="fake",
+                extra_headers=session,
+                messages=[{"role": "user", "content": "Remember 5512."}],
+            )
+            break
+        except openai.APIStatusError:
+            if attempt == 4:
+                raise
 
     def record() -> Any:
         req = urllib.request.Request(server.url + "/conversations/faults/checkpoint")
