@@ -329,6 +329,7 @@ def main() -> None:
                 # the next run starts new conversations: reuse of ids would mix the two
                 check = Store(store)
                 with check.engine.begin() as conn:
+                    conn.exec_driver_sql("DELETE FROM fmai_turns")
                     conn.exec_driver_sql("DELETE FROM fmai_messages")
                     conn.exec_driver_sql("DELETE FROM fmai_conversations")
                 check.close()

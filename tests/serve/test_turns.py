@@ -77,6 +77,9 @@ def test_turn_traces_show_the_exact_prompt_evictions_and_recall(
     assert listed["archive_tokens"] == last["archive_tokens"]
 
     assert get(server, "/conversations/tr/turns/latest", KEY) == {**last}
+    detail = get(server, "/conversations/tr", KEY)
+    assert detail["prompt"]["recalled"] == last["recalled"]
+    assert detail["prompt"]["recalled_tokens"] == last["part_tokens"]["recalled"]
     # the record, newest page first, then the page before it
     newest = get(server, "/conversations/tr/messages?limit=10", KEY)
     assert [m["seq"] for m in newest["data"]] == list(range(16, 26)) and newest["has_more"]
@@ -156,3 +159,16 @@ def test_a_schema_1_store_is_migrated_in_place(store_url: str) -> None:
     again = Store(store_url)  # opening again changes nothing
     assert again.schema_version == 2 and again.turns("o", "old")[0] == [{"turn": 1}]
     again.close()
+
+
+def test_a_stale_trace_of_a_rewritten_turn_is_replaced(store_url: str) -> None:
+    store = Store(store_url)
+    for life in ("first", "second"):  # the id's rows deleted by hand, its traces left
+        tx = store.begin_turn("o", "c")
+        records = [TurnRecord(0, {"turn": 0, "life": life}, {"turn": 0, "life": life})]
+        tx.commit("{}", [NewMessage("user", life, 0)], 1, life, records=records, tokens=(5, 0))
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM fmai_messages"))
+            conn.execute(sa.text("DELETE FROM fmai_conversations"))
+    assert store.turns("o", "c") == ([{"turn": 0, "life": "second"}], False)
+    store.close()

@@ -13,9 +13,11 @@ __all__ = ["Retrieval", "fuse", "recall_need", "retrieve"]
 
 # Fusion weights: first-pass BM25 and cosine count fully, the second pass at half weight.
 WEIGHTS = {"bm25": 1.0, "cosine": 1.0, "bm25+": 0.5, "cosine+": 0.5}
-# Terms the second pass adds, from the best hits of the first.
-EXPANSION_TERMS = 6
-SEEDS = 3
+# The second pass: the best first-pass hits it follows (seeds), the entity terms it takes
+# from each, and the seeds the embedding query moves toward.
+SEEDS = 5
+BRIDGE_TERMS = 3
+MEAN_SEEDS = 3
 
 
 @dataclass(frozen=True)
@@ -115,26 +117,10 @@ def retrieve(
         ranked = sorted(fused, key=lambda m: (-fused[m], -m))
         seeds = [m for m in ranked if relevance[m] > min_relevance][:SEEDS]
         if seeds:
-            expansion = tuple(index.top_terms(seeds, set(q_terms), EXPANSION_TERMS))
-            grown = dict.fromkeys(expansion, 0.5)
-            mass2 = index.mass(grown)
-            if mass2 > 0:
-                added = index.bm25(grown, among)
-                # BM25 adds up over terms: the grown query's score is the first pass's plus
-                # the added terms', on the grown query's scale.
-                lists["bm25+"] = {
-                    m: min(1.0, (lexical.get(m, 0.0) + added.get(m, 0.0)) / (scale + mass2))
-                    for m in lexical.keys() | added
-                }
-                # A second-pass hit counts as relevant by the share of the added terms it
-                # matches, at half weight: reached through a hit, it is less sure than one.
-                for m, s in added.items():
-                    r = 0.5 * min(1.0, s / mass2)
-                    if r > relevance.get(m, 0.0):
-                        relevance[m] = r
+            expansion = _bridges(index, seeds, fused, set(q_terms), among, lists, relevance)
             if qv is not None:
                 vecs = index.vectors()
-                rows = [vecs[m] for m in seeds if m in vecs]
+                rows = [vecs[m] for m in seeds[:MEAN_SEEDS] if m in vecs]
                 if rows:
                     mean = [sum(col) / len(rows) for col in zip(*rows)]
                     moved = [a + 0.5 * b for a, b in zip(qv, mean)]
@@ -144,6 +130,46 @@ def retrieve(
             tick()
             fused = fuse(lists)
     return Retrieval(fused, relevance, expansion, "model" if qv is not None else "proxy")
+
+
+def _bridges(
+    index: RecallIndex,
+    seeds: Sequence[int],
+    fused: Mapping[int, float],
+    exclude: Collection[str],
+    among: Collection[int] | None,
+    lists: dict[str, Mapping[int, float]],
+    relevance: dict[int, float],
+) -> tuple[str, ...]:
+    """The second pass: messages that share a seed's names, places or numbers.
+
+    Each seed's rarest `BRIDGE_TERMS` entity terms are a query of their own; a message
+    they match scores the share of them it matches times the seed's fused score relative
+    to the best seed, and keeps its best over the seeds (`"bm25+"`). A bridge found
+    through one seed is not diluted by another seed's terms, and a weak seed bridges
+    weakly. Returns the terms used.
+    """
+    top = fused[seeds[0]]
+    bridge: dict[int, float] = {}
+    used: list[str] = []
+    for seed in seeds:
+        names = index.top_terms([seed], exclude, BRIDGE_TERMS)
+        query = dict.fromkeys(names, 1.0)
+        mass = index.mass(query)
+        if mass <= 0:
+            continue
+        used += names
+        share = fused[seed] / top
+        for m, x in index.bm25(query, among).items():
+            score = share * min(1.0, x / mass)
+            if m != seed and score > bridge.get(m, 0.0):
+                bridge[m] = score
+    lists["bm25+"] = bridge
+    # Reached through a hit, a bridge is less sure than one: half its score is its relevance.
+    for m, score in bridge.items():
+        if 0.5 * score > relevance.get(m, 0.0):
+            relevance[m] = 0.5 * score
+    return tuple(dict.fromkeys(used))
 
 
 def recall_need(

@@ -492,6 +492,16 @@ class TurnTx:
                 .values(prompt_tokens=tokens[0], archive_tokens=tokens[1])
             )
         if records:
+            # a trace left from an earlier life of this id (its rows deleted by hand, an
+            # older checkpoint put back) describes turns that are now rewritten: replace it
+            t = turns_table.c
+            conn.execute(
+                turns_table.delete().where(
+                    t.owner == self.owner,
+                    t.conversation_id == self.id,
+                    t.turn >= min(r.turn for r in records),
+                )
+            )
             conn.execute(
                 turns_table.insert(),
                 [
