@@ -77,6 +77,9 @@ def test_turn_traces_show_the_exact_prompt_evictions_and_recall(
     assert listed["archive_tokens"] == last["archive_tokens"]
 
     assert get(server, "/conversations/tr/turns/latest", KEY) == {**last}
+    detail = get(server, "/conversations/tr", KEY)
+    assert detail["prompt"]["recalled"] == last["recalled"]
+    assert detail["prompt"]["recalled_tokens"] == last["part_tokens"]["recalled"]
     # the record, newest page first, then the page before it
     newest = get(server, "/conversations/tr/messages?limit=10", KEY)
     assert [m["seq"] for m in newest["data"]] == list(range(16, 26)) and newest["has_more"]

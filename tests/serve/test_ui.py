@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,13 @@ def test_inspector_shows_turns_parts_plots_and_streams(
 
 def test_a_wrong_key_sees_nothing(serve: Any, tmp_path: Path, page: Any) -> None:
     server = serve(f"sqlite:///{tmp_path / 'ui.sqlite3'}", "--api-key", KEY)
+    base = server.url.removesuffix("/v1")
+    with urllib.request.urlopen(base + "/ui", timeout=10) as r:  # redirected to /ui/
+        assert r.url == base + "/ui/" and b"inspector.js" in r.read()
+        assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+    with urllib.request.urlopen(base + "/ui/inspector.js", timeout=10) as r:
+        assert "javascript" in r.headers["Content-Type"]
     ask(server.client(KEY), "My secret plan is to visit Oslo.", "private")
     for attempt in ("sk-wrong-key", KEY + "x"):
         open_page(page, server, attempt)

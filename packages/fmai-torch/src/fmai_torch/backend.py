@@ -16,6 +16,7 @@ from fmai_torch.generation import GenerationRun
 from fmai_torch.handle import ModelHandle
 from fmai_torch.kv import KVCache, cache_kwarg
 from fmai_torch.kv_edit import EDIT_MODES, RopeEditor, edit_support
+from fmai_torch.kv_pool import KVPool
 from fmai_torch.loading import (
     LoadedModel,
     load_model,
@@ -25,7 +26,7 @@ from fmai_torch.loading import (
 from fmai_torch.signals import ModelSignals
 from fmai_torch.weights import choose_threads, use_threads
 
-__all__ = ["HFBackend"]
+__all__ = ["ConversationBackend", "HFBackend"]
 
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
@@ -61,6 +62,13 @@ class HFBackend:
             Models these cannot edit (sliding-window layers, no RoPE, a RoPE whose
             frequencies depend on the length) recompute; `Generation.extra["kv"]` and
             `TurnStats.kv` say what each turn did (see the KV cache page).
+        kv_device_bytes: With several conversations (see
+            [`conversation`][fmai_torch.HFBackend.conversation]): most bytes of KV caches
+            on the device; least-recently-used ones move to host memory (`None`: no limit).
+        kv_host_bytes: Most bytes of KV caches in host memory; past it they go to
+            `kv_disk_dir`, or are dropped without one (`None`: no limit).
+        kv_disk_dir: Folder for KV caches pushed out of host memory (see
+            [`fmai_torch.kv_pool`][fmai_torch.kv_pool]).
         progress: Show a progress indicator on stderr while loading or converting.
         local_files_only: For hub ids: use the local Hugging Face cache, never download.
         signal_tokens: Most tokens one importance or embedding forward pass reads.
@@ -87,6 +95,9 @@ class HFBackend:
         threads: int | str | None = "auto",
         kv_reuse: bool = True,
         kv_edit: str = "recompute",
+        kv_device_bytes: int | None = None,
+        kv_host_bytes: int | None = None,
+        kv_disk_dir: str | os.PathLike[str] | None = None,
         progress: bool = False,
         local_files_only: bool = False,
         signal_tokens: int = 1024,
@@ -142,8 +153,15 @@ class HFBackend:
         self.tokenizer_id = tokenizer_fingerprint(tokenizer)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self.signals = ModelSignals(self.handle, self._generate_detached, signal_tokens)
-        self._kv = self._new_cache()
         self._fingerprint: str | None = None
+        self._pool = KVPool(
+            self._new_cache,
+            self.handle.device,
+            kv_device_bytes,
+            kv_host_bytes,
+            kv_disk_dir,
+            meta=lambda: self._kv_meta(""),
+        )
         self._counts: OrderedDict[str, int] = OrderedDict()
 
     # -- the model ------------------------------------------------------------------------
@@ -211,6 +229,28 @@ class HFBackend:
         return hit
 
     # -- the KV cache -----------------------------------------------------------------------
+    @property
+    def _kv(self) -> KVCache:
+        """The cache of the backend's own conversation (key `""`)."""
+        return self._pool.get("")[0]
+
+    @property
+    def pool(self) -> KVPool:
+        """The conversations' KV caches (see [`KVPool`][fmai_torch.kv_pool.KVPool])."""
+        return self._pool
+
+    def conversation(self, key: str) -> ConversationBackend:
+        """A backend for one conversation of many: same model, its own KV cache.
+
+        Give each `FiniteMemoryLLM` its own, e.g.
+        `FiniteMemoryLLM(backend.conversation("alice"), ...)`. Their caches share the
+        byte budgets `kv_device_bytes` and `kv_host_bytes` (least recently used out
+        first), and never each other's tokens.
+        """
+        if not key:
+            raise ConfigurationError("A conversation key must be a non-empty string.")
+        return ConversationBackend(self, key)
+
     def _new_cache(self) -> KVCache:
         keep = self.kv_edit == "keep-positions"
         return KVCache(
@@ -250,7 +290,7 @@ class HFBackend:
             "model": self.model_fingerprint,
         }
 
-    def save_kv(self, path: str | os.PathLike[str], tag: str = "") -> int:
+    def save_kv(self, path: str | os.PathLike[str], tag: str = "", *, key: str = "") -> int:
         """Write the conversation's KV cache to `path` (safetensors); return its bytes.
 
         `tag` ties the file to something the caller checks on load (`FiniteMemoryLLM.save`
@@ -260,13 +300,14 @@ class HFBackend:
         from fmai_torch.kv_store import write_kv
 
         with self.handle.lock:
-            layers = self._kv.layers()
+            kv = self._pool.get(key)[0]
+            layers = kv.layers()
             if not layers:
                 return 0
             meta = {**self._kv_meta(tag), "kv_edit": self.kv_edit}
-            return write_kv(path, layers, self._kv.ids, self._kv.positions, meta)
+            return write_kv(path, layers, kv.ids, kv.positions, meta)
 
-    def load_kv(self, path: str | os.PathLike[str], tag: str = "") -> str | None:
+    def load_kv(self, path: str | os.PathLike[str], tag: str = "", *, key: str = "") -> str | None:
         """Restore a KV cache written by [`save_kv`][fmai_torch.HFBackend.save_kv].
 
         Returns `None` when restored, or why not (missing, damaged, another model, dtype,
@@ -275,17 +316,22 @@ class HFBackend:
         from fmai_torch.kv_store import KVFileError, read_kv
 
         with self.handle.lock:
-            self._kv.reset()
+            kv = self._pool.get(key)[0]
+            kv.reset()
             try:
                 stored = read_kv(path, self._kv_meta(tag), device=self.device)
             except KVFileError as exc:
                 return str(exc)
-            self._kv.restore(stored.layers, stored.ids, stored.positions)
+            kv.restore(stored.layers, stored.ids, stored.positions)
             return None
 
     # -- generation -------------------------------------------------------------------------
     def _start(
-        self, messages: Sequence[Message], params: dict[str, Any], session: bool = True
+        self,
+        messages: Sequence[Message],
+        params: dict[str, Any],
+        session: bool = True,
+        key: str = "",
     ) -> GenerationRun:
         start = time.perf_counter()
         prompt = self.encode(messages)
@@ -295,8 +341,32 @@ class HFBackend:
                 f"The prompt ({len(prompt)} tokens) plus max_new_tokens ({max_new}) exceeds "
                 f"{self.name}'s context of {self.max_context} tokens: lower max_tokens."
             )
-        kv = self._kv if (session and self.kv_reuse) else None
-        return GenerationRun(self.handle, prompt, params, kv, start, threads=self.threads)
+        kv, came = None, "none"
+        if session and self.kv_reuse:
+            kv, came = self._pool.get(key)
+        run = GenerationRun(self.handle, prompt, params, kv, start, threads=self.threads)
+        run.kv_from = came
+        return run
+
+    def _generate_key(
+        self, key: str, messages: Sequence[Message], params: dict[str, Any]
+    ) -> Generation:
+        with self.handle.lock:
+            run = self._start(messages, params, key=key)
+            try:
+                return run.run()
+            finally:
+                self._pool.enforce(keep=key)
+
+    def _stream_key(
+        self, key: str, messages: Sequence[Message], params: dict[str, Any]
+    ) -> Generator[StreamChunk, None, None]:
+        with self.handle.lock:
+            run = self._start(messages, params, key=key)
+            try:
+                yield from run.iterate()
+            finally:
+                self._pool.enforce(keep=key)
 
     def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Generate a reply (see [`Backend.generate`][fmai_core.backend.Backend.generate]).
@@ -304,9 +374,7 @@ class HFBackend:
         Params: `max_new_tokens` (default 256), `temperature` (0: greedy), `top_p`, `top_k`,
         `seed`, `stop` (strings), `repetition_penalty`, `min_new_tokens`.
         """
-        with self.handle.lock:
-            run = self._start(messages, params)
-            return run.run()
+        return self._generate_key("", messages, params)
 
     def stream(
         self, messages: Sequence[Message], **params: Any
@@ -316,9 +384,7 @@ class HFBackend:
         `generate` runs in a worker thread and hands over each token as it is sampled.
         Closing the stream early stops generation after the current token.
         """
-        with self.handle.lock:
-            run = self._start(messages, params)
-            yield from run.iterate()
+        yield from self._stream_key("", messages, params)
 
     def _generate_detached(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Generate without touching the conversation's KV cache (summaries, signals)."""
@@ -368,6 +434,70 @@ class HFBackend:
             f"weights={self.weights!r}, threads={self.threads}, kv_reuse={self.kv_reuse}, "
             f"kv_edit={self.kv_edit!r})"
         )
+
+
+class ConversationBackend:
+    """One conversation on a shared [`HFBackend`][fmai_torch.HFBackend]: its own KV cache
+    in the backend's pool (see [`HFBackend.conversation`][fmai_torch.HFBackend.conversation]);
+    everything else (model, tokenizer, counting, model signals) is the backend's."""
+
+    def __init__(self, backend: HFBackend, key: str) -> None:
+        self.backend = backend
+        self.key = key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens this conversation's cache holds on the device or host (0 on disk)."""
+        return self.backend.pool.held(self.key)
+
+    def reset_cache(self) -> None:
+        """Forget this conversation's cache."""
+        with self.backend.handle.lock:
+            self.backend.pool.drop(self.key)
+
+    def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        """[`HFBackend.generate`][fmai_torch.HFBackend.generate] on this conversation's cache."""
+        return self.backend._generate_key(self.key, messages, params)
+
+    def stream(
+        self, messages: Sequence[Message], **params: Any
+    ) -> Generator[StreamChunk, None, None]:
+        """[`HFBackend.stream`][fmai_torch.HFBackend.stream] on this conversation's cache."""
+        yield from self.backend._stream_key(self.key, messages, params)
+
+    async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
+        """Async `generate` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.generate, messages, **params)
+
+    async def astream(
+        self, messages: Sequence[Message], **params: Any
+    ) -> AsyncIterator[StreamChunk]:
+        """Async `stream`: chunks arrive as tokens are made."""
+        iterator = self.stream(messages, **params)
+        done = object()
+        try:
+            while True:
+                chunk = await asyncio.to_thread(next, iterator, done)
+                if chunk is done:
+                    break
+                assert isinstance(chunk, StreamChunk)
+                yield chunk
+        finally:
+            await asyncio.to_thread(iterator.close)
+
+    def save_kv(self, path: str | os.PathLike[str], tag: str = "", *, key: str = "") -> int:
+        """[`HFBackend.save_kv`][fmai_torch.HFBackend.save_kv] of this conversation."""
+        return self.backend.save_kv(path, tag, key=self.key)
+
+    def load_kv(self, path: str | os.PathLike[str], tag: str = "", *, key: str = "") -> str | None:
+        """[`HFBackend.load_kv`][fmai_torch.HFBackend.load_kv] into this conversation."""
+        return self.backend.load_kv(path, tag, key=self.key)
+
+    def __repr__(self) -> str:
+        return f"ConversationBackend({self.key!r}, {self.backend!r})"
 
 
 def _end_ids(model: Any, tokenizer: Any, name: str) -> list[int]:

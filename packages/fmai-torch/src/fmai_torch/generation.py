@@ -53,6 +53,7 @@ class GenerationRun:
         self.stopper = StopCriteria(handle.tokenizer, len(prompt), self.stop)
         self.reused = 0
         self.kv_info: dict[str, Any] = {}
+        self.kv_from = "none"  # where the pool found the cache: device, host, disk, new
         self.sequence: list[int] = []
         self.error: BaseException | None = None
 
@@ -89,7 +90,8 @@ class GenerationRun:
         kwargs = self._kwargs()
         if self.kv is not None:
             ready = self.kv.prepare(self.prompt, room=kwargs["max_new_tokens"])
-            self.reused, self.kv_info = ready.reused, ready.info
+            self.reused = ready.reused
+            self.kv_info = {**ready.info, "cache_from": self.kv_from}
             kwargs[handle.cache_kw] = ready.cache
             if ready.position_ids is not None:
                 kwargs["position_ids"] = torch.tensor(

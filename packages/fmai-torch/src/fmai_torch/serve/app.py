@@ -252,7 +252,10 @@ def create_app(
     async def get_conversation(request: Request) -> Response:
         who, row = await _found(request, True)
         msgs = await asyncio.to_thread(store.messages, who, row.id)
-        return JSONResponse(_detail(row, msgs))
+        last = None
+        if row.turns:
+            last = await asyncio.to_thread(store.turn_trace, who, row.id, row.turns - 1)
+        return JSONResponse(_detail(row, msgs, last))
 
     async def delete_conversation(request: Request) -> Response:
         who = owner(request)
@@ -484,7 +487,7 @@ def _message(m: Any) -> dict[str, Any]:
     }
 
 
-def _detail(row: Any, msgs: list[Any]) -> dict[str, Any]:
+def _detail(row: Any, msgs: list[Any], trace: dict[str, Any] | None = None) -> dict[str, Any]:
     doc = json.loads(row.checkpoint)
     state, settings = doc["state"], doc["settings"]
     stats = [m.stats for m in msgs if m.stats is not None]
@@ -498,6 +501,8 @@ def _detail(row: Any, msgs: list[Any]) -> dict[str, Any]:
             "summary": state["summary"],
             "history": state["history"],
             "recalled_tokens": last.get("recalled_tokens", 0),
+            # the last turn's recalled segments, with their scores (its trace; see /turns)
+            "recalled": trace["recalled"] if trace is not None else None,
             "history_tokens": sum(s["tokens"] for s in state["history"]),
         },
         "archived": state["archive"],

@@ -1,0 +1,103 @@
+"""Many conversations on one HFBackend: isolated caches, LRU to host and disk, exact restore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="fmai-torch tests need torch")
+pytest.importorskip("transformers", reason="fmai-torch tests need transformers")
+
+from fmai_core import FiniteMemoryLLM  # noqa: E402
+
+TALKS = {
+    "ada": [
+        "hello , my name is ada and my sister is called eve .",
+        "i live in paris with two cats and a dog .",
+        "what is the name of my sister ?",
+    ],
+    "bob": [
+        "hi , i am bob and i like trains and music .",
+        "we travel to tokyo by train next week .",
+        "what do you think of my cats ?",
+    ],
+    "eve": [
+        "my favourite food is pizza and i like tea in the morning .",
+        "tell me about rome and london in the summer .",
+        "do you remember where i live ?",
+    ],
+}
+KW = {"policy": "sliding", "max_tokens": 400, "max_new_tokens": 10}
+
+
+def _round_robin(backend, make_backend):  # type: ignore[no-untyped-def]
+    """Run the three talks turn by turn on `backend`'s conversations and, for reference,
+    each on a backend of its own that recomputes every prompt; return the stats."""
+    pooled = {k: FiniteMemoryLLM(backend.conversation(k), **KW) for k in TALKS}
+    alone = {k: FiniteMemoryLLM(make_backend(kv_reuse=False), **KW) for k in TALKS}
+    rows = []
+    for turn in range(3):
+        for key, lines in TALKS.items():
+            a, b = pooled[key].chat(lines[turn]), alone[key].chat(lines[turn])
+            assert a.response == b.response  # nothing of another conversation leaked in
+            rows.append((key, turn, a.stats))
+    return rows
+
+
+def test_conversations_are_isolated_and_each_reuses_its_own(make_backend) -> None:  # type: ignore[no-untyped-def]
+    backend = make_backend()
+    rows = _round_robin(backend, make_backend)
+    for _key, turn, stats in rows:
+        assert stats.kv["cache_from"] == ("new" if turn == 0 else "device")
+        if turn:
+            assert stats.reused_tokens > 0.5 * stats.prompt_tokens
+    assert len(backend.pool) == 3 and backend.cached_tokens == 0  # the default one is apart
+
+
+def test_lru_moves_to_host_then_disk_and_restores_exactly(make_backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    backend = make_backend(kv_device_bytes=1, kv_host_bytes=1, kv_disk_dir=tmp_path)
+    rows = _round_robin(backend, make_backend)
+    for _key, turn, stats in rows:
+        if turn:
+            assert stats.kv["cache_from"] == "disk"
+            assert stats.reused_tokens > 0.5 * stats.prompt_tokens
+    pool = backend.pool
+    assert pool.moves["to_disk"] >= 6 and pool.moves["from_disk"] >= 6
+    # bit for bit: a cache that went to disk comes back with the same tensors and ids
+    kv, _ = pool.get("ada")
+    before = [(k.clone(), v.clone()) for k, v in kv.layers()]
+    ids = list(kv.ids)
+    pool.enforce(keep="bob")
+    assert pool.tier("ada") == "disk" and len(list(tmp_path.iterdir())) >= 1
+    kv, came = pool.get("ada")
+    assert came == "disk" and kv.ids == ids
+    for (k0, v0), (k1, v1) in zip(before, kv.layers()):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+
+
+def test_host_tier_without_disk(make_backend) -> None:  # type: ignore[no-untyped-def]
+    backend = make_backend(kv_device_bytes=1)
+    rows = _round_robin(backend, make_backend)
+    assert all(s.kv["cache_from"] == "host" for _, turn, s in rows if turn)
+    assert backend.pool.bytes("host") > 0
+
+
+def test_without_disk_a_full_host_drops_and_recomputes(make_backend) -> None:  # type: ignore[no-untyped-def]
+    backend = make_backend(kv_device_bytes=1, kv_host_bytes=1)
+    rows = _round_robin(backend, make_backend)  # replies still match the reference
+    assert all(s.reused_tokens == 0 for _, turn, s in rows if turn)
+    assert backend.pool.moves["dropped"] >= 6
+
+
+def test_a_disk_file_is_read_only_for_its_own_conversation(make_backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    backend = make_backend(kv_device_bytes=1, kv_host_bytes=1, kv_disk_dir=tmp_path)
+    pool = backend.pool
+    for key in ("ada", "bob"):
+        FiniteMemoryLLM(backend.conversation(key), **KW).chat(TALKS[key][0])
+    pool.enforce()
+    ada, bob = pool._path("ada"), pool._path("bob")
+    assert ada is not None and bob is not None and ada.exists() and bob.exists()
+    ada.replace(bob)  # bob's file is now ada's cache
+    kv, came = pool.get("bob")
+    assert came == "disk" and len(kv) == 0  # refused: recomputed, never ada's tokens
