@@ -308,7 +308,31 @@ def run_upstream_faults(server: Server, upstream: FakeProvider) -> dict[str, Any
     return out
 
 
-PARTS = ("sequential", "concurrent", "faults", "kill")
+PARTS = ("sequential", "concurrent", "faults", "kill", "commit")
+
+
+def commit_cost(folder: Path, rounds: int = 3, turns: int = 60) -> dict[str, Any]:
+    """ms per turn commit of the SQLite store, `synchronous=full` and `normal` interleaved.
+
+    Each commit writes a 35 KB checkpoint and a user + assistant message (a turn's writes
+    without its trace), one conversation, in a fresh store per round and mode.
+    """
+    from fmai_torch.serve.store import NewMessage
+
+    times: dict[str, list[float]] = {"full": [], "normal": []}
+    for r in range(rounds):
+        for mode in ("full", "normal") if r % 2 == 0 else ("normal", "full"):
+            store = Store(f"sqlite:///{folder / f'commit-{mode}-{r}.sqlite3'}?synchronous={mode}")
+            for t in range(turns):
+                tx = store.begin_turn("bench", "c")
+                new = [NewMessage("user", f"turn {t}", t), NewMessage("assistant", "ok", t, {})]
+                start = time.perf_counter()
+                tx.commit("x" * 35_000, new, t + 1, "bench")
+                if t >= 5:  # the first commits create the tables' pages
+                    times[mode].append((time.perf_counter() - start) * 1000)
+                tx.close()
+            store.close()
+    return {mode: summary(v) for mode, v in times.items()}
 
 
 def main() -> None:
@@ -330,6 +354,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fmai-bench-"))
     store = args.store or f"sqlite:///{tmp / 'serve.sqlite3'}"
     results: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "store": store}
+    if "commit" in args.parts:
+        results["commit_ms"] = commit_cost(tmp)
     with FakeProvider(api_key=KEY, slow_s=6.0) as upstream:
         # answer without Nagle's delay: the fake's own latency is then its real work
         upstream._server.RequestHandlerClass.disable_nagle_algorithm = True
@@ -386,6 +412,8 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     print(f"fmai serve load ({results['cpu']}, {results['cores']} cores, store {store})")
+    if "commit_ms" in results:
+        print(f"SQLite commit ms per turn: {results['commit_ms']}")
     for label in ("sequential", "concurrent"):
         if label not in results:
             continue
