@@ -27,6 +27,10 @@ QUERY_TERMS = 12
 # Cosines are ranked over every stored embedding (a matrix product); this many of the best
 # are fused.
 COSINE_TOP = 256
+# BM25 returns this many of its best matches: what ranking and recall do with them then
+# costs what a query needs, not what the conversation holds (a query's common terms match
+# up to SCAN_LIMIT messages each).
+BM25_TOP = 256
 
 
 def message_text(parts: Sequence[Segment]) -> str:
@@ -104,7 +108,8 @@ class RecallIndex:
         self._views: list[tuple[object, Any]] = []
         # (candidates, made from, added, dropped): how the planner made each recent archive
         self._lineage: list[tuple[object, object, tuple[Segment, ...], tuple[Segment, ...]]] = []
-        self._scored: tuple[Any, dict[int, float]] | None = None  # the last query's BM25
+        # the last query's BM25: (key, scores, the matches best first once asked for)
+        self._scored: list[Any] | None = None
 
     @property
     def size(self) -> int:
@@ -195,37 +200,51 @@ class RecallIndex:
         return sum(self.idf(t) * query[t] for t in known[:QUERY_TERMS])
 
     def bm25(
-        self, query: Mapping[str, float], among: Collection[int] | None = None
+        self,
+        query: Mapping[str, float],
+        among: Collection[int] | None = None,
+        top: int | None = BM25_TOP,
     ) -> dict[int, float]:
-        """BM25 of the matching messages (of `among`, or all) for weighted query terms.
+        """BM25 of the best `top` matching messages (of `among`, or all) for weighted terms.
 
         Terms are taken rarest first, at most `QUERY_TERMS` of them; each adds to the
         messages of its newest `SCAN_LIMIT` postings (all of them for all but the commonest
-        terms).
+        terms). Of the matches, the `top` best come back (`None`: all; ties go to the newer
+        message).
         """
         key = (tuple(sorted(query.items())), len(self._docs), self._total_length)
-        if self._scored and self._scored[0] == key:
-            scores = self._scored[1]
-        else:
-            scores = self._bm25(query)
-            self._scored = (key, scores)
-        if among is None:
-            return dict(scores)
-        return {m: x for m, x in scores.items() if m in among}
+        if not (self._scored and self._scored[0] == key):
+            self._scored = [key, self._bm25(query), None]
+        scores: dict[int, float] = self._scored[1]
+        if top is None or len(scores) <= top:  # nothing to cut
+            if among is None:
+                return dict(scores)
+            return {m: x for m, x in scores.items() if m in among}
+        ranked = self._scored[2]
+        if ranked is None:  # sorted once per query, in C; each caller then takes its best
+            ranked = self._scored[2] = sorted(zip(scores.values(), scores.keys()), reverse=True)
+        out: dict[int, float] = {}
+        for x, m in ranked:
+            if among is None or m in among:
+                out[m] = x
+                if len(out) >= top:
+                    break
+        return out
 
     def _bm25(self, query: Mapping[str, float]) -> dict[int, float]:
         out: dict[int, float] = {}
         docs, postings = self._docs, self._postings
         avg = (self._total_length / len(docs)) if docs else 1.0
         k1, b = self.k1, self.b
+        # norm = k1 * (1 - b + b * length / avg), as base + per_token * length
+        base, per_token = k1 * (1.0 - b), k1 * b / avg
+        get = out.get
         known = sorted((t for t in query if t in postings), key=lambda t: len(postings[t]))
         for term in known[:QUERY_TERMS]:
             tick()
-            plist = postings[term]
-            idf = self.idf(term) * query[term]
-            for mid, tf in plist[-SCAN_LIMIT:]:
-                norm = k1 * (1.0 - b + b * docs[mid].length / avg)
-                out[mid] = out.get(mid, 0.0) + idf * tf * (k1 + 1.0) / (tf + norm)
+            weight = self.idf(term) * query[term] * (k1 + 1.0)
+            for mid, tf in postings[term][-SCAN_LIMIT:]:
+                out[mid] = get(mid, 0.0) + weight * tf / (tf + base + per_token * docs[mid].length)
         return out
 
     def cosines(
