@@ -23,7 +23,8 @@ HEAVY = ("torch", "transformers", "numpy")
 # What each package session installs (besides the test tools) and which tests it runs.
 PACKAGES: dict[str, dict[str, list[str]]] = {
     "core": {"install": [f"{CORE}[openai,anthropic,prometheus,tokens]"], "tests": ["tests/core"]},
-    "torch": {"install": [CORE, TORCH], "tests": ["tests/torch"]},
+    # with the serve extra: tests/torch serves the embedded model through `fmai serve`
+    "torch": {"install": [CORE, f"{TORCH}[serve]"], "tests": ["tests/torch"]},
     "multilingual": {"install": [CORE, MULTILINGUAL], "tests": ["tests/multilingual"]},
 }
 

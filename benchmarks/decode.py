@@ -3,6 +3,7 @@ bandwidth measured in the same run, next to `llama-server` on the same GGUF when
 
     uv run python benchmarks/decode.py [--turns 6] [--new-tokens 48] [--threads 1 2]
         [--modes fp32 bf16 int8 int4] [--server-bin PATH] [--json PATH]
+    uv run python benchmarks/decode.py --compare --server-bin PATH [--turns 14] [--rounds 3]
 
 For each mode and thread count: a greedy multi-turn chat through `HFBackend` (KV reuse on),
 reporting decode tok/s (tokens after the first over the time after the first), TTFT, turn
@@ -10,6 +11,10 @@ latency and the bytes of weights read per token; each speed is also given as a f
 the ceiling `bandwidth / bytes per token`. Also: what `generate` adds per step over a bare
 forward loop on the same cache, and the quality of each mode against fp32 on the fp32
 replies (greedy agreement of the next-token argmax, mean NLL difference), teacher-forced.
+
+`--compare`: only fmai in `--compare-mode` (int4) against llama-server, at each thread
+count, one whole chat each per round, the two alternating which goes first, the ratios
+fmai / llama-server taken within each round; also which weights and threads `auto` picks.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ USER_TURNS = [
     "Summarise what you know about me in two sentences.",
     "Which of your earlier tips is the easiest to start with?",
     "Thanks! Write a short haiku about rain and music.",
+    "What city did I say I live in? Name one museum there.",
+    "Suggest a simple recipe for the dessert you mentioned.",
+    "How long should I practise each day as a beginner?",
+    "Give me a packing list for a day trip by train.",
+    "What was the first thing I told you about myself?",
+    "Say goodbye in one friendly sentence.",
 ]
 
 
@@ -210,12 +221,74 @@ def run_server(binary: str, threads: int, args: argparse.Namespace, backend: Any
         proc.wait(timeout=10)
 
 
+def compare(args: argparse.Namespace, server: str) -> dict[str, Any]:
+    """fmai (`--compare-mode`) against llama-server, same GGUF, same threads, interleaved.
+
+    Per round and thread count: one whole `--turns`-turn chat through each, in alternating
+    order (fmai first in even rounds); the backends and servers stay loaded between rounds.
+    Returns per-round figures and the ratios fmai / llama-server within each round.
+    """
+    from fmai_torch import HFBackend
+
+    backends = {t: HFBackend("default", weights=args.compare_mode, threads=t) for t in args.threads}
+    auto = HFBackend("default")
+    rounds: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        row: dict[str, Any] = {}
+        for threads in args.threads:
+            order = ["fmai", "llama-server"] if r % 2 == 0 else ["llama-server", "fmai"]
+            for who in order:
+                if who == "fmai":
+                    rows, _ = chat(backends[threads], args.turns, args.new_tokens)
+                    run = summarise(rows, bytes_per_token(backends[threads].model))
+                else:  # the server's start is not counted: chat_s sums the turns
+                    run = run_server(server, threads, args, backends[threads])
+                run.pop("turns")
+                row[f"{who}/{threads}"] = run
+            f, ls = row[f"fmai/{threads}"], row[f"llama-server/{threads}"]
+            row[f"ratio/{threads}"] = {
+                "decode": f["decode_tok_s"] / ls["decode_tok_s"],
+                "ttft": f["ttft_ms"] / ls["ttft_ms"],
+                "chat": f["chat_s"] / ls["chat_s"],
+            }
+        rounds.append(row)
+    return {
+        "mode": args.compare_mode,
+        "auto_picks": {"weights": auto.weights, "threads": auto.threads},
+        "rounds": rounds,
+    }
+
+
+def print_compare(result: dict[str, Any], args: argparse.Namespace) -> None:
+    print(
+        f"fmai weights={result['mode']} vs llama-server, {args.turns} turns x "
+        f"{args.new_tokens} tokens, {args.rounds} interleaved rounds; auto picks "
+        f"{result['auto_picks']}"
+    )
+    print()
+    print(
+        "| round | threads | fmai decode tok/s | server decode tok/s | ratio | fmai TTFT ms |"
+        " server TTFT ms | ratio | fmai chat s | server chat s | ratio |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for i, row in enumerate(result["rounds"], 1):
+        for threads in args.threads:
+            f, ls = row[f"fmai/{threads}"], row[f"llama-server/{threads}"]
+            q = row[f"ratio/{threads}"]
+            print(
+                f"| {i} | {threads} | {f['decode_tok_s']:.1f} | {ls['decode_tok_s']:.1f} "
+                f"| {q['decode']:.2f} | {f['ttft_ms']:.0f} | {ls['ttft_ms']:.0f} "
+                f"| {q['ttft']:.2f} | {f['chat_s']:.1f} | {ls['chat_s']:.1f} | {q['chat']:.2f} |"
+            )
+
+
 def summarise(rows: list[dict[str, float]], weight_bytes: int) -> dict[str, Any]:
     later = rows[1:] or rows
     return {
         "decode_tok_s": statistics.median(r["decode_tok_s"] for r in later),
         "ttft_ms": statistics.median(r["ttft_ms"] for r in later),
         "turn_ms": statistics.median(r["latency_ms"] for r in later),
+        "chat_s": sum(r["latency_ms"] for r in rows) / 1000,
         "bytes_per_token": weight_bytes,
         "turns": rows,
     }
@@ -229,7 +302,24 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=["fp32", "bf16", "int8", "int4"])
     parser.add_argument("--server-bin", default=None, help="llama-server to compare with")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="only fmai (--compare-mode) against llama-server, interleaved (--rounds)",
+    )
+    parser.add_argument("--compare-mode", default="int4")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.compare:
+        found = find_server(args.server_bin)
+        if not found:
+            parser.error("--compare needs llama-server (--server-bin PATH)")
+        result = compare(args, found)
+        print_compare(result, args)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump(result, fh, indent=1, default=str)
+        return 0
 
     from fmai_torch import HFBackend
 

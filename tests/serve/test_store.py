@@ -127,10 +127,12 @@ def test_bad_store_urls_are_clear(tmp_path: Path) -> None:
         Store("mysql://localhost/x")
     with pytest.raises(StoreError, match="synchronous must be full or normal"):
         Store(f"sqlite:///{tmp_path / 'a.db'}?synchronous=off")
-    fast = Store(f"sqlite:///{tmp_path / 'b.db'}?synchronous=normal")
-    with fast.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
-    fast.close()
+    for query, level in (("", 1), ("?synchronous=normal", 1), ("?synchronous=full", 2)):
+        store = Store(f"sqlite:///{tmp_path / 'b.db'}{query}")
+        with store.engine.connect() as conn:  # 1: NORMAL (the default), 2: FULL
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level, query
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        store.close()
     with pytest.raises(StoreError, match="Cannot open the store"):
         Store("postgresql://nobody@127.0.0.1:9/none")
 

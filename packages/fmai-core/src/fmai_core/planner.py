@@ -7,7 +7,7 @@ import heapq
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,7 +20,7 @@ from fmai_core.messages import Message
 from fmai_core.policies.base import Policy, PolicyRequest, Selection, Signals, enforce_budget
 from fmai_core.policies.sliding import SlidingWindowPolicy
 from fmai_core.retrieval import RecallIndex, recall_need
-from fmai_core.segments import Segment
+from fmai_core.segments import Segment, find_by_id
 from fmai_core.tokens import TokenCounter
 
 __all__ = ["Plan", "Planner"]
@@ -40,19 +40,6 @@ def _segment_id(segment: Segment) -> int:
 
 def _drop_order(segment: Segment) -> tuple[float, int]:
     return archive_value(segment), segment.id
-
-
-def _segments_by_id(segments: Sequence[Segment], ids: Iterable[int]) -> list[Segment]:
-    """The segments with `ids`, in order, from `segments` sorted by id (bisection: the cost
-    is that of `ids`, not of an archive of thousands)."""
-    out: list[Segment] = []
-    n = len(segments)
-    for i in ids:
-        at = bisect.bisect_left(segments, i, key=_segment_id)
-        if at < n and segments[at].id == i:
-            out.append(segments[at])
-    out.sort(key=_segment_id)
-    return out
 
 
 @dataclass(frozen=True)
@@ -388,7 +375,7 @@ class Planner:
         turn.stats.update({f"recall_{k}": v for k, v in stats.items()})
         turn.rank = {sid: i for i, sid in enumerate(selection.keep)}  # best first
         turn.scores = dict(selection.scores) if not fb else {}
-        turn.recalled = _segments_by_id(turn.archive, turn.rank)
+        turn.recalled = sorted(find_by_id(turn.archive, turn.rank), key=_segment_id)
 
     def _fit(self, turn: _Turn, new_text: str) -> tuple[list[Message], int]:
         """Render the prompt and make it fit by the backend's own count.

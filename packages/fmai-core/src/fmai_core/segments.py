@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Segment", "SegmentKind"]
+__all__ = ["Segment", "SegmentKind", "find_by_id"]
 
 SegmentKind = Literal["message", "part", "pinned", "summary"]
 
@@ -91,3 +93,23 @@ class Segment:
             timestamp=data.get("timestamp"),
             sep=str(data.get("sep", " ")),
         )
+
+
+def _segment_id(segment: Segment) -> int:
+    return segment.id
+
+
+def find_by_id(segments: Sequence[Segment], ids: Iterable[int]) -> list[Segment]:
+    """The segments with `ids`, in the order of `ids` (ids not there are skipped).
+
+    `segments` must be in conversation order (ids increasing), as the history, the archive
+    and a policy's candidates are: each id is found by bisection, so the cost is that of
+    `ids`, not of an archive of thousands.
+    """
+    out: list[Segment] = []
+    n = len(segments)
+    for i in ids:
+        at = bisect.bisect_left(segments, i, key=_segment_id)
+        if at < n and segments[at].id == i:
+            out.append(segments[at])
+    return out

@@ -26,6 +26,7 @@ same correction to bare text and to whole prompts.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import importlib
@@ -325,7 +326,9 @@ class ChatCounter:
         margin: tuple[float, float] = (0.0, 1.0),
         max_factor: float | None = None,
     ) -> None:
-        self.text = count_text
+        # counted once per distinct text: the same messages are counted on every turn (the
+        # planner's segments, the prompt, the fit after the provider's report)
+        self.text: TextCount = functools.lru_cache(maxsize=_TEXT_CACHE)(count_text)
         self.per_message = per_message
         self.per_reply = per_reply
         self.max_factor = max_factor
@@ -407,6 +410,9 @@ def _median(values: Sequence[float]) -> float:
     mid = len(ordered) // 2
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
+
+# Distinct texts whose count a ChatCounter keeps (a long conversation's messages, and more).
+_TEXT_CACHE = 4096
 
 # The fitted factor stays within these bounds (a provider 10x off is a misconfiguration).
 _FACTOR_MIN, _FACTOR_MAX = 0.1, 10.0

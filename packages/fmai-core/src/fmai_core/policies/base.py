@@ -18,7 +18,6 @@ The engine calls a policy in two modes (see the architecture docs):
 
 from __future__ import annotations
 
-import bisect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import replace
@@ -31,7 +30,7 @@ from fmai_core.policy_api import (
     Signals,
     SummarizeFn,
 )
-from fmai_core.segments import Segment
+from fmai_core.segments import Segment, find_by_id
 
 __all__ = [
     "EmbedFn",
@@ -128,22 +127,13 @@ def enforce_budget(request: PolicyRequest, selection: Selection) -> Selection:
     )
 
 
-def _segment_id(segment: Segment) -> int:
-    return segment.id
-
-
 def _tokens_of(candidates: Sequence[Segment], ids: Sequence[int]) -> dict[int, int]:
     """Token counts of the candidates among `ids`, by id.
 
-    Candidates are in conversation order, so ids increase: each is found by bisection, and
-    the cost is that of the selection, not of the candidates (an archive of thousands).
+    Candidates are in conversation order, so each is found by bisection and the cost is that
+    of the selection, not of the candidates (an archive of thousands).
     """
-    out: dict[int, int] = {}
-    n = len(candidates)
-    for i in ids:
-        at = bisect.bisect_left(candidates, i, key=_segment_id)
-        if at < n and candidates[at].id == i:
-            out[i] = candidates[at].tokens
+    out = {s.id: s.tokens for s in find_by_id(candidates, ids)}
     if len(out) < len(set(ids)) and any(
         a.id >= b.id for a, b in zip(candidates, candidates[1:])
     ):  # not in conversation order after all (a policy called by hand): look them all up

@@ -13,7 +13,7 @@ from fmai_core.policy_api import PolicyRequest, Selection
 from fmai_core.relevance.scoring import _dedup_key
 from fmai_core.retrieval.index import RecallIndex, message_text
 from fmai_core.retrieval.ranking import retrieve
-from fmai_core.segments import Segment
+from fmai_core.segments import Segment, find_by_id
 
 __all__ = ["recall"]
 
@@ -51,7 +51,7 @@ def _archive(
         # Set operations run in C: the cost of a new archive is mostly what it adds.
         ids = frozenset(map(_ID, candidates))
         new_ids = ids - previous.ids
-        added = _by_id(candidates, sorted(new_ids))
+        added = find_by_id(candidates, sorted(new_ids))
         # nothing was dropped (and the candidates are in order: every new one was found)
         if len(ids) - len(new_ids) == len(previous.ids) and len(added) == len(new_ids):
             grown = _changed(previous, added, ())
@@ -100,16 +100,6 @@ def _segment_id(segment: Segment) -> int:
 
 
 _ID = operator.attrgetter("id")
-
-
-def _by_id(candidates: Sequence[Segment], ids: Sequence[int]) -> list[Segment]:
-    """The candidates with `ids` (in the order of `ids`); candidates are sorted by id."""
-    out = []
-    for i in ids:
-        at = bisect.bisect_left(candidates, i, key=_segment_id)
-        if at < len(candidates) and candidates[at].id == i:
-            out.append(candidates[at])
-    return out
 
 
 @memo(PER_SET)

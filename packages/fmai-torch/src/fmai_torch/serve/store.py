@@ -23,8 +23,9 @@ conversation never interleave**, across processes too:
 
 - PostgreSQL: the turn holds `pg_advisory_xact_lock` on the conversation from its first read
   to its commit (released at once if the process dies), so a second process waits.
-- SQLite (WAL, `synchronous=FULL`; `sqlite:///PATH?synchronous=normal` trades durability
-  against a machine crash for commit speed): the turn reads, runs, then commits in a
+- SQLite (WAL, `synchronous=NORMAL` by default: a committed turn survives the server
+  process being killed, not an OS crash or power loss; `sqlite:///PATH?synchronous=full`
+  survives both, for one fsync per commit): the turn reads, runs, then commits in a
   `BEGIN IMMEDIATE` transaction that checks the conversation's `etag` is still the one it
   read (compare and swap). A turn that lost the race is refused
   ([`StoreConflict`][fmai_torch.serve.store.StoreConflict], HTTP 409) and changes nothing.
@@ -218,9 +219,12 @@ class Store:
         self.dialect = parsed.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
             raise StoreError(f"--store {url!r}: only sqlite and postgresql stores are supported.")
-        # `?synchronous=normal` (SQLite): a commit survives a crash of the process, not
-        # of the machine; the default, full, survives both (one fsync per commit)
-        self.synchronous = str(parsed.query.get("synchronous", "full")).upper()
+        # SQLite in WAL mode. `normal` (the default): a commit is in the WAL file when it
+        # returns, so it survives the process being killed; the WAL is fsynced at each
+        # checkpoint, so an OS crash or power loss can lose the turns since the last one
+        # (never half a turn: the store stays consistent). `full` fsyncs every commit and
+        # survives both, for ~10 ms a turn on the benchmark's disk (docs/serve.md).
+        self.synchronous = str(parsed.query.get("synchronous", "normal")).upper()
         if self.synchronous not in ("FULL", "NORMAL"):
             raise StoreError(f"--store {url!r}: synchronous must be full or normal.")
         parsed = parsed.difference_update_query(["synchronous"])
@@ -655,7 +659,7 @@ def _stored(r: Any) -> StoredMessage:
 
 
 def _sqlite_events(engine: sa.Engine, synchronous: str) -> None:
-    """WAL, full sync, and `BEGIN IMMEDIATE` where asked (SQLAlchemy's documented recipe)."""
+    """WAL, the sync level, and `BEGIN IMMEDIATE` where asked (SQLAlchemy's documented recipe)."""
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
