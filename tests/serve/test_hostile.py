@@ -285,3 +285,24 @@ def test_hang_ups_among_concurrent_turns_leave_one_ordered_record(
     assert [t["turn"] for t in traces] == list(range(detail["turns"]))
     for turn, text in acked:
         assert get(server, f"/conversations/crowd/turns/{turn}")["new_message"] == text
+
+
+def test_an_unreachable_store_gets_503(serve: Any, postgres: Any) -> None:
+    """Defect: when the database went away (or the connection pool stayed exhausted), a turn
+    got 500 "Internal server error" instead of 503 saying the store is unavailable."""
+    import sqlalchemy as sa
+
+    url = postgres.database("fmai_gone")
+    server = serve(url)
+    ask(server.client(), "hello", "gone")
+    admin = sa.create_engine(postgres.url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text('DROP DATABASE "fmai_gone" WITH (FORCE)'))
+    admin.dispose()
+    with pytest.raises(openai.InternalServerError) as err:
+        ask(server.client(), "again", "gone")
+    assert err.value.status_code == 503, err.value
+    assert err.value.code == "store_unavailable"
+    assert "store" in str(err.value) and "Nothing was stored" in str(err.value)
+    status, body = call(server, "/conversations/gone")
+    assert status == 503 and body["error"]["code"] == "store_unavailable"

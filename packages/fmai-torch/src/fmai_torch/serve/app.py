@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -85,6 +86,17 @@ def _as_api_error(exc: BaseException) -> ApiError:
         return ApiError(409, str(exc), type="conflict_error", code="conversation_busy")
     if isinstance(exc, StoreError):
         return ApiError(503, str(exc), type="server_error", code="store_unavailable")
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
+        # the database went away, refused the connection, or the pool stayed busy
+        log.warning("fmai serve: the store is unavailable: %s", type(exc).__name__)
+        return ApiError(
+            503,
+            f"The conversation store is unavailable ({type(exc).__name__}). Nothing was "
+            "stored: retry later; GET /healthz says when the store answers again.",
+            type="server_error",
+            code="store_unavailable",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, FMAIError):
         return from_fmai_error(exc)
     log.exception("fmai serve: unexpected error")
