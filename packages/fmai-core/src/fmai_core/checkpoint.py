@@ -2,7 +2,9 @@
 
 A checkpoint holds the memory state (pinned facts, summary, history and archive), the
 engine's settings and the cumulative stats. It never holds backend objects or secrets (API
-keys stay in the backend) and nothing executable: it is plain JSON.
+keys stay in the backend) and nothing executable: it is plain JSON. This module does the
+format and the atomic I/O only: the engine hands it a [`Snapshot`][fmai_core.checkpoint.Snapshot]
+(`FiniteMemoryLLM.snapshot()`) and restores itself from the one `read_checkpoint` returns.
 
 **Format.** A JSON object with `format` (`"fmai-checkpoint"`), `version`, `tokenizer_id`,
 `backend`, `settings`, `state`, `stats` and, from version 2, `checksum`:
