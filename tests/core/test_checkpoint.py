@@ -142,7 +142,7 @@ def test_snapshot_is_immutable_and_round_trips_through_the_file(tmp_path: Path) 
 def test_checkpoint_module_never_reaches_into_the_engine() -> None:
     import ast
 
-    import fmai_core.checkpoint as checkpoint
+    from fmai_core import checkpoint
 
     tree = ast.parse(Path(checkpoint.__file__).read_text(encoding="utf-8"))
     imported = {
