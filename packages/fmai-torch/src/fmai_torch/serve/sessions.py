@@ -84,10 +84,9 @@ class EngineFactory:
     @staticmethod
     def dump(llm: FiniteMemoryLLM) -> str:
         """The checkpoint document of `llm`, as `save` writes it (checksum included)."""
-        from fmai_core.checkpoint import checksum, snapshot
+        from fmai_core.checkpoint import document
 
-        doc = snapshot(llm)
-        return json.dumps({**doc, "checksum": checksum(doc)}, ensure_ascii=False)
+        return json.dumps(document(llm.snapshot()), ensure_ascii=False)
 
     def close(self) -> None:
         """Remove the scratch folder."""
