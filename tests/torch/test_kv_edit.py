@@ -149,6 +149,47 @@ def test_stock_rotary_layer0_equals_fresh_prefill(rope: str) -> None:
     assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
 
 
+def test_a_token_computed_between_kept_runs() -> None:
+    """A kept run whose first token changed (a message part that now starts a message): the
+    changed token is computed in place, the run after it re-rotated; layer 0 equals a fresh
+    prefill, and every layer's prefix is untouched."""
+    model = _llama(ROPES["llama3"])
+    prefix, block, tail = _tokens(20, 3), _tokens(17, 4), _tokens(30, 5)
+    full = prefix + block + tail
+    kv = KVCache("rerotate", RopeEditor(model))
+
+    def forward(ids: list[int], positions: list[int], cache: object) -> None:
+        with torch.inference_mode():
+            model(
+                input_ids=torch.tensor([ids]),
+                position_ids=torch.tensor([positions]),
+                cache=cache,
+                use_cache=True,
+            )
+
+    kv.forward = forward
+    kv._cache = _prefill(model, full)
+    kv.ids, kv.positions = list(full), list(range(len(full)))
+    changed = [63 if tail[0] != 63 else 62, *tail[1:]]
+    prompt = prefix + changed + [9]
+    ready = kv.prepare(prompt)
+    assert ready.info["applied"] == "rerotate" and ready.info["computed_between"] == 1
+    assert ready.reused == len(prefix) + len(tail) and kv.ids == prompt[:-1]
+    fresh = _prefill(model, prompt[:-1])
+    assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
+    assert (ready.cache.layers[0].values - fresh.layers[0].values).abs().max() < 1e-9
+    p = len(prefix)
+    for layer, ref in zip(ready.cache.layers, fresh.layers):
+        assert torch.equal(layer.keys[..., :p, :], ref.keys[..., :p, :])
+        # the computed token saw exactly the prefix, as in the fresh prefill
+        assert (layer.keys[..., p, :] - ref.keys[..., p, :]).abs().max() < 1e-9
+    # without a forward function (keep-positions never computes in between) it stops there
+    plain = KVCache("rerotate", RopeEditor(model))
+    plain._cache = _prefill(model, full)
+    plain.ids, plain.positions = list(full), list(range(len(full)))
+    assert plain.prepare(prompt).reused == len(prefix)
+
+
 def test_repeated_edits_do_not_drift() -> None:
     """Ten edits in a row end where one edit removing the same tokens ends (1e-9)."""
     model = _llama(ROPES["llama3"])

@@ -253,12 +253,27 @@ class HFBackend:
 
     def _new_cache(self) -> KVCache:
         keep = self.kv_edit == "keep-positions"
-        return KVCache(
+        kv = KVCache(
             self.kv_edit,
             self._editor,
             self.kv_edit_fallback,
             max_position=self.max_context if keep else 0,
         )
+        kv.forward = self._forward_into
+        return kv
+
+    def _forward_into(self, ids: list[int], positions: list[int], cache: Any) -> None:
+        """Run the model over `ids` at `positions`, appending their keys and values."""
+        import torch
+
+        dev = self.handle.device
+        with torch.inference_mode(), use_threads(self.threads):
+            self.model(
+                input_ids=torch.tensor([ids], device=dev),
+                position_ids=torch.tensor([positions], device=dev),
+                use_cache=True,
+                **{self.handle.cache_kw: cache},
+            )
 
     @property
     def cached_tokens(self) -> int:

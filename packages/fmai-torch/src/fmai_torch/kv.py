@@ -22,12 +22,17 @@ tokens after them are reused too. The cache then records each token's position i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fmai_torch.kv_edit import EDIT_MODES, RopeEditor, plan_edit
 
-__all__ = ["KVCache", "Prepared", "cache_kwarg", "common_prefix"]
+__all__ = ["MIN_GAIN", "KVCache", "Prepared", "cache_kwarg", "common_prefix"]
+
+#: An edit must serve at least this many more tokens than the plain crop would (fewer are
+#: cheaper to prefill than to splice).
+MIN_GAIN = 16
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -107,6 +112,9 @@ class KVCache:
         self.editor = editor
         self.fallback = fallback if mode != "recompute" else None
         self.max_position = max_position
+        #: Runs the model over a few tokens at given positions, appending to a cache (lets a
+        #: `rerotate` edit compute the tokens between two kept runs); set by the backend.
+        self.forward: Callable[[list[int], list[int], Any], None] | None = None
         self._cache: Any = None
         self.ids: list[int] = []
         self.positions: list[int] = []
@@ -185,30 +193,72 @@ class KVCache:
         if reason is not None:
             info["fallback"] = reason
             return None
-        edit = plan_edit(self.ids, prompt, prefix)
+        gap = 4 if (self.mode == "rerotate" and self.forward is not None) else 0
+        edit = plan_edit(self.ids, prompt, prefix, max_gap=gap)
         limit = len(prompt) - 1
-        if min(edit.kept, limit) <= prefix:
+        if min(edit.kept, limit) < prefix + MIN_GAIN:  # not worth an edit over the crop
             return None
-        runs, total = [], 0
-        for a, b in edit.runs:
-            take = min(b - a, limit - total)
+        pieces, total = [], 0
+        for (a, b), g in zip(edit.runs, edit.gaps):
+            take = min(b - a, limit - total - g)
             if take <= 0:
                 break
-            runs.append((a, a + take))
-            total += take
-        index = torch.cat([torch.arange(a, b) for a, b in runs])
-        old = torch.tensor(self.positions, dtype=torch.long)[index]
-        new = torch.arange(total) if self.mode == "rerotate" else None
-        rotated = self.editor.apply(self._cache, index, old, new)
-        self.ids = [self.ids[i] for a, b in runs for i in range(a, b)]
-        self.positions = list(range(total)) if new is not None else old.tolist()
+            pieces.append((g, a, a + take))
+            total += g + take
+        if any(g for g, _, _ in pieces):
+            rotated = self._splice(prompt, pieces)
+        else:
+            index = torch.cat([torch.arange(a, b) for _, a, b in pieces])
+            old = torch.tensor(self.positions, dtype=torch.long)[index]
+            new = torch.arange(total) if self.mode == "rerotate" else None
+            rotated = self.editor.apply(self._cache, index, old, new)
+            self.ids = [self.ids[i] for _, a, b in pieces for i in range(a, b)]
+            self.positions = list(range(total)) if new is not None else old.tolist()
+        held = sum(b - a for _, a, b in pieces)
         info.update(
             applied=self.mode,
-            cut_tokens=runs[-1][1] - runs[0][0] - total,
+            cut_tokens=pieces[-1][2] - pieces[0][1] - held,
             rotated_tokens=rotated,
-            runs=len(runs),
+            runs=len(pieces),
+            computed_between=sum(g for g, _, _ in pieces),
         )
         return total
+
+    def _splice(self, prompt: list[int], pieces: list[tuple[int, int, int]]) -> int:
+        """Rebuild the cache from kept runs and a few computed tokens between them
+        (`rerotate` only); return the keys rotated per layer."""
+        import torch
+
+        assert self.editor is not None and self.forward is not None
+        layers = list(self._cache.layers)
+        orig = [(layer.keys, layer.values) for layer in layers]
+        old_pos = torch.tensor(self.positions, dtype=torch.long)
+        for layer, (k, v) in zip(layers, orig):
+            layer.keys, layer.values = k[..., :0, :], v[..., :0, :]
+        j, rotated = 0, 0
+        for gap, a, b in pieces:
+            if gap:
+                self.forward(prompt[j : j + gap], list(range(j, j + gap)), self._cache)
+                j += gap
+            idx = torch.arange(a, b)
+            new = torch.arange(j, j + b - a)
+            old = old_pos[idx]
+            moved = torch.nonzero(old != new).flatten()
+            rotated += int(moved.numel())
+            for layer, (k, v) in zip(layers, orig):
+                dev = k.device
+                kk = k.index_select(-2, idx.to(dev))
+                if moved.numel():
+                    m = moved.to(dev)
+                    kk[..., m, :] = self.editor.rotate(
+                        kk[..., m, :], old[moved].to(dev), new[moved].to(dev)
+                    )
+                layer.keys = torch.cat([layer.keys, kk], dim=-2)
+                layer.values = torch.cat([layer.values, v.index_select(-2, idx.to(dev))], dim=-2)
+            j += b - a
+        self.ids = list(prompt[:j])
+        self.positions = list(range(j))
+        return rotated
 
     def commit(self, sequence: list[int]) -> None:
         """Record the ids the cache covers after a generation over `sequence` (prompt + reply)."""

@@ -40,26 +40,37 @@ class Edit:
     """Which cached tokens a new prompt keeps.
 
     Attributes:
-        runs: `(start, end)` ranges of the old cache, in order; their tokens, concatenated,
-            are the new prompt's first `kept` tokens.
-        kept: Tokens of the new prompt served from the cache after the edit.
+        runs: `(start, end)` ranges of the old cache, in order; with the `gaps` computed
+            between them, they are the new prompt's first `kept` tokens.
+        kept: Tokens of the new prompt covered after the edit (runs and gaps).
         prefix: The plain common prefix (what `recompute` reuses).
+        gaps: New tokens to compute just before each run (all 0 for a pure removal; a
+            few where a kept part of a message now starts a message and is tokenized
+            differently at its first word).
     """
 
     runs: tuple[tuple[int, int], ...]
     kept: int
     prefix: int
+    gaps: tuple[int, ...] = ()
 
     @property
     def cut(self) -> int:
         """Cached tokens removed between the kept runs (not counting a cropped tail)."""
         if not self.runs:
             return 0
-        return self.runs[-1][1] - self.runs[0][0] - self.kept
+        held = sum(b - a for a, b in self.runs)
+        return self.runs[-1][1] - self.runs[0][0] - held
 
 
 def plan_edit(
-    old: Sequence[int], new: Sequence[int], prefix: int, *, min_run: int = 8, max_runs: int = 16
+    old: Sequence[int],
+    new: Sequence[int],
+    prefix: int,
+    *,
+    min_run: int = 8,
+    max_runs: int = 16,
+    max_gap: int = 0,
 ) -> Edit:
     """The longest prefix of `new` built from in-order runs of `old` (removals only).
 
@@ -67,31 +78,39 @@ def plan_edit(
     further run is a stretch of `old`, later than the previous run, that `new` continues
     with; it must be at least `min_run` tokens long (shorter matches are coincidences, not
     kept history). Matching stops at the first token of `new` that no such run starts at:
-    from there on `new` is computed. Linear time: a hash of `old`'s `min_run`-grams.
+    from there on `new` is computed, unless a run starts within `max_gap` tokens: those
+    few tokens are then computed in between (`Edit.gaps`). Linear time: a hash of `old`'s
+    `min_run`-grams.
     """
     runs: list[tuple[int, int]] = [(0, prefix)] if prefix else []
+    gaps: list[int] = [0] if prefix else []
     j, lo = prefix, prefix
     n_old, n_new = len(old), len(new)
     if n_old - lo < min_run or n_new - j < min_run:
-        return Edit(tuple(runs), prefix, prefix)
+        return Edit(tuple(runs), prefix, prefix, tuple(gaps))
     index: dict[tuple[int, ...], list[int]] = {}
     for i in range(lo, n_old - min_run + 1):
         index.setdefault(tuple(old[i : i + min_run]), []).append(i)
     while len(runs) < max_runs and n_new - j >= min_run:
-        best, best_len = -1, 0
-        candidates = [i for i in index.get(tuple(new[j : j + min_run]), ()) if i >= lo]
-        for i in candidates[:32]:
-            k = min_run
-            while i + k < n_old and j + k < n_new and old[i + k] == new[j + k]:
-                k += 1
-            if k > best_len:
-                best, best_len = i, k
+        best, best_len, gap = -1, 0, 0
+        for skip in range(max_gap + 1 if runs else 1):
+            at = j + skip
+            candidates = [i for i in index.get(tuple(new[at : at + min_run]), ()) if i >= lo]
+            for i in candidates[:32]:
+                k = min_run
+                while i + k < n_old and at + k < n_new and old[i + k] == new[at + k]:
+                    k += 1
+                if k > best_len:
+                    best, best_len, gap = i, k, skip
+            if best >= 0:
+                break
         if best < 0:
             break
         runs.append((best, best + best_len))
-        j += best_len
+        gaps.append(gap)
+        j += gap + best_len
         lo = best + best_len
-    return Edit(tuple(runs), j, prefix)
+    return Edit(tuple(runs), j, prefix, tuple(gaps))
 
 
 def edit_support(model: Any) -> str | None:

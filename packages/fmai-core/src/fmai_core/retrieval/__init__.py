@@ -9,7 +9,7 @@ sentence parts a long message is split into, and it is torch-free:
 2. **Embeddings,** when the conversation has an embedder (`FiniteMemoryLLM(embedder=...)`
    or a backend that embeds): the cosine of the question with each message. The two are
    fused by their scores (CombSUM of normalised scores, which beat reciprocal-rank fusion
-   on the recall benchmark with and without paraphrase): BM25 as the share of the whole
+   on the recall benchmark on both of its wordings): BM25 as the share of the whole
    query's information a message matches, where a query term the conversation never used
    counts at the highest IDF (a question worded unlike anything said, a paraphrase, is
    then left mostly to the embedding, while one that names a rare word it shares with a

@@ -216,10 +216,10 @@ class RecallIndex:
         if not (self._scored and self._scored[0] == key):
             self._scored = [key, self._bm25(query), None]
         scores: dict[int, float] = self._scored[1]
-        if top is None:
-            return {m: x for m, x in scores.items() if among is None or m in among}
-        if among is None and len(scores) <= top:
-            return dict(scores)
+        if top is None or len(scores) <= top:  # nothing to cut
+            if among is None:
+                return dict(scores)
+            return {m: x for m, x in scores.items() if m in among}
         ranked = self._scored[2]
         if ranked is None:  # sorted once per query, in C; each caller then takes its best
             ranked = self._scored[2] = sorted(zip(scores.values(), scores.keys()), reverse=True)
