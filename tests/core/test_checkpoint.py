@@ -115,3 +115,46 @@ def test_archive_survives_round_trip(tmp_path: Path) -> None:
     llm.save(path)
     again = FiniteMemoryLLM.load(path, EchoBackend())
     assert again.state.archive == llm.state.archive
+
+
+def test_snapshot_is_immutable_and_round_trips_through_the_file(tmp_path: Path) -> None:
+    import dataclasses
+
+    from fmai_core.checkpoint import document, read_checkpoint
+
+    llm = _conversation()
+    snap = llm.snapshot()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.state = llm.state  # type: ignore[misc]
+    turns = snap.stats.turns
+    llm.chat("one more turn")  # the snapshot is a copy: later turns do not change it
+    assert snap.stats.turns == turns and llm.snapshot().stats.turns == turns + 1
+    path = tmp_path / "chat.json"
+    llm.save(path)
+    assert json.loads(path.read_text(encoding="utf-8")) == document(llm.snapshot())
+    back = read_checkpoint(path, EchoBackend().tokenizer_id)
+    now = llm.snapshot()
+    assert back.state == now.state and back.config == now.config and back.stats == now.stats
+    assert (back.policy, back.tokenizer_id) == ("sliding", now.tokenizer_id)
+    assert back.generation == {"temperature": 0.0}
+
+
+def test_checkpoint_module_never_reaches_into_the_engine() -> None:
+    import ast
+
+    from fmai_core import checkpoint
+
+    tree = ast.parse(Path(checkpoint.__file__).read_text(encoding="utf-8"))
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert "fmai_core.engine" not in imported  # it gets a Snapshot, never the engine
+    private = {
+        (node.value.id, node.attr)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+    }
+    assert private == set(), private

@@ -118,19 +118,20 @@ def test_retry_after_within_the_cap_is_honoured(provider: str, server: FakeProvi
 def test_retry_after_beyond_the_turn_deadline_stops_retrying(
     provider: str, server: FakeProvider
 ) -> None:
-    # Each wait is under the cap, but the second would end past the turn's deadline.
-    server.retry_after = "0.3"
+    # Each wait is under the cap, but the second would end past the turn's deadline: the first
+    # 1 s wait fits in 1.6 s if the first request takes under 0.6 s (it does, even on a loaded
+    # machine), the second can never fit (two waits are 2 s).
+    server.retry_after = "1"
     server.fail_next("429", times=5)
-    b = make(provider, server, max_retries=5, turn_timeout=0.5)
-    elapsed, err = within(5, lambda: b.generate(MSGS))
+    b = make(provider, server, max_retries=5, turn_timeout=1.6)
+    elapsed, err = within(8, lambda: b.generate(MSGS))
     b.close()
     assert isinstance(err, RateLimitError)
-    assert "asked to wait 0.3 s" in str(err)
-    assert "turn_timeout=0.5" in str(err)
-    # One wait of 0.3 s, not two: a second wait alone would put it at 0.6 s or later. (The
-    # bound leaves room for two loopback requests on a loaded machine; the request count
-    # below is the exact check.)
-    assert elapsed < 0.6
+    assert "asked to wait 1 s" in str(err)
+    assert "turn_timeout=1.6" in str(err)
+    # One wait, not two (a second wait alone would put it past 2 s); the request count below
+    # is the exact check.
+    assert elapsed < 2.0
     assert len(server.requests) == 2
 
 

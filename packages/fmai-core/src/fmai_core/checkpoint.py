@@ -2,7 +2,9 @@
 
 A checkpoint holds the memory state (pinned facts, summary, history and archive), the
 engine's settings and the cumulative stats. It never holds backend objects or secrets (API
-keys stay in the backend) and nothing executable: it is plain JSON.
+keys stay in the backend) and nothing executable: it is plain JSON. This module does the
+format and the atomic I/O only: the engine hands it a [`Snapshot`][fmai_core.checkpoint.Snapshot]
+(`FiniteMemoryLLM.snapshot()`) and restores itself from the one `read_checkpoint` returns.
 
 **Format.** A JSON object with `format` (`"fmai-checkpoint"`), `version`, `tokenizer_id`,
 `backend`, `settings`, `state`, `stats` and, from version 2, `checksum`:
@@ -56,7 +58,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import MISSING, fields, is_dataclass, replace
+from dataclasses import MISSING, dataclass, fields, is_dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -69,8 +71,6 @@ from fmai_core.segments import Segment, SegmentKind
 from fmai_core.stats import MemoryStats
 
 if TYPE_CHECKING:
-    from fmai_core.backend import Backend
-    from fmai_core.engine import FiniteMemoryLLM
     from fmai_core.tokens import TokenCounter
 
 __all__ = [
@@ -78,11 +78,14 @@ __all__ = [
     "FORMAT",
     "READABLE",
     "VERSION",
+    "Snapshot",
     "checksum",
-    "load_checkpoint",
+    "document",
+    "policy_fields",
+    "read_checkpoint",
     "recount_state",
-    "save_checkpoint",
-    "snapshot",
+    "saved_policy",
+    "write_atomic",
     "write_checkpoint",
 ]
 
@@ -99,21 +102,66 @@ _KINDS = frozenset(get_args(SegmentKind))
 ESTIMATE_PREFIX = "fmai-estimate-"
 
 
-def _settings(llm: FiniteMemoryLLM) -> dict[str, Any]:
-    return {
-        "policy": llm.policy.name,
-        **llm.config.to_dict(),
-        "generation": {k: v for k, v in llm.generation.items() if _jsonable(v)},
-        **_policy_config(llm.policy),
-    }
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a checkpoint holds, typed: what the engine hands to the writer and what
+    [`read_checkpoint`][fmai_core.checkpoint.read_checkpoint] gives back.
+
+    The engine takes it under its lock (`FiniteMemoryLLM.snapshot()`), from immutable
+    state and copies, so encoding and writing it need no lock. This module turns it into
+    the file format and back; it never touches the engine.
+
+    Attributes:
+        tokenizer_id: The backend's tokenizer, which the token counts depend on.
+        backend: The backend's name (informative).
+        config: The memory settings.
+        policy: The policy's registered name.
+        policy_config: A dataclass policy's fields (`None` for any other policy); the
+            values JSON cannot hold are left out of the file.
+        generation: The default generation parameters; those JSON cannot hold are left
+            out of the file.
+        state: The memory state.
+        stats: The cumulative stats (a copy).
+        vectors: The recall index's embeddings (`RecallIndex.vectors_to_dict`), or `None`.
+    """
+
+    tokenizer_id: str
+    backend: str
+    config: MemoryConfig
+    policy: str
+    policy_config: Mapping[str, Any] | None
+    generation: Mapping[str, Any]
+    state: MemoryState
+    stats: MemoryStats
+    vectors: Mapping[str, Any] | None = None
 
 
-def _policy_config(policy: Any) -> dict[str, Any]:
-    """A dataclass policy's fields (`HybridPolicy(relevance_weight=0.9)`), to rebuild it."""
+def policy_fields(policy: Any) -> dict[str, Any] | None:
+    """A dataclass policy's init fields (`HybridPolicy(relevance_weight=0.9)`), to rebuild
+    it on load; `None` for a policy that is not a dataclass."""
     if not is_dataclass(policy) or isinstance(policy, type):
-        return {}
-    config = {f.name: getattr(policy, f.name) for f in fields(policy) if f.init}
-    return {"policy_config": {k: v for k, v in config.items() if _jsonable(v)}}
+        return None
+    return {f.name: getattr(policy, f.name) for f in fields(policy) if f.init}
+
+
+def _settings(snap: Snapshot) -> dict[str, Any]:
+    out = {
+        "policy": snap.policy,
+        **snap.config.to_dict(),
+        "generation": {k: v for k, v in snap.generation.items() if _jsonable(v)},
+    }
+    if snap.policy_config is not None:
+        out["policy_config"] = {k: v for k, v in snap.policy_config.items() if _jsonable(v)}
+    return out
+
+
+def saved_policy(snap: Snapshot, path: str | PathLike[str]) -> Any:
+    """The policy registered as `snap.policy`, with the saved fields.
+
+    Raises:
+        CheckpointError: the saved fields do not fit the registered policy.
+    """
+    return _policy(Path(path), snap.policy, dict(snap.policy_config or {}))
 
 
 def _policy(p: Path, name: str, config: dict[str, Any]) -> Any:
@@ -168,37 +216,32 @@ def checksum(doc: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
 
 
-def snapshot(llm: FiniteMemoryLLM) -> dict[str, Any]:
-    """The checkpoint document of `llm` (call it under the conversation's lock)."""
+def document(snap: Snapshot) -> dict[str, Any]:
+    """The checkpoint document of `snap` as `save` writes it, checksum included."""
     doc: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "tokenizer_id": llm.backend.tokenizer_id,
-        "backend": getattr(llm.backend, "name", type(llm.backend).__name__),
-        "settings": _settings(llm),
-        "state": llm.state.to_dict(),
-        "stats": {f.name: getattr(llm._stats, f.name) for f in fields(MemoryStats)},
+        "tokenizer_id": snap.tokenizer_id,
+        "backend": snap.backend,
+        "settings": _settings(snap),
+        "state": snap.state.to_dict(),
+        "stats": {f.name: getattr(snap.stats, f.name) for f in fields(MemoryStats)},
     }
-    vectors = llm._planner.index.vectors_to_dict()
-    if vectors is not None:  # embeddings, kept under the embedder's identity
-        doc["vectors"] = vectors
-    return doc
+    if snap.vectors is not None:  # embeddings, kept under the embedder's identity
+        doc["vectors"] = dict(snap.vectors)
+    return {**doc, "checksum": checksum(doc)}
 
 
-def write_checkpoint(doc: Mapping[str, Any], path: str | PathLike[str]) -> None:
-    """Add the checksum to `doc` and write it to `path` atomically.
+def write_checkpoint(snap: Snapshot, path: str | PathLike[str]) -> str:
+    """Write `snap` to `path` atomically; return the checkpoint's checksum.
 
     Raises:
         CheckpointWriteError: the file could not be written; an older checkpoint at `path`
             is left whole.
     """
-    data = {**doc, "checksum": checksum(doc)}
+    data = document(snap)
     write_atomic(Path(path), json.dumps(data, ensure_ascii=False, indent=1))
-
-
-def save_checkpoint(llm: FiniteMemoryLLM, path: str | PathLike[str]) -> None:
-    """Write `llm`'s conversation to `path` atomically."""
-    write_checkpoint(snapshot(llm), path)
+    return str(data["checksum"])
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -488,29 +531,24 @@ def _read(p: Path) -> Any:
         ) from None if isinstance(exc, RecursionError) else exc
 
 
-def load_checkpoint(
-    cls: type[FiniteMemoryLLM],
-    path: str | PathLike[str],
-    backend: Backend,
-    *,
-    recount: bool = False,
-    **overrides: Any,
-) -> FiniteMemoryLLM:
-    """Restore a conversation; `overrides` replace saved settings (e.g. `policy=`).
+def read_checkpoint(
+    path: str | PathLike[str], tokenizer_id: str, *, recount: bool = False
+) -> Snapshot:
+    """Read and fully validate the checkpoint at `path` for a backend of `tokenizer_id`.
+
+    The snapshot's `tokenizer_id` is the saved one: when it differs from `tokenizer_id`
+    (allowed for fmai's estimates, or with `recount`), the token counts are to be computed
+    again ([`recount_state`][fmai_core.checkpoint.recount_state]).
 
     Args:
-        cls: The engine class to build.
         path: The checkpoint file.
-        backend: The backend to continue with.
-        recount: Re-count every segment's tokens under `backend` when the checkpoint was
-            written under another tokenizer, even between two real tokenizers (one of
-            fmai's estimates is re-counted without it).
-        **overrides: Settings that replace the saved ones.
+        tokenizer_id: The tokenizer of the backend to continue with.
+        recount: Accept a checkpoint written under another tokenizer, even between two
+            real tokenizers (one of fmai's estimates is accepted without it).
 
     Raises:
         CheckpointError: the file is missing, unreadable, damaged (checksum or schema), of
-            an unknown version, or from another real tokenizer without `recount=True`;
-            nothing is loaded.
+            an unknown version, or from another real tokenizer without `recount=True`.
     """
     p = Path(path)
     doc = _read(p)
@@ -535,12 +573,12 @@ def load_checkpoint(
     saved_tok = doc.get("tokenizer_id")
     if not isinstance(saved_tok, str):
         raise CheckpointError(f"{p} is damaged or incomplete: no tokenizer_id. Restore a backup.")
-    changed = saved_tok != backend.tokenizer_id
-    estimated = any(t.startswith(ESTIMATE_PREFIX) for t in (saved_tok, backend.tokenizer_id))
+    changed = saved_tok != tokenizer_id
+    estimated = any(t.startswith(ESTIMATE_PREFIX) for t in (saved_tok, tokenizer_id))
     if changed and not (recount or estimated):
         raise CheckpointError(
             f"{p} was written under tokenizer {saved_tok!r} but the backend uses "
-            f"{backend.tokenizer_id!r}, so its token counts would be wrong. If this is the "
+            f"{tokenizer_id!r}, so its token counts would be wrong. If this is the "
             "conversation you meant to continue with this model, load it with recount=True "
             "to re-count every segment from its text; otherwise load it with the model it "
             "was written with."
@@ -554,39 +592,23 @@ def load_checkpoint(
         stats = _stats(doc["stats"])
     except _Damaged as exc:
         raise CheckpointError(f"{p} is damaged or incomplete: {exc}. Restore a backup.") from None
-    generation = {**settings["generation"], **(overrides.pop("generation", None) or {})}
-    policy = overrides.pop("policy", None)
-    if policy is None:
-        policy = _policy(p, settings["policy"], settings.get("policy_config", {}))
-    changes = {k: overrides.pop(k) for k in MemoryConfig.names() if k in overrides}
-    if "config" in overrides:  # a whole MemoryConfig replaces the saved one
-        config = overrides.pop("config")
-    elif changes:
-        config = replace(config, **changes)  # validated again: a bad override raises
-    llm = cls(backend, policy=policy, config=config, generation=generation, **overrides)
-    if changed:
-        import logging
-
-        state = recount_state(state, llm.counter)
-        llm.recounted_from = saved_tok
-        logging.getLogger("fmai").info(
-            "fmai: %s was counted under %r; re-counted its %d segments under %r",
-            p,
-            saved_tok,
-            len(state.pinned) + len(state.history) + len(state.archive),
-            backend.tokenizer_id,
-        )
-    llm._check_fixed(state)
-    if "vectors" in doc:  # embeddings of the same embedder are not computed again
+    vectors = None
+    if "vectors" in doc:
         try:
             keys = {"embedder", "dimensions", "vectors"}
             vectors = _object(doc["vectors"], "vectors", keys, keys)
-            llm._planner.index.load_vectors(vectors)
-        except (_Damaged, KeyError, TypeError, ValueError) as exc:
+        except _Damaged as exc:
             raise CheckpointError(
                 f"{p} is damaged: its embeddings ({exc}). Restore a backup."
             ) from None
-    llm._commit(state)
-    llm._prepare([*state.history, *state.archive])
-    llm._stats = stats
-    return llm
+    return Snapshot(
+        tokenizer_id=saved_tok,
+        backend=doc["backend"],
+        config=config,
+        policy=settings["policy"],
+        policy_config=settings.get("policy_config"),
+        generation=settings["generation"],
+        state=state,
+        stats=stats,
+        vectors=vectors,
+    )

@@ -27,6 +27,7 @@ from fmai_core.context import ContextBuilder
 from fmai_core.errors import (
     BackendError,
     BudgetError,
+    CheckpointError,
     ConfigurationError,
     EmptyMessageError,
     FMAIError,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     import asyncio
     from types import TracebackType
 
+    from fmai_core.checkpoint import Snapshot
     from fmai_core.planner import Plan
     from fmai_core.policies import Policy
     from fmai_core.retrieval import RecallIndex
@@ -839,11 +841,9 @@ class FiniteMemoryLLM:
         (a backend with `save_kv`, such as `HFBackend`; others warn), tied to this
         checkpoint's checksum: `load` restores it only beside this exact checkpoint.
         """
-        from fmai_core.checkpoint import checksum, snapshot, write_checkpoint
+        from fmai_core.checkpoint import write_checkpoint
 
-        with self._lock:  # a consistent snapshot; the slow part (encode, fsync) runs after
-            doc = snapshot(self)
-        write_checkpoint(doc, path)
+        digest = write_checkpoint(self.snapshot(), path)  # encode and fsync outside the lock
         if kv:
             save_kv = getattr(self.backend, "save_kv", None)
             if save_kv is None:
@@ -853,7 +853,26 @@ class FiniteMemoryLLM:
                     stacklevel=2,
                 )
             else:
-                save_kv(kv_path(path), checksum(doc))
+                save_kv(kv_path(path), digest)
+
+    def snapshot(self) -> Snapshot:
+        """What a checkpoint of this conversation holds, as one consistent, immutable
+        [`Snapshot`][fmai_core.checkpoint.Snapshot] (taken under the conversation's lock;
+        encode or write it with the [`checkpoint`][fmai_core.checkpoint] functions)."""
+        from fmai_core.checkpoint import Snapshot, policy_fields
+
+        with self._lock:
+            return Snapshot(
+                tokenizer_id=self.backend.tokenizer_id,
+                backend=getattr(self.backend, "name", type(self.backend).__name__),
+                config=self.config,
+                policy=self.policy.name,
+                policy_config=policy_fields(self.policy),
+                generation=dict(self.generation),
+                state=self._state,
+                stats=replace(self._stats),
+                vectors=self._planner.index.vectors_to_dict(),
+            )
 
     @classmethod
     def load(
@@ -878,11 +897,61 @@ class FiniteMemoryLLM:
         otherwise. `recounted_from` then names the old tokenizer (see
         [`checkpoint`][fmai_core.checkpoint]).
         """
-        from fmai_core.checkpoint import load_checkpoint
+        from fmai_core.checkpoint import read_checkpoint
 
-        llm = load_checkpoint(cls, path, backend, recount=recount, **overrides)
+        snap = read_checkpoint(path, backend.tokenizer_id, recount=recount)
+        llm = cls._restore(snap, path, backend, overrides)
         if kv is not False:
             _restore_kv(backend, path, warn_missing=kv is True)
+        return llm
+
+    @classmethod
+    def _restore(
+        cls,
+        snap: Snapshot,
+        path: str | PathLike[str],
+        backend: Backend,
+        overrides: dict[str, Any],
+    ) -> FiniteMemoryLLM:
+        """A conversation continued from `snap` (read from `path`); `overrides` replace
+        saved settings (`policy=`, `generation=`, a `MemoryConfig` field or `config=`)."""
+        from fmai_core.checkpoint import recount_state, saved_policy
+
+        generation = {**snap.generation, **(overrides.pop("generation", None) or {})}
+        policy = overrides.pop("policy", None)
+        if policy is None:
+            policy = saved_policy(snap, path)
+        config = snap.config
+        changes = {k: overrides.pop(k) for k in MemoryConfig.names() if k in overrides}
+        if "config" in overrides:  # a whole MemoryConfig replaces the saved one
+            config = overrides.pop("config")
+        elif changes:
+            config = replace(config, **changes)  # validated again: a bad override raises
+        llm = cls(backend, policy=policy, config=config, generation=generation, **overrides)
+        state = snap.state
+        if snap.tokenizer_id != backend.tokenizer_id:
+            import logging
+
+            state = recount_state(state, llm.counter)
+            llm.recounted_from = snap.tokenizer_id
+            logging.getLogger("fmai").info(
+                "fmai: %s was counted under %r; re-counted its %d segments under %r",
+                path,
+                snap.tokenizer_id,
+                len(state.pinned) + len(state.history) + len(state.archive),
+                backend.tokenizer_id,
+            )
+        llm._check_fixed(state)
+        if snap.vectors is not None:  # embeddings of the same embedder are not computed again
+            try:
+                llm._planner.index.load_vectors(snap.vectors)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(
+                    f"{path} is damaged: its embeddings ({exc}). Restore a backup."
+                ) from None
+        llm._commit(state)
+        llm._prepare([*state.history, *state.archive])
+        llm._stats = replace(snap.stats)
         return llm
 
     #: The `tokenizer_id` a loaded checkpoint was counted under, when `load` re-counted it

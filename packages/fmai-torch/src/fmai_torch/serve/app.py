@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -54,6 +56,8 @@ STATS_HEADER = "X-FMAI-Turn-Stats"
 FORKED_HEADER = "X-FMAI-Forked-From"
 
 log = logging.getLogger("fmai.serve")
+#: The end of a turn's events (see `chat`'s stream).
+_END = object()
 
 #: The memory inspector's page (plain HTML, CSS and JS, with uPlot vendored), served at `/ui/`.
 UI_DIR = Path(__file__).parent / "ui"
@@ -82,6 +86,17 @@ def _as_api_error(exc: BaseException) -> ApiError:
         return ApiError(409, str(exc), type="conflict_error", code="conversation_busy")
     if isinstance(exc, StoreError):
         return ApiError(503, str(exc), type="server_error", code="store_unavailable")
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)):
+        # the database went away, refused the connection, or the pool stayed busy
+        log.warning("fmai serve: the store is unavailable: %s", type(exc).__name__)
+        return ApiError(
+            503,
+            f"The conversation store is unavailable ({type(exc).__name__}). Nothing was "
+            "stored: retry later; GET /healthz says when the store answers again.",
+            type="server_error",
+            code="store_unavailable",
+            headers={"Retry-After": "1"},
+        )
     if isinstance(exc, FMAIError):
         return from_fmai_error(exc)
     log.exception("fmai serve: unexpected error")
@@ -132,6 +147,7 @@ def create_app(
         threads: Worker threads for the store and the model (blocking calls).
     """
     metrics = metrics or _Metrics()
+    running: set[asyncio.Task[None]] = set()  # streamed turns still running
 
     def owner(request: Request) -> str:
         found = keys.owner(request.headers.get("authorization"))
@@ -146,7 +162,7 @@ def create_app(
 
     async def chat(request: Request) -> Response:
         who = owner(request)
-        req = parse_chat_request(await request.body())
+        req = parse_chat_request(await _read_body(request))
         cid = request.headers.get(SESSION_HEADER) or req.metadata_id or req.user
         if cid is not None:
             check_id(cid)
@@ -187,10 +203,32 @@ def create_app(
             )
             return JSONResponse(body, headers=headers)
 
+        # The turn runs to its commit at its own pace, whatever pace the client reads at:
+        # its pieces wait in `queue` (at most the reply), so a client that stops reading
+        # holds neither the conversation's lock nor a store connection nor the model.
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for event in events:
+                    queue.put_nowait(event)
+            except Exception as exc:  # after the headers: an error event ends the stream
+                queue.put_nowait(_as_api_error(exc))
+            finally:
+                queue.put_nowait(_END)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            metrics.active.dec()
+
+        turn = asyncio.create_task(pump())
+        running.add(turn)  # a strong reference until it ends (the loop keeps a weak one)
+        turn.add_done_callback(ended)
+
         async def sse() -> AsyncIterator[str]:
+            event: Any = first
             try:
                 yield chunk(comp_id, model, {"role": "assistant", "content": ""})
-                event: Any = first
                 while True:
                     if isinstance(event, TurnOutcome):  # committed: acknowledge
                         stats = event.stats
@@ -200,17 +238,18 @@ def create_app(
                             yield chunk(comp_id, model, None, usage=usage(stats))
                         yield "data: [DONE]\n\n"
                         return
+                    if isinstance(event, ApiError):
+                        yield "data: " + json.dumps(event.body()) + "\n\n"
+                        return
+                    if event is _END:
+                        return
                     yield chunk(comp_id, model, {"content": event})
-                    try:
-                        event = await anext(events)
-                    except StopAsyncIteration:
-                        return
-                    except Exception as exc:  # after the headers: an error event ends it
-                        err = _as_api_error(exc)
-                        yield "data: " + json.dumps(err.body()) + "\n\n"
-                        return
+                    event = await queue.get()
             finally:
-                metrics.active.dec()
+                # the client hung up before the turn committed: it is not stored
+                if not turn.done() and not isinstance(event, TurnOutcome):
+                    turn.cancel()
+                await asyncio.wait([turn])
                 await events.aclose()
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers=headers)
@@ -306,7 +345,7 @@ def create_app(
         raw = request.path_params["turn"]
         if raw == "latest" and row.turns:
             raw = str(row.turns - 1)
-        if not raw.isdigit():
+        if not _TURN.fullmatch(raw) or int(raw) > _MAX_TURN:
             raise ApiError(
                 400, f"A turn is a whole number from 0 or 'latest', got {raw!r}.", param="turn"
             )
@@ -323,9 +362,10 @@ def create_app(
     async def search(request: Request) -> Response:
         who = owner(request)
         cid = check_id(request.path_params["cid"])
+        raw = await _read_body(request)
         try:
-            body = json.loads(await request.body())
-        except ValueError:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
             raise ApiError(400, 'The body must be JSON: {"query": "..."}.') from None
         query = body.get("query") if isinstance(body, dict) else None
         if not isinstance(query, str) or not query.strip():
@@ -450,6 +490,42 @@ class _CountRequests:
 _PATHS = frozenset(
     {"/v1/chat/completions", "/v1/models", "/v1/conversations", "/healthz", "/metrics"}
 )
+
+
+#: A turn number in a path: ASCII digits (`str.isdigit` takes "²" and other scripts' digits).
+_TURN = re.compile(r"[0-9]{1,10}")
+_MAX_TURN = 2**31 - 1
+#: The largest request body read; above it the answer is 413 (the body is not kept). A
+#: whole-history request of a conversation of thousands of turns fits many times over.
+MAX_BODY_BYTES = 32 << 20
+
+
+async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request's body, or `ApiError` 413 once it is over `limit` bytes.
+
+    A declared `Content-Length` over the limit is refused before reading; a chunked body is
+    read on past the limit (discarded, up to twice it) so the client gets the answer.
+    """
+    too_big = ApiError(
+        413,
+        f"The request body is over {limit >> 20} MiB: send only the new message (the server "
+        "keeps the conversation's history). Nothing was changed.",
+        code="request_too_large",
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise too_big
+    parts: list[bytes] = []
+    size = 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > 2 * limit:
+            break
+        if size <= limit:
+            parts.append(piece)
+    if size > limit:
+        raise too_big
+    return b"".join(parts)
 
 
 def _int_param(request: Request, name: str, default: int, least: int, most: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -166,7 +167,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     """Parse and check a request body; raise `ApiError` (400) saying what is wrong."""
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, too deep, too many digits
         raise ApiError(400, f"The request body is not valid JSON ({exc}).") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
@@ -190,9 +191,15 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
                 f"{where}: unknown role {role!r}; use one of {', '.join(_ROLES)}.",
                 param="messages",
             )
-        parsed.append(
-            ("system" if role == "developer" else role, _content(m.get("content"), where))
-        )
+        content = _content(m.get("content"), where)
+        if "\x00" in content:
+            raise ApiError(
+                400,
+                f"{where} holds a NUL character (U+0000), which the conversation store "
+                "cannot keep: remove it. Nothing was changed.",
+                param="messages",
+            )
+        parsed.append(("system" if role == "developer" else role, content))
     head = 0
     while head < len(parsed) and parsed[head][0] == "system":
         head += 1
@@ -209,7 +216,10 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     req = ChatRequest(system=system, history=rest[:-1], message=rest[-1][1])
     req.model = str(body.get("model") or "")
     req.stream = bool(body.get("stream"))
-    req.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise ApiError(400, "stream_options must be an object.", param="stream_options")
+    req.include_usage = bool((stream_options or {}).get("include_usage"))
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -219,7 +229,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
                 param="max_tokens",
             )
         req.max_new_tokens = limit
-    req.params = {k: body[k] for k in _PARAMS if body.get(k) is not None}
+    req.params = {k: _param(k, body[k]) for k in _PARAMS if body.get(k) is not None}
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and metadata.get("conversation_id") is not None:
         req.metadata_id = str(metadata["conversation_id"])
@@ -228,12 +238,37 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     return req
 
 
+def _param(name: str, value: Any) -> Any:
+    """A generation parameter checked (else `ApiError` 400): the upstream gets only these."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name in ("temperature", "top_p"):
+        if not number or not math.isfinite(value) or value < 0:
+            raise ApiError(
+                400, f"{name} must be a number of at least 0, got {value!r}.", param=name
+            )
+    elif name == "seed":
+        if not number or not math.isfinite(value) or value != int(value):
+            raise ApiError(400, f"seed must be a whole number, got {value!r}.", param=name)
+        value = int(value)
+    elif name == "stop":
+        stops = [value] if isinstance(value, str) else value
+        if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
+            raise ApiError(
+                400, f"stop must be a string or a list of strings, got {value!r}.", param=name
+            )
+    return value
+
+
 def check_id(cid: str) -> str:
-    """A valid conversation id, or `ApiError` 400."""
-    if not ID_PATTERN.fullmatch(cid):
+    """A valid conversation id, or `ApiError` 400.
+
+    Ids of dots only (`.`, `..`) are refused: clients resolve them out of a URL path, so
+    `/v1/conversations/{id}` could never reach such a conversation.
+    """
+    if not ID_PATTERN.fullmatch(cid) or not cid.strip("."):
         raise ApiError(
             400,
-            "A conversation id has 1 to 200 letters, digits or . _ : @ + -.",
+            "A conversation id has 1 to 200 letters, digits or . _ : @ + - (not dots only).",
             param="X-Session-ID",
         )
     return cid

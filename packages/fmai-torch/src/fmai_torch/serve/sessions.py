@@ -84,10 +84,9 @@ class EngineFactory:
     @staticmethod
     def dump(llm: FiniteMemoryLLM) -> str:
         """The checkpoint document of `llm`, as `save` writes it (checksum included)."""
-        from fmai_core.checkpoint import checksum, snapshot
+        from fmai_core.checkpoint import document
 
-        doc = snapshot(llm)
-        return json.dumps({**doc, "checksum": checksum(doc)}, ensure_ascii=False)
+        return json.dumps(document(llm.snapshot()), ensure_ascii=False)
 
     def close(self) -> None:
         """Remove the scratch folder."""
@@ -308,9 +307,19 @@ class Sessions:
         if outcome.trace is not None:
             records.append(TurnRecord(stats["turn"], turn_summary(outcome.trace), outcome.trace))
         tokens = (stats["prompt_tokens"], sum(s.tokens for s in llm.state.archive))
-        etag = await asyncio.to_thread(
-            tx.commit, document, new, llm.state.turn, title, records=records, tokens=tokens
+        commit = asyncio.ensure_future(
+            asyncio.to_thread(
+                tx.commit, document, new, llm.state.turn, title, records=records, tokens=tokens
+            )
         )
+        try:
+            etag = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            # the client hung up while the commit ran (in its thread, which goes on): keep
+            # the conversation's lock until it is done, or the next turn would read the
+            # record from before it and be refused (409) when it commits
+            await asyncio.wait([commit])
+            raise
         self._cache[(tx.owner, tx.id)] = _Cached(llm, etag)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
