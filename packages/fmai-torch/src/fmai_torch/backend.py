@@ -431,17 +431,8 @@ class HFBackend:
         self, messages: Sequence[Message], **params: Any
     ) -> AsyncIterator[StreamChunk]:
         """Async [`stream`][fmai_torch.HFBackend.stream]: chunks arrive as tokens are made."""
-        iterator = self.stream(messages, **params)
-        done = object()
-        try:
-            while True:
-                chunk = await asyncio.to_thread(next, iterator, done)
-                if chunk is done:
-                    break
-                assert isinstance(chunk, StreamChunk)
-                yield chunk
-        finally:
-            await asyncio.to_thread(iterator.close)
+        async for chunk in _in_threads(self.stream(messages, **params)):
+            yield chunk
 
     def __repr__(self) -> str:
         return (
@@ -491,17 +482,8 @@ class ConversationBackend:
         self, messages: Sequence[Message], **params: Any
     ) -> AsyncIterator[StreamChunk]:
         """Async `stream`: chunks arrive as tokens are made."""
-        iterator = self.stream(messages, **params)
-        done = object()
-        try:
-            while True:
-                chunk = await asyncio.to_thread(next, iterator, done)
-                if chunk is done:
-                    break
-                assert isinstance(chunk, StreamChunk)
-                yield chunk
-        finally:
-            await asyncio.to_thread(iterator.close)
+        async for chunk in _in_threads(self.stream(messages, **params)):
+            yield chunk
 
     def save_kv(self, path: str | os.PathLike[str], tag: str = "", *, key: str = "") -> int:
         """[`HFBackend.save_kv`][fmai_torch.HFBackend.save_kv] of this conversation."""
@@ -532,3 +514,19 @@ def _end_ids(model: Any, tokenizer: Any, name: str) -> list[int]:
     if not ids:
         raise ConfigurationError(f"{name!r} has no end-of-sequence token to stop at.")
     return ids
+
+
+async def _in_threads(
+    iterator: Generator[StreamChunk, None, None],
+) -> AsyncIterator[StreamChunk]:
+    """Drive a blocking stream from async code: each step (and the close) in a worker thread."""
+    done = object()
+    try:
+        while True:
+            chunk = await asyncio.to_thread(next, iterator, done)
+            if chunk is done:
+                break
+            assert isinstance(chunk, StreamChunk)
+            yield chunk
+    finally:
+        await asyncio.to_thread(iterator.close)
