@@ -16,7 +16,11 @@ Per run it reports, by the server's own count (its `usage`):
   (`prompt_tokens_details.cached_tokens`);
 - `used`: the most of the budget a prompt + `max_new_tokens` took before the first eviction
   (`-` when nothing was evicted), the turn of the first eviction, evictions, and evictions
-  of a single segment right after another eviction.
+  of a single segment right after another eviction;
+- `needed`: what the first evicting turn's prompt would have taken with nothing evicted (the
+  whole conversation so far and the new message, counted by the server's `/apply-template`
+  and `/tokenize`) + `max_new_tokens`, as a share of the budget: over 100% means that the
+  eviction was forced, under it that fmai evicted early.
 
 The server binary: `--server-bin PATH`, else `llama-server` on `PATH`; without one the
 program says so and exits 0 (docs/hosted.md says how to build it from the llama-cpp-python
@@ -34,6 +38,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -44,6 +49,7 @@ from typing import Any
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.backend import Generation
 from fmai_core.backends import OpenAIBackend
+from fmai_core.backends.server_count import ServerCounter
 
 USER = [
     "Hi! I'm planning a trip to Lisbon with my sister Ada in May.",
@@ -133,14 +139,30 @@ class Recording(OpenAIBackend):
 
 
 def run_one(
-    server: LlamaServer, budget: int, max_new: int, count: str, turns: int, policy: str
+    server: LlamaServer,
+    budget: int,
+    max_new: int,
+    count: str,
+    turns: int,
+    policy: str,
+    timeout: float = 600.0,
 ) -> dict[str, Any]:
-    backend = Recording("smollm2", base_url=server.root + "/v1", count=count, turn_timeout=600)
+    backend = Recording(
+        "smollm2", base_url=server.root + "/v1", count=count, timeout=timeout, turn_timeout=None
+    )
     llm = FiniteMemoryLLM(backend, policy=policy, max_tokens=budget, max_new_tokens=max_new)
+    exact = ServerCounter(server.root + "/v1", "smollm2", timeout=timeout)
+    if exact.probe() != "llama.cpp":
+        raise RuntimeError(f"llama-server's counting endpoints did not answer: {exact.note}")
+    said: list[Message] = []  # the whole conversation, nothing evicted
     rows = []
     for i in range(turns):
         before = len(llm.state.archive)
-        stats = llm.chat(USER[i % len(USER)]).stats
+        text = USER[i % len(USER)]
+        whole = exact.prompt([*said, Message("user", text)])
+        reply = llm.chat(text)
+        stats = reply.stats
+        said += [Message("user", text), Message("assistant", reply.response)]
         u = backend.usage[-1]
         rows.append(
             {
@@ -151,6 +173,8 @@ def run_one(
                 "completion": u.completion_tokens,
                 "evicted": stats.evicted,
                 "evicted_segments": len(llm.state.archive) - before,
+                "whole": whole,
+                "reply": reply.response,
             }
         )
     ratios = [r["fmai"] / r["server"] for r in rows]
@@ -159,6 +183,7 @@ def run_one(
     first = evicting[0] if evicting else None
     before_first = rows[:first] if first is not None else rows
     used = max((r["server"] + max_new) / budget for r in before_first) if before_first else 0.0
+    needed = (rows[first]["whole"] + max_new) / budget if first is not None else None
     single = [r["turn"] for r in rows if r["evicted_segments"] == 1 and r["turn"] - 1 in evicting]
     return {
         "budget": budget,
@@ -170,6 +195,7 @@ def run_one(
         "over_budget": sum(1 for r in rows if r["server"] + max_new > budget),
         "cache_share": round(sum(r["cached"] for r in rows) / sum(r["server"] for r in rows), 3),
         "used_before_first_eviction": round(used, 3),
+        "needed_at_first_eviction": None if needed is None else round(needed, 3),
         "first_eviction": first,
         "evictions": len(evicting),
         "repeated_single_evictions": len(single),
@@ -187,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--turns", type=int, default=20)
     ap.add_argument("--policy", default="sliding")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     ap.add_argument("--json", action="store_true", help="print the raw figures")
     args = ap.parse_args(argv)
     binary = args.server_bin or shutil.which("llama-server")
@@ -208,7 +235,20 @@ def main(argv: list[str] | None = None) -> int:
             server = LlamaServer(binary, model, ctx=4096, threads=args.threads)
             try:
                 results.append(
-                    run_one(server, budget, args.max_new_tokens, count, args.turns, args.policy)
+                    run_one(
+                        server,
+                        budget,
+                        args.max_new_tokens,
+                        count,
+                        args.turns,
+                        args.policy,
+                        args.timeout,
+                    )
+                )
+                print(
+                    json.dumps({k: v for k, v in results[-1].items() if k != "turns"}),
+                    file=sys.stderr,
+                    flush=True,
                 )
             finally:
                 server.close()
@@ -217,16 +257,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     head = (
         "| budget | counting | ratio turn 0 | ratio median (after) | ratio worst | over budget "
-        "| cache share | used before 1st eviction | 1st eviction | evictions | repeated single |"
+        "| cache share | used before 1st eviction | needed at 1st eviction | 1st eviction "
+        "| evictions | repeated single |"
     )
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
     for r in results:
         first = "-" if r["first_eviction"] is None else f"turn {r['first_eviction']}"
+        needed = r["needed_at_first_eviction"]
         print(
             f"| {r['budget']} | {r['count']} | {r['ratio_first']} | {r['ratio_median']} | "
             f"{r['ratio_worst']} | {r['over_budget']}/{len(r['turns'])} | "
-            f"{r['cache_share']:.0%} | {r['used_before_first_eviction']:.0%} | {first} | "
+            f"{r['cache_share']:.0%} | {r['used_before_first_eviction']:.0%} | "
+            f"{'-' if needed is None else format(needed, '.0%')} | {first} | "
             f"{r['evictions']} | {r['repeated_single_evictions']} |"
         )
     return 0
