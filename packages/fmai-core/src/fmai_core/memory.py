@@ -34,6 +34,8 @@ class MemoryState:
         next_segment_id: Id for the next segment.
         next_message_id: Id for the next message.
         archive_dropped: Segments dropped because the archive was full.
+        shown: With `recall_layout="stable"`: `(user message id, recalled segment ids)`
+            for each history message whose recalled block stays in the prompt.
     """
 
     pinned: tuple[Segment, ...] = ()
@@ -44,6 +46,7 @@ class MemoryState:
     next_segment_id: int = 0
     next_message_id: int = 0
     archive_dropped: int = 0
+    shown: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     @property
     def history_tokens(self) -> int:
@@ -72,6 +75,7 @@ class MemoryState:
             "next_segment_id": self.next_segment_id,
             "next_message_id": self.next_message_id,
             "archive_dropped": self.archive_dropped,
+            "shown": [[mid, list(ids)] for mid, ids in self.shown],
         }
 
     @classmethod
@@ -87,6 +91,9 @@ class MemoryState:
             next_segment_id=int(data["next_segment_id"]),
             next_message_id=int(data["next_message_id"]),
             archive_dropped=int(data.get("archive_dropped", 0)),
+            shown=tuple(
+                (int(mid), tuple(int(i) for i in ids)) for mid, ids in data.get("shown", ())
+            ),
         )
 
 
