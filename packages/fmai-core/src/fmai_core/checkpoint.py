@@ -426,7 +426,7 @@ def _segments(
 
 
 def _state(data: Any) -> MemoryState:
-    keys = set(MemoryState().to_dict())
+    keys = {*MemoryState().to_dict(), "shown"}
     raw = _object(data, "state", keys - {"archive_dropped", "shown"}, keys)
     shown = raw.get("shown", [])
     if not isinstance(shown, list) or not all(

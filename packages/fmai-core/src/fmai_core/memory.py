@@ -65,8 +65,9 @@ class MemoryState:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready mapping."""
-        return {
+        """Return a JSON-ready mapping (`shown` only when some block is shown, so a
+        `recall_layout="fresh"` checkpoint is what it was before that setting)."""
+        out: dict[str, Any] = {
             "pinned": [s.to_dict() for s in self.pinned],
             "summary": self.summary.to_dict() if self.summary else None,
             "history": [s.to_dict() for s in self.history],
@@ -75,8 +76,10 @@ class MemoryState:
             "next_segment_id": self.next_segment_id,
             "next_message_id": self.next_message_id,
             "archive_dropped": self.archive_dropped,
-            "shown": [[mid, list(ids)] for mid, ids in self.shown],
         }
+        if self.shown:
+            out["shown"] = [[mid, list(ids)] for mid, ids in self.shown]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemoryState:
