@@ -266,9 +266,14 @@ class Planner:
         stable = self.config.recall_layout == "stable" and self.policy.recalls
         if stable and not turn.evicted:
             # Blocks shown with earlier messages stay (the prompt stays append-only) until
-            # an eviction, which changes the prompt anyway.
+            # an eviction, which changes the prompt anyway. A follow-up recalls within what
+            # they leave of the reserve; a question about the past recalls with all of it,
+            # and the shown blocks (newest first) give way to its recall where both do not fit.
             turn.shown = self._still_shown(turn)
-            reserve -= sum(self._block_cost(b) for b in turn.shown.values())
+            if share < DISTANT_SHARE:
+                reserve -= sum(self._block_cost(b) for b in turn.shown.values())
+            else:
+                turn.shown_yield = True
         if self.policy.recalls and turn.archive and reserve > 0:
             self._recall(turn, query, reserve)
         if self.policy.recalls:
@@ -419,7 +424,8 @@ class Planner:
         """Render the prompt and make it fit by the backend's own count.
 
         Past the budget, the least relevant recalled message goes first (whole), then the
-        newest block shown with an earlier message (`recall_layout="stable"`); then
+        newest block shown with an earlier message (`recall_layout="stable"`; for a
+        question about the past, the shown blocks go first); then
         history is evicted in a block, oldest first, down to the low-water mark of what
         fits, so that a count that differs slightly from the segments' sum does not evict
         one segment per turn.
@@ -439,11 +445,13 @@ class Planner:
             over = prompt_tokens + c.max_new_tokens - c.max_tokens
             if over <= 0:
                 return messages, prompt_tokens
-            if turn.recalled:
+            if turn.shown and (turn.shown_yield or not turn.recalled):
+                del turn.shown[max(turn.shown)]
+                # The prompt is not append-only this turn (TurnStats.policy_stats says so).
+                turn.stats["recall_shown_dropped"] = turn.stats.get("recall_shown_dropped", 0) + 1
+            elif turn.recalled:
                 worst = max(turn.recalled, key=lambda s: turn.rank.get(s.id, -1))
                 turn.recalled = [s for s in turn.recalled if s.message_id != worst.message_id]
-            elif turn.shown:
-                del turn.shown[max(turn.shown)]
             elif turn.history:
                 left = sum(s.tokens for s in turn.history) - over
                 target = int(c.low_water * max(left, 0))
@@ -476,6 +484,8 @@ class _Turn:
     recalled: list[Segment] = field(default_factory=list)
     #: Blocks shown with earlier user messages that stay (by message id; stable layout).
     shown: dict[int, list[Segment]] = field(default_factory=dict)
+    #: Past the budget, shown blocks go before this turn's recall (a question about the past).
+    shown_yield: bool = False
     rank: dict[int, int] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
     gone: list[Segment] = field(default_factory=list)
