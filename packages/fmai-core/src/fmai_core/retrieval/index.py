@@ -33,6 +33,12 @@ COSINE_TOP = 256
 BM25_TOP = 256
 
 
+def _bridge_df(n: int) -> float:
+    """The most messages, of `n`, a bridging name may be in: a name that links two facts is
+    rare, while one in many turns (a speaker's own name, a pet's) links everything."""
+    return max(3.0, math.sqrt(n))
+
+
 def message_text(parts: Sequence[Segment]) -> str:
     """The text of a message from its parts, verbatim (`Segment.sep` between them)."""
     return parts[0].text + "".join(p.sep + p.text for p in parts[1:])
@@ -305,14 +311,16 @@ class RecallIndex:
 
     def top_terms(self, message_ids: Iterable[int], exclude: Collection[str], n: int) -> list[str]:
         """The `n` rarest entity terms (names, places, numbers) of the messages, outside
-        `exclude` (see [`entity_terms`][fmai_core.retrieval.index.entity_terms])."""
+        `exclude` (see [`entity_terms`][fmai_core.retrieval.index.entity_terms]), and in at
+        most the square root of the indexed messages (at least 3)."""
         weights: dict[str, float] = {}
+        cap = _bridge_df(len(self._docs))
         for mid in message_ids:
             doc = self._docs.get(mid)
             if doc is None:
                 continue
             for term in doc.entities:
-                if term not in exclude and term not in STOPWORDS:
+                if term not in exclude and term not in STOPWORDS and self.df(term) <= cap:
                     weights[term] = self.idf(term)
         return sorted(weights, key=lambda t: (-weights[t], t))[:n]
 
