@@ -3585,7 +3585,13 @@ def _reply(messages: Sequence[Message]) -> str:
 
 
 def run_policy(
-    conv: Conversation, policy: str, share: float, embedder: Any = None, *, echo: bool = False
+    conv: Conversation,
+    policy: str,
+    share: float,
+    embedder: Any = None,
+    *,
+    echo: bool = False,
+    recall_layout: str = "fresh",
 ) -> tuple[list[bool], dict[str, Any]]:
     """Feed the conversation session by session, then build each question's prompt."""
     backend = EchoBackend() if echo else EchoBackend(reply=_reply)
@@ -3598,6 +3604,7 @@ def run_policy(
         system_prompt=None,
         max_policy_ms=None,
         embedder=embedder,
+        recall_layout=recall_layout,
     )
     for session in conv.sessions:
         if session[-1].role == "user":
@@ -3724,7 +3731,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for policy, emb, label in runs:
             t0 = time.perf_counter()
             for c in convs:
-                kept, _ = run_policy(c, policy, share, emb)
+                kept, _ = run_policy(c, policy, share, emb, recall_layout=args.recall_layout)
                 flags[label] += kept
             elapsed[label] += time.perf_counter() - t0
             if not args.json:
@@ -4111,6 +4118,9 @@ def main() -> None:
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated")
     parser.add_argument("--embedder", action="store_true", help="fmai_torch.SentenceEmbedder")
     parser.add_argument("--quick", action="store_true", help="2 conversations")
+    parser.add_argument(
+        "--recall-layout", choices=("fresh", "stable"), default="fresh", help="MemoryConfig's"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--write", metavar="PATH", help="write the docs fragment to PATH")
     parser.add_argument(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fmai_core.deadline import check_deadline
-from fmai_core.memo import PER_SET, memo
+from fmai_core.memo import PER_SET_BYTES, memo
 from fmai_core.policy_api import PolicyRequest, Selection
 from fmai_core.relevance.scoring import _dedup_key
 from fmai_core.retrieval.index import RecallIndex, message_text
@@ -102,7 +102,7 @@ def _segment_id(segment: Segment) -> int:
 _ID = operator.attrgetter("id")
 
 
-@memo(PER_SET)
+@memo(PER_SET_BYTES)
 def _standalone_index(segments: tuple[Segment, ...]) -> RecallIndex:
     """An index over `segments`, for a policy called without the engine's (memoised)."""
     index = RecallIndex()
