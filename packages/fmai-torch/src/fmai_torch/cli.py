@@ -160,6 +160,12 @@ def _add_serve(sub: Any) -> None:
         action="store_true",
         help="allow a non-loopback address without API keys",
     )
+    serve.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=256,
+        help="open connections past which new requests get 503 (0: no limit)",
+    )
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
 
 
