@@ -16,7 +16,8 @@ vocabulary grows as a real one does. Reported per policy:
   1,000 turns (`/proc/self/statm`, after a `gc.collect()`), which includes the record
   itself: the archive keeps every message's text. Beside it, the estimated growth per turn
   over the same turns of its parts (`fmai_core.memo.sizeof`): the record (pinned, summary,
-  history and archive segments with their text), the recall index, and the memo caches
+  history and archive segments with their text), the recall index's documents and postings,
+  and the memo caches
   (`fmai_core.memo.memo_bytes()`), and what the memos hold at the end;
 - then the conversation goes on until the archive holds `--at-archive` segments (default
   5,000), and the policy's time per turn (p50/p95) is taken over the 200 turns after that
@@ -102,12 +103,12 @@ def run_policy(policy: str, turns: int, seed: int, at_archive: int = 0) -> dict[
         """Estimated bytes of the record (segments and their text), the recall index (the
         engine's, read for this measurement only) and the memo caches."""
         state = llm.state
-        kept = (state.pinned, state.summary, state.history, state.archive)
-        record = sizeof(kept)
-        # the index beyond the segments it shares with the record (a private member:
-        # measured here, never used)
-        index = sizeof((kept, llm._planner.index)) - record
-        return record, index, memo_bytes()
+        record = sizeof((state.pinned, state.summary, state.history, state.archive))
+        # the index's own documents, postings and lengths (a private member: measured
+        # here, never used; its recent archive views share the record's segments)
+        index = llm._planner.index
+        index_bytes = sizeof((index._docs, index._postings, index._lengths))
+        return record, index_bytes, memo_bytes()
 
     rss_mid = 0
     parts_mid = (0, 0, 0)

@@ -30,7 +30,6 @@ import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from typing import Any, NamedTuple, TypeVar
 
 __all__ = [
@@ -63,8 +62,11 @@ EMBEDDING_BYTES = 16 << 20
 # link node, and the (value, size) pair it stores (measured on CPython 3.11: about 150 bytes).
 ENTRY_BYTES = 152
 # A container with more items than this is measured on an even sample of them.
-_SAMPLE = 32
+_SAMPLE = 16
 _LEAVES = (str, bytes, int, float, complex, bool, array, type(None), range)
+_LEAF_TYPES = frozenset(_LEAVES)
+# `inspect.CO_VARARGS` and `inspect.CO_VARKEYWORDS` (inspect is slow to import)
+_CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
 
 _REGISTRY: list[Any] = []
 _KWARGS = object()  # marks a key built from several or keyword arguments
@@ -85,28 +87,25 @@ def sizeof(obj: object) -> int:
 
     `sys.getsizeof` of the object and of what it reaches (container items, mapping keys and
     values, instance attributes and slots), each object counted once. A container of more
-    than 32 items is measured on an even sample of 32 of them, scaled to its length, so
+    than 16 items is measured on an even sample of 16 of them, scaled to its length, so
     that measuring a large index costs about what measuring a small one does. Shared
     interned objects (small integers, one-letter strings) are counted as if owned; the
     estimate errs on the high side.
     """
-    seen: set[int] = set()
-    total = 0
-    stack: list[tuple[object, float]] = [(obj, 1.0)]
     getsizeof = sys.getsizeof
+    leaves = _LEAF_TYPES
+    seen: set[int] = {id(obj)}
+    total = float(getsizeof(obj))
+    stack: list[tuple[object, float]] = [(obj, 1.0)]
     while stack:
         o, scale = stack.pop()
-        if id(o) in seen:
-            continue
-        seen.add(id(o))
-        total += int(getsizeof(o) * scale)
-        if isinstance(o, _LEAVES):
-            continue
         items: Sequence[object]
         if isinstance(o, dict):
             items = [*o.keys(), *o.values()]
         elif isinstance(o, (tuple, list, set, frozenset)):
-            items = list(o)
+            items = o if isinstance(o, (tuple, list)) else list(o)
+        elif isinstance(o, _LEAVES):
+            continue
         else:
             found: list[object] = []
             attributes = getattr(o, "__dict__", None)
@@ -122,8 +121,14 @@ def sizeof(obj: object) -> int:
             step = len(items) / _SAMPLE
             scale *= step
             items = [items[int(i * step)] for i in range(_SAMPLE)]
-        stack.extend((item, scale) for item in items)
-    return total
+        for item in items:
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            total += getsizeof(item) * scale
+            if type(item) not in leaves:
+                stack.append((item, scale))
+    return int(total)
 
 
 def memo(max_bytes: int = PER_TEXT_BYTES) -> Callable[[F], F]:
@@ -132,10 +137,12 @@ def memo(max_bytes: int = PER_TEXT_BYTES) -> Callable[[F], F]:
 
     Arguments must be hashable. Each entry costs [`sizeof`][fmai_core.memo.sizeof] of its
     key and value plus `ENTRY_BYTES`; a result larger than the cap is returned, not stored.
-    The wrapper has `cache_info()` ([`MemoInfo`][fmai_core.memo.MemoInfo]) and
-    `cache_clear()`, like `functools.lru_cache`'s, and is safe to call from several threads.
+    Past the cap the oldest entries go, except that one used since it was stored (or since
+    it was last spared) is spared once and moves to the newest end: least recently used
+    order, approximated ("second chance"), so that a hit costs a dictionary lookup. The
+    wrapper has `cache_info()` ([`MemoInfo`][fmai_core.memo.MemoInfo]) and `cache_clear()`,
+    like `functools.lru_cache`'s, and is safe to call from several threads.
     """
-
     if max_bytes < 4096:
         raise ValueError(
             f"memo caps are in bytes: {max_bytes} would hold next to nothing "
@@ -143,42 +150,68 @@ def memo(max_bytes: int = PER_TEXT_BYTES) -> Callable[[F], F]:
         )
 
     def wrap(fn: F) -> F:
-        entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        # key -> [value, size, used since stored or spared]
+        entries: OrderedDict[Any, list[Any]] = OrderedDict()
         lock = threading.Lock()
-        state = {"bytes": 0, "hits": 0, "misses": 0}
+        held = [0, 0, 0]  # bytes, hits, misses
 
-        def cached(*args: Any, **kwargs: Any) -> Any:
-            key = args[0] if len(args) == 1 and not kwargs else (_KWARGS, args, *kwargs.items())
-            try:
-                value = entries[key][0]
-            except KeyError:
-                pass
-            else:
-                state["hits"] += 1
-                with suppress(KeyError):  # dropped by another thread meanwhile
-                    entries.move_to_end(key)
-                return value
-            value = fn(*args, **kwargs)
+        def store(key: Any, value: Any) -> Any:
             size = sizeof((key, value)) + ENTRY_BYTES
             with lock:
-                state["misses"] += 1
-                if size <= max_bytes and key not in entries:
-                    entries[key] = (value, size)
-                    state["bytes"] += size
-                    while state["bytes"] > max_bytes:
-                        state["bytes"] -= entries.popitem(last=False)[1][1]
+                held[2] += 1
+                if size > max_bytes or key in entries:
+                    return value
+                entries[key] = [value, size, False]
+                held[0] += size
+                spared = 0
+                while held[0] > max_bytes:
+                    old, entry = entries.popitem(last=False)
+                    if entry[2] and spared < len(entries):
+                        entry[2] = False
+                        entries[old] = entry
+                        spared += 1
+                    else:
+                        held[0] -= entry[1]
             return value
+
+        code = getattr(fn, "__code__", None)
+        single = (
+            code is not None
+            and code.co_argcount == 1
+            and code.co_kwonlyargcount == 0
+            and not code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS)
+        )
+        if single:
+
+            def cached(arg: Any) -> Any:
+                try:
+                    entry = entries[arg]
+                except KeyError:
+                    return store(arg, fn(arg))
+                entry[2] = True
+                held[1] += 1
+                return entry[0]
+
+        else:
+
+            def cached(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                key = args[0] if len(args) == 1 and not kwargs else (_KWARGS, args, *kwargs.items())
+                try:
+                    entry = entries[key]
+                except KeyError:
+                    return store(key, fn(*args, **kwargs))
+                entry[2] = True
+                held[1] += 1
+                return entry[0]
 
         def cache_info() -> MemoInfo:
             with lock:
-                return MemoInfo(
-                    state["hits"], state["misses"], max_bytes, len(entries), state["bytes"]
-                )
+                return MemoInfo(held[1], held[2], max_bytes, len(entries), held[0])
 
         def cache_clear() -> None:
             with lock:
                 entries.clear()
-                state.update(bytes=0, hits=0, misses=0)
+                held[:] = [0, 0, 0]
 
         cached.cache_info = cache_info  # type: ignore[attr-defined]
         cached.cache_clear = cache_clear  # type: ignore[attr-defined]

@@ -105,6 +105,7 @@ class RecallIndex:
         self.b = b
         self.embedder: str | None = None
         self._docs: dict[int, _Doc] = {}
+        self._lengths: dict[int, int] = {}  # each message's length in terms, for BM25's loop
         self._postings: dict[str, list[tuple[int, int]]] = {}
         self._total_length = 0
         self._vectors: dict[int, array[float]] = {}
@@ -146,6 +147,7 @@ class RecallIndex:
                 self._postings.setdefault(term, []).append((mid, tf))
             self._total_length += len(doc_terms)
             self._docs[mid] = _Doc(counts, len(doc_terms), entity_terms(text))
+            self._lengths[mid] = len(doc_terms)
             texts[mid] = text
         todo = {m: t for m, t in texts.items() if m not in self._vectors}  # restored ones
         if embed is not None and todo:
@@ -180,6 +182,7 @@ class RecallIndex:
             for term, tf in doc.counts.items():
                 postings.setdefault(term, []).append((mid, tf))
         self._docs, self._postings = docs, postings
+        self._lengths = {m: d.length for m, d in docs.items()}
         self._total_length = sum(d.length for d in docs.values())
         self._vectors = {m: v for m, v in self._vectors.items() if m not in gone}
         self._rows = [m for m in self._rows if m not in gone]
@@ -239,7 +242,7 @@ class RecallIndex:
 
     def _bm25(self, query: Mapping[str, float]) -> dict[int, float]:
         out: dict[int, float] = {}
-        docs, postings = self._docs, self._postings
+        docs, postings, lengths = self._docs, self._postings, self._lengths
         avg = (self._total_length / len(docs)) if docs else 1.0
         k1, b = self.k1, self.b
         # norm = k1 * (1 - b + b * length / avg), as base + per_token * length
@@ -250,7 +253,7 @@ class RecallIndex:
             tick()
             weight = self.idf(term) * query[term] * (k1 + 1.0)
             for mid, tf in postings[term][-SCAN_LIMIT:]:
-                out[mid] = get(mid, 0.0) + weight * tf / (tf + base + per_token * docs[mid].length)
+                out[mid] = get(mid, 0.0) + weight * tf / (tf + base + per_token * lengths[mid])
         return out
 
     def cosines(
