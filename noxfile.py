@@ -133,12 +133,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict; fmai-core is checked in an environment without torch."""
+    """mypy --strict; fmai-core is checked in an environment without torch, then `fmai serve`."""
     _install(session, *GROUPS["typecheck"], f"{CORE}[openai,anthropic,prometheus]")
     _assert_absent(session, ("torch", "transformers"))
     session.run("mypy", "--strict", "packages/fmai-core/src/fmai_core")
     _install(session, MULTILINGUAL)
     session.run("mypy", "--strict", "packages/fmai-multilingual/src/fmai_multilingual")
+    # `fmai serve` last: it needs fmai-torch's own dependencies (torch: the local model)
+    _install(session, *_serve_requirements(), TORCH)  # fmai-core from this checkout
+    session.run("mypy", "--strict", "packages/fmai-torch/src/fmai_torch/serve")
 
 
 @nox.session

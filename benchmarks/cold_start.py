@@ -1,6 +1,7 @@
 """Cold start of `fmai chat`: seconds until it is ready for the first message, and where they go.
 
     uv run python benchmarks/cold_start.py [--rounds 3] [--json PATH]
+    uv run python benchmarks/cold_start.py --quick --pycache /tmp/fmai-pycache   # ~1 minute
 
 Each measurement is a fresh Python process, and the rounds interleave them (on a shared
 machine the ratios within a round are steadier than the absolute times):
@@ -77,7 +78,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pycache", default=None, help="PYTHONPYCACHEPREFIX for the runs")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 round; `import torch`, `import modeling_llama` and `fmai chat --no-embedder` only",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.rounds = 1
     env = dict(os.environ)
     if args.pycache:
         env["PYTHONPYCACHEPREFIX"] = args.pycache
@@ -86,9 +94,12 @@ def main() -> int:
     timed_chat(["--no-embedder"], env)  # converts / packs the model if the cache is cold
     for _ in range(args.rounds):
         for name, code in CODE.items():
+            if args.quick and "no torch.distributed" in name:
+                continue
             timing.setdefault(name, []).append(timed_code(code, env))
         timing.setdefault("fmai chat --no-embedder", []).append(timed_chat(["--no-embedder"], env))
-        timing.setdefault("fmai chat", []).append(timed_chat([], env))
+        if not args.quick:
+            timing.setdefault("fmai chat", []).append(timed_chat([], env))
     bytecode = "PYTHONPYCACHEPREFIX" if args.pycache else "PYTHONDONTWRITEBYTECODE"
     result: dict[str, Any] = {
         "cpu": cpu_model(),

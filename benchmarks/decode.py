@@ -4,6 +4,7 @@ bandwidth measured in the same run, next to `llama-server` on the same GGUF when
     uv run python benchmarks/decode.py [--turns 6] [--new-tokens 48] [--threads 1 2]
         [--modes fp32 bf16 int8 int4] [--server-bin PATH] [--json PATH]
     uv run python benchmarks/decode.py --compare --server-bin PATH [--turns 14] [--rounds 3]
+    uv run python benchmarks/decode.py --fast --server-bin PATH   # 3 turns x 32 tokens
 
 For each mode and thread count: a greedy multi-turn chat through `HFBackend` (KV reuse on),
 reporting decode tok/s (tokens after the first over the time after the first), TTFT, turn
@@ -309,7 +310,14 @@ def main() -> int:
     )
     parser.add_argument("--compare-mode", default="int4")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="3 turns x 32 tokens, no generate-vs-bare timing (a quiet full run in minutes)",
+    )
     args = parser.parse_args()
+    if args.fast:
+        args.turns, args.new_tokens = min(args.turns, 3), min(args.new_tokens, 32)
     if args.compare:
         found = find_server(args.server_bin)
         if not found:
@@ -336,7 +344,8 @@ def main() -> int:
             run = summarise(rows, bytes_per_token(backend.model))
             run["load_s"] = load_s
             if threads == args.threads[0]:
-                run.update(generate_overhead(backend, args.new_tokens))
+                if not args.fast:
+                    run.update(generate_overhead(backend, args.new_tokens))
                 if mode == "fp32" or not prompts:
                     prompts = turn_prompts
                 forced = teacher_forced(backend, prompts)
@@ -355,16 +364,21 @@ def main() -> int:
         renderer = _HF("default", weights="fp32", threads=1)
         for threads in args.threads:
             results["runs"][f"llama-server/{threads}"] = run_server(server, threads, args, renderer)
+    auto = HFBackend("default")
+    results["auto_picks"] = {"weights": auto.weights, "threads": auto.threads}
+    del auto
     print(
         f"CPU: {results['cpu']}; copy bandwidth "
         + ", ".join(f"{t} thread(s) {v:.1f} GB/s" for t, v in bw.items())
+        + f"; auto picks {results['auto_picks']}; {args.turns} turns x {args.new_tokens} tokens"
     )
     print()
     print(
         "| weights / threads | decode tok/s | of ceiling | TTFT ms | turn ms | MB/token |"
         " agreement | NLL delta | generate vs bare ms/token |"
+        " vs llama-server (same threads): decode / TTFT / turn |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for key, run in results["runs"].items():
         threads = int(key.rsplit("/", 1)[1])
         ceiling = bw[threads] * 1e9 / run["bytes_per_token"]
@@ -379,10 +393,19 @@ def main() -> int:
             if "greedy_agreement" in run
             else " | "
         )
+        ref = results["runs"].get(f"llama-server/{threads}")
+        vs = ""
+        if ref and not key.startswith("llama-server"):
+            run["vs_server"] = {
+                "decode": run["decode_tok_s"] / ref["decode_tok_s"],
+                "ttft": run["ttft_ms"] / ref["ttft_ms"],
+                "turn": run["turn_ms"] / ref["turn_ms"],
+            }
+            vs = " / ".join(f"{v:.2f}x" for v in run["vs_server"].values())
         print(
             f"| {key} | {run['decode_tok_s']:.1f} | {run['fraction_of_ceiling']:.0%} "
             f"| {run['ttft_ms']:.0f} | {run['turn_ms']:.0f} | {run['bytes_per_token'] / 1e6:.0f} "
-            f"| {quality} | {overhead} |"
+            f"| {quality} | {overhead} | {vs} |"
         )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

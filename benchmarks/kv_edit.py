@@ -8,7 +8,10 @@ Two measurements (`--what reuse`, `--what quality`, or both, the default):
   model. Per turn: the share of the prompt served from the cache and the time to first
   token; eviction turns are given on their own. `--policy` picks the policy (`sliding`; with
   `hybrid` or `semantic` the turns that evict nothing show what recall's changing block
-  costs each mode).
+  costs each mode). `--recall-layout fresh|stable|both` picks `FiniteMemoryLLM`'s
+  `recall_layout` (`both`: one run each, side by side). Each turn also records the tokens
+  of its new user turn (recalled block, message, template), so the misses split into
+  what no cache could hold and history the cache lost (`reuse_of_history`).
 - **quality**: a real multi-turn conversation (the realistic recall benchmark's seeded
   generator, `_common.make_conversation`) teacher-forced through the same planner under the
   budget: every turn sends the planned prompt, and the conversation's *own* next reply is
@@ -87,8 +90,22 @@ TINY = [  # in the tiny tokenizer's vocabulary
 SAVE: Any = None  # called with the partial results after every turn (main sets it)
 
 
+def _new_turn_tokens(backend: Any, messages: Any) -> int:
+    """Tokens of the prompt's last user turn (its recalled block, the message, the template
+    around them): what no cache of the previous turn can hold."""
+    from fmai_torch.kv import common_prefix
+
+    prompt = backend.encode(messages)
+    return len(prompt) - common_prefix(prompt, backend.encode(messages[:-1]))
+
+
 def run_reuse(
-    backends: dict[str, Any], users: list[str], budget: int, max_new: int, policy: str
+    backends: dict[str, Any],
+    users: list[str],
+    budget: int,
+    max_new: int,
+    policy: str,
+    recall_layout: str = "fresh",
 ) -> dict[str, list[dict[str, Any]]]:
     engines = {
         mode: FiniteMemoryLLM(
@@ -98,6 +115,7 @@ def run_reuse(
             max_new_tokens=max_new,
             system_prompt=SYSTEM,
             max_policy_ms=None,
+            recall_layout=recall_layout,
         )
         for mode, b in backends.items()
     }
@@ -106,6 +124,7 @@ def run_reuse(
     for turn, text in enumerate(users):
         order = modes[turn % len(modes) :] + modes[: turn % len(modes)]
         for mode in order:
+            new_turn = _new_turn_tokens(backends[mode], engines[mode].context(text))
             s = engines[mode].chat(text).stats
             rows[mode].append(
                 {
@@ -115,6 +134,7 @@ def run_reuse(
                     "prefill_tokens": s.prefill_tokens,
                     "evicted": s.evicted,
                     "recalled_tokens": s.recalled_tokens,
+                    "new_turn_tokens": new_turn,
                     "ttft_ms": s.ttft_ms,
                     "kv": s.kv,
                 }
@@ -136,9 +156,14 @@ def summarise_reuse(rows: list[dict[str, Any]]) -> dict[str, Any]:
             return {"turns": 0}
         prompt = sum(r["prompt_tokens"] for r in sel)
         reused = sum(r["reused_tokens"] or 0 for r in sel)
+        new = sum(r.get("new_turn_tokens", 0) for r in sel)
         return {
             "turns": len(sel),
             "reuse": reused / prompt if prompt else 0.0,
+            # Misses split: the new user turn (recalled block, message, template: no cache
+            # of the previous turn holds it) and the rest (history the cache lost).
+            "new_turn_share": new / prompt if prompt else 0.0,
+            "reuse_of_history": reused / (prompt - new) if prompt > new else 0.0,
             "prefill_tokens": sum(r["prefill_tokens"] for r in sel),
             "ttft_ms_median": statistics.median(r["ttft_ms"] for r in sel),
         }
@@ -395,6 +420,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--policy", default="sliding")
+    parser.add_argument("--recall-layout", default="fresh", choices=("fresh", "stable", "both"))
     parser.add_argument("--greedy", type=int, default=64)
     parser.add_argument("--quality-turns", type=int, default=40)
     parser.add_argument("--seed", type=int, default=3)
@@ -446,13 +472,19 @@ def main() -> None:
             users = gpu_users(args.turns)
         else:
             users = [USER[i % len(USER)] for i in range(args.turns)]
-        print(f"reuse: {title}")
-        rows = run_reuse(backends, users, args.budget, args.max_new_tokens, args.policy)
-        results["reuse"] = {
-            "rows": rows,
-            "summary": {m: summarise_reuse(r) for m, r in rows.items()},
-        }
-        print(json.dumps(results["reuse"]["summary"], indent=1))
+        layouts = ("fresh", "stable") if args.recall_layout == "both" else (args.recall_layout,)
+        for layout in layouts:
+            key = "reuse" if layout == layouts[0] else f"reuse_{layout}"
+            for b in backends.values():
+                b.reset_cache()
+            print(f"reuse: {title}, recall_layout={layout}")
+            rows = run_reuse(backends, users, args.budget, args.max_new_tokens, args.policy, layout)
+            results[key] = {
+                "recall_layout": layout,
+                "rows": rows,
+                "summary": {m: summarise_reuse(r) for m, r in rows.items()},
+            }
+            print(json.dumps(results[key]["summary"], indent=1))
     if args.what in ("quality", "both") and not args.gpu:
         for b in backends.values():
             b.reset_cache()

@@ -10,7 +10,8 @@
   whose device budget holds `--pool` (10) of their caches; with host memory unlimited (round
   two restores from host) and with no host memory and a disk folder (restores from disk).
   Each round-two turn is also run on a backend that recomputes, for the re-prefill time.
-  Reported: median TTFT by where the cache came from, and the process's peak RSS.
+  Reported: median TTFT by where the cache came from, the process's peak RSS before and
+  after, and on CUDA (`--device cuda`) the peak device memory allocated by torch.
 
 Run: `python benchmarks/kv_restart_pool.py --json docs/benchmarks/kv_restart_pool.json`.
 """
@@ -39,6 +40,18 @@ from kv_edit import SYSTEM, USER
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _device_peak_mb(reset: bool = False) -> float | None:
+    """Peak CUDA memory torch allocated (MB) since the last reset, or `None` off CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return peak
 
 
 def restart(model: Any, tok: Any, threads: int | None, turns: int, trials: int) -> dict[str, Any]:
@@ -94,6 +107,8 @@ def pool(
 ) -> dict[str, Any]:
     from fmai_torch import HFBackend
 
+    rss_before = _rss_mb()
+    _device_peak_mb(reset=True)
     rng = random.Random(1)
     first = [user_message(rng, words) for _ in range(n)]
     second = [user_message(rng, words // 2) for _ in range(n)]
@@ -145,7 +160,9 @@ def pool(
         "peak_device_bytes": peak_device,
         "peak_host_bytes": peak_host,
         "moves": dict(shared.pool.moves),
+        "peak_rss_mb_before": rss_before,
         "peak_rss_mb": _rss_mb(),
+        "peak_device_mb": _device_peak_mb(),
     }
 
 
@@ -157,22 +174,27 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=10)
     parser.add_argument("--words", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--what", choices=("restart", "pool", "both"), default="both")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from fmai_torch import HFBackend
 
-    base = HFBackend("default", weights="fp32", threads=args.threads)
-    out: dict[str, Any] = {"setup": {"cpu": cpu_model(), "threads": args.threads}}
+    base = HFBackend("default", device=args.device, weights="fp32", threads=args.threads)
+    out: dict[str, Any] = {
+        "setup": {"cpu": cpu_model(), "threads": args.threads, "device": str(base.device)}
+    }
 
     def save() -> None:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(out, indent=1, default=str))
 
-    out["restart"] = restart(base.model, base.tokenizer, base.threads, args.turns, args.trials)
-    print(json.dumps(out["restart"], indent=1, default=str), flush=True)
-    save()
-    for disk in (False, True):
+    if args.what in ("restart", "both"):
+        out["restart"] = restart(base.model, base.tokenizer, base.threads, args.turns, args.trials)
+        print(json.dumps(out["restart"], indent=1, default=str), flush=True)
+        save()
+    for disk in (False, True) if args.what in ("pool", "both") else ():
         key = "pool_disk" if disk else "pool_host"
         out[key] = pool(
             base.model,

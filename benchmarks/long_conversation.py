@@ -14,7 +14,11 @@ vocabulary grows as a real one does. Reported per policy:
   over the last 200 turns, when the archive holds the most;
 - segments in the archive at the end, and resident memory growth per turn over the last
   1,000 turns (`/proc/self/statm`, after a `gc.collect()`), which includes the record
-  itself: the archive keeps every message's text;
+  itself: the archive keeps every message's text. Beside it, the estimated growth per turn
+  over the same turns of its parts (`fmai_core.memo.sizeof`): the record (pinned, summary,
+  history and archive segments with their text), the recall index's documents and postings,
+  and the memo caches
+  (`fmai_core.memo.memo_bytes()`), and what the memos hold at the end;
 - then the conversation goes on until the archive holds `--at-archive` segments (default
   5,000), and the policy's time per turn (p50/p95) is taken over the 200 turns after that
   (the target: p95 at most 20 ms), with the p95 of the whole turn's CPU time there (the
@@ -75,6 +79,7 @@ def user_message(rng: random.Random, turn: int) -> str:
 
 def run_policy(policy: str, turns: int, seed: int, at_archive: int = 0) -> dict[str, Any]:
     from fmai_core import FiniteMemoryLLM
+    from fmai_core.memo import memo_bytes, sizeof
     from fmai_core.testing import EchoBackend
 
     rng = random.Random(seed)
@@ -93,10 +98,24 @@ def run_policy(policy: str, turns: int, seed: int, at_archive: int = 0) -> dict[
         float
     ] = []  # this thread's CPU time: what other processes on the machine cost it less
     policy_ms: list[float] = []
+
+    def parts() -> tuple[int, int, int]:
+        """Estimated bytes of the record (segments and their text), the recall index (the
+        engine's, read for this measurement only) and the memo caches."""
+        state = llm.state
+        record = sizeof((state.pinned, state.summary, state.history, state.archive))
+        # the index's own documents, postings and lengths (a private member: measured
+        # here, never used; its recent archive views share the record's segments)
+        index = llm._planner.index
+        index_bytes = sizeof((index._docs, index._postings, index._lengths))
+        return record, index_bytes, memo_bytes()
+
     rss_mid = 0
+    parts_mid = (0, 0, 0)
     for turn in range(turns):
         if turn == turns - 1000:
             rss_mid = rss()
+            parts_mid = parts()
         text = user_message(rng, turn)
         start, start_cpu = time.perf_counter(), time.thread_time()
         stats = llm.chat(text).stats
@@ -104,6 +123,7 @@ def run_policy(policy: str, turns: int, seed: int, at_archive: int = 0) -> dict[
         cpu.append((time.thread_time() - start_cpu) * 1000)
         policy_ms.append(stats.policy_ms)
     rss_end = rss()
+    parts_end = parts()
     window = min(200, turns // 2)
 
     def q(values: list[float], p: float) -> float:
@@ -143,6 +163,11 @@ def run_policy(policy: str, turns: int, seed: int, at_archive: int = 0) -> dict[
         "policy_p95": q(policy_ms[-window:], 0.95),
         "archived": archived,
         "rss_kb_per_turn": (rss_end - rss_mid) / 1024 / 1000 if turns >= 1000 else None,
+        # estimated growth per turn over the same 1,000 turns: record, recall index, memos
+        "parts_kb_per_turn": [(b - a) / 1024 / 1000 for a, b in zip(parts_mid, parts_end)]
+        if turns >= 1000
+        else None,
+        "memo_kb_end": parts_end[2] / 1024,
     }
 
 
@@ -150,12 +175,17 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| policy | first 200: p50 / p95 ms | last 200: p50 / p95 ms | last / first (p50) "
         "| CPU ms, first / last 200 (p50) | CPU last / first | policy_ms, last 200: p50 / p95 "
-        "| archived segments | RSS growth per turn | deep archive: policy_ms p50 / p95, "
+        "| archived segments | RSS growth per turn | of which record / index / memos (est.) "
+        "| memos at the end | deep archive: policy_ms p50 / p95, "
         "turn CPU p95 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         rss = f"{r['rss_kb_per_turn']:.1f} KB" if r["rss_kb_per_turn"] is not None else "–"
+        split = "–"
+        if r.get("parts_kb_per_turn") is not None:
+            split = " / ".join(f"{x:.1f}" for x in r["parts_kb_per_turn"]) + " KB"
+        memos = f"{r['memo_kb_end'] / 1024:.1f} MiB" if "memo_kb_end" in r else "–"
         deep = "–"
         if r.get("deep_policy_p95") is not None:
             deep = (
@@ -168,7 +198,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['last_p50']:.1f} / {r['last_p95']:.1f} | {r['ratio']:.2f}x "
             f"| {r['cpu_first_p50']:.1f} / {r['cpu_last_p50']:.1f} | {r['cpu_ratio']:.2f}x "
             f"| {r['policy_p50']:.1f} / {r['policy_p95']:.1f} | {r['archived']:,} | {rss} "
-            f"| {deep} |"
+            f"| {split} | {memos} | {deep} |"
         )
     return "\n".join(lines)
 

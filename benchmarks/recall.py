@@ -95,6 +95,8 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
+import pickle
 import platform
 import random
 import re
@@ -3585,7 +3587,13 @@ def _reply(messages: Sequence[Message]) -> str:
 
 
 def run_policy(
-    conv: Conversation, policy: str, share: float, embedder: Any = None, *, echo: bool = False
+    conv: Conversation,
+    policy: str,
+    share: float,
+    embedder: Any = None,
+    *,
+    echo: bool = False,
+    recall_layout: str = "fresh",
 ) -> tuple[list[bool], dict[str, Any]]:
     """Feed the conversation session by session, then build each question's prompt."""
     backend = EchoBackend() if echo else EchoBackend(reply=_reply)
@@ -3598,6 +3606,7 @@ def run_policy(
         system_prompt=None,
         max_policy_ms=None,
         embedder=embedder,
+        recall_layout=recall_layout,
     )
     for session in conv.sessions:
         if session[-1].role == "user":
@@ -3636,7 +3645,22 @@ class MemoEmbedder:
         return getattr(self.inner, name)
 
 
-def load_embedder() -> Any:
+def _load_cache(path: str | None) -> dict[str, list[float]]:
+    """Vectors of an earlier run (`--embed-cache`): a local pickle this script wrote."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path, "rb") as f:
+        return dict(pickle.load(f))  # a local file this script wrote: trusted
+
+
+def save_cache(embedder: Any, path: str | None) -> None:
+    """Write the embedder's vectors to `path` (`--embed-cache`), for the next run."""
+    if path and embedder is not None:
+        with open(path, "wb") as f:
+            pickle.dump(embedder.memo, f)
+
+
+def load_embedder(cache: str | None = None) -> Any:
     """fmai_torch.SentenceEmbedder(), or None with a printed note."""
     try:
         from fmai_torch import SentenceEmbedder  # type: ignore[attr-defined]
@@ -3644,10 +3668,12 @@ def load_embedder() -> Any:
         print(f"note: --embedder skipped, fmai_torch.SentenceEmbedder is not importable ({exc})")
         return None
     try:
-        return MemoEmbedder(SentenceEmbedder())
+        memo = MemoEmbedder(SentenceEmbedder())
     except Exception as exc:  # report any load failure and go on without it
         print(f"note: --embedder skipped, SentenceEmbedder() failed: {exc}")
         return None
+    memo.memo.update(_load_cache(cache))
+    return memo
 
 
 def embed_conversation(embedder: Any, conv: Conversation) -> tuple[Any, Any]:
@@ -3700,12 +3726,13 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     gen_s = time.perf_counter() - start
     kinds = [q.kind for c in convs for q in c.questions]
     wordings = [q.wording for c in convs for q in c.questions]
-    embedder = load_embedder() if args.embedder else None
+    embedder = load_embedder(args.embed_cache) if args.embedder else None
     embeddings: list[Any] = [None] * len(convs)
     elapsed: dict[str, float] = defaultdict(float)
     if embedder is not None:
         t0 = time.perf_counter()
         embeddings = [embed_conversation(embedder, c) for c in convs]
+        save_cache(embedder, args.embed_cache)
         elapsed["minilm embeddings"] += time.perf_counter() - t0
     rows: dict[str, dict[str, list[bool]]] = {}
     mean_max: dict[str, float] = {}
@@ -3724,7 +3751,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for policy, emb, label in runs:
             t0 = time.perf_counter()
             for c in convs:
-                kept, _ = run_policy(c, policy, share, emb)
+                kept, _ = run_policy(c, policy, share, emb, recall_layout=args.recall_layout)
                 flags[label] += kept
             elapsed[label] += time.perf_counter() - t0
             if not args.json:
@@ -4110,7 +4137,15 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.10,0.05", help="shares of the conversation")
     parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated")
     parser.add_argument("--embedder", action="store_true", help="fmai_torch.SentenceEmbedder")
+    parser.add_argument(
+        "--embed-cache",
+        metavar="PATH",
+        help="keep the model's vectors in PATH (a local pickle) and reuse them on the next run",
+    )
     parser.add_argument("--quick", action="store_true", help="2 conversations")
+    parser.add_argument(
+        "--recall-layout", choices=("fresh", "stable"), default="fresh", help="MemoryConfig's"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--write", metavar="PATH", help="write the docs fragment to PATH")
     parser.add_argument(

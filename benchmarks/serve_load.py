@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import pwd
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -55,17 +59,19 @@ def _port() -> int:
 
 
 class Server:
-    def __init__(self, upstream: FakeProvider, store: str, *extra: str) -> None:
+    """`fmai serve` in a subprocess: proxying `upstream`, or (`None`) the embedded model."""
+
+    def __init__(
+        self, upstream: FakeProvider | None, store: str, *extra: str, max_new_tokens: int = 64
+    ) -> None:
         self.port, self.store = _port(), store
+        where = ["--upstream", upstream.openai_url, "--upstream-model", "fake"] if upstream else []
         self.cmd = [
             sys.executable,
             "-m",
             "fmai_torch.cli",
             "serve",
-            "--upstream",
-            upstream.openai_url,
-            "--upstream-model",
-            "fake",
+            *where,
             "--upstream-key-env",
             "BENCH_UPSTREAM_KEY",
             "--store",
@@ -77,7 +83,7 @@ class Server:
             "--max-tokens",
             "1024",
             "--max-new-tokens",
-            "64",
+            str(max_new_tokens),
             "--log-level",
             "error",
             *extra,
@@ -91,7 +97,8 @@ class Server:
     def start(self) -> None:
         env = {**os.environ, "BENCH_UPSTREAM_KEY": KEY}
         self.proc = subprocess.Popen(self.cmd, env=env, stderr=subprocess.DEVNULL)
-        while True:
+        deadline = time.monotonic() + 900  # the embedded model's first load converts it
+        while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(self.url[:-3] + "/healthz", timeout=1):
                     return
@@ -99,6 +106,7 @@ class Server:
                 if self.proc.poll() is not None:
                     raise RuntimeError("fmai serve exited") from None
                 time.sleep(0.02)
+        raise RuntimeError("fmai serve did not start")
 
     def cpu_s(self) -> float | None:
         """CPU seconds the server process has used (Linux `/proc`; `None` elsewhere)."""
@@ -129,15 +137,63 @@ def summary(values: list[float]) -> dict[str, float]:
     return {f"p{q}": round(pct(values, q), 2) for q in (50, 95, 99)}
 
 
+class UpstreamClock:
+    """The fake upstream's own time per request (ms), by the new message it answered.
+
+    Timed inside its request handler, from the parsed request line and headers to the
+    reply written: what the upstream itself spends, without the HTTP hop to it.
+    """
+
+    def __init__(self, upstream: FakeProvider) -> None:
+        self.own_ms: dict[str, float] = {}
+        self._local = threading.local()
+        handler = upstream._server.RequestHandlerClass
+        post, reply_text = handler.do_POST, upstream.reply_text
+        clock = self
+
+        def timed_post(self: Any) -> None:
+            start = time.perf_counter()
+            clock._local.key = None
+            post(self)
+            if clock._local.key is not None:
+                clock.own_ms[clock._local.key] = (time.perf_counter() - start) * 1000
+
+        def keyed_reply(messages: list[dict[str, str]], max_tokens: int) -> str:
+            # the new message ends the last user message (after any recalled block)
+            clock._local.key = str(messages[-1]["content"]).rsplit("\n\n", 1)[-1]
+            return reply_text(messages, max_tokens)
+
+        handler.do_POST = timed_post
+        upstream.reply_text = keyed_reply  # type: ignore[method-assign]
+
+
 def text_of(conv: int, turn: int) -> str:
     return f"Conversation {conv}, turn {turn}: my number today is {conv * 1000 + turn}."
 
 
-async def run_load(url: str, conversations: int, turns: int, session: bool) -> dict[str, Any]:
-    """C conversations x T turns at once; per request: latency (ms) and policy_ms."""
-    client = openai.AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60)
+async def run_load(
+    url: str,
+    conversations: int,
+    turns: int,
+    session: bool,
+    clock: UpstreamClock | None = None,
+    max_tokens: int | None = None,
+) -> dict[str, Any]:
+    """C conversations x T turns at once; per request: latency (ms) and its parts.
+
+    `added_ms`, per request: the latency the client saw less the upstream's own time for
+    that request (`clock`, the fake upstream's), or, for the embedded model, less the
+    model's time (`TurnStats.latency_ms - policy_ms`: the engine's turn, generation and
+    prompt rendering, without the policy). The policy's time is inside `added_ms`;
+    `added_less_policy_ms` takes it out (the target: p95 of that <= 10 ms).
+    """
+    client = openai.AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=600)
     latency: list[float] = []
     policy: list[float] = []
+    added: list[float] = []
+    added_less_policy: list[float] = []
+    outside_turn: list[float] = []
+    upstream_own: list[float] = []
     acked: dict[int, list[tuple[str, str]]] = {c: [] for c in range(conversations)}
     failed = 0
 
@@ -152,15 +208,27 @@ async def run_load(url: str, conversations: int, turns: int, session: bool) -> d
                     model="fake",
                     messages=[{"role": "user", "content": text}],
                     extra_headers=headers,
+                    **({} if max_tokens is None else {"max_tokens": max_tokens}),
                 )
             except openai.APIError:
                 failed += 1
                 continue
-            latency.append((time.perf_counter() - start) * 1000)
+            ms = (time.perf_counter() - start) * 1000
+            latency.append(ms)
             r = raw.parse()
             stats = (r.model_extra or {}).get("fmai", {}).get("turn_stats")
             if stats:
                 policy.append(stats["policy_ms"])
+                outside_turn.append(ms - stats["latency_ms"])
+                own = (
+                    clock.own_ms.get(text)
+                    if clock is not None
+                    else stats["latency_ms"] - stats["policy_ms"]
+                )
+                if own is not None:
+                    upstream_own.append(own)
+                    added.append(ms - own)
+                    added_less_policy.append(ms - own - stats["policy_ms"])
             acked[c].append((text, r.choices[0].message.content or ""))
 
     start = time.perf_counter()
@@ -174,7 +242,11 @@ async def run_load(url: str, conversations: int, turns: int, session: bool) -> d
         "wall_s": round(wall, 2),
         "requests_per_s": round(n / wall, 1),
         "latency_ms": summary(latency),
+        "upstream_own_ms": summary(upstream_own),
+        "added_ms": summary(added),
         "policy_ms": summary(policy),
+        "added_less_policy_ms": summary(added_less_policy),
+        "outside_turn_ms": summary(outside_turn),
         "acked": acked,
     }
 
@@ -335,13 +407,115 @@ def commit_cost(folder: Path, rounds: int = 3, turns: int = 60) -> dict[str, Any
     return {mode: summary(v) for mode, v in times.items()}
 
 
+class TempPostgres:
+    """A PostgreSQL server from Debian's `postgresql` package in a temporary folder
+    (`initdb`, `pg_ctl`; as the `postgres` user when run as root), `fsync=on`."""
+
+    def __init__(self) -> None:
+        found = shutil.which("pg_ctl")
+        bins = [Path(found).resolve().parent] if found else []
+        bins += [p.parent for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))]
+        if not bins:
+            raise SystemExit("no PostgreSQL: apt-get install postgresql (initdb, pg_ctl)")
+        self.bindir, self.port = bins[-1], _port()
+        self.dir = Path(tempfile.mkdtemp(prefix="fmai-bench-pg-", dir="/tmp"))
+        self.user = None
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            pw = pwd.getpwnam("postgres")
+            self.user = "postgres"
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+
+    def _run(self, *args: str) -> None:
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if self.user is not None:
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120, cwd=self.dir)
+
+    def start(self) -> str:
+        data = str(self.dir / "data")
+        self._run("initdb", "-D", data, "-A", "trust", "-U", "fmai", "-E", "UTF8")
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=on"
+        self._run("pg_ctl", "-D", data, "-o", opts, "-l", str(self.dir / "log"), "-w", "start")
+        return f"postgresql://fmai@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _clear(store: str) -> None:
+    """Empty the store: the next run starts new conversations (reused ids would mix)."""
+    check = Store(store)
+    with check.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM fmai_turns")
+        conn.exec_driver_sql("DELETE FROM fmai_messages")
+        conn.exec_driver_sql("DELETE FROM fmai_conversations")
+    check.close()
+
+
+def measure_load(
+    server: Server,
+    upstream: FakeProvider | None,
+    clock: UpstreamClock | None,
+    loads: list[tuple[str, int, int]],
+    max_tokens: int | None,
+) -> dict[str, Any]:
+    """The load runs on one store: served (and, with a fake upstream, direct) figures."""
+    out: dict[str, Any] = {}
+    for label, conc, turns in loads:
+        direct = None
+        if upstream is not None:
+            direct = asyncio.run(run_load(upstream.openai_url, conc, turns, False, None))
+        if clock is not None:
+            clock.own_ms.clear()
+        cpu_before = server.cpu_s()
+        served = asyncio.run(run_load(server.url, conc, turns, True, clock, max_tokens))
+        cpu_after = server.cpu_s()
+        if cpu_before is not None and cpu_after is not None and served["requests"]:
+            # CPU the server spent per turn: steadier than latency on a busy machine
+            served["server_cpu_ms_per_request"] = round(
+                (cpu_after - cpu_before) * 1000 / served["requests"], 2
+            )
+        out[label] = {
+            "conversations": conc,
+            "turns": turns,
+            "served": {k: v for k, v in served.items() if k != "acked"},
+            "store_check": check_store(server.store, served["acked"], "load", strict=True),
+        }
+        if direct is not None:
+            out[label]["direct"] = {
+                k: v for k, v in direct.items() if k in ("requests_per_s", "latency_ms")
+            }
+        _clear(server.store)
+        server.stop()
+        server.start()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--conversations", type=int, default=50)
     ap.add_argument("--turns", type=int, default=20)
     ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--store", default=None, help="store URL (default: SQLite in a temp dir)")
+    ap.add_argument(
+        "--store",
+        nargs="+",
+        default=["sqlite"],
+        help="store URLs, each measured in turn; 'sqlite': a SQLite file in a temp folder "
+        "(synchronous=normal, the default); 'postgresql': a temporary PostgreSQL started "
+        "with initdb/pg_ctl (default: sqlite)",
+    )
     ap.add_argument("--sequential-turns", type=int, default=100)
+    ap.add_argument(
+        "--embedded",
+        action="store_true",
+        help="serve the embedded model (no --upstream) instead of the instant fake upstream",
+    )
+    ap.add_argument(
+        "--max-new-tokens", type=int, default=64, help="reply budget (the embedded model's cost)"
+    )
     ap.add_argument(
         "--parts",
         nargs="+",
@@ -352,90 +526,96 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fmai-bench-"))
-    store = args.store or f"sqlite:///{tmp / 'serve.sqlite3'}"
-    results: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "store": store}
+    results: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average_before": os.getloadavg(),
+        "upstream": "embedded model" if args.embedded else "instant fake",
+        "stores": {},
+    }
     if "commit" in args.parts:
         results["commit_ms"] = commit_cost(tmp)
-    with FakeProvider(api_key=KEY, slow_s=6.0) as upstream:
-        # answer without Nagle's delay: the fake's own latency is then its real work
-        upstream._server.RequestHandlerClass.disable_nagle_algorithm = True
-        server = Server(upstream, store, "--upstream-timeout", "2")
-        server.start()
-        try:
-            c, t = args.conversations, args.turns
-            loads = (("sequential", 1, args.sequential_turns), ("concurrent", c, t))
-            for label, conc, turns in loads:
-                if label not in args.parts:
-                    continue
-                direct = asyncio.run(run_load(upstream.openai_url, conc, turns, False))
-                cpu_before = server.cpu_s()
-                served = asyncio.run(run_load(server.url, conc, turns, True))
-                cpu_after = server.cpu_s()
-                if cpu_before is not None and cpu_after is not None and served["requests"]:
-                    # CPU the server spent per turn: steadier than latency on a busy machine
-                    served["server_cpu_ms_per_request"] = round(
-                        (cpu_after - cpu_before) * 1000 / served["requests"], 2
-                    )
-                added = {
-                    q: round(served["latency_ms"][q] - direct["latency_ms"][q], 2)
-                    for q in ("p50", "p95", "p99")
-                }
-                results[label] = {
-                    "conversations": conc,
-                    "turns": turns,
-                    "direct": {k: v for k, v in direct.items() if k != "acked"},
-                    "served": {k: v for k, v in served.items() if k != "acked"},
-                    "added_latency_ms": added,
-                    "store_check": check_store(store, served["acked"], "load", strict=True),
-                }
-                # the next run starts new conversations: reuse of ids would mix the two
-                check = Store(store)
-                with check.engine.begin() as conn:
-                    conn.exec_driver_sql("DELETE FROM fmai_turns")
-                    conn.exec_driver_sql("DELETE FROM fmai_messages")
-                    conn.exec_driver_sql("DELETE FROM fmai_conversations")
-                check.close()
+    c, t = args.conversations, args.turns
+    loads = [
+        (label, conc, turns)
+        for label, conc, turns in (("sequential", 1, args.sequential_turns), ("concurrent", c, t))
+        if label in args.parts
+    ]
+    postgres: TempPostgres | None = None
+    with contextlib.ExitStack() as stack:
+        upstream: FakeProvider | None = None
+        clock = None
+        if not args.embedded:
+            upstream = stack.enter_context(FakeProvider(api_key=KEY, slow_s=6.0))
+            # answer without Nagle's delay: the fake's own latency is then its real work
+            upstream._server.RequestHandlerClass.disable_nagle_algorithm = True
+            clock = UpstreamClock(upstream)
+        for n, spec in enumerate(args.store):
+            if spec == "sqlite":
+                url = f"sqlite:///{tmp / f'serve-{n}.sqlite3'}"
+            elif spec == "postgresql":
+                postgres = TempPostgres()
+                stack.callback(postgres.stop)
+                url = postgres.start()
+            else:
+                url = spec
+            timeout = ["--upstream-timeout", "2"] if upstream is not None else []
+            server = Server(upstream, url, *timeout, max_new_tokens=args.max_new_tokens)
+            server.start()
+            got: dict[str, Any] = {"url": url}
+            try:
+                got.update(measure_load(server, upstream, clock, loads, args.max_new_tokens))
+                if "faults" in args.parts and upstream is not None:
+                    got["upstream_faults"] = run_upstream_faults(server, upstream)
+                if "kill" in args.parts:
+                    killed = asyncio.run(run_kill(server, min(20, c), args.kills))
+                    got["kill"] = {
+                        "kills": killed["kills"],
+                        "failed_requests": killed["failed_requests"],
+                        "store_check": check_store(url, killed["acked"], "kill", strict=False),
+                    }
+            finally:
                 server.stop()
-                server.start()
-            if "faults" in args.parts:
-                results["upstream_faults"] = run_upstream_faults(server, upstream)
-            if "kill" in args.parts:
-                killed = asyncio.run(run_kill(server, min(20, c), args.kills))
-                results["kill"] = {
-                    "kills": killed["kills"],
-                    "failed_requests": killed["failed_requests"],
-                    "store_check": check_store(store, killed["acked"], "kill", strict=False),
-                }
-        finally:
-            server.stop()
+            results["stores"][spec] = got
+    results["load_average_after"] = os.getloadavg()
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"fmai serve load ({results['cpu']}, {results['cores']} cores, store {store})")
+    print(
+        f"fmai serve load ({results['cpu']}, {results['cores']} cores, upstream: "
+        f"{results['upstream']}; load average before {results['load_average_before']}, "
+        f"after {results['load_average_after']})"
+    )
     if "commit_ms" in results:
         print(f"SQLite commit ms per turn: {results['commit_ms']}")
-    for label in ("sequential", "concurrent"):
-        if label not in results:
-            continue
-        r = results[label]
-        s, d = r["served"], r["direct"]
-        print(f"\n{label}: {r['conversations']} conversations x {r['turns']} turns")
-        print(
-            f"  fmai serve: {s['requests_per_s']} req/s, latency ms {s['latency_ms']}, "
-            f"policy ms {s['policy_ms']}, failed {s['failed']}"
-        )
-        print(f"  upstream directly: {d['requests_per_s']} req/s, latency ms {d['latency_ms']}")
-        if "server_cpu_ms_per_request" in s:
-            print(f"  server CPU per request: {s['server_cpu_ms_per_request']} ms")
-        print(f"  added by fmai serve (ms): {r['added_latency_ms']}")
-        print(f"  store check: {r['store_check']}")
-    if "upstream_faults" in results:
-        print(f"\nupstream faults: {results['upstream_faults']}")
-    if "kill" in results:
-        print(
-            f"SIGKILL x{results['kill']['kills']}: failed requests "
-            f"{results['kill']['failed_requests']}, store check {results['kill']['store_check']}"
-        )
+    for spec, got in results["stores"].items():
+        for label in ("sequential", "concurrent"):
+            if label not in got:
+                continue
+            r = got[label]
+            s = r["served"]
+            print(f"\n[{spec}] {label}: {r['conversations']} conversations x {r['turns']} turns")
+            print(f"  fmai serve: {s['requests_per_s']} req/s, failed {s['failed']}")
+            print(f"  latency ms:                   {s['latency_ms']}")
+            print(f"  upstream's own ms:            {s['upstream_own_ms']}")
+            print(f"  added by fmai serve ms:       {s['added_ms']}")
+            print(f"  policy ms:                    {s['policy_ms']}")
+            print(f"  added less the policy ms:     {s['added_less_policy_ms']}")
+            print(f"  outside the engine's turn ms: {s['outside_turn_ms']}")
+            if "direct" in r:
+                d = r["direct"]
+                print(f"  upstream directly: {d['requests_per_s']} req/s, ms {d['latency_ms']}")
+            if "server_cpu_ms_per_request" in s:
+                print(f"  server CPU per request: {s['server_cpu_ms_per_request']} ms")
+            print(f"  store check: {r['store_check']}")
+        if "upstream_faults" in got:
+            print(f"[{spec}] upstream faults: {got['upstream_faults']}")
+        if "kill" in got:
+            k = got["kill"]
+            print(
+                f"[{spec}] SIGKILL x{k['kills']}: failed requests {k['failed_requests']}, "
+                f"store check {k['store_check']}"
+            )
 
 
 if __name__ == "__main__":

@@ -108,3 +108,66 @@ def test_default_prepare_fills_the_proxies_per_text_caches() -> None:
     request = PolicyRequest("evict", candidates(3, 40), 100, query="Where is gate B12?")
     get_policy("hybrid").select(request)
     assert hashed_embedding.cache_info().misses - before <= 1, "only the query is new"
+
+
+def test_a_memo_is_capped_by_the_bytes_its_entries_hold() -> None:
+    from fmai_core.memo import ENTRY_BYTES, memo, sizeof
+
+    @memo(64 * 1024)
+    def shout(text: str) -> tuple[str, ...]:
+        return tuple(text.upper().split())
+
+    texts = [f"message {i} " + "word " * (i % 40) for i in range(2000)]
+    for text in texts:
+        shout(text)
+    info = shout.cache_info()
+    assert 0 < info.bytes <= info.max_bytes == 64 * 1024
+    assert info.currsize < len(texts), "old entries were dropped"
+    held = sum(sizeof((t, shout(t))) + ENTRY_BYTES for t in texts[-info.currsize :])
+    assert shout.cache_info().currsize == info.currsize, "the newest entries are the ones held"
+    assert abs(held - info.bytes) <= 0.05 * info.bytes, "the count is the entries' own sizes"
+    shout.cache_clear()
+    assert shout.cache_info().bytes == 0
+
+
+def test_a_memo_keeps_what_is_used_and_refuses_entry_counts() -> None:
+    from fmai_core.memo import memo
+
+    calls: list[str] = []
+
+    @memo(8 * 1024)
+    def echo(text: str) -> str:
+        calls.append(text)
+        return text * 10
+
+    echo("hot")
+    for i in range(200):
+        echo(f"cold {i}")
+        echo("hot")  # used every time: least recently used never
+    assert calls.count("hot") == 1
+    with pytest.raises(ValueError, match="bytes"):
+        memo(2048)
+
+
+def test_sizeof_counts_what_an_object_references() -> None:
+    import sys
+
+    from fmai_core.memo import sizeof
+
+    words = [f"word-{i}-" + "x" * (i % 50) for i in range(5000)]
+    exact = sys.getsizeof(words) + sum(sys.getsizeof(w) for w in words)
+    assert abs(sizeof(words) - exact) <= 0.1 * exact, "a sample stands for a long list"
+    index = {w: (i, w.upper()) for i, w in enumerate(words[:20])}
+    assert sizeof(index) > sum(sys.getsizeof(w) * 2 for w in words[:20])
+    shared = "a long shared text " * 20
+    assert sizeof((shared, shared)) < 2 * sys.getsizeof(shared), "an object counts once"
+
+
+def test_the_embedding_cache_is_capped_by_bytes() -> None:
+    from fmai_core.memo import EmbeddingCache
+
+    cache = EmbeddingCache(lambda texts: [[1.0] * 384 for _ in texts], max_bytes=100_000)
+    for i in range(500):
+        cache([f"text {i}"])
+    assert 0 < cache.bytes <= 100_000
+    assert len(cache([f"text {i}" for i in range(3)])[0]) == 384

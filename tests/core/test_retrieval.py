@@ -231,3 +231,13 @@ def test_damaged_embeddings_are_refused(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text(json.dumps(doc))
     with pytest.raises(CheckpointError, match="embeddings"):
         FiniteMemoryLLM.load(tmp_path / "c.json", EchoBackend(), embedder=CountingEmbedder())
+
+
+def test_a_name_in_many_messages_does_not_bridge() -> None:
+    # "Biscuit" (the dog) is in most turns: it would link the hit to everything.
+    texts = ["I met Jess at my pottery class, Biscuit came too."]
+    texts += [f"Biscuit chewed shoe number {i}." for i in range(30)]
+    texts += ["Jess just moved to Denver, sadly."]
+    index = RecallIndex()
+    index.add(segs(texts))
+    assert index.top_terms([0], exclude=set(), n=3) == ["jess"]

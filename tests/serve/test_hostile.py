@@ -306,3 +306,120 @@ def test_an_unreachable_store_gets_503(serve: Any, postgres: Any) -> None:
     assert "store" in str(err.value) and "Nothing was stored" in str(err.value)
     status, body = call(server, "/conversations/gone")
     assert status == 503 and body["error"]["code"] == "store_unavailable"
+
+
+def test_an_upstream_reply_with_nul_is_refused_alike_on_both_stores(
+    serve: Any, store_url: str, upstream: Any
+) -> None:
+    """Defect: an upstream reply holding U+0000 got 500 on PostgreSQL (text cannot hold NUL)
+    while SQLite stored it (and a client sending that history back then got a 400). Now
+    both refuse it with a 502 that says so, and store nothing: the conversation goes on."""
+    server = serve(store_url)
+    ask(server.client(), "hello", "nulreply")
+    before = get(server, "/conversations/nulreply")
+    checkpoint = get(server, "/conversations/nulreply/checkpoint")
+    default = upstream.reply
+
+    def reply(messages: list[dict[str, str]]) -> str:
+        last = messages[-1]["content"]
+        return "bad \x00 reply" if "nul please" in last else "reply to: " + last
+
+    upstream.reply = reply
+    try:
+        for stream in (False, True):
+            session = {"X-Session-ID": "nulreply"}
+            body = {
+                "model": "m",
+                "stream": stream,
+                "messages": [{"role": "user", "content": "nul please"}],
+            }
+            status, raw = _post_raw(server, json.dumps(body).encode(), session)
+            if stream and status == 200:  # the failure came after the headers: an error event
+                assert b"U+0000" in raw and b"upstream_invalid_reply" in raw, raw
+                assert b"[DONE]" not in raw
+            else:
+                assert status == 502, (status, raw)
+                err = json.loads(raw)["error"]
+                assert err["code"] == "upstream_invalid_reply" and "U+0000" in err["message"]
+        assert get(server, "/conversations/nulreply") == before
+        assert get(server, "/conversations/nulreply/checkpoint") == checkpoint
+        # the conversation goes on from what is stored
+        ask(server.client(), "and now?", "nulreply")
+        detail = get(server, "/conversations/nulreply")
+        assert [m["content"] for m in detail["messages"]] == [
+            "hello", "reply to: hello", "and now?", "reply to: and now?"
+        ]  # fmt: skip
+    finally:
+        upstream.reply = default
+
+
+def _post_raw(server: Any, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        server.url + "/chat/completions",
+        data=body,
+        headers={"content-type": "application/json", **headers},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+def test_the_conversation_detail_is_paged_like_messages(serve: Any, tmp_path: Path) -> None:
+    """Defect: GET /v1/conversations/{id} returned every message of the conversation (and
+    every turn's stats) in one body, however long it grew. Now it holds one page of the
+    record, paged as /messages is (`limit`, `before`; `has_more`, `first_id`)."""
+    server = serve(sqlite(tmp_path))
+    client = server.client()
+    for i in range(6):
+        ask(client, f"m{i}", "long")
+    detail = get(server, "/conversations/long?limit=4")
+    page = get(server, "/conversations/long/messages?limit=4")
+    assert detail["messages"] == page["data"] and len(page["data"]) == 4
+    assert detail["has_more"] is True and detail["first_id"] == page["first_id"]
+    assert detail["turns"] == 6 and len(detail["turn_stats"]) == 2  # the page's replies
+    older = get(server, f"/conversations/long?limit=4&before={detail['first_id']}")
+    assert (
+        older["messages"]
+        == get(server, f"/conversations/long/messages?limit=4&before={detail['first_id']}")["data"]
+    )
+    everything = get(server, "/conversations/long?limit=1000")
+    assert everything["has_more"] is False and len(everything["messages"]) == 12
+    # the default page is bounded (200 messages), and a limit past 1000 is refused
+    assert len(get(server, "/conversations/long")["messages"]) == 12
+    for bad in ("limit=0", "limit=1001", "limit=x", "before=-1"):
+        status, body = call(server, f"/conversations/long?{bad}")
+        assert status == 400, (bad, body)
+
+
+def test_open_connections_are_bounded(serve: Any, tmp_path: Path) -> None:
+    """Defect: uvicorn ran without `limit_concurrency`, so any number of connections (each
+    may carry a 32 MiB body) were taken in. Past `--limit-concurrency` a request now gets
+    503 at once; once connections close, requests are served again."""
+    server = serve(sqlite(tmp_path), "--limit-concurrency", "4")
+    idle = []
+    try:
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+            idle.append(sock)
+        time.sleep(0.3)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(server.url + "/models", timeout=10)
+        with err.value:
+            assert err.value.code == 503
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert get(server, "/models")["data"]
+            break
+        except (AssertionError, urllib.error.HTTPError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

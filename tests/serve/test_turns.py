@@ -172,3 +172,50 @@ def test_a_stale_trace_of_a_rewritten_turn_is_replaced(store_url: str) -> None:
             conn.execute(sa.text("DELETE FROM fmai_conversations"))
     assert store.turns("o", "c") == ([{"turn": 0, "life": "second"}], False)
     store.close()
+
+
+def test_a_stored_trace_holds_its_prompt_once(serve: Any, tmp_path: Any, upstream: Any) -> None:
+    """Defect: each turn's stored trace held its prompt twice, as sent (`messages`) and in
+    its parts (some 16 KB a turn at --max-tokens 2048). Now the parts alone are stored and
+    the prompt sent is rendered from them on reading, exactly as the upstream received it."""
+    db = tmp_path / "serve.sqlite3"
+    server = serve(f"sqlite:///{db}", "--policy", "semantic")
+    client = server.client()
+    ask(client, "My sister is called Ada and she lives in Lisbon.", "once")
+    sent = []
+    for i in range(11):
+        ask(client, FILLER[i % len(FILLER)], "once")
+        sent.append(upstream.requests[-1]["messages"])
+    ask(client, "Where does my sister Ada live?", "once")
+    sent.append(upstream.requests[-1]["messages"])
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        stored = [r[0] for r in conn.execute(sa.text("SELECT trace FROM fmai_turns ORDER BY turn"))]
+    engine.dispose()
+    assert len(stored) == 13
+    recalled = 0
+    for n, raw in enumerate(stored):
+        doc = json.loads(raw)
+        assert "messages" not in doc  # the parts only
+        trace = get(server, f"/conversations/once/turns/{n}")
+        assert list(trace)[1:3] == ["turn", "messages"]  # in their place
+        if n:
+            assert [(m["role"], m["content"]) for m in trace["messages"]] == [
+                (m["role"], m["content"]) for m in sent[n - 1]
+            ]
+        # the prompt appears once in what is stored: its size is about the parts' size
+        prompt = sum(len(m["content"]) for m in trace["messages"])
+        assert len(raw) < len(json.dumps(trace)) - prompt * 0.9
+        recalled += len(trace["recalled"])
+    assert recalled, "the test covers a recalled block"
+
+
+def test_a_trace_the_default_layout_does_not_render_is_stored_whole() -> None:
+    from fmai_torch.serve.store import compact_trace, expand_trace
+
+    parts = {"system_prompt": None, "pinned": [], "summary": None, "history": [],
+             "recalled": [], "new_message": "hi"}  # fmt: skip
+    same = {"turn": 0, "messages": [{"role": "user", "content": "hi"}], **parts}
+    assert "messages" not in compact_trace(same) and expand_trace(compact_trace(same)) == same
+    custom = {"turn": 0, "messages": [{"role": "user", "content": "Q: hi"}], **parts}
+    assert compact_trace(custom) == custom and expand_trace(custom) == custom

@@ -143,3 +143,40 @@ def test_every_policy_with_model_signals(make_backend, policy: str) -> None:  # 
             assert a.stats.policy_stats["signal"] == "model"  # the model's signals were used
     assert evicted
     assert on.stats.reused_tokens > 0
+
+
+@pytest.mark.parametrize("policy", ["hybrid", "semantic"])
+def test_stable_recall_layout_identical_and_append_only(make_backend, policy: str) -> None:  # type: ignore[no-untyped-def]
+    """recall_layout="stable": reuse on and off agree turn by turn, the budget holds, and a
+    turn that evicts nothing sends the previous prompt and reply unchanged (its recalled
+    block included), so the cache serves all of them."""
+    kwargs = {
+        "policy": policy,
+        "max_tokens": 384,
+        "max_new_tokens": 16,
+        "system_prompt": "you are a good friend .",
+        "max_policy_ms": None,
+        "recall_layout": "stable",
+    }
+    on = FiniteMemoryLLM(make_backend(kv_reuse=True), **kwargs)
+    off = FiniteMemoryLLM(make_backend(kv_reuse=False), **kwargs)
+    previous: list[Message] = []
+    kept_blocks = 0
+    for i in range(20):
+        text = USER_TURNS[i % len(USER_TURNS)]
+        prompt = on.context(text)
+        assert prompt == off.context(text)
+        a, b = on.chat(text), off.chat(text)
+        assert a.response == b.response
+        assert a.stats.prompt_tokens == b.stats.prompt_tokens
+        assert a.stats.prompt_tokens + 16 <= 384
+        if previous and not a.stats.evicted and "recall_shown_dropped" not in a.stats.policy_stats:
+            # Append-only: the last prompt, then its reply, then the new user turn.
+            assert prompt[: len(previous)] == previous
+            assert prompt[len(previous)].role == "assistant"
+            cached = on.backend.encode(previous)
+            assert a.stats.reused_tokens >= len(cached) - 1
+            if "\n" in previous[-1].content:  # the last turn's recalled block stayed
+                kept_blocks += 1
+        previous = prompt
+    assert kept_blocks >= 1

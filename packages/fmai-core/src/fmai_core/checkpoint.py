@@ -426,8 +426,17 @@ def _segments(
 
 
 def _state(data: Any) -> MemoryState:
-    keys = set(MemoryState().to_dict())
-    raw = _object(data, "state", keys - {"archive_dropped"}, keys)
+    keys = {*MemoryState().to_dict(), "shown"}
+    raw = _object(data, "state", keys - {"archive_dropped", "shown"}, keys)
+    shown = raw.get("shown", [])
+    if not isinstance(shown, list) or not all(
+        isinstance(e, list)
+        and len(e) == 2
+        and isinstance(e[1], list)
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in (e[0], *e[1]))
+        for e in shown
+    ):
+        raise _Damaged("state.shown must be a list of [message id, [segment ids]]")
     for name in ("turn", "next_segment_id", "next_message_id", "archive_dropped"):
         _int(raw.get(name, 0), f"state.{name}")
     pinned = _segments(raw["pinned"], "state.pinned", frozenset({"pinned"}), ("system",))
@@ -463,7 +472,7 @@ def _state(data: Any) -> MemoryState:
 # Besides the MemoryConfig fields (which MemoryConfig validates): name -> type.
 _OTHER_SETTINGS: dict[str, type] = {"policy": str, "generation": dict, "policy_config": dict}
 # Settings a checkpoint may lack (older files): they take their defaults.
-_OPTIONAL_SETTINGS = frozenset({"recall_fraction", "policy_config"})
+_OPTIONAL_SETTINGS = frozenset({"recall_fraction", "policy_config", "recall_layout"})
 
 
 def _settings_of(data: Any) -> tuple[MemoryConfig, dict[str, Any]]:

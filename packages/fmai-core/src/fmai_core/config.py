@@ -41,6 +41,10 @@ def _check_int(name: str, value: object, least: int, extra: str = "") -> None:
         )
 
 
+#: The `recall_layout` settings (see `MemoryConfig`).
+RECALL_LAYOUTS = ("fresh", "stable")
+
+
 def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -61,6 +65,12 @@ class MemoryConfig:
             [`Planner.recall_share`][fmai_core.planner.Planner.recall_share]).
         segment_tokens: Messages longer than this are split into sentence-aligned parts.
         archive_limit: Most segments kept in the archive (`None`: unbounded).
+        recall_layout: Where a turn's recalled segments stay. `"fresh"` (the default): in
+            that turn's user message only; the next prompt shows that message without them,
+            so a KV or prompt cache holds nothing after it. `"stable"`: the recalled block
+            stays with the user message it was shown with, as the model saw it, while that
+            message is in the history; later turns recall only what is not shown yet, so the
+            prompt stays append-only between evictions (see the KV cache page).
 
     Raises:
         ConfigurationError: a setting has the wrong type or is out of range.
@@ -76,6 +86,7 @@ class MemoryConfig:
     recall_fraction: float | None = None
     segment_tokens: int = 64
     archive_limit: int | None = 10_000
+    recall_layout: str = "fresh"
 
     def __post_init__(self) -> None:
         for name, least in (("max_tokens", 1), ("max_new_tokens", 1), ("segment_tokens", 8)):
@@ -104,6 +115,11 @@ class MemoryConfig:
             raise ConfigurationError(
                 f"recall_fraction must be in [0, 1), or None to split by the query, got "
                 f"{fraction!r}."
+            )
+        if self.recall_layout not in RECALL_LAYOUTS:
+            raise ConfigurationError(
+                f"recall_layout must be one of {', '.join(RECALL_LAYOUTS)}, got "
+                f"{self.recall_layout!r}."
             )
         prompt = self.system_prompt
         if prompt is not None and not isinstance(prompt, str):

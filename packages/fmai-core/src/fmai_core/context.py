@@ -12,7 +12,7 @@ everything up to the last turn's reply.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fmai_core.messages import Message
@@ -21,17 +21,12 @@ from fmai_core.segments import Segment
 __all__ = ["ContextBuilder"]
 
 
-def _group(segments: Sequence[Segment]) -> list[tuple[str, str]]:
-    """Join consecutive segments of one message; return (role, text) per message.
+def _messages(segments: Sequence[Segment]) -> list[tuple[Segment, str]]:
+    """Join consecutive segments of one message; return (first segment, text) per message.
 
     Parts are joined with the whitespace that separated them in the message
     (`Segment.sep`), so a whole message comes back verbatim.
     """
-    return [(head.role, text) for head, text in _messages(segments)]
-
-
-def _messages(segments: Sequence[Segment]) -> list[tuple[Segment, str]]:
-    """Join consecutive segments of one message; return (first segment, text) per message."""
     out: list[tuple[Segment, str]] = []
     last_id: int | None = None
     for s in segments:
@@ -105,6 +100,7 @@ class ContextBuilder:
         history: Sequence[Segment],
         recalled: Sequence[Segment],
         new_text: str | None,
+        shown: Mapping[int, Sequence[Segment]] | None = None,
     ) -> list[Message]:
         """Return the prompt as messages, in the cache-stable layout.
 
@@ -115,12 +111,18 @@ class ContextBuilder:
             history: Kept history segments, in conversation order.
             recalled: Recalled archive segments, in conversation order.
             new_text: The new user message (`None` renders history only).
+            shown: Recalled segments that stay with a history user message, by its
+                message id (`recall_layout="stable"`): that message is rendered as it was
+                sent, its recalled block first.
         """
         messages: list[Message] = []
         system = self.system_text(system_prompt, pinned, summary)
         if system is not None:
             messages.append(Message("system", system))
-        messages += [Message(role, text) for role, text in _group(history)]  # type: ignore[arg-type]
+        for head, text in _messages(history):
+            block = shown.get(head.message_id) if shown and head.role == "user" else None
+            content = self.user_text(block, text) if block else text
+            messages.append(Message(head.role, content))  # type: ignore[arg-type]
         if new_text is not None:
             messages.append(Message("user", self.user_text(recalled, new_text)))
         return messages

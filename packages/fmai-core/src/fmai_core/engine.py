@@ -229,6 +229,10 @@ class FiniteMemoryLLM:
         segment_tokens: Messages longer than this are split into sentence-aligned parts.
         archive_limit: Most segments kept in the archive (`None`: unbounded); a full
             archive drops its lowest-value segment first.
+        recall_layout: `"fresh"` (recalled segments appear in the new user message only)
+            or `"stable"` (they stay with the message they were recalled for, so the
+            prompt is append-only between evictions and a KV cache reuses it; see
+            [`MemoryConfig`][fmai_core.config.MemoryConfig]).
         hooks: Objects with `on_turn(stats)`, called after every turn (see telemetry).
         embedder: Overrides the embeddings found on the backend.
         scorer: Overrides the importance scores found on the backend.
@@ -237,7 +241,7 @@ class FiniteMemoryLLM:
             (`{"temperature": 0.7, "presence_penalty": 0.5}`); checkpoints keep those JSON
             can hold.
         config: The memory settings as one [`MemoryConfig`][fmai_core.config.MemoryConfig],
-            instead of the keywords `max_tokens` ... `archive_limit` (passing both raises
+            instead of the keywords `max_tokens` ... `recall_layout` (passing both raises
             `ConfigurationError`). The keywords build one; either way it is `llm.config`.
         **params: The documented generation parameters as keywords (`temperature`,
             `top_p`, `top_k`, `seed`, `stop`, `repetition_penalty`, `min_new_tokens`; see
@@ -272,6 +276,7 @@ class FiniteMemoryLLM:
         recall_fraction: float | None = None,
         segment_tokens: int = 64,
         archive_limit: int | None = 10_000,
+        recall_layout: str = "fresh",
         hooks: Iterable[Any] = (),
         embedder: Embedder | None = None,
         scorer: ImportanceScorer | None = None,
@@ -301,6 +306,7 @@ class FiniteMemoryLLM:
             "recall_fraction": recall_fraction,
             "segment_tokens": segment_tokens,
             "archive_limit": archive_limit,
+            "recall_layout": recall_layout,
         }
         if config is None:
             config = MemoryConfig(**settings)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fmai_core.memo import PER_TEXT, memo
+from fmai_core.memo import PER_TEXT_BYTES, memo
 from fmai_core.text import split_sentences
 
 __all__ = ["Claims", "FidelityReport", "check_fidelity", "claims"]
@@ -84,7 +84,7 @@ def _clean(word: str) -> str:
     return word.rstrip("'’-").removesuffix("'s").removesuffix("’s")
 
 
-@memo(PER_TEXT)
+@memo(PER_TEXT_BYTES)
 def claims(text: str) -> Claims:
     """Extract the numbers, names and quotes of `text` (see the module docs).
 

@@ -34,6 +34,8 @@ class MemoryState:
         next_segment_id: Id for the next segment.
         next_message_id: Id for the next message.
         archive_dropped: Segments dropped because the archive was full.
+        shown: With `recall_layout="stable"`: `(user message id, recalled segment ids)`
+            for each history message whose recalled block stays in the prompt.
     """
 
     pinned: tuple[Segment, ...] = ()
@@ -44,6 +46,7 @@ class MemoryState:
     next_segment_id: int = 0
     next_message_id: int = 0
     archive_dropped: int = 0
+    shown: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     @property
     def history_tokens(self) -> int:
@@ -62,8 +65,9 @@ class MemoryState:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready mapping."""
-        return {
+        """Return a JSON-ready mapping (`shown` only when some block is shown, so a
+        `recall_layout="fresh"` checkpoint is what it was before that setting)."""
+        out: dict[str, Any] = {
             "pinned": [s.to_dict() for s in self.pinned],
             "summary": self.summary.to_dict() if self.summary else None,
             "history": [s.to_dict() for s in self.history],
@@ -73,6 +77,9 @@ class MemoryState:
             "next_message_id": self.next_message_id,
             "archive_dropped": self.archive_dropped,
         }
+        if self.shown:
+            out["shown"] = [[mid, list(ids)] for mid, ids in self.shown]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemoryState:
@@ -87,6 +94,9 @@ class MemoryState:
             next_segment_id=int(data["next_segment_id"]),
             next_message_id=int(data["next_message_id"]),
             archive_dropped=int(data.get("archive_dropped", 0)),
+            shown=tuple(
+                (int(mid), tuple(int(i) for i in ids)) for mid, ids in data.get("shown", ())
+            ),
         )
 
 

@@ -263,17 +263,39 @@ class Planner:
             self._evict(turn, query, available - reserve)
         if share >= DISTANT_SHARE:  # a question about the past may use all that is free
             reserve = max(reserve, available - sum(s.tokens for s in turn.history))
+        stable = self.config.recall_layout == "stable" and self.policy.recalls
+        if stable and not turn.evicted:
+            # Blocks shown with earlier messages stay (the prompt stays append-only) until
+            # an eviction, which changes the prompt anyway. A follow-up recalls within what
+            # they leave of the reserve; a question about the past recalls with all of it,
+            # and the shown blocks (newest first) give way to its recall where both do not fit.
+            turn.shown = self._still_shown(turn)
+            if share < DISTANT_SHARE:
+                reserve -= sum(self._block_cost(b) for b in turn.shown.values())
+            else:
+                turn.shown_yield = True
         if self.policy.recalls and turn.archive and reserve > 0:
             self._recall(turn, query, reserve)
         if self.policy.recalls:
             turn.stats["recall_share"] = round(share, 3)
         messages, prompt_tokens = self._fit(turn, new_text)
+        shown: tuple[tuple[int, tuple[int, ...]], ...] = ()
+        if stable:
+            kept = {s.message_id for s in turn.history}
+            shown = tuple(
+                (mid, tuple(s.id for s in block))
+                for mid, block in turn.shown.items()
+                if mid in kept
+            )
+            if turn.recalled and new:
+                shown += ((new[0].message_id, tuple(s.id for s in turn.recalled)),)
         new_state = replace(
             state,
             summary=turn.summary,
             history=tuple(turn.history),
             archive=turn.archive,
             archive_dropped=state.archive_dropped + turn.dropped,
+            shown=shown,
         )
         return Plan(
             messages=messages,
@@ -354,12 +376,33 @@ class Planner:
         turn.archive, dropped = self._archive(turn.archive, gone)
         turn.dropped += dropped
 
+    def _still_shown(self, turn: _Turn) -> dict[int, list[Segment]]:
+        """The recalled blocks of `recall_layout="stable"` that stay: those of user messages
+        still in the history, whose segments are all still in the archive."""
+        users = {s.message_id for s in turn.history if s.role == "user"}
+        out: dict[int, list[Segment]] = {}
+        for mid, ids in turn.state.shown:
+            if mid in users:
+                block = find_by_id(turn.archive, ids)
+                if len(block) == len(ids):
+                    out[mid] = block
+        return out
+
+    def _block_cost(self, block: Sequence[Segment]) -> int:
+        """Tokens a recalled block adds to the user message it is shown with."""
+        return self.counter.text(self.builder.user_text(block, ""))
+
     def _recall(self, turn: _Turn, query: str, reserve: int) -> None:
-        """Ask the policy which archived segments to bring back within `reserve` tokens."""
+        """Ask the policy which archived segments to bring back within `reserve` tokens
+        (those already shown with an earlier message are not candidates)."""
         header = self.counter.text(self.builder.recall_header + "\n" + self.builder.recall_footer)
+        candidates = turn.archive
+        if turn.shown:
+            taken = {s.id for block in turn.shown.values() for s in block}
+            candidates = tuple(s for s in candidates if s.id not in taken)
         request = PolicyRequest(
             mode="recall",
-            candidates=turn.archive,
+            candidates=candidates,
             budget=max(0, reserve - header - 2),
             query=query,
             signals=self.signals,
@@ -375,12 +418,14 @@ class Planner:
         turn.stats.update({f"recall_{k}": v for k, v in stats.items()})
         turn.rank = {sid: i for i, sid in enumerate(selection.keep)}  # best first
         turn.scores = dict(selection.scores) if not fb else {}
-        turn.recalled = sorted(find_by_id(turn.archive, turn.rank), key=_segment_id)
+        turn.recalled = sorted(find_by_id(candidates, turn.rank), key=_segment_id)
 
     def _fit(self, turn: _Turn, new_text: str) -> tuple[list[Message], int]:
         """Render the prompt and make it fit by the backend's own count.
 
-        Past the budget, the least relevant recalled message goes first (whole); then
+        Past the budget, the least relevant recalled message goes first (whole), then the
+        newest block shown with an earlier message (`recall_layout="stable"`; for a
+        question about the past, the shown blocks go first); then
         history is evicted in a block, oldest first, down to the low-water mark of what
         fits, so that a count that differs slightly from the segments' sum does not evict
         one segment per turn.
@@ -388,13 +433,23 @@ class Planner:
         state, c = turn.state, self.config
         while True:
             messages = self.builder.render(
-                c.system_prompt, state.pinned, turn.summary, turn.history, turn.recalled, new_text
+                c.system_prompt,
+                state.pinned,
+                turn.summary,
+                turn.history,
+                turn.recalled,
+                new_text,
+                turn.shown,
             )
             prompt_tokens = self.counter.prompt(messages)
             over = prompt_tokens + c.max_new_tokens - c.max_tokens
             if over <= 0:
                 return messages, prompt_tokens
-            if turn.recalled:
+            if turn.shown and (turn.shown_yield or not turn.recalled):
+                del turn.shown[max(turn.shown)]
+                # The prompt is not append-only this turn (TurnStats.policy_stats says so).
+                turn.stats["recall_shown_dropped"] = turn.stats.get("recall_shown_dropped", 0) + 1
+            elif turn.recalled:
                 worst = max(turn.recalled, key=lambda s: turn.rank.get(s.id, -1))
                 turn.recalled = [s for s in turn.recalled if s.message_id != worst.message_id]
             elif turn.history:
@@ -427,6 +482,10 @@ class _Turn:
     archive: tuple[Segment, ...] = ()
     summary: Segment | None = None
     recalled: list[Segment] = field(default_factory=list)
+    #: Blocks shown with earlier user messages that stay (by message id; stable layout).
+    shown: dict[int, list[Segment]] = field(default_factory=dict)
+    #: Past the budget, shown blocks go before this turn's recall (a question about the past).
+    shown_yield: bool = False
     rank: dict[int, int] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
     gone: list[Segment] = field(default_factory=list)

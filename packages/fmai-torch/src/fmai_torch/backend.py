@@ -12,6 +12,7 @@ from typing import Any
 from fmai_core.backend import Generation, StreamChunk
 from fmai_core.errors import BackendError, ConfigurationError
 from fmai_core.messages import Message
+from fmai_torch.compiled import CompiledDecoder, resolve_compile
 from fmai_torch.generation import GenerationRun
 from fmai_torch.handle import ModelHandle
 from fmai_torch.kv import KVCache, cache_kwarg
@@ -54,6 +55,12 @@ class HFBackend:
         threads: CPU threads for the model's forward passes, or `"auto"` (measured once,
             never more than the cores this process may use; for a model passed in loaded,
             `auto` leaves torch's setting). Set only during the backend's own calls.
+        compile: Decode with a static KV cache and a `torch.compile`d one-token forward
+            (CUDA graphs) instead of eager `generate`: `"auto"` (on CUDA only), `True`,
+            `False`, or the name of a `torch.compile` backend (see
+            [`fmai_torch.compiled`][fmai_torch.compiled]). Cross-turn reuse, streaming and
+            stop strings are unchanged; the first turn at each new cache capacity pays the
+            compile (tens of seconds), and `Generation.extra["decode"]` says which loop ran.
         kv_reuse: Keep the KV cache across calls. Off, every call recomputes its prompt.
         kv_edit: What the cache does when the prompt changes in the middle (an eviction):
             `"recompute"` (exact: crop at the first changed token, prefill the rest),
@@ -93,6 +100,7 @@ class HFBackend:
         dtype: str | Any = "auto",
         weights: str = "auto",
         threads: int | str | None = "auto",
+        compile: bool | str = "auto",
         kv_reuse: bool = True,
         kv_edit: str = "recompute",
         kv_device_bytes: int | None = None,
@@ -142,6 +150,11 @@ class HFBackend:
             self.threads: int | None = None  # a model passed in: torch's setting stands
         else:
             self.threads = choose_threads(threads, self.weights)
+        #: The `torch.compile` backend decoding uses, or `None` (eager `generate`).
+        self.compile = resolve_compile(compile, self.handle.device)
+        self._decoder = (
+            CompiledDecoder(model, self.compile, self.handle.cache_kw) if self.compile else None
+        )
         self.kv_reuse = kv_reuse
         if kv_edit not in EDIT_MODES:
             raise ConfigurationError(
@@ -359,7 +372,9 @@ class HFBackend:
         kv, came = None, "none"
         if session and self.kv_reuse:
             kv, came = self._pool.get(key)
-        run = GenerationRun(self.handle, prompt, params, kv, start, threads=self.threads)
+        run = GenerationRun(
+            self.handle, prompt, params, kv, start, threads=self.threads, decoder=self._decoder
+        )
         run.kv_from = came
         return run
 
@@ -437,7 +452,8 @@ class HFBackend:
     def __repr__(self) -> str:
         return (
             f"HFBackend(model={self.name!r}, device={str(self.device)!r}, "
-            f"weights={self.weights!r}, threads={self.threads}, kv_reuse={self.kv_reuse}, "
+            f"weights={self.weights!r}, threads={self.threads}, compile={self.compile!r}, "
+            f"kv_reuse={self.kv_reuse}, "
             f"kv_edit={self.kv_edit!r})"
         )
 

@@ -4,7 +4,8 @@
 fmai chat [--model M] [--policy P] [--max-tokens N] [--max-new-tokens N] [--system TEXT]
           [--temperature T] [--top-p P] [--seed S] [--device D] [--weights W]
           [--threads N] [--no-kv-reuse] [--kv-edit recompute|rerotate|keep-positions]
-          [--no-embedder] [--checkpoint PATH [--no-kv-save]] [--script FILE] [--json]
+          [--recall-layout fresh|stable] [--no-embedder] [--checkpoint PATH [--no-kv-save]]
+          [--script FILE] [--json]
 fmai model [--model M] [--device D]
 fmai serve [--model M | --upstream URL --upstream-model NAME [--upstream-key-env VAR] |
             --anthropic --upstream-model NAME] [--store URL] [--policy P] [--max-tokens N]
@@ -93,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="after an eviction: recompute (exact), rerotate or keep-positions the cache",
     )
     chat.add_argument(
+        "--recall-layout",
+        choices=("fresh", "stable"),
+        default="fresh",
+        help="stable: recalled blocks stay with their message, prompts append-only",
+    )
+    chat.add_argument(
         "--no-embedder",
         action="store_true",
         help="no sentence-embedding model (all-MiniLM-L6-v2) for the memory policies",
@@ -152,6 +159,12 @@ def _add_serve(sub: Any) -> None:
         "--insecure-public",
         action="store_true",
         help="allow a non-loopback address without API keys",
+    )
+    serve.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=256,
+        help="open connections past which new requests get 503 (0: no limit)",
     )
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
 
@@ -252,6 +265,7 @@ def _engine(args: argparse.Namespace, backend: Any, embedder: Any = None) -> Any
         max_tokens=args.max_tokens,
         max_new_tokens=args.max_new_tokens,
         system_prompt=args.system,
+        recall_layout=args.recall_layout,
         embedder=embedder,
         **extra,
         **params,

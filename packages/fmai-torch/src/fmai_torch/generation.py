@@ -9,6 +9,7 @@ from typing import Any
 
 from fmai_core.backend import Generation, StreamChunk, Usage
 from fmai_core.errors import BackendError
+from fmai_torch.compiled import CompiledDecoder
 from fmai_torch.handle import ModelHandle
 from fmai_torch.kv import KVCache
 from fmai_torch.streaming import IncrementalDecoder, StopCriteria, TokenStreamer, cut_at_stop
@@ -30,6 +31,8 @@ class GenerationRun:
         kv: The cross-turn cache to reuse and update, or `None` to compute from scratch.
         start: `time.perf_counter()` when the call began (latency and TTFT count from it).
         threads: CPU threads for the forward passes (`None`: leave torch's setting).
+        decoder: The compiled decoder to use where it can (see
+            [`fmai_torch.compiled`][fmai_torch.compiled]), or `None` for `generate`.
     """
 
     def __init__(
@@ -40,8 +43,12 @@ class GenerationRun:
         kv: KVCache | None,
         start: float,
         threads: int | None = None,
+        decoder: CompiledDecoder | None = None,
     ) -> None:
         self.handle = handle
+        self.decoder = decoder
+        #: Which loop decoded: `"compiled"` or `"generate"` (and why not compiled).
+        self.decode: dict[str, Any] = {}
         self.threads = threads
         self.prompt = prompt
         self.params = params
@@ -81,34 +88,29 @@ class GenerationRun:
         return kwargs
 
     def _generate(self) -> None:
-        """Run `generate` (in the calling thread); sets `self.sequence`."""
-        from transformers import StoppingCriteriaList
-
+        """Run `generate` or the compiled loop (in the calling thread); sets `self.sequence`."""
         import torch
 
-        handle = self.handle
         kwargs = self._kwargs()
+        cache: Any = None
+        reused, positions = 0, None
         if self.kv is not None:
             ready = self.kv.prepare(self.prompt, room=kwargs["max_new_tokens"])
-            self.reused = ready.reused
+            self.reused = reused = ready.reused
             self.kv_info = {**ready.info, "cache_from": self.kv_from}
-            kwargs[handle.cache_kw] = ready.cache
-            if ready.position_ids is not None:
-                kwargs["position_ids"] = torch.tensor(
-                    [ready.position_ids], dtype=torch.long, device=handle.device
-                )
+            cache, positions = ready.cache, ready.position_ids
+        why = "off"
+        if self.decoder is not None:
+            why = self.decoder.unsupported(self.params, positions) or ""
         if self.params.get("seed") is not None:
             torch.manual_seed(int(self.params["seed"]))
-        input_ids = torch.tensor([self.prompt], dtype=torch.long, device=handle.device)
         try:
             with torch.inference_mode(), use_threads(self.threads):
-                out = handle.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    streamer=self.streamer,
-                    stopping_criteria=StoppingCriteriaList([self.stopper]),
-                    **kwargs,
-                )
+                if not why:
+                    self._compiled(cache, reused, kwargs["max_new_tokens"])
+                    return
+                self.decode = {"loop": "generate", "why": why}
+                out = self._hf_generate(cache, positions, kwargs)
         except Exception:
             if self.kv is not None:
                 self.kv.reset()
@@ -116,6 +118,86 @@ class GenerationRun:
         self.sequence = [int(i) for i in out[0].tolist()]
         if self.kv is not None:
             self.kv.commit(self.sequence)
+
+    def _hf_generate(self, cache: Any, positions: list[int] | None, kwargs: dict[str, Any]) -> Any:
+        from transformers import StoppingCriteriaList
+
+        import torch
+
+        handle = self.handle
+        if cache is not None:
+            kwargs[handle.cache_kw] = cache
+        if positions is not None:
+            kwargs["position_ids"] = torch.tensor(
+                [positions], dtype=torch.long, device=handle.device
+            )
+        input_ids = torch.tensor([self.prompt], dtype=torch.long, device=handle.device)
+        return handle.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            streamer=self.streamer,
+            stopping_criteria=StoppingCriteriaList([self.stopper]),
+            **kwargs,
+        )
+
+    def _compiled(self, cache: Any, reused: int, max_new: int) -> None:
+        """Decode with the compiled static-cache loop (see `fmai_torch.compiled`)."""
+        from transformers import DynamicCache
+
+        assert self.decoder is not None
+        if cache is None:
+            cache = DynamicCache()
+            reused = 0
+        shapes = len(self.decoder.shapes)
+        generated = self.decoder.run(
+            self.prompt[reused:],
+            cache,
+            len(self.prompt),
+            max_new=max_new,
+            eos=self.handle.eos_ids,
+            pick=self._picker(),
+            emit=lambda t: self.streamer.push([t]),
+            stop=self.stopper.hit,
+        )
+        self.streamer.end()
+        self.decode = {"loop": "compiled", "capacity": self.decoder.cap}
+        if len(self.decoder.shapes) > shapes:
+            self.decode["new_shape"] = True
+        if self.decoder.disabled:
+            self.decode["fallback"] = self.decoder.disabled
+        self.sequence = list(self.prompt) + generated
+        if self.kv is not None:
+            self.kv.commit(self.sequence)
+
+    def _picker(self) -> Any:
+        """`pick(logits, step)`: the next token as `generate` would choose it."""
+        import torch
+
+        p = self.params
+        temperature = float(p.get("temperature") or 0.0)
+        min_new = int(p.get("min_new_tokens") or 0)
+        eos = list(self.handle.eos_ids)
+        warpers: list[Any] = []
+        if temperature > 0:
+            from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+            warpers.append(TemperatureLogitsWarper(temperature))
+            if int(p.get("top_k", 0)) > 0:
+                warpers.append(TopKLogitsWarper(int(p["top_k"])))
+            if float(p.get("top_p", 1.0)) < 1.0:
+                warpers.append(TopPLogitsWarper(float(p["top_p"])))
+
+        def pick(logits: Any, step: int) -> Any:
+            scores = logits.to(dtype=torch.float32, copy=True)
+            if step < min_new:
+                scores[:, eos] = float("-inf")
+            if not warpers:
+                return scores.argmax(-1, keepdim=True)
+            for warp in warpers:
+                scores = warp(None, scores)
+            return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
+
+        return pick
 
     def _worker(self) -> None:
         try:
@@ -151,6 +233,7 @@ class GenerationRun:
                 "cached_tokens": len(self.kv) if self.kv else 0,
                 "token_ids": generated,
                 "kv": dict(self.kv_info),
+                "decode": dict(self.decode),
             },
         )
 

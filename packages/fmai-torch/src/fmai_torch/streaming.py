@@ -45,6 +45,12 @@ class TokenStreamer(BaseStreamer):
             self.first_token_at = time.perf_counter()
         self.queue.put(ids)
 
+    def push(self, ids: list[int]) -> None:
+        """Hand over new token ids directly (the compiled loop; no prompt call first)."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.queue.put(list(ids))
+
     def end(self) -> None:
         self.queue.put(_END)
 
@@ -107,14 +113,20 @@ class StopCriteria(StoppingCriteria):
         self.window = max((len(s) for s in self.stop), default=0) + 8
         self.cancel = threading.Event()
 
+    def hit(self, generated: Sequence[int]) -> bool:
+        """Whether the reply so far (`generated`, prompt excluded) must stop now."""
+        if self.cancel.is_set():
+            return True
+        if not self.stop:
+            return False
+        tail = list(generated[-self.window :])
+        text = self.tokenizer.decode(tail, skip_special_tokens=True)
+        return any(s in text for s in self.stop)
+
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        done = self.cancel.is_set()
-        if not done and self.stop:
-            tail = input_ids[0, max(self.prompt_len, input_ids.shape[1] - self.window) :]
-            text = self.tokenizer.decode(tail.tolist(), skip_special_tokens=True)
-            done = any(s in text for s in self.stop)
+        done = self.hit(input_ids[0, self.prompt_len :].tolist()[-self.window :])
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 

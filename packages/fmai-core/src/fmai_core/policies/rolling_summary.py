@@ -8,7 +8,7 @@ from itertools import chain
 from typing import ClassVar
 
 from fmai_core.fidelity import check_fidelity
-from fmai_core.memo import PER_TEXT, memo
+from fmai_core.memo import PER_TEXT_BYTES, memo
 from fmai_core.policies.base import PolicyRequest, Selection
 from fmai_core.policies.scored import RecallingPolicy
 from fmai_core.relevance import (
@@ -29,7 +29,7 @@ def summary_source(previous: str | None, dropped: Sequence[Segment]) -> list[str
     return lines
 
 
-@memo(PER_TEXT)
+@memo(PER_TEXT_BYTES)
 def _units(line: str) -> tuple[str, ...]:
     """The sentences of one summary line, each with the line's `role:` prefix (memoised)."""
     prefix, sep, body = line.partition(": ")

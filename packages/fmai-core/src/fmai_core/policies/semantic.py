@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from fmai_core.deadline import tick
-from fmai_core.memo import PER_SET, memo
+from fmai_core.memo import PER_SET_BYTES, memo
 from fmai_core.policies.base import PolicyRequest
 from fmai_core.policies.scored import ScoredPolicy
 from fmai_core.relevance import (
@@ -84,7 +84,7 @@ def _topics(
     return labels, central, overlap
 
 
-@memo(PER_SET)
+@memo(PER_SET_BYTES)
 def _term_topics(
     texts: tuple[str, ...], k: int
 ) -> tuple[list[int], list[float], dict[int, dict[int, float]]]:

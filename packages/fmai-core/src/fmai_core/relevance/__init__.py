@@ -76,8 +76,8 @@ def warm(texts: Iterable[str]) -> None:
 def clear_caches() -> None:
     """Empty every memo cache (see [`fmai_core.memo`][fmai_core.memo]).
 
-    Per-text memos hold at most `PER_TEXT` texts each, per-candidate-set memos the last
-    `PER_SET` sets; clear them to free memory or to measure cold-start cost.
+    Each memo is capped by bytes (per-text memos at `PER_TEXT_BYTES`, per-candidate-set
+    memos at `PER_SET_BYTES`); clear them to free memory or to measure cold-start cost.
     """
     from fmai_core.memo import clear_caches as clear
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from itertools import repeat
 
 from fmai_core.fidelity import claims
-from fmai_core.memo import PER_SET, PER_TEXT, memo
+from fmai_core.memo import PER_SET_BYTES, PER_TEXT_BYTES, memo
 from fmai_core.relevance.lexical import LexicalIndex, corpus_index, terms
 
 __all__ = ["corpus_information", "information", "recency"]
@@ -42,7 +42,7 @@ SELF_DISCLOSURE = 1.2
 QUESTION_FACTOR = 0.6
 
 
-@memo(PER_TEXT)
+@memo(PER_TEXT_BYTES)
 def _cues(text: str) -> tuple[int, bool, bool]:
     found = claims(text)
     specifics = min(3, found.count)
@@ -85,7 +85,7 @@ def information(texts: Sequence[str], *, index: LexicalIndex | None = None) -> l
     return [s / top for s in raw] if top > 0 else [0.0] * len(raw)
 
 
-@memo(PER_SET)
+@memo(PER_SET_BYTES)
 def corpus_information(texts: tuple[str, ...]) -> tuple[float, ...]:
     """[`information`][fmai_core.relevance.information] of `texts`, memoised like
     [`corpus_index`][fmai_core.relevance.corpus_index] (it does not depend on the query)."""

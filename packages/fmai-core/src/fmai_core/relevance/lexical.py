@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from itertools import chain
 
-from fmai_core.memo import PER_SET, PER_TEXT, memo
+from fmai_core.memo import PER_SET_BYTES, PER_TEXT_BYTES, memo
 
 __all__ = [
     "STOPWORDS",
@@ -55,7 +55,7 @@ _IRREGULAR: dict[str, str] = {
 }
 
 
-@memo(PER_TEXT)
+@memo(PER_TEXT_BYTES)
 def stem(word: str) -> str:
     """Strip common English suffixes so that `names`/`name` and `called`/`call` meet.
 
@@ -88,7 +88,7 @@ def stem(word: str) -> str:
     return word
 
 
-@memo(PER_TEXT)
+@memo(PER_TEXT_BYTES)
 def terms(text: str) -> tuple[str, ...]:
     """Return the content terms of `text`: lower-cased, stemmed, stopwords removed.
 
@@ -112,7 +112,7 @@ def _bucket(feature: str, dim: int) -> int:
     return zlib.crc32(feature.encode("utf-8")) % dim
 
 
-@memo(PER_TEXT)
+@memo(PER_TEXT_BYTES)
 def _word_features(word: str, dim: int) -> tuple[tuple[int, int], ...]:
     """The hashed features of one content word: its stem (count 4) and its trigrams (1 each)."""
     counts: Counter[int] = Counter()
@@ -123,7 +123,7 @@ def _word_features(word: str, dim: int) -> tuple[tuple[int, int], ...]:
     return tuple(counts.items())
 
 
-@memo(PER_TEXT)
+@memo(PER_TEXT_BYTES)
 def hashed_embedding(text: str, dim: int = 1 << 20) -> Mapping[int, float]:
     """Embed `text` as a sparse unit vector by feature hashing (no model, no numpy).
 
@@ -159,7 +159,7 @@ def cosine(a: Mapping[int, float], b: Mapping[int, float]) -> float:
     return sum([w * b[k] for k, w in a.items() if k in common])
 
 
-@memo(PER_TEXT)
+@memo(PER_TEXT_BYTES)
 def _term_counts(doc: tuple[str, ...]) -> Mapping[str, int]:
     """Term frequencies of one document, in first-seen order (read-only: it is cached)."""
     return dict(Counter(doc))
@@ -257,7 +257,7 @@ class LexicalIndex:
         return [min(1.0, s / mass) for s in self.scores(query)]
 
 
-@memo(PER_SET)
+@memo(PER_SET_BYTES)
 def corpus_index(texts: tuple[str, ...]) -> LexicalIndex:
     """A [`LexicalIndex`][fmai_core.relevance.LexicalIndex] over the terms of `texts`, memoised.
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import operator
 import zlib
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 
-from fmai_core.memo import PER_TEXT, memo
+from fmai_core.memo import PER_SET_BYTES, PER_TEXT_BYTES, memo
 from fmai_core.policy_api import EmbedFn
 from fmai_core.relevance.lexical import LexicalIndex, hashed_embedding, terms
 from fmai_core.segments import Segment
@@ -25,11 +26,12 @@ LEXICAL_SHARE_PROXY = 0.7
 LEXICAL_SHARE_MODEL = 0.5
 # Model embeddings are returned projected to this many dimensions (for topic clustering).
 PROJECTED_DIMENSIONS = 32
-# Projections kept (one per candidate turn's embedding; ~5 KB each with its key).
-PROJECTED_MEMO = 2048
+# Bytes of projections kept (one per candidate turn's embedding, keyed by the vector's
+# float64 bytes: about 5.5 KB each with its key at 384 dimensions, so about 1,500 turns).
+PROJECTED_MEMO = 8 << 20
 
 
-@memo(16)
+@memo(PER_SET_BYTES)
 def _signs(length: int) -> tuple[float, ...]:
     return tuple(1.0 if zlib.crc32(str(i).encode("ascii")) & 1 else -1.0 for i in range(length))
 
@@ -51,14 +53,17 @@ def project(vector: Sequence[float], dimensions: int) -> dict[int, float]:
 
 
 @memo(PROJECTED_MEMO)
-def _projected(vector: tuple[float, ...]) -> Mapping[int, float]:
-    """`project` to `PROJECTED_DIMENSIONS`, memoised by the vector's values.
+def _projected(key: bytes) -> Mapping[int, float]:
+    """`project` to `PROJECTED_DIMENSIONS`, memoised by the vector's values (its float64
+    bytes: a quarter of what a tuple of floats holds as a key).
 
     A turn's embedding is the same every turn it is a candidate, so its projection is computed
     once instead of on every turn (it was most of `query_relevance`'s time with a model
     embedder: ~30 of ~50 ms for 600 candidates). Keyed by value, not by text, so a different
     embedder can never be served another's projection.
     """
+    vector = array("d")
+    vector.frombytes(key)
     return project(vector, PROJECTED_DIMENSIONS)
 
 
@@ -91,7 +96,7 @@ def query_relevance(
         norms = [math.sqrt(sum(map(operator.mul, v, v))) or 1.0 for v in dense]
         q, qn = dense[0], norms[0]
         cosines = [sum(map(operator.mul, q, v)) / (qn * n) for v, n in zip(dense[1:], norms[1:])]
-        projected = [_projected(tuple(v)) for v in dense[1:]]
+        projected = [_projected(array("d", v).tobytes()) for v in dense[1:]]
         share = LEXICAL_SHARE_MODEL
         if not any(q):
             return lexical, projected
@@ -114,7 +119,7 @@ def query_relevance(
     return scores, vectors
 
 
-@memo(PER_TEXT)
+@memo(PER_TEXT_BYTES)
 def _dedup_key(text: str) -> str:
     """`text` with case and runs of whitespace ignored (memoised)."""
     return " ".join(text.split()).casefold()

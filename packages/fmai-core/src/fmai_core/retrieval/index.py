@@ -33,6 +33,12 @@ COSINE_TOP = 256
 BM25_TOP = 256
 
 
+def _bridge_df(n: int) -> float:
+    """The most messages, of `n`, a bridging name may be in: a name that links two facts is
+    rare, while one in many turns (a speaker's own name, a pet's) links everything."""
+    return max(3.0, math.sqrt(n))
+
+
 def message_text(parts: Sequence[Segment]) -> str:
     """The text of a message from its parts, verbatim (`Segment.sep` between them)."""
     return parts[0].text + "".join(p.sep + p.text for p in parts[1:])
@@ -99,6 +105,7 @@ class RecallIndex:
         self.b = b
         self.embedder: str | None = None
         self._docs: dict[int, _Doc] = {}
+        self._lengths: dict[int, int] = {}  # each message's length in terms, for BM25's loop
         self._postings: dict[str, list[tuple[int, int]]] = {}
         self._total_length = 0
         self._vectors: dict[int, array[float]] = {}
@@ -140,6 +147,7 @@ class RecallIndex:
                 self._postings.setdefault(term, []).append((mid, tf))
             self._total_length += len(doc_terms)
             self._docs[mid] = _Doc(counts, len(doc_terms), entity_terms(text))
+            self._lengths[mid] = len(doc_terms)
             texts[mid] = text
         todo = {m: t for m, t in texts.items() if m not in self._vectors}  # restored ones
         if embed is not None and todo:
@@ -174,6 +182,7 @@ class RecallIndex:
             for term, tf in doc.counts.items():
                 postings.setdefault(term, []).append((mid, tf))
         self._docs, self._postings = docs, postings
+        self._lengths = {m: d.length for m, d in docs.items()}
         self._total_length = sum(d.length for d in docs.values())
         self._vectors = {m: v for m, v in self._vectors.items() if m not in gone}
         self._rows = [m for m in self._rows if m not in gone]
@@ -233,7 +242,7 @@ class RecallIndex:
 
     def _bm25(self, query: Mapping[str, float]) -> dict[int, float]:
         out: dict[int, float] = {}
-        docs, postings = self._docs, self._postings
+        docs, postings, lengths = self._docs, self._postings, self._lengths
         avg = (self._total_length / len(docs)) if docs else 1.0
         k1, b = self.k1, self.b
         # norm = k1 * (1 - b + b * length / avg), as base + per_token * length
@@ -244,7 +253,7 @@ class RecallIndex:
             tick()
             weight = self.idf(term) * query[term] * (k1 + 1.0)
             for mid, tf in postings[term][-SCAN_LIMIT:]:
-                out[mid] = get(mid, 0.0) + weight * tf / (tf + base + per_token * docs[mid].length)
+                out[mid] = get(mid, 0.0) + weight * tf / (tf + base + per_token * lengths[mid])
         return out
 
     def cosines(
@@ -302,14 +311,16 @@ class RecallIndex:
 
     def top_terms(self, message_ids: Iterable[int], exclude: Collection[str], n: int) -> list[str]:
         """The `n` rarest entity terms (names, places, numbers) of the messages, outside
-        `exclude` (see [`entity_terms`][fmai_core.retrieval.index.entity_terms])."""
+        `exclude` (see [`entity_terms`][fmai_core.retrieval.index.entity_terms]), and in at
+        most the square root of the indexed messages (at least 3)."""
         weights: dict[str, float] = {}
+        cap = _bridge_df(len(self._docs))
         for mid in message_ids:
             doc = self._docs.get(mid)
             if doc is None:
                 continue
             for term in doc.entities:
-                if term not in exclude and term not in STOPWORDS:
+                if term not in exclude and term not in STOPWORDS and self.df(term) <= cap:
                     weights[term] = self.idf(term)
         return sorted(weights, key=lambda t: (-weights[t], t))[:n]
 

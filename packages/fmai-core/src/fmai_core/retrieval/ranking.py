@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,9 +40,11 @@ class Retrieval:
 
     def best(self, min_relevance: float) -> list[int]:
         """Message ids that pass `min_relevance`, best first."""
-        rel = self.relevance
-        ranked = sorted(self.fused, key=lambda m: (-self.fused[m], -m))
-        return [m for m in ranked if rel.get(m, 0.0) > min_relevance]
+        get = self.relevance.get
+        # (score, id) pairs sorted in C, best first: the order of the key (-score, -id)
+        passing = [(x, m) for m, x in self.fused.items() if get(m, 0.0) > min_relevance]
+        passing.sort(reverse=True)
+        return [m for _, m in passing]
 
 
 def fuse(
@@ -59,8 +62,12 @@ def fuse(
     fused: dict[int, float] = {}
     for name, scores in lists.items():
         weight = (weights or WEIGHTS)[name]
+        if not fused:  # the first list: a copy, scaled (0.0 + w * x is w * x)
+            fused = {m: weight * x for m, x in scores.items()}
+            continue
+        get = fused.get
         for m, x in scores.items():
-            fused[m] = fused.get(m, 0.0) + weight * x
+            fused[m] = get(m, 0.0) + weight * x
     return fused
 
 
@@ -114,8 +121,9 @@ def retrieve(
     fused = fuse(lists)
     expansion: tuple[str, ...] = ()
     if second_pass and fused:
-        ranked = sorted(fused, key=lambda m: (-fused[m], -m))
-        seeds = [m for m in ranked if relevance[m] > min_relevance][:SEEDS]
+        # the best SEEDS that pass, by (score, id) descending: the order of `best`
+        passing = ((x, m) for m, x in fused.items() if relevance[m] > min_relevance)
+        seeds = [m for _, m in heapq.nlargest(SEEDS, passing)]
         if seeds:
             expansion = _bridges(index, seeds, fused, set(q_terms), among, lists, relevance)
             if qv is not None:

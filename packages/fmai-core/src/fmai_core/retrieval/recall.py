@@ -6,9 +6,10 @@ import bisect
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from fmai_core.deadline import check_deadline
-from fmai_core.memo import PER_SET, memo
+from fmai_core.memo import PER_SET_BYTES, memo
 from fmai_core.policy_api import PolicyRequest, Selection
 from fmai_core.relevance.scoring import _dedup_key
 from fmai_core.retrieval.index import RecallIndex, message_text
@@ -25,7 +26,12 @@ class _Archive:
     units: dict[int, list[Segment]]  # message id -> its candidate segments
     order: list[int]  # message ids in conversation order (increasing)
     newest: dict[str, int]  # dedup key -> id of the newest segment with that text
-    ids: frozenset[int]  # segment ids
+
+    @cached_property
+    def ids(self) -> frozenset[int]:
+        """The segment ids (built when first asked for: a view made from the planner's
+        change never needs them, so it costs what changed, not the archive's size)."""
+        return frozenset(p.id for parts in self.units.values() for p in parts)
 
     def position(self, message_id: int) -> int:
         """Where the message is in `order` (a bisection: `order` is sorted)."""
@@ -62,7 +68,7 @@ def _archive(
     for c in candidates:
         units.setdefault(c.message_id, []).append(c)
         newest[_dedup_key(c.text)] = c.id
-    return _Archive(units, sorted(units), newest, frozenset(c.id for c in candidates))
+    return _Archive(units, sorted(units), newest)
 
 
 def _changed(
@@ -89,10 +95,7 @@ def _changed(
         key = _dedup_key(c.text)
         if newest.get(key, -1) < c.id:
             newest[key] = c.id
-    ids = previous.ids
-    if dropped:
-        ids = ids - {d.id for d in dropped}
-    return _Archive(units, order, newest, ids | {c.id for c in added})
+    return _Archive(units, order, newest)
 
 
 def _segment_id(segment: Segment) -> int:
@@ -102,7 +105,7 @@ def _segment_id(segment: Segment) -> int:
 _ID = operator.attrgetter("id")
 
 
-@memo(PER_SET)
+@memo(PER_SET_BYTES)
 def _standalone_index(segments: tuple[Segment, ...]) -> RecallIndex:
     """An index over `segments`, for a policy called without the engine's (memoised)."""
     index = RecallIndex()

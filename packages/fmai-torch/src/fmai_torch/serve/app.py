@@ -289,12 +289,20 @@ def create_app(
         return who, row
 
     async def get_conversation(request: Request) -> Response:
+        # the record is paged as /messages pages it (newest first): a long conversation's
+        # detail stays bounded (the prompt's parts are bounded by the budget, the archive
+        # by `archive_limit`)
+        limit = _int_param(request, "limit", 200, 1, 1000)
+        before = request.query_params.get("before")
+        end = None if before is None else _int_param(request, "before", 0, 0, 2**31)
         who, row = await _found(request, True)
-        msgs = await asyncio.to_thread(store.messages, who, row.id)
+        msgs, more = await asyncio.to_thread(
+            store.messages_page, who, row.id, limit=limit, before=end
+        )
         last = None
         if row.turns:
             last = await asyncio.to_thread(store.turn_trace, who, row.id, row.turns - 1)
-        return JSONResponse(_detail(row, msgs, last))
+        return JSONResponse(_detail(row, msgs, more, last))
 
     async def delete_conversation(request: Request) -> Response:
         who = owner(request)
@@ -563,14 +571,21 @@ def _message(m: Any) -> dict[str, Any]:
     }
 
 
-def _detail(row: Any, msgs: list[Any], trace: dict[str, Any] | None = None) -> dict[str, Any]:
+def _detail(
+    row: Any, msgs: list[Any], more: bool, trace: dict[str, Any] | None = None
+) -> dict[str, Any]:
     doc = json.loads(row.checkpoint)
     state, settings = doc["state"], doc["settings"]
     stats = [m.stats for m in msgs if m.stats is not None]
-    last = stats[-1] if stats else {}
+    last = (trace or {}).get("stats") or (stats[-1] if stats else {})
+    data = [_message(m) for m in msgs]
     return {
         **_summary(row),
-        "messages": [_message(m) for m in msgs],
+        "messages": data,
+        # the page of `messages`, as /messages gives it
+        "has_more": more,
+        "first_id": data[0]["seq"] if data else None,
+        "last_id": data[-1]["seq"] if data else None,
         "prompt": {
             "system_prompt": settings.get("system_prompt"),
             "pinned": state["pinned"],

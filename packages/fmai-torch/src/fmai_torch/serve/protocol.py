@@ -22,6 +22,7 @@ from fmai_core.errors import (
     MessageTooLongError,
     RateLimitError,
 )
+from fmai_core.messages import Role
 
 __all__ = [
     "ApiError",
@@ -124,7 +125,7 @@ class ChatRequest:
     """
 
     system: str | None
-    history: list[tuple[str, str]]
+    history: list[tuple[Role, str]]
     message: str
     stream: bool = False
     include_usage: bool = False
@@ -179,7 +180,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise ApiError(400, "Only n=1 is supported.", param="n")
     if body.get("tools") or body.get("functions"):
         raise ApiError(400, "Tools and functions are not supported by fmai serve.", param="tools")
-    parsed: list[tuple[str, str]] = []
+    parsed: list[tuple[Role, str]] = []
     for i, m in enumerate(msgs):
         where = f"messages[{i}]"
         if not isinstance(m, dict):

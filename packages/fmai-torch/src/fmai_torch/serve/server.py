@@ -38,6 +38,7 @@ class ServeOptions:
     port: int = 8080
     api_keys: list[str] = field(default_factory=list)
     insecure_public: bool = False
+    limit_concurrency: int = 256
     log_level: str = "info"
 
 
@@ -142,6 +143,9 @@ def run(opts: ServeOptions) -> int:
     except FMAIError as exc:
         print(f"fmai: error: {exc}", file=sys.stderr)
         return 2
+    if opts.limit_concurrency < 0:
+        print("fmai: error: --limit-concurrency must be 0 (no limit) or more", file=sys.stderr)
+        return 2
     auth = f"{len(set(keys))} API key(s)" if keys else "no API keys"
     print(
         f"fmai serve: http://{opts.host}:{opts.port}/v1 ({auth}), store {app.state.store_where}",
@@ -155,5 +159,8 @@ def run(opts: ServeOptions) -> int:
         log_level=opts.log_level,
         timeout_graceful_shutdown=5,
         server_header=False,
+        # bounded: each connection may hold a body of up to 32 MiB and a turn a store
+        # connection; past the limit uvicorn answers 503 at once (the SDK retries those)
+        limit_concurrency=opts.limit_concurrency or None,
     )
     return 0

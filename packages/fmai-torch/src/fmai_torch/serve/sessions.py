@@ -25,13 +25,15 @@ import os
 import tempfile
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fmai_core import FiniteMemoryLLM, Message
+from fmai_core.config import MemoryConfig
+from fmai_core.messages import Role
 from fmai_torch.serve.protocol import ApiError, ChatRequest
 from fmai_torch.serve.store import NewMessage, Store, TurnRecord, TurnTx
 
@@ -61,7 +63,6 @@ class EngineFactory:
 
     def new(self, system: str | None) -> FiniteMemoryLLM:
         """A fresh conversation (`system`: the client's system prompt, else the server's)."""
-        extra = {} if self.max_policy_ms is None else {"max_policy_ms": self.max_policy_ms}
         return FiniteMemoryLLM(
             self.backend,
             policy=self.policy,
@@ -69,7 +70,10 @@ class EngineFactory:
             max_new_tokens=self.max_new_tokens,
             system_prompt=system if system is not None else self.system,
             hooks=self.hooks,
-            **extra,
+            # `None` here means fmai-core's default budget (in fmai-core it means no budget)
+            max_policy_ms=(
+                MemoryConfig().max_policy_ms if self.max_policy_ms is None else self.max_policy_ms
+            ),
         )
 
     def load(self, document: str) -> FiniteMemoryLLM:
@@ -148,8 +152,8 @@ def reconcile(
     stored: Sequence[tuple[str, str]] | None,
     stored_system: str | None,
     system: str | None,
-    history: Sequence[tuple[str, str]],
-) -> list[tuple[str, str]] | None:
+    history: Sequence[tuple[Role, str]],
+) -> list[tuple[Role, str]] | None:
     """What of the request's `history` to append to the stored record; `None`: fork.
 
     Messages compare by role and text (surrounding whitespace and empty messages ignored).
@@ -174,6 +178,20 @@ def reconcile(
     if len(sent) <= len(record) and record[len(record) - len(sent) :] == sent:
         return []
     return None
+
+
+def _check_reply(text: str) -> None:
+    """Refuse a reply holding U+0000, on every store alike (PostgreSQL's text cannot hold
+    it, and a client sending its history back would get a 400 for it): 502, nothing stored.
+    """
+    if "\x00" in text:
+        raise ApiError(
+            502,
+            "The model's reply holds a NUL character (U+0000), which fmai serve does not "
+            "store or send: the turn was not stored and memory is unchanged. Retry it.",
+            type="api_error",
+            code="upstream_invalid_reply",
+        )
 
 
 @dataclass
@@ -219,16 +237,16 @@ class Sessions:
 
     async def turn(
         self, owner: str, cid: str | None, req: ChatRequest
-    ) -> AsyncIterator[Started | str | TurnOutcome]:
+    ) -> AsyncGenerator[Started | str | TurnOutcome, None]:
         """Run one turn: yield `Started`, the reply's text pieces, then the `TurnOutcome`.
 
         Nothing is stored when the iterator is closed before the `TurnOutcome`.
         """
         if cid is None:  # one-off: the memory policy applies, nothing is stored
-            llm = await asyncio.to_thread(self.factory.new, req.system)
-            await self._extend(llm, req.history)
+            one_off = await asyncio.to_thread(self.factory.new, req.system)
+            await self._extend(one_off, req.history)
             yield Started(None)
-            async for event in self._generate(llm, req, None):
+            async for event in self._generate(one_off, req, None):
                 yield event
             return
         key = (owner, cid)
@@ -243,7 +261,8 @@ class Sessions:
                         if not req.history
                         else [(m.role, m.content) for m in await asyncio.to_thread(tx.messages)]
                     )
-                extra = reconcile(stored, llm and llm.system_prompt, req.system, req.history)
+                stored_system = llm.system_prompt if llm is not None else None
+                extra = reconcile(stored, stored_system, req.system, req.history)
                 if extra is not None:
                     if llm is None:
                         llm = await asyncio.to_thread(self.factory.new, req.system)
@@ -275,7 +294,7 @@ class Sessions:
         document = await asyncio.to_thread(tx.checkpoint)
         return await asyncio.to_thread(self.factory.load, document)
 
-    async def _extend(self, llm: FiniteMemoryLLM, history: Sequence[tuple[str, str]]) -> None:
+    async def _extend(self, llm: FiniteMemoryLLM, history: Sequence[tuple[Role, str]]) -> None:
         if history:
             await asyncio.to_thread(llm.extend, [Message(r, c) for r, c in history])
 
@@ -284,7 +303,7 @@ class Sessions:
         tx: TurnTx,
         llm: FiniteMemoryLLM,
         req: ChatRequest,
-        extra: list[tuple[str, str]],
+        extra: list[tuple[Role, str]],
     ) -> AsyncIterator[str | TurnOutcome]:
         turn = llm.state.turn
         new = [NewMessage(r, c, turn) for r, c in extra if c.strip()]
@@ -347,12 +366,14 @@ class Sessions:
             if req.stream:
                 parts = []
                 async for piece in llm.astream(req.message, **params):
+                    _check_reply(piece)  # the engine is dropped (not cached) when it raises
                     parts.append(piece)
                     yield piece
                 text, stats, trace = "".join(parts), llm.last_stats, llm.last_trace
             else:
                 result = await llm.achat(req.message, **params)
                 text, stats, trace = result.response, result.stats, result.trace
+                _check_reply(text)
         finally:
             if self._serial is not None:
                 self._serial.release()

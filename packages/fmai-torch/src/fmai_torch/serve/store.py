@@ -367,7 +367,7 @@ class Store:
         query = sa.select(t.trace).where(t.owner == owner, t.conversation_id == cid, t.turn == turn)
         with self.engine.connect() as conn:
             found = conn.execute(query).scalar()
-        return None if found is None else dict(json.loads(found))
+        return None if found is None else expand_trace(json.loads(found))
 
     def list(
         self, owner: str, *, limit: int = 20, after: str | None = None
@@ -514,7 +514,9 @@ class TurnTx:
                         "conversation_id": self.id,
                         "turn": r.turn,
                         "summary": json.dumps(r.summary, ensure_ascii=False, separators=(",", ":")),
-                        "trace": json.dumps(r.trace, ensure_ascii=False, separators=(",", ":")),
+                        "trace": json.dumps(
+                            compact_trace(r.trace), ensure_ascii=False, separators=(",", ":")
+                        ),
                         "created_at": now,
                     }
                     for r in records
@@ -674,3 +676,47 @@ def _sqlite_events(engine: sa.Engine, synchronous: str) -> None:
     def _begin(conn: sa.Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _render(trace: dict[str, Any]) -> list[dict[str, str]]:
+    """The prompt a trace's parts render to, with fmai-core's default `ContextBuilder`."""
+    from fmai_core.context import ContextBuilder
+    from fmai_core.segments import Segment
+
+    summary = trace["summary"]
+    messages = ContextBuilder().render(
+        trace["system_prompt"],
+        [Segment.from_dict(s) for s in trace["pinned"]],
+        None if summary is None else Segment.from_dict(summary),
+        [Segment.from_dict(s) for s in trace["history"]],
+        [Segment.from_dict(s) for s in trace["recalled"]],
+        trace["new_message"],
+    )
+    return [m.to_dict() for m in messages]
+
+
+def compact_trace(trace: dict[str, Any]) -> dict[str, Any]:
+    """`trace` as stored: without its `messages` when its parts render to them exactly.
+
+    A trace holds its prompt twice, as sent (`messages`) and in its parts (the segments'
+    texts): some 8 bytes a prompt token. The prompt sent is the default layout of the
+    parts, so only the parts are stored, and `expand_trace` renders the messages again on
+    reading. A trace whose messages the parts do not render to (a custom `ContextBuilder`)
+    is stored whole: nothing is lost either way.
+    """
+    parts = ("system_prompt", "pinned", "summary", "history", "recalled", "new_message")
+    if (
+        "messages" in trace
+        and all(p in trace for p in parts)
+        and _render(trace) == trace["messages"]
+    ):
+        return {k: v for k, v in trace.items() if k != "messages"}
+    return trace
+
+
+def expand_trace(stored: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `compact_trace`: the trace with its `messages` (in their place)."""
+    if "messages" in stored:
+        return stored
+    turn, rest = stored["turn"], {k: v for k, v in stored.items() if k != "turn"}
+    return {"turn": turn, "messages": _render(stored), **rest}
