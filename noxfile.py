@@ -141,7 +141,12 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy", "--strict", "packages/fmai-multilingual/src/fmai_multilingual")
     # `fmai serve` last: it needs fmai-torch's own dependencies (torch: the local model)
     _install(session, *_serve_requirements(), TORCH)  # fmai-core from this checkout
-    session.run("mypy", "--strict", "packages/fmai-torch/src/fmai_torch/serve")
+    # Only the server is held to --strict so far: the rest of fmai-torch (quant, kv_edit,
+    # weights, gguf_convert, compiled) still has strict errors, so imported modules are
+    # type-checked for their signatures but their own errors are not reported here.
+    session.run(
+        "mypy", "--strict", "--follow-imports=silent", "packages/fmai-torch/src/fmai_torch/serve"
+    )
 
 
 @nox.session
