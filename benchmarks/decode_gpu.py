@@ -58,6 +58,9 @@ PATHS = (
 )
 
 
+# The same function is `fmai_torch.compiled.matmul_attention`, which HFBackend's compiled decode
+# path registers; it is kept here as a copy on purpose, because this benchmark runs on the
+# device with only torch and transformers installed (no fmai packages). Change both together.
 def matmul_attention(
     module: Any,
     query: Any,
