@@ -241,3 +241,22 @@ def test_a_name_in_many_messages_does_not_bridge() -> None:
     index = RecallIndex()
     index.add(segs(texts))
     assert index.top_terms([0], exclude=set(), n=3) == ["jess"]
+
+
+def test_the_budget_is_filled_by_score_per_token() -> None:
+    # One long message matches the question best; two short ones each match a little less.
+    # At the long one's cost, the budget holds either it or both short ones: recall takes
+    # the two (more of the question's evidence per token, `PACKING`).
+    long = "My beagle Biscuit " + " ".join(["and then we walked on and on"] * 4) + " home."
+    texts = [long, "Biscuit is a beagle.", "Biscuit the beagle!", "The weather was grey."]
+    candidates = segs(texts)
+    query = "Where did my beagle Biscuit walk?"
+    index = RecallIndex()
+    index.add(candidates)
+    found = retrieve(index, query, second_pass=False)
+    best = found.best(0.15)
+    assert best[0] == candidates[0].message_id  # the long one scores highest
+    budget = candidates[0].tokens
+    assert candidates[1].tokens + candidates[2].tokens <= budget
+    picked = recall(PolicyRequest("recall", candidates, budget, query=query))
+    assert set(picked.keep) == {candidates[1].id, candidates[2].id}

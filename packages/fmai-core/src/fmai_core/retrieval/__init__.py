@@ -25,8 +25,10 @@ sentence parts a long message is split into, and it is torch-free:
    the reply it got (when the hit asks something), at a share of the hit's score, so the
    partner competes with weaker hits for the budget.
 
-The budget is filled greedily in that order, a message at a time: a turn that was split
-into parts comes back whole, or not at all. [`RecallIndex`][fmai_core.retrieval.RecallIndex]
+The budget is filled greedily by score per token (`score / tokens ** 0.5`, see
+[`PACKING`][fmai_core.retrieval.recall.PACKING]: two short hits beat one long hit of a
+little more score), a message at a time: a turn that was split into parts comes back
+whole, or not at all. [`RecallIndex`][fmai_core.retrieval.RecallIndex]
 keeps postings and embeddings incrementally, per conversation, so a turn costs what its
 query matches, not what the archive holds. How much of the budget recall gets is decided
 per turn by [`recall_need`][fmai_core.retrieval.recall_need] (see the planner).

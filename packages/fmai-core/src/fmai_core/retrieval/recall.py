@@ -16,7 +16,14 @@ from fmai_core.retrieval.index import RecallIndex, message_text
 from fmai_core.retrieval.ranking import retrieve
 from fmai_core.segments import Segment, find_by_id
 
-__all__ = ["recall"]
+__all__ = ["PACKING", "recall"]
+
+# The budget is filled by score per token to this power (score / tokens ** PACKING): a
+# 0/1 knapsack's greedy order, damped because fused scores are not probabilities. Two short
+# hits then beat one long one of a little more score, and more of the candidates fit. On the
+# recall benchmark 0.5 kept more at 10% and 5% with and without an embedder, and lost
+# nothing on questions whose evidence turns are long (over 40 tokens); 1.0 lost there at 5%.
+PACKING = 0.5
 
 
 @dataclass(frozen=True)
@@ -200,8 +207,9 @@ def recall(
     keep: list[int] = []
     scores: dict[int, float] = {}
     kept = 0
-    for m in sorted(score, key=lambda m: (-score[m], -m)):
-        cost = sum(p.tokens for p in units[m])
+    costs = {m: max(1, sum(p.tokens for p in units[m])) for m in score}
+    for m in sorted(score, key=lambda m: (-score[m] / costs[m] ** PACKING, -m)):
+        cost = costs[m]
         if cost <= budget:
             keep += [p.id for p in units[m]]
             scores.update((p.id, round(score[m], 4)) for p in units[m])
