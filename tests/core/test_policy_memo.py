@@ -171,3 +171,20 @@ def test_the_embedding_cache_is_capped_by_bytes() -> None:
         cache([f"text {i}"])
     assert 0 < cache.bytes <= 100_000
     assert len(cache([f"text {i}" for i in range(3)])[0]) == 384
+
+
+def test_sizeof_is_not_fooled_by_where_the_large_items_sit() -> None:
+    # A hostile client controls its messages' lengths and so where the long ones sit in a
+    # candidate set: a sample at fixed positions (every 4th item of 64) saw only the short
+    # ones: 4 KB counted of 964 KB (245x under), bytes kept outside the cap.
+    import sys
+
+    from fmai_core.memo import sizeof
+
+    texts = tuple(("x" * 20_000 if i % 4 else "hi") + str(i) for i in range(64))
+    held = sys.getsizeof(texts) + sum(map(sys.getsizeof, texts))
+    assert sizeof(texts) >= held, "strings in a container are counted, not sampled"
+    segments = tuple(Segment(i, i, "user", text, 8) for i, text in enumerate(texts))
+    estimates = [sizeof(segments) for _ in range(200)]
+    # the texts alone; the sample is random, so the estimate is right on average
+    assert sum(estimates) / len(estimates) >= 0.5 * held

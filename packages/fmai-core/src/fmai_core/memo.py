@@ -25,6 +25,7 @@ fifteen memos of the core together hold at most about 64 MiB in a process (measu
 
 from __future__ import annotations
 
+import random
 import sys
 import threading
 from array import array
@@ -61,10 +62,12 @@ EMBEDDING_BYTES = 16 << 20
 # What an entry costs the cache itself beyond its key and value: the ordered dict's slot and
 # link node, and the (value, size) pair it stores (measured on CPython 3.11: about 150 bytes).
 ENTRY_BYTES = 152
-# A container with more items than this is measured on an even sample of them.
+# Of a container with more items than this, `sizeof` follows a random sample of this many.
 _SAMPLE = 16
 _LEAVES = (str, bytes, int, float, complex, bool, array, type(None), range)
 _LEAF_TYPES = frozenset(_LEAVES)
+# Picks which of a container's inner objects `sizeof` follows (seeded by the OS: unpredictable)
+_RANDOM = random.Random()
 # `inspect.CO_VARARGS` and `inspect.CO_VARKEYWORDS` (inspect is slow to import)
 _CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
 
@@ -86,11 +89,14 @@ def sizeof(obj: object) -> int:
     """An estimate of the bytes `obj` holds, with everything it references.
 
     `sys.getsizeof` of the object and of what it reaches (container items, mapping keys and
-    values, instance attributes and slots), each object counted once. A container of more
-    than 16 items is measured on an even sample of 16 of them, scaled to its length, so
-    that measuring a large index costs about what measuring a small one does. Shared
-    interned objects (small integers, one-letter strings) are counted as if owned; the
-    estimate errs on the high side.
+    values, instance attributes and slots), each object counted once. Of a container of
+    more than 16 items, every item's own size is counted, but only a random sample of 16 is
+    followed into what it holds, scaled to the container's length, so that measuring a
+    large index costs little more than reading its items once. The sample is random, not at
+    fixed positions, so that no arrangement of long and short messages (a client chooses
+    them) hides bytes from the estimate: it is right on average. Shared objects (interned
+    strings, small integers, an item of several large containers) are counted as if owned;
+    the estimate errs on the high side.
     """
     getsizeof = sys.getsizeof
     leaves = _LEAF_TYPES
@@ -118,9 +124,14 @@ def sizeof(obj: object) -> int:
                         found.append(value)
             items = found
         if len(items) > _SAMPLE:
-            step = len(items) / _SAMPLE
-            scale *= step
-            items = [items[int(i * step)] for i in range(_SAMPLE)]
+            # every item's own bytes (a C loop), then what a random 16 of them hold, scaled
+            total += sum(map(getsizeof, items)) * scale
+            inner_scale = scale * len(items) / _SAMPLE
+            for item in _RANDOM.sample(items, _SAMPLE):
+                if type(item) not in leaves and id(item) not in seen:
+                    seen.add(id(item))
+                    stack.append((item, inner_scale))
+            continue
         for item in items:
             if id(item) in seen:
                 continue
