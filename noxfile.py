@@ -133,20 +133,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict; fmai-core is checked in an environment without torch, then `fmai serve`."""
+    """mypy --strict; fmai-core is checked in an environment without torch, then fmai-torch."""
     _install(session, *GROUPS["typecheck"], f"{CORE}[openai,anthropic,prometheus]")
     _assert_absent(session, ("torch", "transformers"))
     session.run("mypy", "--strict", "packages/fmai-core/src/fmai_core")
     _install(session, MULTILINGUAL)
     session.run("mypy", "--strict", "packages/fmai-multilingual/src/fmai_multilingual")
-    # `fmai serve` last: it needs fmai-torch's own dependencies (torch: the local model)
+    # fmai-torch (`fmai serve` included) last: it needs torch, transformers and gguf
     _install(session, *_serve_requirements(), TORCH)  # fmai-core from this checkout
-    # Only the server is held to --strict so far: the rest of fmai-torch (quant, kv_edit,
-    # weights, gguf_convert, compiled) still has strict errors, so imported modules are
-    # type-checked for their signatures but their own errors are not reported here.
-    session.run(
-        "mypy", "--strict", "--follow-imports=silent", "packages/fmai-torch/src/fmai_torch/serve"
-    )
+    session.run("mypy", "--strict", "packages/fmai-torch/src/fmai_torch")
 
 
 @nox.session

@@ -81,7 +81,9 @@ class Server:
             *self.args,
         ]
 
-    def start(self, timeout: float = 30.0) -> Server:
+    def start(self, timeout: float = 180.0) -> Server:
+        # Starting takes ~2 s of CPU (importing sqlalchemy, starlette and the openai SDK);
+        # at load 11 on the 2-core machine that took over 30 s, so the wait is long.
         env = {**os.environ, "FMAI_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
         env.pop("FMAI_API_KEYS", None)
         with self.log.open("ab") as out:

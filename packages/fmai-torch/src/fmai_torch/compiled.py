@@ -136,7 +136,7 @@ class CompiledDecoder:
         options: dict[str, Any] = {"fullgraph": True}
         if backend == "inductor" and self.cuda:
             options["mode"] = "reduce-overhead"
-        self._step = torch.compile(model.forward, backend=backend, **options)
+        self._step: Callable[..., Any] = torch.compile(model.forward, backend=backend, **options)
         self._static: Any = None
         self._pick: Callable[[Any, int], Any] = lambda logits, step: logits.argmax(-1)
         self._prefill_attention = ""

@@ -173,6 +173,10 @@ def convert_gguf(path: Path, out: Path, report: Callable[[str], None] = lambda _
         tensors[_hf_name(t.name)] = torch.from_numpy(array.copy())
     tied = "lm_head.weight" not in tensors
     embed = tensors["model.embed_tokens.weight"]
+    # transformers 4 takes `rope_theta` (and would ignore `rope_parameters`); 5 declares only
+    # `rope_parameters` but still turns a `rope_theta` keyword into them. The keyword serves
+    # both, passed through a dict because mypy checks it against 5's declared fields.
+    rope: dict[str, Any] = {"rope_theta": float(_field(reader, "llama.rope.freq_base", 10000.0))}
     config = LlamaConfig(
         vocab_size=int(embed.shape[0]),
         hidden_size=int(_field(reader, "llama.embedding_length")),
@@ -182,7 +186,7 @@ def convert_gguf(path: Path, out: Path, report: Callable[[str], None] = lambda _
         num_key_value_heads=n_kv,
         max_position_embeddings=int(_field(reader, "llama.context_length", 2048)),
         rms_norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        **rope,
         tie_word_embeddings=tied,
         bos_token_id=special["bos"],
         eos_token_id=special["eos"],

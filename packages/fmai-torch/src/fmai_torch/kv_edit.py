@@ -202,9 +202,11 @@ class RopeEditor:
         """
         import torch
 
-        moved = None
+        moves: tuple[Any, Any, Any] | None = None  # the moved entries, their old and new positions
         if new is not None:
             moved = torch.nonzero(old != new).flatten()
+            if moved.numel():
+                moves = (moved, old[moved], new[moved])
         for layer in cache.layers:
             if not layer.is_initialized or layer.keys is None or layer.keys.numel() == 0:
                 continue
@@ -212,10 +214,8 @@ class RopeEditor:
             idx = index.to(dev)
             keys = layer.keys.index_select(-2, idx)
             values = layer.values.index_select(-2, idx)
-            if moved is not None and moved.numel():
-                m = moved.to(dev)
-                keys[..., m, :] = self.rotate(
-                    keys[..., m, :], old[moved].to(dev), new[moved].to(dev)
-                )
+            if moves is not None:
+                m, before, after = (t.to(dev) for t in moves)
+                keys[..., m, :] = self.rotate(keys[..., m, :], before, after)
             layer.keys, layer.values = keys, values
-        return 0 if moved is None else int(moved.numel())
+        return 0 if moves is None else int(moves[0].numel())

@@ -18,7 +18,7 @@ embedded model (see `docs/kv-cache.md`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -57,6 +57,9 @@ class Int4Linear(nn.Module):
     `scales_and_zeros` (bfloat16 `[in / 32, out, 2]`). The packed layout depends on the torch
     version and the CPU, so caches of it are keyed by both.
     """
+
+    qweight: torch.Tensor
+    scales_and_zeros: torch.Tensor
 
     def __init__(self, in_features: int, out_features: int, device: Any = None) -> None:
         super().__init__()
@@ -97,7 +100,7 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat, lead = _flat(x)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        y: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
             flat, self.qweight, GROUP, self.scales_and_zeros
         )
         return y.to(x.dtype).reshape(*lead, self.out_features)
@@ -113,6 +116,9 @@ class Int4Linear(nn.Module):
 
 class Int8Linear(nn.Module):
     """A bias-free linear layer with int8 weights and one bfloat16 scale per output channel."""
+
+    qweight: torch.Tensor
+    scales: torch.Tensor
 
     def __init__(self, in_features: int, out_features: int, device: Any = None) -> None:
         super().__init__()
@@ -140,7 +146,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat, lead = _flat(x)
-        y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
+        y: torch.Tensor = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -167,14 +173,19 @@ def unpack_q4_1(raw: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.from_numpy(q), torch.from_numpy(d.copy()), torch.from_numpy(m.copy())
 
 
+def _bias_free(linear: nn.Linear) -> bool:
+    # torch annotates `Linear.bias` as a Parameter, yet `bias=False` registers it as None
+    return cast("torch.Tensor | None", linear.bias) is None
+
+
 def _targets(model: Any, lm_head: bool) -> list[tuple[Any, str, Any]]:
     found = []
     for module in model.modules():
         for name, child in module.named_children():
-            if isinstance(child, nn.Linear) and child.bias is None and name in _PROJECTIONS:
+            if isinstance(child, nn.Linear) and _bias_free(child) and name in _PROJECTIONS:
                 found.append((module, name, child))
     head = getattr(model, "lm_head", None)
-    if lm_head and isinstance(head, nn.Linear) and head.bias is None:
+    if lm_head and isinstance(head, nn.Linear) and _bias_free(head):
         found.append((model, "lm_head", head))
     return found
 

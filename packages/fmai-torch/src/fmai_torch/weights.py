@@ -110,8 +110,8 @@ def choose_weights(weights: str, *, device: Any, dtype: str | Any, gguf: bool) -
 def choose_threads(threads: int | str | None, mode: str) -> int:
     """The thread count for `threads` (`"auto"` measures; a number is capped at the cores)."""
     cores = available_cores()
-    if threads not in (None, "auto"):
-        count = int(threads)  # type: ignore[arg-type]
+    if threads is not None and threads != "auto":
+        count = int(threads)
         if count < 1:
             raise ConfigurationError(f"threads must be at least 1, not {threads!r}.")
         return min(count, cores)
