@@ -260,3 +260,27 @@ def test_the_budget_is_filled_by_score_per_token() -> None:
     assert candidates[1].tokens + candidates[2].tokens <= budget
     picked = recall(PolicyRequest("recall", candidates, budget, query=query))
     assert set(picked.keep) == {candidates[1].id, candidates[2].id}
+
+
+def test_second_pass_follows_hits_beyond_the_first_five() -> None:
+    # Eight shorter turns about pottery outrank the one that names the friend; the second
+    # pass still follows it (it seeds from the best `SEEDS` hits, not the best five).
+    moods = "fun long hard messy calm busy loud cold".split()
+    decoys = [f"Pottery class {w} today." for w in moods]
+    texts = [
+        *decoys,
+        "I met Jess at my pottery class and we clicked right away, she is lovely.",
+        "The weather was grey all week.",
+        "Big news from Jess: relocating to Denver for good.",
+        "We watched a film.",
+    ]
+    index = RecallIndex()
+    candidates = segs(texts)
+    index.add(candidates)
+    query = "Where did my friend from pottery class move?"
+    first = retrieve(index, query, second_pass=False).best(0.15)
+    assert first.index(candidates[8].message_id) >= 5  # the friend's turn ranks past fifth
+    assert candidates[10].message_id not in first
+    found = retrieve(index, query)
+    assert candidates[10].message_id in found.best(0.15)
+    assert "jess" in found.expansion
