@@ -433,7 +433,7 @@ class ChatCounter:
             return known
         hint = self._hints.get(text)
         if hint is not None:
-            return hint + _PAD
+            return hint + _PAD_REPLY
         tokens = self.text(text)
         if tokens <= 0:
             return 0
@@ -724,6 +724,9 @@ _MISS_SHARE = 0.25
 # (whitespace merging with the role line's newline), and a reply's re-tokenized text from
 # the tokens it was generated as.
 _PAD = 2
+# A reply's re-tokenized text is rarely longer than the tokens it was generated as (the
+# count usually includes the end-of-turn token, which the template counts apart).
+_PAD_REPLY = 1
 # A prediction is at least this share of the median ratio's (the model extrapolates).
 _FLOOR = 0.25
 _HINTS = 64
