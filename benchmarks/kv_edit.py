@@ -458,6 +458,9 @@ def main() -> None:
     parser.add_argument("--weights", default="auto")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny random Llama")
+    parser.add_argument(
+        "--shuffle", type=int, default=None, help="--tiny: seed for the order of each round"
+    )
     parser.add_argument("--tokenizer", default=None)
     parser.add_argument("--layers", type=int, default=18, help="--gpu model's layers")
     parser.add_argument("--hidden", type=int, default=2048, help="--gpu model's hidden size")
@@ -499,6 +502,12 @@ def main() -> None:
     if args.what in ("reuse", "both"):
         if args.tiny:
             users = [TINY[i % len(TINY)] for i in range(args.turns)]
+            if args.shuffle is not None:  # each round of the 8 messages in its own order
+                rng = random.Random(args.shuffle)
+                users = []
+                while len(users) < args.turns:
+                    users += rng.sample(TINY, len(TINY))
+                users = users[: args.turns]
         elif args.gpu:
             users = gpu_users(args.turns)
         else:
