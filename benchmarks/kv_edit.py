@@ -90,13 +90,17 @@ TINY = [  # in the tiny tokenizer's vocabulary
 SAVE: Any = None  # called with the partial results after every turn (main sets it)
 
 
-def _new_turn_tokens(backend: Any, messages: Any) -> int:
+def _new_turn_tokens(backend: Any, messages: Any, text: str) -> tuple[int, int]:
     """Tokens of the prompt's last user turn (its recalled block, the message, the template
-    around them): what no cache of the previous turn can hold."""
+    around them): what no cache of the previous turn can hold; and of the same turn without
+    its recalled block (the message and the template only)."""
+    from fmai_core import Message
     from fmai_torch.kv import common_prefix
 
+    before = backend.encode(messages[:-1])
     prompt = backend.encode(messages)
-    return len(prompt) - common_prefix(prompt, backend.encode(messages[:-1]))
+    bare = backend.encode([*messages[:-1], Message("user", text)])
+    return len(prompt) - common_prefix(prompt, before), len(bare) - common_prefix(bare, before)
 
 
 def run_reuse(
@@ -121,11 +125,24 @@ def run_reuse(
     }
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in backends}
     modes = list(backends)
+    # Every 8-gram of token ids any earlier turn's cache held, per mode: how much of a new
+    # recalled block was once in the cache (what a store of evicted segments' keys and values
+    # could serve, were it spliced in where they are recalled; not built, only counted).
+    seen: dict[str, set[tuple[int, ...]]] = {m: set() for m in backends}
     for turn, text in enumerate(users):
         order = modes[turn % len(modes) :] + modes[: turn % len(modes)]
         for mode in order:
-            new_turn = _new_turn_tokens(backends[mode], engines[mode].context(text))
+            messages = engines[mode].context(text)
+            new_turn, new_message = _new_turn_tokens(backends[mode], messages, text)
+            prompt = backends[mode].encode(messages)
+            block = range(len(prompt) - new_turn, len(prompt) - new_message)
+            covered: set[int] = set()
+            for i in block:
+                if tuple(prompt[i : i + 8]) in seen[mode]:
+                    covered.update(k for k in range(i, i + 8) if k in block)
             s = engines[mode].chat(text).stats
+            ids = backends[mode]._kv.ids
+            seen[mode].update(tuple(ids[i : i + 8]) for i in range(len(ids) - 7))
             rows[mode].append(
                 {
                     "turn": turn + 1,
@@ -135,6 +152,12 @@ def run_reuse(
                     "evicted": s.evicted,
                     "recalled_tokens": s.recalled_tokens,
                     "new_turn_tokens": new_turn,
+                    # the new message and its template, without the recalled block
+                    "new_message_tokens": new_message,
+                    # of the new recalled block, tokens some earlier cache held (8-gram runs)
+                    "new_recall_seen_tokens": len(covered),
+                    "recall_shown_dropped": s.policy_stats.get("recall_shown_dropped", 0),
+                    "recall_share": s.policy_stats.get("recall_share"),
                     "ttft_ms": s.ttft_ms,
                     "kv": s.kv,
                 }
@@ -157,6 +180,7 @@ def summarise_reuse(rows: list[dict[str, Any]]) -> dict[str, Any]:
         prompt = sum(r["prompt_tokens"] for r in sel)
         reused = sum(r["reused_tokens"] or 0 for r in sel)
         new = sum(r.get("new_turn_tokens", 0) for r in sel)
+        message = sum(r.get("new_message_tokens", 0) for r in sel)
         return {
             "turns": len(sel),
             "reuse": reused / prompt if prompt else 0.0,
@@ -164,15 +188,35 @@ def summarise_reuse(rows: list[dict[str, Any]]) -> dict[str, Any]:
             # of the previous turn holds it) and the rest (history the cache lost).
             "new_turn_share": new / prompt if prompt else 0.0,
             "reuse_of_history": reused / (prompt - new) if prompt > new else 0.0,
+            # Of the prompt: the new message and its template (no layout can serve it), the
+            # new recalled block (what recall adds this turn), and the rest of the misses
+            # (history the cache lost, and the seam after the previous reply).
+            "new_message_share": message / prompt if prompt else 0.0,
+            "new_recall_share": (new - message) / prompt if prompt else 0.0,
+            "lost_share": (prompt - reused - new) / prompt if prompt else 0.0,
+            # The most any cache could serve if this turn recalled nothing new.
+            "ceiling_without_new_recall": 1 - message / prompt if prompt else 0.0,
+            # Of the prompt: new recall that some earlier turn's cache held (see run_reuse).
+            "new_recall_seen_share": (
+                sum(r.get("new_recall_seen_tokens", 0) for r in sel) / prompt if prompt else 0.0
+            ),
+            "mean_turn_reuse": statistics.mean(
+                (r["reused_tokens"] or 0) / r["prompt_tokens"] for r in sel
+            ),
             "prefill_tokens": sum(r["prefill_tokens"] for r in sel),
             "ttft_ms_median": statistics.median(r["ttft_ms"] for r in sel),
         }
 
     later = [r for r in rows if r["turn"] > 1]  # turn 1 has nothing to reuse
+    first = next((r["turn"] for r in rows if r["evicted"]), len(rows) + 1)
     return {
         "all": part(later),
         "eviction_turns": part([r for r in later if r["evicted"]]),
         "other_turns": part([r for r in later if not r["evicted"]]),
+        # turns that evict nothing once something is archived (the only ones that can recall)
+        "other_turns_after_first_eviction": part(
+            [r for r in later if not r["evicted"] and r["turn"] > first]
+        ),
         "edited_turns": sum(1 for r in rows if r["kv"].get("applied") not in (None, "recompute")),
         "fallbacks": sorted({r["kv"]["fallback"] for r in rows if r["kv"].get("fallback")}),
     }
@@ -421,6 +465,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--policy", default="sliding")
     parser.add_argument("--recall-layout", default="fresh", choices=("fresh", "stable", "both"))
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated kv_edit modes to run"
+    )
     parser.add_argument("--greedy", type=int, default=64)
     parser.add_argument("--quality-turns", type=int, default=40)
     parser.add_argument("--seed", type=int, default=3)
@@ -428,6 +475,9 @@ def main() -> None:
     parser.add_argument("--weights", default="auto")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny random Llama")
+    parser.add_argument(
+        "--shuffle", type=int, default=None, help="--tiny: seed for the order of each round"
+    )
     parser.add_argument("--tokenizer", default=None)
     parser.add_argument("--layers", type=int, default=18, help="--gpu model's layers")
     parser.add_argument("--hidden", type=int, default=2048, help="--gpu model's hidden size")
@@ -438,6 +488,7 @@ def main() -> None:
         args.threads = int(args.threads)
     t0 = time.perf_counter()
     backends = load(args)
+    backends = {m: b for m, b in backends.items() if m in args.modes.split(",")}
     device = "cuda" if args.gpu else cpu_model()
     if args.gpu:
         import torch
@@ -468,6 +519,12 @@ def main() -> None:
     if args.what in ("reuse", "both"):
         if args.tiny:
             users = [TINY[i % len(TINY)] for i in range(args.turns)]
+            if args.shuffle is not None:  # each round of the 8 messages in its own order
+                rng = random.Random(args.shuffle)
+                users = []
+                while len(users) < args.turns:
+                    users += rng.sample(TINY, len(TINY))
+                users = users[: args.turns]
         elif args.gpu:
             users = gpu_users(args.turns)
         else:
@@ -490,7 +547,7 @@ def main() -> None:
             b.reset_cache()
         print("quality:")
         rows_q = run_quality(backends, args.budget, args.greedy, args.quality_turns, args.seed)
-        results["quality"] = {"rows": rows_q, "summary": summarise_quality(rows_q, list(MODES))}
+        results["quality"] = {"rows": rows_q, "summary": summarise_quality(rows_q, list(backends))}
         print(json.dumps(results["quality"]["summary"], indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -158,3 +158,46 @@ def test_checkpoint_module_never_reaches_into_the_engine() -> None:
         and not node.attr.startswith("__")
     }
     assert private == set(), private
+
+
+def test_document_text_is_the_document_encoded_once_and_reuses_segments(tmp_path: Path) -> None:
+    from fmai_core.checkpoint import checksum, document, document_text, read_checkpoint
+
+    llm = _conversation()
+    llm.chat('a message with "quotes", a tab\tand ünïcödé ✓ to encode')
+    fragments: dict = {}
+    for turn in range(3):
+        if turn:
+            llm.chat(f"turn {turn} of the cached encoding")
+        snap = llm.snapshot()
+        text = document_text(snap, fragments)
+        doc = json.loads(text)
+        assert doc == document(snap)
+        assert doc["checksum"] == checksum(doc)
+        # the text before the checksum is the canonical JSON the checksum is taken over
+        body = {k: v for k, v in doc.items() if k != "checksum"}
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert text == canonical[:-1] + f',"checksum":"{doc["checksum"]}"}}'
+        state = snap.state
+        segments = {*state.pinned, *state.history, *state.archive}
+        assert {s for s, _ in fragments.values()} == segments  # this state's segments only
+        path = tmp_path / f"t{turn}.json"
+        path.write_text(text, encoding="utf-8")
+        assert read_checkpoint(path, EchoBackend().tokenizer_id).state == state
+    assert document_text(llm.snapshot()) == document_text(llm.snapshot(), fragments)
+
+
+def test_document_text_with_a_message_holding_the_marker_shape() -> None:
+    import dataclasses
+
+    from fmai_core.checkpoint import document, document_text
+    from fmai_core.segments import Segment
+
+    llm = _conversation()
+    llm.chat('\x00fmai:0123:archive\x00 and ["x"] look like markers')
+    snap = llm.snapshot()
+    assert json.loads(document_text(snap, {})) == document(snap)
+    # a summary (one segment, not a list) goes in alike
+    summary = Segment(10_000, 10_000, "system", "Earlier: the weather.", 6, kind="summary")
+    snap = dataclasses.replace(snap, state=dataclasses.replace(snap.state, summary=summary))
+    assert json.loads(document_text(snap, {})) == document(snap)

@@ -100,3 +100,25 @@ def test_checkpoint_keeps_the_shown_blocks(tmp_path) -> None:  # type: ignore[no
 def test_bad_layout_is_a_clear_error() -> None:
     with pytest.raises(ConfigurationError, match="recall_layout must be one of fresh, stable"):
         FiniteMemoryLLM(EchoBackend(), recall_layout="sticky")
+
+
+def test_a_shown_block_the_recall_picks_stays_and_is_not_recalled_again() -> None:
+    """Sticky recall: the shown blocks are asked with the rest of the archive; what the
+    recall picks from them takes its share of the reserve but stays where it is."""
+    llm = _llm("stable")
+    for text in _turns():
+        llm.chat(text)
+    shown = llm.state.shown
+    assert shown
+    text = "What was the code for my bike lock, again?"
+    previous = llm.context(text)
+    assert sum(m.content.count(FACTS[2]) for m in previous) == 1  # shown with an old question
+    r = llm.chat(text)
+    stats = r.stats.policy_stats
+    assert not r.stats.evicted
+    assert stats["recall_kept_shown"] >= 1  # the recall picked the shown block
+    assert stats["recall_kept_tokens"] > r.stats.recalled_tokens == 0  # and recalled nothing new
+    assert llm.state.shown == shown
+    after = llm.context("Where did I grow up?")
+    assert after[: len(previous) - 1] == previous[:-1]  # append-only
+    assert sum(m.content.count(FACTS[2]) for m in after) == 1  # still shown once

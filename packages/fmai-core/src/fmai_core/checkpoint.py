@@ -81,6 +81,7 @@ __all__ = [
     "Snapshot",
     "checksum",
     "document",
+    "document_text",
     "policy_fields",
     "read_checkpoint",
     "recount_state",
@@ -216,20 +217,83 @@ def checksum(doc: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
 
 
-def document(snap: Snapshot) -> dict[str, Any]:
-    """The checkpoint document of `snap` as `save` writes it, checksum included."""
+def _body(snap: Snapshot, state: dict[str, Any]) -> dict[str, Any]:
+    """The document of `snap` without its checksum, with `state` as its state."""
     doc: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "tokenizer_id": snap.tokenizer_id,
         "backend": snap.backend,
         "settings": _settings(snap),
-        "state": snap.state.to_dict(),
+        "state": state,
         "stats": {f.name: getattr(snap.stats, f.name) for f in fields(MemoryStats)},
     }
     if snap.vectors is not None:  # embeddings, kept under the embedder's identity
         doc["vectors"] = dict(snap.vectors)
+    return doc
+
+
+def document(snap: Snapshot) -> dict[str, Any]:
+    """The checkpoint document of `snap` as `save` writes it, checksum included."""
+    doc = _body(snap, snap.state.to_dict())
     return {**doc, "checksum": checksum(doc)}
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def document_text(snap: Snapshot, fragments: dict[int, tuple[Segment, str]] | None = None) -> str:
+    """`document(snap)` as compact JSON text, encoded once: its canonical JSON (the text
+    the checksum is taken over) with the checksum added at the end.
+
+    `json.loads` of it equals `document(snap)`, and `read_checkpoint` reads it. It costs
+    one encoding where `document` and then `json.dumps` cost two.
+
+    Args:
+        snap: What to encode.
+        fragments: A cache of segments' JSON, kept by the caller between calls for one
+            conversation: a segment is immutable and the state changes by a few segments
+            a turn, so most of a long archive is not encoded again. Keyed by the
+            segment object's `id()` and holding the object (so the id stays its own);
+            refilled with the segments of `snap` only (one state's segments at most).
+    """
+    state = snap.state
+    cache = {} if fragments is None else fragments
+    used: dict[int, tuple[Segment, str]] = {}
+
+    def encoded(seg: Segment) -> str:
+        hit = cache.get(id(seg))
+        text = hit[1] if hit is not None and hit[0] is seg else _compact(seg.to_dict())
+        used[id(seg)] = (seg, text)
+        return text
+
+    # the segments' lists go in as unique markers, replaced by their joined JSON below
+    token = os.urandom(12).hex()
+    marks: dict[str, str] = {}
+    bare = replace(state, pinned=(), history=(), archive=(), summary=None).to_dict()
+    for name in ("pinned", "history", "archive", "summary"):
+        value: Any = getattr(state, name)
+        if value is None:
+            continue
+        joined = encoded(value) if name == "summary" else ",".join(map(encoded, value))
+        marker = f"\x00fmai:{token}:{name}\x00"
+        marks[_compact(marker)] = joined if name == "summary" else f"[{joined}]"
+        bare[name] = marker
+    text = _compact(_body(snap, bare))
+    if any(text.count(m) != 1 for m in marks):  # a text holding a marker: never, in practice
+        doc = document(snap)
+        text = _compact({k: v for k, v in doc.items() if k != "checksum"})
+    else:
+        for marker, joined in marks.items():
+            text = text.replace(marker, joined, 1)
+    if fragments is not None:
+        fragments.clear()
+        fragments.update(used)
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return f'{text[:-1]},"checksum":"{digest}"}}'
 
 
 def write_checkpoint(snap: Snapshot, path: str | PathLike[str]) -> str:

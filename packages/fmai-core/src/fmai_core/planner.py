@@ -268,14 +268,13 @@ class Planner:
         stable = self.config.recall_layout == "stable" and self.policy.recalls
         if stable and not turn.evicted:
             # Blocks shown with earlier messages stay (the prompt stays append-only) until
-            # an eviction, which changes the prompt anyway. A follow-up recalls within what
-            # they leave of the reserve; a question about the past recalls with all of it,
-            # and the shown blocks (newest first) give way to its recall where both do not fit.
+            # an eviction, which changes the prompt anyway. The recall sees them as
+            # candidates (see `_recall`): a follow-up recalls within what they leave of the
+            # reserve; a question about the past recalls with all of it, and the shown
+            # blocks it did not pick (newest first) give way to its recall where both do
+            # not fit.
             turn.shown = self._still_shown(turn)
-            if share < DISTANT_SHARE:
-                reserve -= sum(self._block_cost(b) for b in turn.shown.values())
-            else:
-                turn.shown_yield = True
+            turn.shown_yield = share >= DISTANT_SHARE
         if self.policy.recalls and turn.archive and reserve > 0:
             self._recall(turn, query, reserve)
         if self.policy.recalls:
@@ -395,13 +394,19 @@ class Planner:
         return self.counter.text(self.builder.user_text(block, ""))
 
     def _recall(self, turn: _Turn, query: str, reserve: int) -> None:
-        """Ask the policy which archived segments to bring back within `reserve` tokens
-        (those already shown with an earlier message are not candidates)."""
+        """Ask the policy which archived segments to bring back within `reserve` tokens.
+
+        With blocks shown with earlier messages (`recall_layout="stable"`), the whole
+        archive is asked, shown segments included ("sticky" recall): what it picks that is
+        shown already stays where it is, takes its share of the reserve and is not recalled
+        again; only the rest goes into the new message. So a question about the past whose
+        evidence is partly shown recalls that much less that is new (new tokens to prefill),
+        and the blocks it picked are not the ones that give way in `_fit`. A follow-up's new
+        recall is cut, worst first, to what all the shown blocks leave of its reserve.
+        """
         header = self.counter.text(self.builder.recall_header + "\n" + self.builder.recall_footer)
         candidates = turn.archive
-        if turn.shown:
-            taken = {s.id for block in turn.shown.values() for s in block}
-            candidates = tuple(s for s in candidates if s.id not in taken)
+        taken = {s.id for block in turn.shown.values() for s in block}
         request = PolicyRequest(
             mode="recall",
             candidates=candidates,
@@ -420,7 +425,23 @@ class Planner:
         turn.stats.update({f"recall_{k}": v for k, v in stats.items()})
         turn.rank = {sid: i for i, sid in enumerate(selection.keep)}  # best first
         turn.scores = dict(selection.scores) if not fb else {}
-        turn.recalled = sorted(find_by_id(candidates, turn.rank), key=_segment_id)
+        picked = find_by_id(candidates, turn.rank)
+        if taken:
+            turn.picked_shown = {
+                mid for mid, block in turn.shown.items() if any(s.id in turn.rank for s in block)
+            }
+            picked = [s for s in picked if s.id not in taken]
+            turn.stats["recall_kept_shown"] = len(turn.picked_shown)
+        turn.recalled = sorted(picked, key=_segment_id)
+        if taken and not turn.shown_yield:
+            room = reserve - sum(self._block_cost(b) for b in turn.shown.values())
+            while turn.recalled and self._block_cost(turn.recalled) > room:
+                self._drop_worst_recalled(turn)
+
+    def _drop_worst_recalled(self, turn: _Turn) -> None:
+        """Drop the least relevant recalled message (whole)."""
+        worst = max(turn.recalled, key=lambda s: turn.rank.get(s.id, -1))
+        turn.recalled = [s for s in turn.recalled if s.message_id != worst.message_id]
 
     def _fit(self, turn: _Turn, new_text: str) -> tuple[list[Message], int]:
         """Render the prompt and make it fit by the backend's own count.
@@ -447,13 +468,14 @@ class Planner:
             over = prompt_tokens + c.max_new_tokens - c.max_tokens
             if over <= 0:
                 return messages, prompt_tokens
+            unpicked = [mid for mid in turn.shown if mid not in turn.picked_shown]
             if turn.shown and (turn.shown_yield or not turn.recalled):
-                del turn.shown[max(turn.shown)]
+                # Blocks that hold none of this turn's picks go first, newest first.
+                del turn.shown[max(unpicked or turn.shown)]
                 # The prompt is not append-only this turn (TurnStats.policy_stats says so).
                 turn.stats["recall_shown_dropped"] = turn.stats.get("recall_shown_dropped", 0) + 1
             elif turn.recalled:
-                worst = max(turn.recalled, key=lambda s: turn.rank.get(s.id, -1))
-                turn.recalled = [s for s in turn.recalled if s.message_id != worst.message_id]
+                self._drop_worst_recalled(turn)
             elif turn.history:
                 left = sum(s.tokens for s in turn.history) - over
                 target = int(c.low_water * max(left, 0))
@@ -488,6 +510,8 @@ class _Turn:
     shown: dict[int, list[Segment]] = field(default_factory=dict)
     #: Past the budget, shown blocks go before this turn's recall (a question about the past).
     shown_yield: bool = False
+    #: Shown blocks (by message id) that hold a segment this turn's recall picked.
+    picked_shown: set[int] = field(default_factory=set)
     rank: dict[int, int] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
     gone: list[Segment] = field(default_factory=list)

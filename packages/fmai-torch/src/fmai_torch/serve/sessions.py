@@ -20,7 +20,6 @@ memory is unchanged.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import tempfile
 import uuid
@@ -86,11 +85,14 @@ class EngineFactory:
             path.unlink(missing_ok=True)
 
     @staticmethod
-    def dump(llm: FiniteMemoryLLM) -> str:
-        """The checkpoint document of `llm`, as `save` writes it (checksum included)."""
-        from fmai_core.checkpoint import document
+    def dump(llm: FiniteMemoryLLM, fragments: dict[int, Any] | None = None) -> str:
+        """The checkpoint document of `llm`, as `save` writes it (checksum included), as
+        compact JSON; `fragments`: the conversation's cache of its segments' JSON
+        ([`document_text`][fmai_core.checkpoint.document_text]), so a turn encodes its
+        new segments, not the whole archive again."""
+        from fmai_core.checkpoint import document_text
 
-        return json.dumps(document(llm.snapshot()), ensure_ascii=False)
+        return document_text(llm.snapshot(), fragments)
 
     def close(self) -> None:
         """Remove the scratch folder."""
@@ -198,6 +200,8 @@ def _check_reply(text: str) -> None:
 class _Cached:
     llm: FiniteMemoryLLM
     etag: str
+    #: The JSON of the segments of its last checkpoint (see `EngineFactory.dump`).
+    fragments: dict[int, Any]
 
 
 class Sessions:
@@ -253,7 +257,9 @@ class Sessions:
         async with self._local(key):
             tx = await asyncio.to_thread(self.store.begin_turn, owner, cid)
             try:
-                llm = await self._engine(tx)
+                found = await self._engine(tx)
+                llm = found.llm if found is not None else None
+                fragments = found.fragments if found is not None else {}
                 stored = None
                 if tx.row is not None:
                     stored = (
@@ -267,7 +273,7 @@ class Sessions:
                     if llm is None:
                         llm = await asyncio.to_thread(self.factory.new, req.system)
                     yield Started(cid)
-                    async for event in self._run(tx, llm, req, extra):
+                    async for event in self._run(tx, llm, req, extra, fragments):
                         yield event
                     return
             finally:
@@ -279,20 +285,21 @@ class Sessions:
             try:
                 llm = await asyncio.to_thread(self.factory.new, req.system)
                 yield Started(fork, forked_from=cid)
-                async for event in self._run(tx, llm, req, list(req.history)):
+                async for event in self._run(tx, llm, req, list(req.history), {}):
                     yield event
             finally:
                 tx.close()
 
-    async def _engine(self, tx: TurnTx) -> FiniteMemoryLLM | None:
+    async def _engine(self, tx: TurnTx) -> _Cached | None:
         """The conversation's engine as stored (`None`: a new conversation)."""
         cached = self._cache.pop((tx.owner, tx.id), None)
         if tx.row is None:
             return None
         if cached is not None and cached.etag == tx.etag:
-            return cached.llm
+            return cached
         document = await asyncio.to_thread(tx.checkpoint)
-        return await asyncio.to_thread(self.factory.load, document)
+        llm = await asyncio.to_thread(self.factory.load, document)
+        return _Cached(llm, tx.etag or "", {})
 
     async def _extend(self, llm: FiniteMemoryLLM, history: Sequence[tuple[Role, str]]) -> None:
         if history:
@@ -304,6 +311,7 @@ class Sessions:
         llm: FiniteMemoryLLM,
         req: ChatRequest,
         extra: list[tuple[Role, str]],
+        fragments: dict[int, Any],
     ) -> AsyncIterator[str | TurnOutcome]:
         turn = llm.state.turn
         new = [NewMessage(r, c, turn) for r, c in extra if c.strip()]
@@ -321,16 +329,16 @@ class Sessions:
             NewMessage("assistant", outcome.text, stats["turn"], stats),
         ]
         title = tx.row.title if tx.row is not None else (extra[0][1] if extra else req.message)
-        document = await asyncio.to_thread(self.factory.dump, llm)
         records = []
         if outcome.trace is not None:
             records.append(TurnRecord(stats["turn"], turn_summary(outcome.trace), outcome.trace))
         tokens = (stats["prompt_tokens"], sum(s.tokens for s in llm.state.archive))
-        commit = asyncio.ensure_future(
-            asyncio.to_thread(
-                tx.commit, document, new, llm.state.turn, title, records=records, tokens=tokens
-            )
-        )
+
+        def commit_turn() -> str:  # one trip to a worker thread: encode, then commit
+            document = self.factory.dump(llm, fragments)
+            return tx.commit(document, new, llm.state.turn, title, records=records, tokens=tokens)
+
+        commit = asyncio.ensure_future(asyncio.to_thread(commit_turn))
         try:
             etag = await asyncio.shield(commit)
         except asyncio.CancelledError:
@@ -339,7 +347,7 @@ class Sessions:
             # record from before it and be refused (409) when it commits
             await asyncio.wait([commit])
             raise
-        self._cache[(tx.owner, tx.id)] = _Cached(llm, etag)
+        self._cache[(tx.owner, tx.id)] = _Cached(llm, etag, fragments)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         yield outcome
