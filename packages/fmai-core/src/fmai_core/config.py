@@ -69,7 +69,8 @@ class MemoryConfig:
             that turn's user message only; the next prompt shows that message without them,
             so a KV or prompt cache holds nothing after it. `"stable"`: the recalled block
             stays with the user message it was shown with, as the model saw it, while that
-            message is in the history; later turns recall only what is not shown yet, so the
+            message is in the history, and later turns add only what they recall that is
+            not shown yet (a shown segment the recall picks stays where it is), so the
             prompt stays append-only between evictions (see the KV cache page).
 
     Raises:
