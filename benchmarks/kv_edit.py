@@ -125,13 +125,24 @@ def run_reuse(
     }
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in backends}
     modes = list(backends)
+    # Every 8-gram of token ids any earlier turn's cache held, per mode: how much of a new
+    # recalled block was once in the cache (what a store of evicted segments' keys and values
+    # could serve, were it spliced in where they are recalled; not built, only counted).
+    seen: dict[str, set[tuple[int, ...]]] = {m: set() for m in backends}
     for turn, text in enumerate(users):
         order = modes[turn % len(modes) :] + modes[: turn % len(modes)]
         for mode in order:
-            new_turn, new_message = _new_turn_tokens(
-                backends[mode], engines[mode].context(text), text
-            )
+            messages = engines[mode].context(text)
+            new_turn, new_message = _new_turn_tokens(backends[mode], messages, text)
+            prompt = backends[mode].encode(messages)
+            block = range(len(prompt) - new_turn, len(prompt) - new_message)
+            covered: set[int] = set()
+            for i in block:
+                if tuple(prompt[i : i + 8]) in seen[mode]:
+                    covered.update(k for k in range(i, i + 8) if k in block)
             s = engines[mode].chat(text).stats
+            ids = backends[mode]._kv.ids
+            seen[mode].update(tuple(ids[i : i + 8]) for i in range(len(ids) - 7))
             rows[mode].append(
                 {
                     "turn": turn + 1,
@@ -143,6 +154,8 @@ def run_reuse(
                     "new_turn_tokens": new_turn,
                     # the new message and its template, without the recalled block
                     "new_message_tokens": new_message,
+                    # of the new recalled block, tokens some earlier cache held (8-gram runs)
+                    "new_recall_seen_tokens": len(covered),
                     "recall_shown_dropped": s.policy_stats.get("recall_shown_dropped", 0),
                     "recall_share": s.policy_stats.get("recall_share"),
                     "ttft_ms": s.ttft_ms,
@@ -183,6 +196,10 @@ def summarise_reuse(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "lost_share": (prompt - reused - new) / prompt if prompt else 0.0,
             # The most any cache could serve if this turn recalled nothing new.
             "ceiling_without_new_recall": 1 - message / prompt if prompt else 0.0,
+            # Of the prompt: new recall that some earlier turn's cache held (see run_reuse).
+            "new_recall_seen_share": (
+                sum(r.get("new_recall_seen_tokens", 0) for r in sel) / prompt if prompt else 0.0
+            ),
             "mean_turn_reuse": statistics.mean(
                 (r["reused_tokens"] or 0) / r["prompt_tokens"] for r in sel
             ),
