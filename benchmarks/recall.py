@@ -3757,6 +3757,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             if not args.json:
                 print(f"  {key} {label}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         rows[key] = flags
+    # The policies embed texts of their own (the sessions' closing lines, the questions as
+    # queries): keep them too, or every later run embeds them again.
+    save_cache(embedder, args.embed_cache)
     turns = [len(c.turns) for c in convs]
     tokens = [EchoBackend().count_tokens(c.turns) for c in convs]
     per_type = Counter(kinds)

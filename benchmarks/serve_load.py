@@ -89,6 +89,9 @@ class Server:
             *extra,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
+        #: where the server's stderr goes (its log: warnings and errors), appended across
+        #: restarts; `None`: discarded
+        self.log: Path | None = None
 
     @property
     def url(self) -> str:
@@ -96,7 +99,11 @@ class Server:
 
     def start(self) -> None:
         env = {**os.environ, "BENCH_UPSTREAM_KEY": KEY}
-        self.proc = subprocess.Popen(self.cmd, env=env, stderr=subprocess.DEVNULL)
+        if self.log is None:
+            self.proc = subprocess.Popen(self.cmd, env=env, stderr=subprocess.DEVNULL)
+        else:
+            with self.log.open("ab") as log:
+                self.proc = subprocess.Popen(self.cmd, env=env, stderr=log)
         deadline = time.monotonic() + 900  # the embedded model's first load converts it
         while time.monotonic() < deadline:
             try:
@@ -126,6 +133,21 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait()
+
+
+def listen_overflows() -> int | None:
+    """The kernel's count of connections dropped because a listen queue was full (Linux
+    `TcpExt: ListenOverflows`; `None` elsewhere): a dropped SYN is retried after 1 s, then
+    3 s, which a client sees as a stall."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split()[1:], values.split()[1:]))
+            return int(row["ListenOverflows"]) if "ListenOverflows" in row else None
+    return None
 
 
 def pct(values: list[float], q: float) -> float:
@@ -178,6 +200,7 @@ async def run_load(
     session: bool,
     clock: UpstreamClock | None = None,
     max_tokens: int | None = None,
+    prefix: str = "load",
 ) -> dict[str, Any]:
     """C conversations x T turns at once; per request: latency (ms) and its parts.
 
@@ -196,12 +219,13 @@ async def run_load(
     upstream_own: list[float] = []
     acked: dict[int, list[tuple[str, str]]] = {c: [] for c in range(conversations)}
     failed = 0
+    errors: dict[str, int] = {}  # the failed requests by status and error code
 
     async def one(c: int) -> None:
         nonlocal failed
         for t in range(turns):
             text = text_of(c, t)
-            headers = {"X-Session-ID": f"load-{c}"} if session else {}
+            headers = {"X-Session-ID": f"{prefix}-{c}"} if session else {}
             start = time.perf_counter()
             try:
                 raw = await client.chat.completions.with_raw_response.create(
@@ -210,8 +234,11 @@ async def run_load(
                     extra_headers=headers,
                     **({} if max_tokens is None else {"max_tokens": max_tokens}),
                 )
-            except openai.APIError:
+            except openai.APIError as exc:
                 failed += 1
+                status = getattr(exc, "status_code", None) or type(exc).__name__
+                kind = f"{status} {getattr(exc, 'code', None) or ''}".strip()
+                errors[kind] = errors.get(kind, 0) + 1
                 continue
             ms = (time.perf_counter() - start) * 1000
             latency.append(ms)
@@ -239,6 +266,7 @@ async def run_load(
     return {
         "requests": n,
         "failed": failed,
+        "errors": errors,
         "wall_s": round(wall, 2),
         "requests_per_s": round(n / wall, 1),
         "latency_ms": summary(latency),
@@ -461,18 +489,28 @@ def measure_load(
     clock: UpstreamClock | None,
     loads: list[tuple[str, int, int]],
     max_tokens: int | None,
+    warmup: int = 3,
 ) -> dict[str, Any]:
-    """The load runs on one store: served (and, with a fake upstream, direct) figures."""
+    """The load runs on one store: served (and, with a fake upstream, direct) figures.
+
+    Each run starts on a fresh server, after `warmup` turns of another conversation
+    (not measured): the first turn of a process pays one-off costs (the SDK's lazy imports
+    in the load generator, the first connections), which are not a turn's cost.
+    """
     out: dict[str, Any] = {}
     for label, conc, turns in loads:
         direct = None
         if upstream is not None:
             direct = asyncio.run(run_load(upstream.openai_url, conc, turns, False, None))
+        if warmup:
+            asyncio.run(run_load(server.url, 1, warmup, True, None, max_tokens, "warmup"))
         if clock is not None:
             clock.own_ms.clear()
-        cpu_before = server.cpu_s()
+        cpu_before, dropped_before = server.cpu_s(), listen_overflows()
         served = asyncio.run(run_load(server.url, conc, turns, True, clock, max_tokens))
-        cpu_after = server.cpu_s()
+        cpu_after, dropped_after = server.cpu_s(), listen_overflows()
+        if dropped_before is not None and dropped_after is not None:
+            served["listen_overflows"] = dropped_after - dropped_before
         if cpu_before is not None and cpu_after is not None and served["requests"]:
             # CPU the server spent per turn: steadier than latency on a busy machine
             served["server_cpu_ms_per_request"] = round(
@@ -523,6 +561,24 @@ def main() -> None:
         default=list(PARTS),
         help="which measurements to run (default: all)",
     )
+    ap.add_argument(
+        "--server-log",
+        type=Path,
+        default=None,
+        help="append fmai serve's stderr (its warnings and errors) to this file",
+    )
+    ap.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=2.0,
+        help="fmai serve --upstream-timeout (s) against the fake upstream (default: 2)",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="turns of another conversation before each measured run (default: 3)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fmai-bench-"))
@@ -559,12 +615,16 @@ def main() -> None:
                 url = postgres.start()
             else:
                 url = spec
-            timeout = ["--upstream-timeout", "2"] if upstream is not None else []
+            timeout = ["--upstream-timeout", str(args.upstream_timeout)] if upstream else []
             server = Server(upstream, url, *timeout, max_new_tokens=args.max_new_tokens)
+            if args.server_log is not None:
+                server.log = args.server_log
             server.start()
             got: dict[str, Any] = {"url": url}
             try:
-                got.update(measure_load(server, upstream, clock, loads, args.max_new_tokens))
+                got.update(
+                    measure_load(server, upstream, clock, loads, args.max_new_tokens, args.warmup)
+                )
                 if "faults" in args.parts and upstream is not None:
                     got["upstream_faults"] = run_upstream_faults(server, upstream)
                 if "kill" in args.parts:
@@ -595,7 +655,7 @@ def main() -> None:
             r = got[label]
             s = r["served"]
             print(f"\n[{spec}] {label}: {r['conversations']} conversations x {r['turns']} turns")
-            print(f"  fmai serve: {s['requests_per_s']} req/s, failed {s['failed']}")
+            print(f"  fmai serve: {s['requests_per_s']} req/s, failed {s['failed']} {s['errors']}")
             print(f"  latency ms:                   {s['latency_ms']}")
             print(f"  upstream's own ms:            {s['upstream_own_ms']}")
             print(f"  added by fmai serve ms:       {s['added_ms']}")
@@ -605,6 +665,8 @@ def main() -> None:
             if "direct" in r:
                 d = r["direct"]
                 print(f"  upstream directly: {d['requests_per_s']} req/s, ms {d['latency_ms']}")
+            if "listen_overflows" in s:
+                print(f"  connections dropped by a full listen queue: {s['listen_overflows']}")
             if "server_cpu_ms_per_request" in s:
                 print(f"  server CPU per request: {s['server_cpu_ms_per_request']} ms")
             print(f"  store check: {r['store_check']}")

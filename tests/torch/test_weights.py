@@ -203,3 +203,52 @@ def test_default_model_int4_is_the_gguf() -> None:
         max_new_tokens=12,
     )
     assert "Paris" in reply.text
+
+
+SMOL = {
+    "hidden_size": 576,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "vocab_size": 49152,
+}
+
+
+def test_auto_picks_the_fastest_mode_it_measured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`auto` (GGUF, CPU) times fp32, int8 and int4 on the model's own decode shapes and
+    takes the fastest, preferring int4, then fp32, within 5 %; remembered per device."""
+    import json
+
+    from fmai_torch import weights
+
+    monkeypatch.setenv("FMAI_CACHE", str(tmp_path))
+    weights._fastest.cache_clear()
+
+    fused = weights.decode_shapes(SMOL, fused=True)
+    assert fused == (
+        (960, 576, 30),
+        (576, 576, 30),
+        (3072, 576, 30),
+        (576, 1536, 30),
+        (49152, 576, 1),
+    )
+    plain = weights.decode_shapes(SMOL, fused=False)
+    assert sum(o * i * n for o, i, n in plain) == sum(o * i * n for o, i, n in fused)
+    picked = choose_weights(
+        "auto", device=torch.device("cpu"), dtype="auto", gguf=True, config=SMOL
+    )
+    probe = dict(weights.LAST_PROBE)
+    assert set(probe) == ({"fp32", "int8", "int4"} if int4_available() else {"fp32", "int8"})
+    fastest = min(probe.values())
+    assert probe[picked] <= fastest * 1.05
+    for better in weights._PREFERENCE[: weights._PREFERENCE.index(picked)]:
+        assert probe.get(better, float("inf")) > fastest * 1.05
+    stored = json.loads((tmp_path / "probes.json").read_text())
+    assert list(stored.values()) == [probe]  # the next process reads it instead of probing
+    weights._fastest.cache_clear()
+    again = choose_weights("auto", device=torch.device("cpu"), dtype="auto", gguf=True, config=SMOL)
+    assert again == picked and probe == weights.LAST_PROBE

@@ -18,6 +18,7 @@ from fmai_torch.handle import ModelHandle
 from fmai_torch.kv import KVCache, cache_kwarg
 from fmai_torch.kv_edit import EDIT_MODES, RopeEditor, edit_support
 from fmai_torch.kv_pool import KVPool
+from fmai_torch.lean import LeanDecoder, lean_support
 from fmai_torch.loading import (
     LoadedModel,
     load_model,
@@ -61,6 +62,11 @@ class HFBackend:
             [`fmai_torch.compiled`][fmai_torch.compiled]). Cross-turn reuse, streaming and
             stop strings are unchanged; the first turn at each new cache capacity pays the
             compile (tens of seconds), and `Generation.extra["decode"]` says which loop ran.
+        lean: Where not compiled, decode with the lean one-token loop instead of `generate`:
+            the same operations bit for bit, without `generate`'s per-step machinery, and
+            with fused query/key/value and gate/up products in the int8 and int4 layouts
+            (see [`fmai_torch.lean`][fmai_torch.lean]). `"auto"`/`True`: for Llama models;
+            `False`: always `generate`.
         kv_reuse: Keep the KV cache across calls. Off, every call recomputes its prompt.
         kv_edit: What the cache does when the prompt changes in the middle (an eviction):
             `"recompute"` (exact: crop at the first changed token, prefill the rest),
@@ -107,6 +113,7 @@ class HFBackend:
         weights: str = "auto",
         threads: int | str | None = "auto",
         compile: bool | str = "auto",
+        lean: bool | str = "auto",
         kv_reuse: bool = True,
         kv_edit: str = "recompute",
         kv_keep_evicted: int = 0,
@@ -156,12 +163,16 @@ class HFBackend:
         if not on_cpu or (threads == "auto" and loaded.source == "object"):
             self.threads: int | None = None  # a model passed in: torch's setting stands
         else:
-            self.threads = choose_threads(threads, self.weights)
+            self.threads = choose_threads(threads, self.weights, config=model.config.to_dict())
         #: The `torch.compile` backend decoding uses, or `None` (eager `generate`).
         self.compile = resolve_compile(compile, self.handle.device)
-        self._decoder = (
-            CompiledDecoder(model, self.compile, self.handle.cache_kw) if self.compile else None
-        )
+        self._decoder: CompiledDecoder | LeanDecoder | None = None
+        if self.compile:
+            self._decoder = CompiledDecoder(model, self.compile, self.handle.cache_kw)
+        elif lean not in (False, None) and lean_support(model) is None:
+            self._decoder = LeanDecoder(model, self.handle.cache_kw)
+        #: Whether decoding uses the lean loop (see [`fmai_torch.lean`][fmai_torch.lean]).
+        self.lean = isinstance(self._decoder, LeanDecoder)
         self.kv_reuse = kv_reuse
         if kv_edit not in EDIT_MODES:
             raise ConfigurationError(
@@ -462,6 +473,7 @@ class HFBackend:
         return (
             f"HFBackend(model={self.name!r}, device={str(self.device)!r}, "
             f"weights={self.weights!r}, threads={self.threads}, compile={self.compile!r}, "
+            f"lean={self.lean}, "
             f"kv_reuse={self.kv_reuse}, "
             f"kv_edit={self.kv_edit!r})"
         )

@@ -12,6 +12,7 @@ from fmai_core.errors import BackendError
 from fmai_torch.compiled import CompiledDecoder
 from fmai_torch.handle import ModelHandle
 from fmai_torch.kv import KVCache
+from fmai_torch.lean import LeanDecoder
 from fmai_torch.streaming import IncrementalDecoder, StopCriteria, TokenStreamer, cut_at_stop
 from fmai_torch.weights import use_threads
 
@@ -31,8 +32,9 @@ class GenerationRun:
         kv: The cross-turn cache to reuse and update, or `None` to compute from scratch.
         start: `time.perf_counter()` when the call began (latency and TTFT count from it).
         threads: CPU threads for the forward passes (`None`: leave torch's setting).
-        decoder: The compiled decoder to use where it can (see
-            [`fmai_torch.compiled`][fmai_torch.compiled]), or `None` for `generate`.
+        decoder: The compiled or lean decoder to use where it can (see
+            [`fmai_torch.compiled`][fmai_torch.compiled] and [`fmai_torch.lean`][fmai_torch.lean]),
+            or `None` for `generate`.
     """
 
     def __init__(
@@ -43,11 +45,11 @@ class GenerationRun:
         kv: KVCache | None,
         start: float,
         threads: int | None = None,
-        decoder: CompiledDecoder | None = None,
+        decoder: CompiledDecoder | LeanDecoder | None = None,
     ) -> None:
         self.handle = handle
         self.decoder = decoder
-        #: Which loop decoded: `"compiled"` or `"generate"` (and why not compiled).
+        #: Which loop decoded: `"compiled"`, `"lean"` or `"generate"` (and why not the others).
         self.decode: dict[str, Any] = {}
         self.threads = threads
         self.prompt = prompt
@@ -106,6 +108,9 @@ class GenerationRun:
             torch.manual_seed(int(self.params["seed"]))
         try:
             with torch.inference_mode(), use_threads(self.threads):
+                if not why and isinstance(self.decoder, LeanDecoder):
+                    self._lean(cache, reused, kwargs["max_new_tokens"])
+                    return
                 if not why:
                     self._compiled(cache, reused, kwargs["max_new_tokens"])
                     return
@@ -140,11 +145,35 @@ class GenerationRun:
             **kwargs,
         )
 
+    def _lean(self, cache: Any, reused: int, max_new: int) -> None:
+        """Decode with the lean one-token loop (see `fmai_torch.lean`)."""
+        from transformers import DynamicCache
+
+        assert isinstance(self.decoder, LeanDecoder)
+        if cache is None:
+            cache = DynamicCache()
+            reused = 0
+        generated = self.decoder.run(
+            self.prompt[reused:],
+            cache,
+            len(self.prompt),
+            max_new=max_new,
+            eos=self.handle.eos_ids,
+            pick=self._picker(),
+            emit=lambda t: self.streamer.push([t]),
+            stop=self.stopper.hit,
+        )
+        self.streamer.end()
+        self.decode = {"loop": "lean", "fused": self.decoder.fused}
+        self.sequence = list(self.prompt) + generated
+        if self.kv is not None:
+            self.kv.commit(self.sequence)
+
     def _compiled(self, cache: Any, reused: int, max_new: int) -> None:
         """Decode with the compiled static-cache loop (see `fmai_torch.compiled`)."""
         from transformers import DynamicCache
 
-        assert self.decoder is not None
+        assert isinstance(self.decoder, CompiledDecoder)
         if cache is None:
             cache = DynamicCache()
             reused = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +127,9 @@ def load_model(
     else:
         path, name, local = None, text, local_files_only
     source = str(path) if path is not None else text
-    mode = choose_weights(weights, device=device, dtype=dtype, gguf=gguf is not None)
+    mode = choose_weights(
+        weights, device=device, dtype=dtype, gguf=gguf is not None, config=_config(path)
+    )
     torch_dtype = resolve_dtype(dtype if mode == "dtype" else _DTYPES.get(mode, "float32"), device)
     packed = (
         ensure_packed(gguf, path, progress=progress) if mode == "int4" and gguf and path else None
@@ -149,6 +152,17 @@ def load_model(
         model.eval()
     label = mode if mode != "dtype" else str(torch_dtype).replace("torch.", "")
     return LoadedModel(model, tokenizer, name, source, p.seconds, label)
+
+
+def _config(path: Path | None) -> dict[str, Any] | None:
+    """The folder's `config.json` (for the weights probe's shapes), or `None`."""
+    if path is None:
+        return None
+    try:
+        value = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "float32", "int4": "float32"}
