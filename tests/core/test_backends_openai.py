@@ -85,6 +85,15 @@ async def test_async_generate_and_stream(server: FakeProvider) -> None:
     assert pieces[-1].generation is not None
 
 
+async def test_awarm_sends_nothing_and_the_next_turn_works(server: FakeProvider) -> None:
+    b = OpenAIBackend("fake-model", base_url=server.openai_url, api_key=KEY)
+    await b.awarm()
+    assert server.requests == []  # a server warms up at start without calling the model
+    gen = await b.agenerate(MSGS)
+    await b.aclose()
+    assert gen.text == "reply to: hello there friend" and len(server.requests) == 1
+
+
 def test_429_with_retry_after_then_success(server: FakeProvider, backend: OpenAIBackend) -> None:
     server.fail_next("429")
     gen = backend.generate(MSGS)

@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -415,6 +416,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(threads))
+        # what the first turn would import on the event loop (the upstream's SDK client,
+        # its HTTP stack, anyio's event loop backend: ~0.3 s), before serving
+        warm = getattr(sessions.factory.backend, "awarm", None)
+        if warm is not None:
+            await warm()
+        anyio.get_cancelled_exc_class()  # loads anyio's asyncio backend (httpcore uses it)
         yield
 
     routes = [
