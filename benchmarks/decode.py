@@ -300,7 +300,12 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--modes", nargs="+", default=["fp32", "bf16", "int8", "int4"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["fp32", "bf16", "int8", "int4"],
+        help="weights modes; MODE:generate decodes with generate instead of the lean loop",
+    )
     parser.add_argument("--server-bin", default=None, help="llama-server to compare with")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument(
@@ -338,7 +343,10 @@ def main() -> int:
     for mode in args.modes:
         for threads in args.threads:
             start = time.perf_counter()
-            backend = HFBackend("default", weights=mode, threads=threads)
+            weights, _, loop = mode.partition(":")  # "int4:generate": lean loop off
+            backend = HFBackend(
+                "default", weights=weights, threads=threads, lean=loop != "generate"
+            )
             load_s = time.perf_counter() - start
             rows, turn_prompts = chat(backend, args.turns, args.new_tokens)
             run = summarise(rows, bytes_per_token(backend.model))
