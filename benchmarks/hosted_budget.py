@@ -20,7 +20,10 @@ Per run it reports, by the server's own count (its `usage`):
 - `needed`: what the first evicting turn's prompt would have taken with nothing evicted (the
   whole conversation so far and the new message, counted by the server's `/apply-template`
   and `/tokenize`) + `max_new_tokens`, as a share of the budget: over 100% means that the
-  eviction was forced, under it that fmai evicted early.
+  eviction was forced, under it that fmai evicted early;
+- `mean used` and `used on eviction turns`: prompt + `max_new_tokens` as a share of the
+  budget, averaged over all turns and over the turns that evicted (how full a prompt is
+  right after an eviction to the low-water mark).
 
 The server binary: `--server-bin PATH`, else `llama-server` on `PATH`; without one the
 program says so and exits 0 (docs/hosted.md says how to build it from the llama-cpp-python
@@ -184,6 +187,8 @@ def run_one(
     before_first = rows[:first] if first is not None else rows
     used = max((r["server"] + max_new) / budget for r in before_first) if before_first else 0.0
     needed = (rows[first]["whole"] + max_new) / budget if first is not None else None
+    fill = [(r["server"] + max_new) / budget for r in rows]
+    after = [f for f, r in zip(fill, rows) if r["evicted"]]
     single = [r["turn"] for r in rows if r["evicted_segments"] == 1 and r["turn"] - 1 in evicting]
     return {
         "budget": budget,
@@ -196,6 +201,8 @@ def run_one(
         "cache_share": round(sum(r["cached"] for r in rows) / sum(r["server"] for r in rows), 3),
         "used_before_first_eviction": round(used, 3),
         "needed_at_first_eviction": None if needed is None else round(needed, 3),
+        "used_mean": round(statistics.mean(fill), 3),
+        "used_on_eviction_turns": round(statistics.mean(after), 3) if after else None,
         "first_eviction": first,
         "evictions": len(evicting),
         "repeated_single_evictions": len(single),
@@ -258,19 +265,21 @@ def main(argv: list[str] | None = None) -> int:
     head = (
         "| budget | counting | ratio turn 0 | ratio median (after) | ratio worst | over budget "
         "| cache share | used before 1st eviction | needed at 1st eviction | 1st eviction "
-        "| evictions | repeated single |"
+        "| evictions | repeated single | mean used | used on eviction turns |"
     )
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
     for r in results:
         first = "-" if r["first_eviction"] is None else f"turn {r['first_eviction']}"
         needed = r["needed_at_first_eviction"]
+        after = r["used_on_eviction_turns"]
         print(
             f"| {r['budget']} | {r['count']} | {r['ratio_first']} | {r['ratio_median']} | "
             f"{r['ratio_worst']} | {r['over_budget']}/{len(r['turns'])} | "
             f"{r['cache_share']:.0%} | {r['used_before_first_eviction']:.0%} | "
             f"{'-' if needed is None else format(needed, '.0%')} | {first} | "
-            f"{r['evictions']} | {r['repeated_single_evictions']} |"
+            f"{r['evictions']} | {r['repeated_single_evictions']} | {r['used_mean']:.0%} | "
+            f"{'-' if after is None else format(after, '.0%')} |"
         )
     return 0
 
