@@ -387,7 +387,7 @@ def test_evicted_tokens_are_spliced_back_where_they_come_again() -> None:
     position only) equals a fresh prefill of the new prompt; the prompt's start is untouched
     in every layer."""
     model = _llama(ROPES["llama3"])
-    prefix, block, tail = _tokens(20, 3), _tokens(24, 4), _tokens(30, 5)
+    prefix, block, tail = _tokens(20, 3), _tokens(40, 4), _tokens(30, 5)
     full = prefix + block + tail
     kv = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
     kv.forward = _forward_with(model)
@@ -401,6 +401,13 @@ def test_evicted_tokens_are_spliced_back_where_they_come_again() -> None:
     assert ready.info["from_evicted"] == len(block)
     assert ready.info["computed_between"] == len(header)
     assert ready.reused == len(prompt) - 1 and kv.ids == prompt[:-1]
+    # a shorter run after computed tokens is not worth their forward pass: left to prefill
+    short = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
+    short.forward = kv.forward
+    short._cache = _prefill(model, full)
+    short.ids, short.positions = list(full), list(range(len(full)))
+    short.prepare(prefix + tail + [9])
+    assert "from_evicted" not in short.prepare(prefix + tail + header + block[:24] + [9]).info
     fresh = _prefill(model, prompt[:-1])
     assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
     assert (ready.cache.layers[0].values - fresh.layers[0].values).abs().max() < 1e-9

@@ -35,6 +35,11 @@ __all__ = ["MIN_GAIN", "KVCache", "Prepared", "cache_kwarg", "common_prefix"]
 MIN_GAIN = 16
 #: Shortest run of ids that an edit keeps or splices back (shorter matches are coincidences).
 MIN_RUN = 8
+#: `keep_evicted`: a run that needs tokens computed before it is spliced back only when it is
+#: this long (each such gap is a forward pass of its own, about the cost of prefilling a
+#: couple of dozen tokens at once on a CPU), and at most this many gaps a turn.
+SPLICE_AFTER_GAP = 32
+MAX_SPLICE_GAPS = 8
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -291,6 +296,10 @@ class KVCache:
             n = MIN_RUN
             while o + n < len(ids) and k + n < limit and ids[o + n] == prompt[k + n]:
                 n += 1
+            if k > i and (n < SPLICE_AFTER_GAP or len(plan) >= MAX_SPLICE_GAPS):
+                # the tokens before it cost a forward pass of their own: not worth it
+                k += 1
+                continue
             plan.append((k - i, e, o, n))
             i = k = k + n
         served = sum(n for _, _, _, n in plan)
