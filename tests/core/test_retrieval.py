@@ -306,3 +306,23 @@ def test_a_bridge_comes_back_through_its_hit_below_the_threshold() -> None:
     assert retrieve(index, query, second_pass=False).best(0.15) == [candidates[1].message_id]
     picked = recall(PolicyRequest("recall", candidates, 200, query=query))
     assert set(picked.keep) == {candidates[1].id, candidates[-1].id}
+
+
+def test_the_query_is_embedded_with_the_speakers_in_the_first_person() -> None:
+    seen: list[str] = []
+
+    def embed(texts: Sequence[str]) -> list[list[float]]:
+        seen.extend(texts)
+        return concept_embed(texts)
+
+    index = RecallIndex()
+    named = [Segment(0, 0, "user", "I adopted a beagle last weekend.", 9, name="Caroline"),
+             Segment(1, 1, "assistant", "Lovely!", 4, name="Mel")]  # fmt: skip
+    index.add(named, embed=embed)
+    index.query_vector("What kind of pet did Caroline get for Mel's birthday?", embed)
+    assert seen[-1] == "What kind of pet did I get for my birthday?"
+    # a speaker who joins later is in the first person from then on (no stale memo)
+    index.query_vector("Did Ann get a pet?", embed)
+    index.add([Segment(2, 2, "user", "Hi all!", 4, name="Ann")], embed=embed)
+    index.query_vector("Did Ann get a pet?", embed)
+    assert seen[-1] == "Did I get a pet?"
