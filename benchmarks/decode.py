@@ -109,7 +109,8 @@ def chat(backend: Any, turns: int, new_tokens: int) -> tuple[list[dict[str, floa
 
 
 def generate_overhead(backend: Any, new_tokens: int) -> dict[str, float]:
-    """ms per step of `generate` and of a bare greedy forward loop over a DynamicCache."""
+    """ms per step of `generate`, of a bare greedy forward loop over a DynamicCache, and of
+    the lean loop's steps (`fmai_torch.lean`, when the backend has one) on the same prompt."""
     from transformers import DynamicCache
 
     import torch
@@ -117,8 +118,10 @@ def generate_overhead(backend: Any, new_tokens: int) -> dict[str, float]:
 
     model, kw = backend.model, backend.handle.cache_kw
     ids = torch.tensor([backend.encode([Message("user", USER_TURNS[1])])])
+    lean = getattr(backend, "_decoder", None)
+    lean = lean if getattr(backend, "lean", False) else None
     with torch.inference_mode(), use_threads(backend.threads):
-        best_gen = best_bare = float("inf")
+        best_gen = best_bare = best_lean = float("inf")
         for _ in range(2):
             start = time.perf_counter()
             model.generate(
@@ -137,10 +140,26 @@ def generate_overhead(backend: Any, new_tokens: int) -> dict[str, float]:
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)
                 out = model(input_ids=nxt, **{kw: cache}, logits_to_keep=1)
             best_bare = min(best_bare, time.perf_counter() - start)
-    return {
+            if lean is not None:
+                start = time.perf_counter()
+                lean.run(
+                    ids[0].tolist(),
+                    DynamicCache(),
+                    ids.shape[1],
+                    max_new=new_tokens,
+                    eos=(),
+                    pick=lambda logits, step: logits.argmax(-1, keepdim=True),
+                    emit=lambda t: None,
+                    stop=lambda tokens: False,
+                )
+                best_lean = min(best_lean, time.perf_counter() - start)
+    result = {
         "generate_ms_per_token": best_gen * 1000 / new_tokens,
         "bare_ms_per_token": best_bare * 1000 / new_tokens,
     }
+    if lean is not None:
+        result["lean_ms_per_token"] = best_lean * 1000 / new_tokens
+    return result
 
 
 def teacher_forced(backend: Any, prompts: list[Any]) -> list[Any]:
@@ -300,7 +319,12 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--modes", nargs="+", default=["fp32", "bf16", "int8", "int4"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["fp32", "bf16", "int8", "int4"],
+        help="weights modes; MODE:generate decodes with generate instead of the lean loop",
+    )
     parser.add_argument("--server-bin", default=None, help="llama-server to compare with")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument(
@@ -338,7 +362,10 @@ def main() -> int:
     for mode in args.modes:
         for threads in args.threads:
             start = time.perf_counter()
-            backend = HFBackend("default", weights=mode, threads=threads)
+            weights, _, loop = mode.partition(":")  # "int4:generate": lean loop off
+            backend = HFBackend(
+                "default", weights=weights, threads=threads, lean=loop != "generate"
+            )
             load_s = time.perf_counter() - start
             rows, turn_prompts = chat(backend, args.turns, args.new_tokens)
             run = summarise(rows, bytes_per_token(backend.model))
@@ -375,7 +402,7 @@ def main() -> int:
     print()
     print(
         "| weights / threads | decode tok/s | of ceiling | TTFT ms | turn ms | MB/token |"
-        " agreement | NLL delta | generate vs bare ms/token |"
+        " agreement | NLL delta | generate vs bare (vs lean) ms/token |"
         " vs llama-server (same threads): decode / TTFT / turn |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -388,6 +415,8 @@ def main() -> int:
             if "generate_ms_per_token" in run
             else ""
         )
+        if "lean_ms_per_token" in run:
+            overhead += f" vs {run['lean_ms_per_token']:.1f}"
         quality = (
             f"{run['greedy_agreement']:.3f} | {run['nll_delta']:+.4f}"
             if "greedy_agreement" in run

@@ -403,7 +403,8 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
 
         tok = build_tokenizer()
         model = tiny_model(len(tok))  # type: ignore[arg-type]
-        return {m: HFBackend(model, tokenizer=tok, kv_edit=m) for m in MODES}
+        keep = args.keep_evicted
+        return {m: HFBackend(model, tokenizer=tok, kv_edit=m, kv_keep_evicted=keep) for m in MODES}
     if args.gpu:
         from transformers import AutoTokenizer
 
@@ -420,7 +421,9 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
     first = HFBackend("default", weights=args.weights, threads=args.threads, kv_edit=MODES[0])
     out = {MODES[0]: first}
     for m in MODES[1:]:
-        out[m] = HFBackend(first.model, tokenizer=first.tokenizer, kv_edit=m)
+        out[m] = HFBackend(
+            first.model, tokenizer=first.tokenizer, kv_edit=m, kv_keep_evicted=args.keep_evicted
+        )
         out[m].threads = first.threads
     return out
 
@@ -468,6 +471,19 @@ def main() -> None:
     parser.add_argument(
         "--modes", default=",".join(MODES), help="comma-separated kv_edit modes to run"
     )
+    parser.add_argument(
+        "--keep-evicted",
+        type=int,
+        default=0,
+        help="HFBackend(kv_keep_evicted=N): rerotate splices evicted tokens back (0: off)",
+    )
+    parser.add_argument(
+        "--splice-after-gap",
+        type=int,
+        default=None,
+        help="--keep-evicted: shortest run spliced after computed tokens, no gap limit "
+        "(default: fmai_torch.kv's 32 tokens, 8 gaps)",
+    )
     parser.add_argument("--greedy", type=int, default=64)
     parser.add_argument("--quality-turns", type=int, default=40)
     parser.add_argument("--seed", type=int, default=3)
@@ -475,6 +491,12 @@ def main() -> None:
     parser.add_argument("--weights", default="auto")
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny random Llama")
+    parser.add_argument(
+        "--tiny-random",
+        type=int,
+        default=None,
+        help="--tiny: messages of 9-14 random words of its vocabulary (this seed), never repeated",
+    )
     parser.add_argument(
         "--shuffle", type=int, default=None, help="--tiny: seed for the order of each round"
     )
@@ -489,6 +511,10 @@ def main() -> None:
     t0 = time.perf_counter()
     backends = load(args)
     backends = {m: b for m, b in backends.items() if m in args.modes.split(",")}
+    if args.splice_after_gap is not None:  # keep_evicted's cost rule (see fmai_torch.kv)
+        for b in backends.values():
+            b._kv.splice_after_gap = args.splice_after_gap
+            b._kv.max_splice_gaps = 10**9
     device = "cuda" if args.gpu else cpu_model()
     if args.gpu:
         import torch
@@ -519,7 +545,16 @@ def main() -> None:
     if args.what in ("reuse", "both"):
         if args.tiny:
             users = [TINY[i % len(TINY)] for i in range(args.turns)]
-            if args.shuffle is not None:  # each round of the 8 messages in its own order
+            if args.tiny_random is not None:  # messages that never repeat (random words)
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "torch"))
+                from conftest import WORDS
+
+                rng = random.Random(args.tiny_random)
+                users = [
+                    " ".join(rng.choice(WORDS) for _ in range(rng.randint(9, 14))) + " ."
+                    for _ in range(args.turns)
+                ]
+            elif args.shuffle is not None:  # each round of the 8 messages in its own order
                 rng = random.Random(args.shuffle)
                 users = []
                 while len(users) < args.turns:

@@ -284,3 +284,45 @@ def test_second_pass_follows_hits_beyond_the_first_five() -> None:
     found = retrieve(index, query)
     assert candidates[10].message_id in found.best(0.15)
     assert "jess" in found.expansion
+
+
+def test_a_bridge_comes_back_through_its_hit_below_the_threshold() -> None:
+    # The second hop shares only one of the hit's three rare names: below the recall
+    # threshold on its own, it comes back through the hit, as a partner turn would.
+    texts = [
+        "The head teacher emailed about a trip again.",
+        "I met Iris at the Riverside Pottery Club in Leeds, we clicked right away.",
+    ]
+    texts += [f"The weather was grey again on day {i}." for i in range(30)]
+    texts += ["Iris finally sold her old car last week."]
+    candidates = segs(texts)
+    index = RecallIndex()
+    index.add(candidates)
+    query = "Who did I meet at the pottery club?"
+    hop = candidates[-1].message_id
+    found = retrieve(index, query)
+    assert found.relevance[hop] <= 0.15 and hop in found.carried
+    assert hop in found.best(0.15)
+    assert retrieve(index, query, second_pass=False).best(0.15) == [candidates[1].message_id]
+    picked = recall(PolicyRequest("recall", candidates, 200, query=query))
+    assert set(picked.keep) == {candidates[1].id, candidates[-1].id}
+
+
+def test_the_query_is_embedded_with_the_speakers_in_the_first_person() -> None:
+    seen: list[str] = []
+
+    def embed(texts: Sequence[str]) -> list[list[float]]:
+        seen.extend(texts)
+        return concept_embed(texts)
+
+    index = RecallIndex()
+    named = [Segment(0, 0, "user", "I adopted a beagle last weekend.", 9, name="Caroline"),
+             Segment(1, 1, "assistant", "Lovely!", 4, name="Mel")]  # fmt: skip
+    index.add(named, embed=embed)
+    index.query_vector("What kind of pet did Caroline get for Mel's birthday?", embed)
+    assert seen[-1] == "What kind of pet did I get for my birthday?"
+    # a speaker who joins later is in the first person from then on (no stale memo)
+    index.query_vector("Did Ann get a pet?", embed)
+    index.add([Segment(2, 2, "user", "Hi all!", 4, name="Ann")], embed=embed)
+    index.query_vector("Did Ann get a pet?", embed)
+    assert seen[-1] == "Did I get a pet?"

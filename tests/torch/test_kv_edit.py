@@ -365,3 +365,93 @@ def test_bad_mode_is_a_clear_error(make_backend) -> None:  # type: ignore[no-unt
 
     with pytest.raises(ConfigurationError, match="kv_edit must be one of"):
         make_backend(kv_edit="shift")
+
+
+def _forward_with(model):  # type: ignore[no-untyped-def]
+    def forward(ids: list[int], positions: list[int], cache: object) -> None:
+        with torch.inference_mode():
+            model(
+                input_ids=torch.tensor([ids]),
+                position_ids=torch.tensor([positions]),
+                cache=cache,
+                use_cache=True,
+            )
+
+    return forward
+
+
+def test_evicted_tokens_are_spliced_back_where_they_come_again() -> None:
+    """keep_evicted: a block cut out by one edit and sent again later (a recalled segment)
+    comes back from the kept keys and values, re-rotated to its new place; the tokens
+    before it are computed. Layer 0 (whose keys and values depend on the token and its
+    position only) equals a fresh prefill of the new prompt; the prompt's start is untouched
+    in every layer."""
+    model = _llama(ROPES["llama3"])
+    prefix, block, tail = _tokens(20, 3), _tokens(40, 4), _tokens(30, 5)
+    full = prefix + block + tail
+    kv = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
+    kv.forward = _forward_with(model)
+    kv._cache = _prefill(model, full)
+    kv.ids, kv.positions = list(full), list(range(len(full)))
+    first = kv.prepare(prefix + tail + [9])  # the block is evicted
+    assert first.reused == len(prefix + tail) and "from_evicted" not in first.info
+    header = [11, 12]
+    prompt = prefix + tail + header + block + [9]  # and recalled
+    ready = kv.prepare(prompt)
+    assert ready.info["from_evicted"] == len(block)
+    assert ready.info["computed_between"] == len(header)
+    assert ready.reused == len(prompt) - 1 and kv.ids == prompt[:-1]
+    # a shorter run after computed tokens is not worth their forward pass: left to prefill
+    short = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
+    short.forward = kv.forward
+    short._cache = _prefill(model, full)
+    short.ids, short.positions = list(full), list(range(len(full)))
+    short.prepare(prefix + tail + [9])
+    assert "from_evicted" not in short.prepare(prefix + tail + header + block[:24] + [9]).info
+    fresh = _prefill(model, prompt[:-1])
+    assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
+    assert (ready.cache.layers[0].values - fresh.layers[0].values).abs().max() < 1e-9
+    p = len(prefix)
+    for layer, ref in zip(ready.cache.layers, fresh.layers):
+        assert torch.equal(layer.keys[..., :p, :], ref.keys[..., :p, :])
+    # in every layer, the block is the one first computed, rotated from where it stood
+    editor, original = RopeEditor(model), _prefill(model, full)
+    a, n, at = len(prefix), len(block), len(prefix + tail + header)
+    old, new = torch.arange(a, a + n), torch.arange(at, at + n)
+    for layer, ref in zip(ready.cache.layers, original.layers):
+        want = editor.rotate(ref.keys[..., a : a + n, :], old, new)
+        assert (layer.keys[..., at : at + n, :] - want).abs().max() < 1e-9
+        assert torch.equal(layer.values[..., at : at + n, :], ref.values[..., a : a + n, :])
+    # off (the default), and in the other modes, nothing is kept
+    assert KVCache("rerotate", RopeEditor(model)).keep_evicted == 0
+    assert KVCache("recompute", keep_evicted=256).keep_evicted == 0
+    assert KVCache("keep-positions", RopeEditor(model), keep_evicted=256).keep_evicted == 0
+
+
+def test_keep_evicted_through_the_engine(make_backend) -> None:  # type: ignore[no-untyped-def]
+    """hybrid, stable layout, rerotate with kept evictions: recalled segments come back from
+    the kept keys and values, the stats count only cache-served tokens as reused, the budget
+    holds; recompute ignores the setting and stays token-identical to reuse off."""
+    kwargs = {
+        "policy": "hybrid",
+        "max_tokens": 384,
+        "max_new_tokens": 16,
+        "system_prompt": "you are a good friend .",
+        "max_policy_ms": None,
+        "recall_layout": "stable",
+    }
+    edit = FiniteMemoryLLM(make_backend(kv_edit="rerotate", kv_keep_evicted=4096), **kwargs)
+    on = FiniteMemoryLLM(make_backend(kv_keep_evicted=4096), **kwargs)
+    off = FiniteMemoryLLM(make_backend(kv_reuse=False), **kwargs)
+    spliced = 0
+    for i in range(24):
+        text = USER_TURNS[i % len(USER_TURNS)]
+        r = edit.chat(text)
+        s = r.stats
+        assert s.prompt_tokens + 16 <= 384
+        assert s.reused_tokens + s.prefill_tokens == s.prompt_tokens
+        spliced += s.kv.get("from_evicted", 0)
+        a, b = on.chat(text), off.chat(text)
+        assert a.response == b.response
+        assert "from_evicted" not in a.stats.kv
+    assert spliced > 0

@@ -87,11 +87,17 @@ def test_lean_step_is_the_forward_bit_for_bit(tiny_parts, mode: str) -> None:  #
         for cache in (ours, theirs):
             model(input_ids=ids, **{kw: cache})
         token = torch.tensor([[21]])
-        for position in range(ids.shape[1], ids.shape[1] + 4):
-            a = decoder.step(token, position, ours)
-            b = model(input_ids=token, **{kw: theirs}).logits[:, -1, :]
-            assert torch.equal(a, b)
-            token = a.argmax(-1, keepdim=True)
+        position = ids.shape[1]
+        for room in (0, 3):  # the cache's own update, then views of buffers with room
+            if room:
+                decoder.begin(ours, room)
+            for _ in range(3):
+                a = decoder.step(token, position, ours)
+                b = model(input_ids=token, **{kw: theirs}).logits[:, -1, :]
+                assert torch.equal(a, b)
+                token, position = a.argmax(-1, keepdim=True), position + 1
+            decoder.finish(ours)
+        assert all(layer.keys.is_contiguous() for layer in ours.layers)
         for x, y in zip(ours.layers, theirs.layers):
             assert torch.equal(x.keys, y.keys) and torch.equal(x.values, y.values)
 

@@ -216,10 +216,17 @@ SMOL = {
 }
 
 
-def test_auto_picks_the_fastest_mode_it_measured() -> None:
+def test_auto_picks_the_fastest_mode_it_measured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """`auto` (GGUF, CPU) times fp32, int8 and int4 on the model's own decode shapes and
-    takes the fastest, preferring int4, then fp32, within 5 %."""
+    takes the fastest, preferring int4, then fp32, within 5 %; remembered per device."""
+    import json
+
     from fmai_torch import weights
+
+    monkeypatch.setenv("FMAI_CACHE", str(tmp_path))
+    weights._fastest.cache_clear()
 
     fused = weights.decode_shapes(SMOL, fused=True)
     assert fused == (
@@ -240,3 +247,8 @@ def test_auto_picks_the_fastest_mode_it_measured() -> None:
     assert probe[picked] <= fastest * 1.05
     for better in weights._PREFERENCE[: weights._PREFERENCE.index(picked)]:
         assert probe.get(better, float("inf")) > fastest * 1.05
+    stored = json.loads((tmp_path / "probes.json").read_text())
+    assert list(stored.values()) == [probe]  # the next process reads it instead of probing
+    weights._fastest.cache_clear()
+    again = choose_weights("auto", device=torch.device("cpu"), dtype="auto", gguf=True, config=SMOL)
+    assert again == picked and probe == weights.LAST_PROBE

@@ -75,6 +75,12 @@ class HFBackend:
             Models these cannot edit (sliding-window layers, no RoPE, a RoPE whose
             frequencies depend on the length) recompute; `Generation.extra["kv"]` and
             `TurnStats.kv` say what each turn did (see the KV cache page).
+        kv_keep_evicted: With `kv_edit="rerotate"`: keep the keys and values of up to this
+            many tokens that leave the cache (evicted history, a recalled block that gave
+            way), and splice them back, re-rotated, where a later prompt holds the same ids
+            (a recalled segment); `TurnStats.kv["from_evicted"]` counts them. 0 (the
+            default): off. Not exact, and less so than `rerotate` alone: those keys and
+            values were computed in the context they left.
         kv_device_bytes: With several conversations (see
             [`conversation`][fmai_torch.HFBackend.conversation]): most bytes of KV caches
             on the device; least-recently-used ones move to host memory (`None`: no limit).
@@ -110,6 +116,7 @@ class HFBackend:
         lean: bool | str = "auto",
         kv_reuse: bool = True,
         kv_edit: str = "recompute",
+        kv_keep_evicted: int = 0,
         kv_device_bytes: int | None = None,
         kv_host_bytes: int | None = None,
         kv_disk_dir: str | os.PathLike[str] | None = None,
@@ -172,6 +179,7 @@ class HFBackend:
                 f"kv_edit must be one of {', '.join(EDIT_MODES)}, got {kv_edit!r}."
             )
         self.kv_edit = kv_edit
+        self.kv_keep_evicted = max(0, int(kv_keep_evicted))
         self.kv_edit_fallback = edit_support(model)
         self._editor = RopeEditor(model) if self.kv_edit_fallback is None else None
         self.tokenizer_id = tokenizer_fingerprint(tokenizer)
@@ -282,6 +290,7 @@ class HFBackend:
             self._editor,
             self.kv_edit_fallback,
             max_position=self.max_context if keep else 0,
+            keep_evicted=self.kv_keep_evicted,
         )
         kv.forward = self._forward_into
         return kv

@@ -245,10 +245,13 @@ class GenerationRun:
         finished = stopped or bool(generated and generated[-1] in eos)
         first = self.streamer.first_token_at
         latency = (end - self.start) * 1000
+        # Tokens a `rerotate` edit computed between the runs it kept were prefilled, not
+        # served from the cache, though the prepared cache holds them.
+        served = self.reused - int(self.kv_info.get("computed_between", 0))
         usage = Usage(
             prompt_tokens=len(self.prompt),
-            reused_tokens=self.reused,
-            prefill_tokens=len(self.prompt) - self.reused,
+            reused_tokens=served,
+            prefill_tokens=len(self.prompt) - served,
             completion_tokens=len(completion),
         )
         return Generation(

@@ -33,6 +33,13 @@ __all__ = ["MIN_GAIN", "KVCache", "Prepared", "cache_kwarg", "common_prefix"]
 #: An edit must serve at least this many more tokens than the plain crop would (fewer are
 #: cheaper to prefill than to splice).
 MIN_GAIN = 16
+#: Shortest run of ids that an edit keeps or splices back (shorter matches are coincidences).
+MIN_RUN = 8
+#: `keep_evicted`: a run that needs tokens computed before it is spliced back only when it is
+#: this long (each such gap is a forward pass of its own, about the cost of prefilling a
+#: couple of dozen tokens at once on a CPU), and at most this many gaps a turn.
+SPLICE_AFTER_GAP = 32
+MAX_SPLICE_GAPS = 8
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -90,6 +97,11 @@ class KVCache:
         fallback: Why the edit modes cannot be used on this model (then every turn
             recomputes and says so in `info["fallback"]`).
         max_position: The model's context (`keep-positions` never passes it; 0: no limit).
+        keep_evicted: `rerotate` only: keep the keys and values of up to this many tokens
+            that leave the cache (cut by an edit or cropped), and splice runs of them back,
+            rotated to their new positions, where a later prompt has the same ids again (a
+            recalled segment that was once history). 0 (the default): off. Not exact: they
+            were computed in the context they left.
 
     Attributes:
         ids: The token ids the cache covers, in order (`len(ids) == cache length`).
@@ -103,6 +115,7 @@ class KVCache:
         editor: RopeEditor | None = None,
         fallback: str | None = None,
         max_position: int = 0,
+        keep_evicted: int = 0,
     ) -> None:
         if mode not in EDIT_MODES:
             raise ValueError(f"kv_edit must be one of {', '.join(EDIT_MODES)}, got {mode!r}.")
@@ -115,6 +128,14 @@ class KVCache:
         #: Runs the model over a few tokens at given positions, appending to a cache (lets a
         #: `rerotate` edit compute the tokens between two kept runs); set by the backend.
         self.forward: Callable[[list[int], list[int], Any], None] | None = None
+        self.keep_evicted = keep_evicted if mode == "rerotate" and not self.fallback else 0
+        #: Runs of tokens that left the cache: `(ids, positions, [(keys, values) per layer])`.
+        self._evicted: list[tuple[list[int], list[int], list[tuple[Any, Any]]]] = []
+        self._kept: list[tuple[int, int]] = []  # the old cache's ranges this turn keeps
+        #: `keep_evicted`: shortest run spliced back after computed tokens, and most such
+        #: gaps a turn (each gap is a forward pass of its own).
+        self.splice_after_gap = SPLICE_AFTER_GAP
+        self.max_splice_gaps = MAX_SPLICE_GAPS
         self._cache: Any = None
         self.ids: list[int] = []
         self.positions: list[int] = []
@@ -130,6 +151,7 @@ class KVCache:
 
     def reset(self) -> None:
         """Forget everything (the next turn recomputes its whole prompt)."""
+        self._evicted = []
         self._cache = None
         self.ids = []
         self.positions = []
@@ -160,6 +182,11 @@ class KVCache:
         held = int(self._cache.get_seq_length())
         if held != len(self.ids) or len(self.positions) != held:  # out of step: never trust it
             return self._fresh(info)
+        before = None
+        if self.keep_evicted:
+            layers = self.layers()
+            before = (list(self.ids), list(self.positions), layers) if layers else None
+        self._kept = [(0, keep)]
         if self.mode != "recompute" and not self.fallback and keep < held:
             t0 = time.perf_counter()
             done = self._edit(prompt, keep, info)
@@ -174,6 +201,11 @@ class KVCache:
             self.positions = self.positions[:keep]
         if int(self._cache.get_seq_length()) != keep:
             return self._fresh(info)
+        if before is not None:
+            t0 = time.perf_counter()
+            self._remember_evicted(*before)
+            keep = self._splice_evicted(prompt, keep, info)
+            info["evicted_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         start = self.next_position
         if self.max_position and start + len(prompt) - keep + room > self.max_position:
             info["fallback"] = "position ids would pass the model's context"
@@ -214,6 +246,7 @@ class KVCache:
             rotated = self.editor.apply(self._cache, index, old, new)
             self.ids = [self.ids[i] for _, a, b in pieces for i in range(a, b)]
             self.positions = list(range(total)) if new is not None else old.tolist()
+        self._kept = [(a, b) for _, a, b in pieces]
         held = sum(b - a for _, a, b in pieces)
         info.update(
             applied=self.mode,
@@ -223,6 +256,82 @@ class KVCache:
             computed_between=sum(g for g, _, _ in pieces),
         )
         return total
+
+    def _remember_evicted(
+        self, ids: list[int], positions: list[int], layers: list[tuple[Any, Any]]
+    ) -> None:
+        """Keep the runs (8 tokens or more) of the old cache that this turn did not keep."""
+        kept = sorted(self._kept)
+        gone, at = [], 0
+        for a, b in kept:
+            if a - at >= MIN_RUN:
+                gone.append((at, a))
+            at = max(at, b)
+        if len(ids) - at >= MIN_RUN:
+            gone.append((at, len(ids)))
+        for a, b in gone:
+            part = [(k[..., a:b, :].clone(), v[..., a:b, :].clone()) for k, v in layers]
+            self._evicted.append((ids[a:b], positions[a:b], part))
+        total = sum(len(e[0]) for e in self._evicted)
+        while self._evicted and total > self.keep_evicted:  # oldest out first
+            total -= len(self._evicted.pop(0)[0])
+
+    def _splice_evicted(self, prompt: list[int], keep: int, info: dict[str, Any]) -> int:
+        """Append runs of evicted tokens that the prompt continues with after `keep`, rotated
+        to their new positions, computing the tokens between them; return the new `keep`."""
+        import torch
+
+        if not self._evicted or self.forward is None or self.positions != list(range(keep)):
+            return keep
+        index: dict[tuple[int, ...], tuple[int, int]] = {}
+        for e, (ids, _, _) in enumerate(self._evicted):  # newer runs win
+            for o in range(len(ids) - MIN_RUN + 1):
+                index[tuple(ids[o : o + MIN_RUN])] = (e, o)
+        limit = len(prompt) - 1
+        plan: list[tuple[int, int, int, int]] = []  # (gap, run, offset, length)
+        i = k = keep
+        while k + MIN_RUN <= limit:
+            hit = index.get(tuple(prompt[k : k + MIN_RUN]))
+            if hit is None:
+                k += 1
+                continue
+            e, o = hit
+            ids = self._evicted[e][0]
+            n = MIN_RUN
+            while o + n < len(ids) and k + n < limit and ids[o + n] == prompt[k + n]:
+                n += 1
+            if k > i and (n < self.splice_after_gap or len(plan) >= self.max_splice_gaps):
+                # the tokens before it cost a forward pass of their own: not worth it
+                k += 1
+                continue
+            plan.append((k - i, e, o, n))
+            i = k = k + n
+        served = sum(n for _, _, _, n in plan)
+        if served < MIN_GAIN:
+            return keep
+        assert self.editor is not None
+        layers = list(self._cache.layers)
+        j = keep
+        for gap, e, o, n in plan:
+            if gap:
+                self.forward(prompt[j : j + gap], list(range(j, j + gap)), self._cache)
+                j += gap
+            _, pos, part = self._evicted[e]
+            old = torch.tensor(pos[o : o + n], dtype=torch.long)
+            new = torch.arange(j, j + n)
+            for layer, (k_, v_) in zip(layers, part):
+                dev = layer.keys.device
+                kk = self.editor.rotate(k_[..., o : o + n, :], old.to(dev), new.to(dev))
+                layer.keys = torch.cat([layer.keys, kk], dim=-2)
+                layer.values = torch.cat([layer.values, v_[..., o : o + n, :]], dim=-2)
+            j += n
+        self.ids = list(prompt[:j])
+        self.positions = list(range(j))
+        gaps = sum(g for g, _, _, _ in plan)
+        info["applied"] = "rerotate"
+        info["from_evicted"] = served
+        info["computed_between"] = info.get("computed_between", 0) + gaps
+        return j
 
     def _splice(self, prompt: list[int], pieces: list[tuple[int, int, int]]) -> int:
         """Rebuild the cache from kept runs and a few computed tokens between them

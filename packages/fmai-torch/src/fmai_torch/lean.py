@@ -6,11 +6,13 @@ does), then every new token runs [`LeanDecoder.step`][fmai_torch.lean.LeanDecode
 plain loop over the decoder layers on the same cross-turn `DynamicCache`. It runs the very
 operations of transformers' Llama forward in the same order (the same RMSNorm arithmetic,
 the model's own rotary embedding, `apply_rotary_pos_emb`, the configured attention
-function, the cache's `update`), so the numbers are bit for bit those of `generate`:
+function), so the numbers are bit for bit those of `generate`:
 float32 stays token-identical, and cross-turn reuse on and off stay token-identical. What it
 leaves out is the per-step machinery around the forward: `generate`'s input preparation,
 logits processors, stopping criteria and streamer, the causal-mask construction, and the
-module calls and keyword plumbing of every layer.
+module calls and keyword plumbing of every layer, and the cache's growth by `torch.cat`
+(which copies every layer's whole cache at every step): for one turn each layer's keys and
+values become views of buffers with room for the reply, and a step writes one slot.
 
 In the int8 and int4 layouts ([`fmai_torch.quant`][fmai_torch.quant]) the query, key and
 value projections of a layer run as one matrix product, and so do gate and up: the packed
@@ -118,6 +120,43 @@ class LeanDecoder:
         self.fused = fused
         #: Why the lean loop was turned off (an error in a step), else `None`.
         self.disabled: str | None = None
+        self._room: list[tuple[Any, Any]] | None = None
+
+    def begin(self, cache: Any, room: int) -> None:
+        """Give every layer of `cache` room for `room` more tokens: its keys and values move
+        into buffers of that length and become views of them, so a step writes one slot
+        instead of `torch.cat` copying the whole cache (as `DynamicLayer.update` does)."""
+        self._room = []
+        for layer in cache.layers:
+            keys, values = layer.keys, layer.values
+            b, h, n, d = keys.shape
+            kbuf = keys.new_empty(b, h, n + room, d)
+            vbuf = values.new_empty(b, h, n + room, values.shape[-1])
+            kbuf[:, :, :n].copy_(keys)
+            vbuf[:, :, :n].copy_(values)
+            layer.keys, layer.values = kbuf[:, :, :n], vbuf[:, :, :n]
+            self._room.append((kbuf, vbuf))
+
+    def finish(self, cache: Any) -> None:
+        """End [`begin`][fmai_torch.lean.LeanDecoder.begin]: every layer holds its own
+        contiguous keys and values again (the buffers' spare room is freed)."""
+        if self._room is None:
+            return
+        self._room = None
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.contiguous(), layer.values.contiguous()
+
+    def _update(self, cache: Any, i: int, k: Any, v: Any) -> tuple[Any, Any]:
+        if self._room is None:
+            keys, values = cache.update(k, v, i)
+            return keys, values
+        layer = cache.layers[i]
+        kbuf, vbuf = self._room[i]
+        n = layer.keys.shape[-2]
+        kbuf[:, :, n : n + 1].copy_(k)
+        vbuf[:, :, n : n + 1].copy_(v)
+        layer.keys, layer.values = kbuf[:, :, : n + 1], vbuf[:, :, : n + 1]
+        return layer.keys, layer.values
 
     def unsupported(self, params: dict[str, Any], position_ids: Any) -> str | None:
         """Why this call must use `generate`, or `None`."""
@@ -169,7 +208,7 @@ class LeanDecoder:
             k = k.view(1, 1, -1, d).transpose(1, 2)
             v = v.view(1, 1, -1, d).transpose(1, 2)
             q, k = rope(q, k, cos, sin)
-            k, v = cache.update(k, v, i)
+            k, v = self._update(cache, i, k, v)
             out, _ = attention(attn, q, k, v, None, dropout=0.0, scaling=attn.scaling)
             out = out.reshape(1, 1, -1).contiguous()
             h = residual + attn.o_proj(out)
@@ -213,11 +252,15 @@ class LeanDecoder:
         token = pick(out.logits[:, -1, :], 0)
         del out
         generated: list[int] = []
-        for j in range(max_new):
-            t = int(token)
-            generated.append(t)
-            emit(t)
-            if t in eos or stop(generated) or j + 1 == max_new:
-                break
-            token = pick(self.step(token.reshape(1, 1), length + j, cache), j + 1)
+        self.begin(cache, max_new - 1)
+        try:
+            for j in range(max_new):
+                t = int(token)
+                generated.append(t)
+                emit(t)
+                if t in eos or stop(generated) or j + 1 == max_new:
+                    break
+                token = pick(self.step(token.reshape(1, 1), length + j, cache), j + 1)
+        finally:
+            self.finish(cache)
         return generated

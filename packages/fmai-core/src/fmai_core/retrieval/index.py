@@ -16,7 +16,7 @@ from fmai_core.policy_api import EmbedFn
 from fmai_core.relevance.lexical import STOPWORDS, terms
 from fmai_core.segments import Segment
 
-__all__ = ["RecallIndex", "entity_terms", "message_text"]
+__all__ = ["RecallIndex", "entity_terms", "first_person", "message_text"]
 
 # A term in more messages than this is scored over its newest postings only: the cost of
 # a query stays bounded however long the conversation, and such a term's IDF is small.
@@ -42,6 +42,28 @@ def _bridge_df(n: int) -> float:
 def message_text(parts: Sequence[Segment]) -> str:
     """The text of a message from its parts, verbatim (`Segment.sep` between them)."""
     return parts[0].text + "".join(p.sep + p.text for p in parts[1:])
+
+
+def first_person(query: str, names: Collection[str]) -> str:
+    """`query` with the conversation's speakers in the first person, as they speak of
+    themselves: `"Caroline's"` becomes `"my"` and `"Caroline"` becomes `"I"`.
+
+    A question about a speaker names them ("What kind of dog did Caroline adopt?"), while
+    what they said is in their own words ("We brought home a beagle..."); BM25 matches the
+    name through the message's speaker, and the embedding compares the rest. On the recall
+    benchmark, MiniLM alone keeps 68.5% -> 78.2% of the questions at 5%, 81.1% -> 86.0% at
+    10% (multi-hop 64.1% -> 62.1% there).
+
+    Examples:
+        >>> first_person("Where did Caroline's friend move?", {"Caroline"})
+        'Where did my friend move?'
+    """
+    for name in sorted(names, key=len, reverse=True):  # "Ann Lee" before "Ann"
+        if name in query:
+            word = re.escape(name)
+            query = re.sub(rf"\b{word}['\u2019]s\b", "my", query)
+            query = re.sub(rf"\b{word}\b", "I", query)
+    return query
 
 
 def _meta_terms(segment: Segment) -> tuple[str, ...]:
@@ -105,6 +127,7 @@ class RecallIndex:
         self.b = b
         self.embedder: str | None = None
         self._docs: dict[int, _Doc] = {}
+        self._names: set[str] = set()  # the speakers' names, for `first_person`
         self._lengths: dict[int, int] = {}  # each message's length in terms, for BM25's loop
         self._postings: dict[str, list[tuple[int, int]]] = {}
         self._total_length = 0
@@ -149,6 +172,8 @@ class RecallIndex:
             self._docs[mid] = _Doc(counts, len(doc_terms), entity_terms(text))
             self._lengths[mid] = len(doc_terms)
             texts[mid] = text
+            if parts[0].name:
+                self._names.add(parts[0].name)
         todo = {m: t for m, t in texts.items() if m not in self._vectors}  # restored ones
         if embed is not None and todo:
             self.add_vectors(dict(zip(todo, embed(list(todo.values())))))
@@ -300,13 +325,16 @@ class RecallIndex:
         return matrix
 
     def query_vector(self, query: str, embed: EmbedFn) -> array[float]:
-        """The unit embedding of `query`, memoised for the last few queries."""
-        vec = self._queries.get(query)
+        """The unit embedding of `query`, the speakers in the first person (see
+        [`first_person`][fmai_core.retrieval.index.first_person]), memoised for the last few
+        queries."""
+        text = first_person(query, self._names)
+        vec = self._queries.get(text)
         if vec is None:
-            vec = _unit(embed([query])[0])
+            vec = _unit(embed([text])[0])
             if len(self._queries) >= 8:
                 self._queries.pop(next(iter(self._queries)))
-            self._queries[query] = vec
+            self._queries[text] = vec
         return vec
 
     def top_terms(self, message_ids: Iterable[int], exclude: Collection[str], n: int) -> list[str]:

@@ -34,18 +34,25 @@ class Retrieval:
             cosine when it is higher); the recall threshold applies to it.
         expansion: Terms the second pass added to the query.
         signal: `"model"` when embeddings took part, else `"proxy"`.
+        carried: Messages the second pass reached through a hit that passed the threshold
+            (they share its rare names): they come back through it, as a partner turn does,
+            whatever their own relevance.
     """
 
     fused: Mapping[int, float]
     relevance: Mapping[int, float]
     expansion: tuple[str, ...]
     signal: str
+    carried: frozenset[int] = frozenset()
 
     def best(self, min_relevance: float) -> list[int]:
-        """Message ids that pass `min_relevance`, best first."""
-        get = self.relevance.get
+        """Message ids that pass `min_relevance` (or are carried by one that does), best
+        first."""
+        get, carried = self.relevance.get, self.carried
         # (score, id) pairs sorted in C, best first: the order of the key (-score, -id)
-        passing = [(x, m) for m, x in self.fused.items() if get(m, 0.0) > min_relevance]
+        passing = [
+            (x, m) for m, x in self.fused.items() if get(m, 0.0) > min_relevance or m in carried
+        ]
         passing.sort(reverse=True)
         return [m for _, m in passing]
 
@@ -123,12 +130,14 @@ def retrieve(
     tick()
     fused = fuse(lists)
     expansion: tuple[str, ...] = ()
+    carried: frozenset[int] = frozenset()
     if second_pass and fused:
         # the best SEEDS that pass, by (score, id) descending: the order of `best`
         passing = ((x, m) for m, x in fused.items() if relevance[m] > min_relevance)
         seeds = [m for _, m in heapq.nlargest(SEEDS, passing)]
         if seeds:
             expansion = _bridges(index, seeds, fused, set(q_terms), among, lists, relevance)
+            carried = frozenset(lists["bm25+"])
             if qv is not None:
                 vecs = index.vectors()
                 rows = [vecs[m] for m in seeds[:MEAN_SEEDS] if m in vecs]
@@ -140,7 +149,8 @@ def retrieve(
                     )
             tick()
             fused = fuse(lists)
-    return Retrieval(fused, relevance, expansion, "model" if qv is not None else "proxy")
+    signal = "model" if qv is not None else "proxy"
+    return Retrieval(fused, relevance, expansion, signal, carried)
 
 
 def _bridges(
