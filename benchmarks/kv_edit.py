@@ -477,6 +477,13 @@ def main() -> None:
         default=0,
         help="HFBackend(kv_keep_evicted=N): rerotate splices evicted tokens back (0: off)",
     )
+    parser.add_argument(
+        "--splice-after-gap",
+        type=int,
+        default=None,
+        help="--keep-evicted: shortest run spliced after computed tokens, no gap limit "
+        "(default: fmai_torch.kv's 32 tokens, 8 gaps)",
+    )
     parser.add_argument("--greedy", type=int, default=64)
     parser.add_argument("--quality-turns", type=int, default=40)
     parser.add_argument("--seed", type=int, default=3)
@@ -504,6 +511,10 @@ def main() -> None:
     t0 = time.perf_counter()
     backends = load(args)
     backends = {m: b for m, b in backends.items() if m in args.modes.split(",")}
+    if args.splice_after_gap is not None:  # keep_evicted's cost rule (see fmai_torch.kv)
+        for b in backends.values():
+            b._kv.splice_after_gap = args.splice_after_gap
+            b._kv.max_splice_gaps = 10**9
     device = "cuda" if args.gpu else cpu_model()
     if args.gpu:
         import torch

@@ -132,6 +132,10 @@ class KVCache:
         #: Runs of tokens that left the cache: `(ids, positions, [(keys, values) per layer])`.
         self._evicted: list[tuple[list[int], list[int], list[tuple[Any, Any]]]] = []
         self._kept: list[tuple[int, int]] = []  # the old cache's ranges this turn keeps
+        #: `keep_evicted`: shortest run spliced back after computed tokens, and most such
+        #: gaps a turn (each gap is a forward pass of its own).
+        self.splice_after_gap = SPLICE_AFTER_GAP
+        self.max_splice_gaps = MAX_SPLICE_GAPS
         self._cache: Any = None
         self.ids: list[int] = []
         self.positions: list[int] = []
@@ -296,7 +300,7 @@ class KVCache:
             n = MIN_RUN
             while o + n < len(ids) and k + n < limit and ids[o + n] == prompt[k + n]:
                 n += 1
-            if k > i and (n < SPLICE_AFTER_GAP or len(plan) >= MAX_SPLICE_GAPS):
+            if k > i and (n < self.splice_after_gap or len(plan) >= self.max_splice_gaps):
                 # the tokens before it cost a forward pass of their own: not worth it
                 k += 1
                 continue
