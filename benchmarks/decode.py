@@ -109,7 +109,8 @@ def chat(backend: Any, turns: int, new_tokens: int) -> tuple[list[dict[str, floa
 
 
 def generate_overhead(backend: Any, new_tokens: int) -> dict[str, float]:
-    """ms per step of `generate` and of a bare greedy forward loop over a DynamicCache."""
+    """ms per step of `generate`, of a bare greedy forward loop over a DynamicCache, and of
+    the lean loop's steps (`fmai_torch.lean`, when the backend has one) on the same prompt."""
     from transformers import DynamicCache
 
     import torch
@@ -117,8 +118,10 @@ def generate_overhead(backend: Any, new_tokens: int) -> dict[str, float]:
 
     model, kw = backend.model, backend.handle.cache_kw
     ids = torch.tensor([backend.encode([Message("user", USER_TURNS[1])])])
+    lean = getattr(backend, "_decoder", None)
+    lean = lean if getattr(backend, "lean", False) else None
     with torch.inference_mode(), use_threads(backend.threads):
-        best_gen = best_bare = float("inf")
+        best_gen = best_bare = best_lean = float("inf")
         for _ in range(2):
             start = time.perf_counter()
             model.generate(
@@ -137,10 +140,26 @@ def generate_overhead(backend: Any, new_tokens: int) -> dict[str, float]:
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)
                 out = model(input_ids=nxt, **{kw: cache}, logits_to_keep=1)
             best_bare = min(best_bare, time.perf_counter() - start)
-    return {
+            if lean is not None:
+                start = time.perf_counter()
+                lean.run(
+                    ids[0].tolist(),
+                    DynamicCache(),
+                    ids.shape[1],
+                    max_new=new_tokens,
+                    eos=(),
+                    pick=lambda logits, step: logits.argmax(-1, keepdim=True),
+                    emit=lambda t: None,
+                    stop=lambda tokens: False,
+                )
+                best_lean = min(best_lean, time.perf_counter() - start)
+    result = {
         "generate_ms_per_token": best_gen * 1000 / new_tokens,
         "bare_ms_per_token": best_bare * 1000 / new_tokens,
     }
+    if lean is not None:
+        result["lean_ms_per_token"] = best_lean * 1000 / new_tokens
+    return result
 
 
 def teacher_forced(backend: Any, prompts: list[Any]) -> list[Any]:
@@ -383,7 +402,7 @@ def main() -> int:
     print()
     print(
         "| weights / threads | decode tok/s | of ceiling | TTFT ms | turn ms | MB/token |"
-        " agreement | NLL delta | generate vs bare ms/token |"
+        " agreement | NLL delta | generate vs bare (vs lean) ms/token |"
         " vs llama-server (same threads): decode / TTFT / turn |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
@@ -396,6 +415,8 @@ def main() -> int:
             if "generate_ms_per_token" in run
             else ""
         )
+        if "lean_ms_per_token" in run:
+            overhead += f" vs {run['lean_ms_per_token']:.1f}"
         quality = (
             f"{run['greedy_agreement']:.3f} | {run['nll_delta']:+.4f}"
             if "greedy_agreement" in run

@@ -306,14 +306,16 @@ class ChatCounter:
       known from earlier reports (a conversation resends its history); what the report has
       beyond the known messages and `base` is the new messages' count, and each new text
       keeps it (split between several new texts in proportion to fmai's estimate of each;
-      a reply gets the `completion_tokens` the provider reported for it, see `hint`). A
-      report whose messages are all known re-anchors `base`. So a resent message counts
-      what the provider counted for it, and only text the provider has never seen is
-      estimated. A part of a counted message (a segment) counts at that message's ratio.
-    - **Text not counted yet** (a new user message) counts at the *highest* ratio of
-      provider tokens to fmai's estimate among the last `window` texts of at least 8
-      estimated tokens (outliers beyond three robust deviations of the median left out):
-      the stated margin of the budget check, which errs high, never low.
+      a reply gets the `completion_tokens` the provider reported for it, see `hint`), while
+      `base` stays as the first report set it. So a resent message counts what the
+      provider counted for it, and only text the provider has never seen is estimated. A
+      part of a counted message (a segment) counts at that message's ratio.
+    - **Text not counted yet** (a new user message) is predicted from the user and system
+      texts counted so far (their median ratio, refined by a ridge fit on the text's
+      make-up, see `_model`) and counts at the *highest* ratio of provider tokens to that
+      prediction among the last `window` texts of at least 8 estimated tokens (outliers
+      beyond three robust deviations of the median left out), plus 2 tokens: the stated
+      margin of the budget check, which errs high.
     - **A residual margin.** A prompt the counter under-counted (its report came in higher
       than the count made for it) adds that miss to every count while it is among the last
       16 reports.
@@ -322,8 +324,8 @@ class ChatCounter:
     report between `base` and its text by the median ratio; `base` is then the median of
     those splits, so one odd report (a request that carried a large tool schema) moves
     neither. The affine fit `overhead + factor x raw` over the reports (Theil-Sen slope,
-    envelope of the inliers) is kept as `overhead` and `factor`, and is the ratio of text
-    not counted yet until two texts have been counted.
+    envelope of the inliers) is kept as `overhead` and `factor`; its slope is the ratio of
+    such prompts' text, and of any new text until two texts have been counted.
 
     One count is used throughout: `count_text(t)` is a text's cost and a prompt is `base`
     plus its messages' wrappers and texts, so a prompt's count is exactly the sum of the
@@ -434,13 +436,20 @@ class ChatCounter:
         hint = self._hints.get(text)
         if hint is not None:
             return hint + _PAD_REPLY
+        part = self._part(text, learned)
+        if part is not None:
+            return part
+        return math.ceil(learned.high * self._predict(text, learned) - 1e-9) + _PAD
+
+    def _part(self, text: str, learned: _Learned) -> int | None:
+        """The cost of a part of a counted text (a segment), at that text's ratio."""
         tokens = self.text(text)
         if tokens <= 0:
             return 0
         for parent, ratio in learned.parents:
             if len(parent) > len(text) and text in parent:
                 return _scaled(ratio, tokens)
-        return math.ceil(learned.high * self._predict(text, learned) - 1e-9) + _PAD
+        return None
 
     def _predict(self, text: str, learned: _Learned) -> float:
         """The central prediction of a text's provider tokens (see `_model`)."""
@@ -524,11 +533,12 @@ class ChatCounter:
     def _learn(self, messages: Sequence[Message], reported: int, learned: _Learned | None) -> int:
         """Attribute a report to `base` and the texts it has not counted yet; returns `base`.
 
-        Each report implies a `base`: what is left once its known texts are taken as
-        counted and its new ones as predicted (a reply as its `completion_tokens`); `base`
-        is the median of the last `window` of those. The new texts then share what the
-        report leaves beyond `base` and the known texts, a reply its own count first, within
-        `_PLAUSIBLE` of their prediction.
+        A report that resends known texts keeps `base`; one that shares nothing with
+        earlier reports (the first, single-shot use) implies one, what is left once its
+        texts are taken as predicted, and `base` is the median of those. The new texts then
+        share what the report leaves beyond `base` and the known texts (parts of counted
+        texts at their ratio), a reply its own count first, within `_PLAUSIBLE` of their
+        prediction.
         """
         wraps = sum(self._wrap(m.role) for m in messages)
         uses: dict[str, int] = {}
@@ -537,6 +547,12 @@ class ChatCounter:
                 uses[m.content] = uses.get(m.content, 0) + 1
         known_sum = sum(uses[t] * self._known[t] for t in uses if t in self._known)
         new = [t for t in uses if t not in self._known]
+        if learned is not None:  # parts of counted texts count at their ratio, like those
+            for t in [t for t in new if t not in self._hints]:
+                part = self._part(t, learned)
+                if part is not None:
+                    known_sum += uses[t] * part
+                    new.remove(t)
 
         if learned is None:
             now = None
@@ -557,8 +573,13 @@ class ChatCounter:
             return self._predict(t, now)
 
         prior = {t: guess(t) for t in new}
-        self._bases.append(reported - wraps - known_sum - sum(uses[t] * prior[t] for t in new))
-        base = max(0, round(_median(list(self._bases))))
+        if learned is not None and known_sum:
+            # a resent history: the template part stays, and the report's rest beyond the
+            # known texts is the new texts' count (the difference from earlier reports)
+            base = learned.base
+        else:  # nothing in common with earlier reports: split it by the prediction
+            self._bases.append(reported - wraps - sum(uses[t] * prior[t] for t in new))
+            base = max(0, round(_median(list(self._bases))))
         if not new:
             return base
         rest = reported - base - wraps - known_sum
