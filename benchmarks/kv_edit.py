@@ -311,18 +311,25 @@ class _Scripted:
 
 
 def run_quality(
-    backends: dict[str, Any], budget: int, greedy: int, turns: int, seed: int
+    backends: dict[str, Any],
+    budget: int,
+    greedy: int,
+    turns: int,
+    seed: int,
+    policy: str = "sliding",
+    recall_layout: str = "fresh",
 ) -> list[dict[str, Any]]:
     convo = make_conversation(seed, sessions=2, turns=turns // 2)
     exchanges = [m for session in convo.sessions for m in session]
     scripted = _Scripted(backends, greedy)
     planner = FiniteMemoryLLM(
         scripted,
-        policy="sliding",
+        policy=policy,
         max_tokens=budget,
         max_new_tokens=greedy,
         system_prompt=SYSTEM,
         max_policy_ms=None,
+        recall_layout=recall_layout,
     )
     rows: list[dict[str, Any]] = []
     for i in range(0, len(exchanges) - 1, 2):
@@ -581,7 +588,10 @@ def main() -> None:
         for b in backends.values():
             b.reset_cache()
         print("quality:")
-        rows_q = run_quality(backends, args.budget, args.greedy, args.quality_turns, args.seed)
+        layout = "fresh" if args.recall_layout == "both" else args.recall_layout
+        rows_q = run_quality(
+            backends, args.budget, args.greedy, args.quality_turns, args.seed, args.policy, layout
+        )
         results["quality"] = {"rows": rows_q, "summary": summarise_quality(rows_q, list(backends))}
         print(json.dumps(results["quality"]["summary"], indent=1))
     if args.json:
