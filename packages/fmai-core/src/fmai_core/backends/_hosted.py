@@ -27,7 +27,6 @@ from fmai_core.backends.tokens import (
     FIRST_CALL_FACTOR,
     FIRST_CALL_FACTOR_EXACT,
     FIRST_CALL_OVERHEAD,
-    FIRST_SPLIT_RATIO,
     ChatCounter,
     TextCount,
     resolve_counter,
@@ -132,7 +131,6 @@ class HostedBackend:
             per_message=per_message_tokens,
             margin=(FIRST_CALL_OVERHEAD, factor),
             max_factor=factor,
-            prior_ratio=1.0 if self.exact_count else FIRST_SPLIT_RATIO,
         )
         self.count = count
         self._server_counter: ServerCounter | None = None
@@ -235,11 +233,10 @@ class HostedBackend:
         """Prompt tokens of `messages`: the server's own count when it offers one (see
         `count`), else fmai's count corrected by reported usage.
 
-        Without a server count, the counter learns from each call's usage a fixed template
-        part and every text's count as the provider counted it, and estimates only text
-        the provider has not seen, at the highest ratio seen (see
-        [`ChatCounter`][fmai_core.backends.tokens.ChatCounter]); before the first report it
-        adds the first-call margin
+        Without a server count, the counter fits a fixed template overhead plus a per-token
+        factor from each call's usage (see
+        [`ChatCounter`][fmai_core.backends.tokens.ChatCounter]), never below the fit; before
+        the first report it adds the first-call margin
         ([`FIRST_CALL_OVERHEAD`][fmai_core.backends.tokens.FIRST_CALL_OVERHEAD] and
         [`FIRST_CALL_FACTOR`][fmai_core.backends.tokens.FIRST_CALL_FACTOR]).
         """
@@ -614,8 +611,6 @@ class HostedBackend:
         if completion is None:
             completion = self.count_text(text)
             estimated.append("completion_tokens")
-        elif server is None:
-            self._counter.hint(text, completion)  # the reply's count when it is sent back
         if reused is None:
             prefill = prompt
             estimated.append("prefill_tokens")
