@@ -145,15 +145,15 @@ class GenerationRun:
             **kwargs,
         )
 
-    def _lean(self, cache: Any, reused: int, max_new: int) -> None:
-        """Decode with the lean one-token loop (see `fmai_torch.lean`)."""
+    def _run_decoder(self, decoder: Any, cache: Any, reused: int, max_new: int) -> list[int]:
+        """Prefill the prompt's new suffix and decode with `decoder` (lean or compiled),
+        streaming each token; returns the generated ids."""
         from transformers import DynamicCache
 
-        assert isinstance(self.decoder, LeanDecoder)
         if cache is None:
             cache = DynamicCache()
             reused = 0
-        generated = self.decoder.run(
+        generated: list[int] = decoder.run(
             self.prompt[reused:],
             cache,
             len(self.prompt),
@@ -164,39 +164,31 @@ class GenerationRun:
             stop=self.stopper.hit,
         )
         self.streamer.end()
-        self.decode = {"loop": "lean", "fused": self.decoder.fused}
+        return generated
+
+    def _finish(self, generated: list[int]) -> None:
         self.sequence = list(self.prompt) + generated
         if self.kv is not None:
             self.kv.commit(self.sequence)
 
+    def _lean(self, cache: Any, reused: int, max_new: int) -> None:
+        """Decode with the lean one-token loop (see `fmai_torch.lean`)."""
+        assert isinstance(self.decoder, LeanDecoder)
+        generated = self._run_decoder(self.decoder, cache, reused, max_new)
+        self.decode = {"loop": "lean", "fused": self.decoder.fused}
+        self._finish(generated)
+
     def _compiled(self, cache: Any, reused: int, max_new: int) -> None:
         """Decode with the compiled static-cache loop (see `fmai_torch.compiled`)."""
-        from transformers import DynamicCache
-
         assert isinstance(self.decoder, CompiledDecoder)
-        if cache is None:
-            cache = DynamicCache()
-            reused = 0
         shapes = len(self.decoder.shapes)
-        generated = self.decoder.run(
-            self.prompt[reused:],
-            cache,
-            len(self.prompt),
-            max_new=max_new,
-            eos=self.handle.eos_ids,
-            pick=self._picker(),
-            emit=lambda t: self.streamer.push([t]),
-            stop=self.stopper.hit,
-        )
-        self.streamer.end()
+        generated = self._run_decoder(self.decoder, cache, reused, max_new)
         self.decode = {"loop": "compiled", "capacity": self.decoder.cap}
         if len(self.decoder.shapes) > shapes:
             self.decode["new_shape"] = True
         if self.decoder.disabled:
             self.decode["fallback"] = self.decoder.disabled
-        self.sequence = list(self.prompt) + generated
-        if self.kv is not None:
-            self.kv.commit(self.sequence)
+        self._finish(generated)
 
     def _picker(self) -> Any:
         """`pick(logits, step)`: the next token as `generate` would choose it."""
