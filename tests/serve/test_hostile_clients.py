@@ -172,3 +172,65 @@ def test_a_null_max_completion_tokens_leaves_max_tokens_in_force(
         body = json.loads(raw)
         assert body["choices"][0]["message"]["content"] == "reply to: one", limits
         assert body["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited"])
+def test_a_damaged_stored_checkpoint_gets_an_answer_that_says_what_to_do(
+    serve: Any, tmp_path: Path, damage: str
+) -> None:
+    """Defect: a conversation whose stored checkpoint was damaged (a truncated row, a hand
+    edit) answered a turn and a search with the name of a temp file on the server
+    (`/tmp/fmai-serve-.../<uuid>.json is not a readable fmai checkpoint`) and "restore a
+    backup", and its detail with a bare 500. Now each names the conversation, says nothing
+    changed and that DELETE forgets it; the rest of the store is unaffected."""
+    import sqlite3
+
+    server = serve(sqlite(tmp_path))
+    ask(server.client(), "hello", "damaged")
+    ask(server.client(), "hello", "healthy")
+    db = sqlite3.connect(tmp_path / "serve.sqlite3")
+    (doc,) = db.execute("SELECT checkpoint FROM fmai_conversations WHERE id = 'damaged'").fetchone()
+    doc = doc[: len(doc) // 2] if damage == "truncated" else doc.replace("hello", "HELLO")
+    db.execute(
+        "UPDATE fmai_conversations SET checkpoint = ?, etag = 'by-hand' WHERE id = 'damaged'",
+        (doc,),
+    )
+    db.commit()
+    db.close()
+    turn = {"model": "m", "messages": [{"role": "user", "content": "again"}]}
+    answers = [
+        _post_raw(server, turn, {"X-Session-ID": "damaged"}),
+        _request(server, "POST", "/conversations/damaged/search", {"query": "hello"}),
+    ]
+    if damage == "truncated":  # an edited one is still JSON: its detail shows what it holds
+        answers.append(_request(server, "GET", "/conversations/damaged"))
+    for status, raw in answers:
+        assert status == 409, (status, raw)
+        err = json.loads(raw)["error"]
+        assert err["code"] == "checkpoint_mismatch", err
+        message = err["message"]
+        assert "'damaged'" in message and "/tmp/" not in message and ".json" not in message
+        assert "DELETE /v1/conversations/damaged" in message and "Nothing was changed" in message
+    messages = json.loads(_request(server, "GET", "/conversations/damaged/messages")[1])
+    assert [m["content"] for m in messages["data"]] == ["hello", "reply to: hello"]
+    ask(server.client(), "still fine", "healthy")
+    assert _request(server, "DELETE", "/conversations/damaged")[0] == 200
+    ask(server.client(), "a new start", "damaged")
+    assert [m["content"] for m in get(server, "/conversations/damaged")["messages"]] == [
+        "a new start", "reply to: a new start"
+    ]  # fmt: skip
+
+
+def _request(server: Any, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        server.url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()

@@ -44,7 +44,7 @@ from fmai_torch.serve.protocol import (
     parse_chat_request,
     usage,
 )
-from fmai_torch.serve.sessions import Sessions, Started, TurnOutcome
+from fmai_torch.serve.sessions import Sessions, Started, TurnOutcome, unloadable
 from fmai_torch.serve.store import Store, StoreConflict, StoreError
 
 __all__ = ["CONTENT_SECURITY_POLICY", "SESSION_HEADER", "STATS_HEADER", "UI_DIR", "create_app"]
@@ -315,7 +315,12 @@ def create_app(
         last = None
         if row.turns:
             last = await asyncio.to_thread(store.turn_trace, who, row.id, row.turns - 1)
-        return JSONResponse(_detail(row, msgs, more, last))
+        try:
+            detail = _detail(row, msgs, more, last)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # a damaged row
+            reason = f"its stored checkpoint is damaged ({type(exc).__name__}: {exc})."
+            raise from_fmai_error(unloadable(row.id, reason)) from None
+        return JSONResponse(detail)
 
     async def delete_conversation(request: Request) -> Response:
         who = owner(request)
