@@ -96,6 +96,41 @@ def test_a_reply_with_a_lone_surrogate_is_stored_replaced(tmp_path: Path) -> Non
     assert asyncio.run(llm.achat("third")).response == "bad \ufffd reply"
 
 
+class SurrogatePieces(EchoBackend):
+    """Streams a reply whose pieces hold lone surrogates (half an emoji in each of two)."""
+
+    pieces = ("bad \ud83d", "\ude00 reply")
+
+    def stream(self, messages: Sequence[Message], **params: Any) -> Iterator[StreamChunk]:
+        for piece in self.pieces:
+            yield StreamChunk(piece)
+        yield StreamChunk("", generation=Generation(text=""))
+
+    async def astream(
+        self, messages: Sequence[Message], **params: Any
+    ) -> AsyncIterator[StreamChunk]:
+        for chunk in self.stream(messages, **params):
+            yield chunk
+
+
+def test_a_streamed_reply_with_lone_surrogates_streams_what_is_stored() -> None:
+    """Defect: stream() and astream() yielded the reply's pieces with their lone surrogates
+    while the reply was stored with U+FFFD in their place: what a caller showed or sent on
+    was not what the conversation holds (and `fmai serve`'s event stream, which cannot
+    encode them, broke off with no error event)."""
+    llm = make(backend=SurrogatePieces())
+    pieces = list(llm.stream("hi"))
+    assert "".join(pieces) == "bad \ufffd\ufffd reply" == llm.messages()[-1].content
+    for piece in pieces:
+        piece.encode("utf-8")
+
+    async def collect() -> list[str]:
+        return [p async for p in llm.astream("again")]
+
+    pieces = asyncio.run(collect())
+    assert "".join(pieces) == "bad \ufffd\ufffd reply" == llm.messages()[-1].content
+
+
 # -- defect 6: settings must be finite numbers of the right type ---------------------------
 @pytest.mark.parametrize(
     ("setting", "value", "accepted"),

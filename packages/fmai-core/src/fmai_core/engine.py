@@ -770,8 +770,9 @@ class FiniteMemoryLLM:
             try:
                 for chunk in self.backend.stream(plan.messages, **params):
                     if chunk.text:
-                        parts.append(chunk.text)
-                        yield chunk.text
+                        piece = _encodable(chunk.text)  # what is yielded is what is stored
+                        parts.append(piece)
+                        yield piece
                     if chunk.generation is not None:
                         gen = chunk.generation
             except GeneratorExit:
@@ -824,12 +825,15 @@ class FiniteMemoryLLM:
                 if isinstance(self.backend, AsyncBackend):
                     async for chunk in self.backend.astream(plan.messages, **params):
                         if chunk.text:
-                            parts.append(chunk.text)
-                            yield chunk.text
+                            piece = _encodable(chunk.text)  # what is yielded is what is stored
+                            parts.append(piece)
+                            yield piece
                         if chunk.generation is not None:
                             gen = chunk.generation
                 else:
-                    gen = await asyncio.to_thread(self.backend.generate, plan.messages, **params)
+                    gen = _storable(
+                        await asyncio.to_thread(self.backend.generate, plan.messages, **params)
+                    )
                     parts.append(gen.text)
                     yield gen.text
             except Exception as exc:
@@ -1005,12 +1009,17 @@ class FiniteMemoryLLM:
 
 def _storable(gen: Generation) -> Generation:
     """Replace lone surrogates in a reply with U+FFFD: what is stored must be savable."""
+    text = _encodable(gen.text)
+    return gen if text is gen.text else replace(gen, text=text)
+
+
+def _encodable(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD (`text` itself when it has none)."""
     try:
-        gen.text.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
-        text = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in gen.text)
-        return replace(gen, text=text)
-    return gen
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
 
 
 def _check_params(params: Mapping[str, Any]) -> None:

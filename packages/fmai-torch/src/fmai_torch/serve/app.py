@@ -16,11 +16,11 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import sqlalchemy as sa
@@ -44,7 +44,7 @@ from fmai_torch.serve.protocol import (
     parse_chat_request,
     usage,
 )
-from fmai_torch.serve.sessions import Sessions, Started, TurnOutcome
+from fmai_torch.serve.sessions import Sessions, Started, TurnOutcome, unloadable
 from fmai_torch.serve.store import Store, StoreConflict, StoreError
 
 __all__ = ["CONTENT_SECURITY_POLICY", "SESSION_HEADER", "STATS_HEADER", "UI_DIR", "create_app"]
@@ -57,6 +57,7 @@ STATS_HEADER = "X-FMAI-Turn-Stats"
 FORKED_HEADER = "X-FMAI-Forked-From"
 
 log = logging.getLogger("fmai.serve")
+T = TypeVar("T")
 #: The end of a turn's events (see `chat`'s stream).
 _END = object()
 
@@ -169,15 +170,30 @@ def create_app(
             check_id(cid)
         start = time.perf_counter()
         events = sessions.turn(who, cid, req)
+
+        async def opening() -> tuple[Any, Any]:
+            started = await anext(events)
+            first = await anext(events)  # plan and the model's first output: errors are HTTP
+            if not req.stream:  # the whole turn, to its commit
+                async for event in events:
+                    first = event
+            return started, first
+
         metrics.active.inc()
         try:
-            started = await anext(events)
-            assert isinstance(started, Started)
-            first = await anext(events)  # plan and the model's first output: errors are HTTP
+            # a client that hangs up before its reply (its SDK timed out: it will retry)
+            # cancels the turn, which then stores nothing
+            opened = await _unless_hung_up(request, opening())
         except BaseException:
             metrics.active.dec()
             await events.aclose()
             raise
+        if opened is None:
+            metrics.active.dec()
+            await events.aclose()
+            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+        started, first = opened
+        assert isinstance(started, Started)
         headers = {}
         if started.conversation_id is not None:
             headers[SESSION_HEADER] = started.conversation_id
@@ -185,12 +201,8 @@ def create_app(
             headers[FORKED_HEADER] = started.forked_from
         comp_id, model = new_id(), model_name
         if not req.stream:
-            try:
-                outcome = first
-                async for event in events:
-                    outcome = event
-            finally:
-                metrics.active.dec()
+            metrics.active.dec()
+            outcome = first
             assert isinstance(outcome, TurnOutcome)
             stats = outcome.stats
             headers[STATS_HEADER] = json.dumps(stats, separators=(",", ":"))
@@ -303,7 +315,12 @@ def create_app(
         last = None
         if row.turns:
             last = await asyncio.to_thread(store.turn_trace, who, row.id, row.turns - 1)
-        return JSONResponse(_detail(row, msgs, more, last))
+        try:
+            detail = _detail(row, msgs, more, last)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # a damaged row
+            reason = f"its stored checkpoint is damaged ({type(exc).__name__}: {exc})."
+            raise from_fmai_error(unloadable(row.id, reason)) from None
+        return JSONResponse(detail)
 
     async def delete_conversation(request: Request) -> Response:
         who = owner(request)
@@ -541,6 +558,29 @@ async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     if size > limit:
         raise too_big
     return b"".join(parts)
+
+
+async def _unless_hung_up(request: Request, step: Coroutine[Any, Any, T]) -> T | None:
+    """`step`'s result; or `None` when the client hangs up first: `step` is then cancelled
+    (a turn is not stored, unless its commit had begun: that one finishes first)."""
+    task = asyncio.ensure_future(step)
+
+    async def hung_up() -> None:
+        # the body is read: the next message the server gets is the disconnect
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait([task, watch], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():  # the client hung up (or this request is being cancelled)
+            task.cancel()
+            await asyncio.wait([task])
+    if task.cancelled():
+        return None
+    return task.result()
 
 
 def _int_param(request: Request, name: str, default: int, least: int, most: int) -> int:

@@ -216,12 +216,16 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise ApiError(400, "The last message must be the new user message.", param="messages")
     req = ChatRequest(system=system, history=rest[:-1], message=rest[-1][1])
     req.model = str(body.get("model") or "")
-    req.stream = bool(body.get("stream"))
+    req.stream = _flag(body.get("stream"), "stream", "stream")
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
         raise ApiError(400, "stream_options must be an object.", param="stream_options")
-    req.include_usage = bool((stream_options or {}).get("include_usage"))
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    usage_flag = (stream_options or {}).get("include_usage")
+    req.include_usage = _flag(usage_flag, "stream_options.include_usage", "stream_options")
+    # a field sent as null is as good as absent (a client may fill every field)
+    limit = body.get("max_completion_tokens")
+    if limit is None:
+        limit = body.get("max_tokens")
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ApiError(
@@ -237,6 +241,15 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     if body.get("user") is not None:
         req.user = str(body["user"])
     return req
+
+
+def _flag(value: Any, name: str, param: str) -> bool:
+    """A boolean field (`None`: false), else `ApiError` 400: "false" is not false."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{name} must be true or false, got {value!r}.", param=param)
+    return value
 
 
 def _param(name: str, value: Any) -> Any:
@@ -257,6 +270,16 @@ def _param(name: str, value: Any) -> Any:
             raise ApiError(
                 400, f"stop must be a string or a list of strings, got {value!r}.", param=name
             )
+        for stop in stops:
+            try:
+                stop.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(
+                    400,
+                    f"stop holds a lone surrogate ({stop!r}), which cannot be encoded as UTF-8 "
+                    "and so cannot be sent to the model: remove it. Nothing was changed.",
+                    param=name,
+                ) from None
     return value
 
 

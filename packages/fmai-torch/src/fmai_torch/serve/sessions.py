@@ -32,6 +32,7 @@ from typing import Any
 
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.config import MemoryConfig
+from fmai_core.errors import CheckpointError
 from fmai_core.messages import Role
 from fmai_torch.serve.protocol import ApiError, ChatRequest
 from fmai_torch.serve.store import NewMessage, Store, TurnRecord, TurnTx
@@ -75,12 +76,19 @@ class EngineFactory:
             ),
         )
 
-    def load(self, document: str) -> FiniteMemoryLLM:
-        """The conversation of a stored checkpoint document (checked as `load` checks a file)."""
+    def load(self, document: str, cid: str = "?") -> FiniteMemoryLLM:
+        """The conversation of a stored checkpoint document (checked as `load` checks a file).
+
+        Raises:
+            CheckpointError: the document cannot be loaded; its message names conversation
+                `cid` (not the scratch file) and says what the client can do.
+        """
         path = self._tmp / f"{uuid.uuid4().hex}.json"
         path.write_text(document, encoding="utf-8")
         try:
             return FiniteMemoryLLM.load(path, self.backend, hooks=self.hooks)
+        except CheckpointError as exc:
+            raise unloadable(cid, str(exc).replace(str(path), "its stored checkpoint")) from None
         finally:
             path.unlink(missing_ok=True)
 
@@ -99,6 +107,15 @@ class EngineFactory:
         for p in self._tmp.glob("*"):
             p.unlink(missing_ok=True)
         os.rmdir(self._tmp)
+
+
+def unloadable(cid: str, reason: str) -> CheckpointError:
+    """The error for conversation `cid`, whose stored checkpoint cannot be used (`reason`)."""
+    return CheckpointError(
+        f"Conversation {cid!r} cannot be loaded: {reason} Nothing was changed. Its messages "
+        f"can still be read (GET /v1/conversations/{cid}/messages); DELETE "
+        f"/v1/conversations/{cid} forgets it, so that the id starts again."
+    )
 
 
 @dataclass(frozen=True)
@@ -298,7 +315,7 @@ class Sessions:
         if cached is not None and cached.etag == tx.etag:
             return cached
         document = await asyncio.to_thread(tx.checkpoint)
-        llm = await asyncio.to_thread(self.factory.load, document)
+        llm = await asyncio.to_thread(self.factory.load, document, tx.id)
         return _Cached(llm, tx.etag or "", {})
 
     async def _extend(self, llm: FiniteMemoryLLM, history: Sequence[tuple[Role, str]]) -> None:
@@ -405,6 +422,6 @@ class Sessions:
             llm = cached.llm
         else:
             assert row.checkpoint is not None
-            llm = await asyncio.to_thread(self.factory.load, row.checkpoint)
+            llm = await asyncio.to_thread(self.factory.load, row.checkpoint, cid)
         trace = await asyncio.to_thread(llm.trace, query)
         return trace.to_dict()

@@ -1,0 +1,236 @@
+"""More of a hostile (or merely impatient) client against a real `fmai serve` on loopback,
+driven through the official openai SDK.
+
+Each test names the defect it was written for (it failed before the fix).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from test_chat import ask, get
+
+
+def sqlite(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'serve.sqlite3'}"
+
+
+def _post_raw(server: Any, body: Any, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        server.url + "/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", **(headers or {})},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_turn_whose_client_timed_out_is_not_stored_so_a_retry_is_not_doubled(
+    serve: Any, tmp_path: Path, upstream: Any, stream: bool
+) -> None:
+    """Defect: a turn whose client hung up before any reply (the openai SDK's own timeout)
+    ran on and was committed; the SDK then retried the request (as it does by default), and
+    the conversation held the user's message, and its reply, twice. Now a hang-up before
+    the commit cancels the turn (the upstream call with it): the retry is the one stored."""
+    server = serve(sqlite(tmp_path))
+    gate = threading.Event()
+    calls: list[str] = []
+    default = upstream.reply
+
+    def reply(messages: list[dict[str, str]]) -> str:
+        last = messages[-1]["content"]
+        calls.append(last)
+        if last == "hello once" and calls.count(last) == 1:
+            gate.wait(60)  # the first attempt's upstream answers only after its client left
+        return "reply to: " + last
+
+    upstream.reply = reply
+    session = {"X-Session-ID": f"impatient-{stream}"}
+    msgs = [{"role": "user", "content": "hello once"}]
+
+    def attempt(timeout: float) -> str:
+        client = openai.OpenAI(base_url=server.url, api_key="k", timeout=timeout, max_retries=0)
+        if stream:
+            chunks = client.chat.completions.create(
+                model="m", messages=msgs, extra_headers=session, stream=True
+            )
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        r = client.chat.completions.create(model="m", messages=msgs, extra_headers=session)
+        return str(r.choices[0].message.content)
+
+    try:
+        with pytest.raises(openai.APITimeoutError):
+            attempt(1.0)  # the upstream holds the reply until this client has given up
+        gate.set()
+        assert attempt(20.0) == "reply to: hello once"  # the retry (the SDK's, or by hand)
+        ask(server.client(), "after", session["X-Session-ID"])
+    finally:
+        gate.set()
+        upstream.reply = default
+    detail = get(server, f"/conversations/impatient-{stream}")
+    assert [(m["role"], m["content"]) for m in detail["messages"]] == [
+        ("user", "hello once"), ("assistant", "reply to: hello once"),
+        ("user", "after"), ("assistant", "reply to: after"),
+    ]  # fmt: skip
+    assert detail["turns"] == 2
+
+
+def test_a_streamed_reply_with_a_lone_surrogate_is_sent_and_stored_replaced(
+    serve: Any, store_url: str, upstream: Any
+) -> None:
+    """Defect: an upstream reply holding a lone surrogate (JSON can carry `\\ud800`) was
+    stored with U+FFFD in its place when not streamed, but streamed it broke the event
+    stream off mid-reply with no error event (the piece could not be encoded) and got a
+    500 in the server's log. Now both send and store the reply with U+FFFD in its place."""
+    server = serve(store_url)
+    default = upstream.reply
+
+    def reply(messages: list[dict[str, str]]) -> str:
+        last = messages[-1]["content"]
+        return "bad \ud800 reply" if last.startswith("surrogate") else "reply to: " + last
+
+    upstream.reply = reply
+    try:
+        client = server.client()
+        session = {"X-Session-ID": "surrogates"}
+        for stream in (False, True):
+            msgs = [{"role": "user", "content": f"surrogate {stream}"}]
+            if stream:
+                chunks = client.chat.completions.create(
+                    model="m", messages=msgs, extra_headers=session, stream=True
+                )
+                got = list(chunks)
+                assert got[-1].choices[0].finish_reason == "stop"
+                text = "".join(c.choices[0].delta.content or "" for c in got if c.choices)
+            else:
+                r = client.chat.completions.create(model="m", messages=msgs, extra_headers=session)
+                text = str(r.choices[0].message.content)
+            assert text == "bad \ufffd reply"
+        ask(client, "and on", "surrogates")
+    finally:
+        upstream.reply = default
+    detail = get(server, "/conversations/surrogates")
+    assert [m["content"] for m in detail["messages"]] == [
+        "surrogate False", "bad \ufffd reply", "surrogate True", "bad \ufffd reply",
+        "and on", "reply to: and on",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "says"),
+    [
+        # was a 502 blaming the upstream ("sent a response fmai could not use")
+        ({"stop": ["\ud800"]}, "stop", "lone surrogate"),
+        ({"stop": "end \udfff"}, "stop", "lone surrogate"),
+        # a string is not a boolean: "false" was taken as true, and streamed
+        ({"stream": "false"}, "stream", "true or false"),
+        ({"stream": 0}, "stream", "true or false"),
+        ({"stream": True, "stream_options": {"include_usage": "no"}}, "stream_options", "true"),
+    ],
+)
+def test_malformed_generation_fields_get_400_naming_the_field(
+    serve: Any, tmp_path: Path, extra: dict[str, Any], param: str, says: str
+) -> None:
+    """Defect: a `stop` holding a lone surrogate got a 502 that blamed the upstream, and a
+    `stream` of "false" streamed. Each is the client's mistake: 400 naming the field and
+    saying what to send, nothing stored."""
+    server = serve(sqlite(tmp_path))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    status, raw = _post_raw(server, body, {"X-Session-ID": "fields"})
+    assert status == 400, (status, raw)
+    err = json.loads(raw)["error"]
+    assert err["param"] == param and says in err["message"], err
+    assert _post_raw(server, {"model": "m", "messages": [{"role": "user", "content": "ok"}]})[0]
+    urls = urllib.request.urlopen(server.url + "/conversations", timeout=10)
+    assert json.loads(urls.read())["data"] == []
+
+
+def test_a_null_max_completion_tokens_leaves_max_tokens_in_force(
+    serve: Any, tmp_path: Path
+) -> None:
+    """Defect: `"max_completion_tokens": null` beside `"max_tokens": 3` (what a client that
+    fills every field sends) hid `max_tokens`: the reply ran to the server's budget."""
+    server = serve(sqlite(tmp_path))
+    words = {"role": "user", "content": "one two three four five six"}
+    for limits in ({"max_tokens": 3}, {"max_completion_tokens": None, "max_tokens": 3},
+                   {"max_completion_tokens": 3, "max_tokens": None}):  # fmt: skip
+        status, raw = _post_raw(server, {"model": "m", "messages": [words], **limits})
+        assert status == 200, raw
+        body = json.loads(raw)
+        assert body["choices"][0]["message"]["content"] == "reply to: one", limits
+        assert body["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited"])
+def test_a_damaged_stored_checkpoint_gets_an_answer_that_says_what_to_do(
+    serve: Any, tmp_path: Path, damage: str
+) -> None:
+    """Defect: a conversation whose stored checkpoint was damaged (a truncated row, a hand
+    edit) answered a turn and a search with the name of a temp file on the server
+    (`/tmp/fmai-serve-.../<uuid>.json is not a readable fmai checkpoint`) and "restore a
+    backup", and its detail with a bare 500. Now each names the conversation, says nothing
+    changed and that DELETE forgets it; the rest of the store is unaffected."""
+    import sqlite3
+
+    server = serve(sqlite(tmp_path))
+    ask(server.client(), "hello", "damaged")
+    ask(server.client(), "hello", "healthy")
+    db = sqlite3.connect(tmp_path / "serve.sqlite3")
+    (doc,) = db.execute("SELECT checkpoint FROM fmai_conversations WHERE id = 'damaged'").fetchone()
+    doc = doc[: len(doc) // 2] if damage == "truncated" else doc.replace("hello", "HELLO")
+    db.execute(
+        "UPDATE fmai_conversations SET checkpoint = ?, etag = 'by-hand' WHERE id = 'damaged'",
+        (doc,),
+    )
+    db.commit()
+    db.close()
+    turn = {"model": "m", "messages": [{"role": "user", "content": "again"}]}
+    answers = [
+        _post_raw(server, turn, {"X-Session-ID": "damaged"}),
+        _request(server, "POST", "/conversations/damaged/search", {"query": "hello"}),
+    ]
+    if damage == "truncated":  # an edited one is still JSON: its detail shows what it holds
+        answers.append(_request(server, "GET", "/conversations/damaged"))
+    for status, raw in answers:
+        assert status == 409, (status, raw)
+        err = json.loads(raw)["error"]
+        assert err["code"] == "checkpoint_mismatch", err
+        message = err["message"]
+        assert "'damaged'" in message and "/tmp/" not in message and ".json" not in message
+        assert "DELETE /v1/conversations/damaged" in message and "Nothing was changed" in message
+    messages = json.loads(_request(server, "GET", "/conversations/damaged/messages")[1])
+    assert [m["content"] for m in messages["data"]] == ["hello", "reply to: hello"]
+    ask(server.client(), "still fine", "healthy")
+    assert _request(server, "DELETE", "/conversations/damaged")[0] == 200
+    ask(server.client(), "a new start", "damaged")
+    assert [m["content"] for m in get(server, "/conversations/damaged")["messages"]] == [
+        "a new start", "reply to: a new start"
+    ]  # fmt: skip
+
+
+def _request(server: Any, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        server.url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"content-type": "application/json"},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
