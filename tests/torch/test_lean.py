@@ -72,15 +72,30 @@ def test_lean_turns_equal_generate_with_and_without_reuse(tiny_parts, mode: str)
         messages.append(Message("assistant", a.text))
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("mode", MODES)
-def test_lean_step_is_the_forward_bit_for_bit(tiny_parts, mode: str) -> None:  # type: ignore[no-untyped-def]
+def test_lean_step_is_the_forward_bit_for_bit(  # type: ignore[no-untyped-def]
+    tiny_parts, mode: str, dtype: str, attention: str
+) -> None:
     from transformers import DynamicCache
 
+    from fmai_torch import lean
     from fmai_torch.kv import cache_kwarg
 
-    model, _ = _model(tiny_parts, mode)
+    model, tokenizer = tiny_parts
+    model = copy.deepcopy(model).to(getattr(torch, dtype))
+    model.set_attn_implementation(attention)
+    model, _ = _model((model, tokenizer), mode)
     kw = cache_kwarg()
     decoder = LeanDecoder(model, kw)
+    # int8 fuses every group here, so its steps take the quantized path (the norm in one
+    # `rms_norm` call where the model is float32); the int4 query/key/value rows do not fuse
+    assert decoder.quantized == (mode == "int8")
+    if decoder.quantized:
+        assert decoder._q is not None
+        expected = lean._rms_norm_into if dtype == "float32" else lean._norm_into
+        assert decoder._q.norm is expected
     ids = torch.tensor([[5, 9, 14, 30, 7, 11]])
     with torch.inference_mode():
         ours, theirs = DynamicCache(), DynamicCache()

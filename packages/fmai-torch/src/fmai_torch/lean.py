@@ -22,6 +22,20 @@ the decoder checks this on the model's own shapes when it is built and does not 
 it is not (`LeanDecoder.fused` says which). One product instead of three (and two) saves the
 per-call cost of the kernel and the bfloat16 conversions of its input.
 
+Where every group is fused and every other product (`o_proj`, `down_proj`, `lm_head`) is
+int8 or int4 too, a step runs the quantized path (`LeanDecoder.quantized`): the same
+arithmetic in fewer calls, which matters most on two threads, where the products split over
+the threads and the small operations between them do not. Each RMSNorm is written straight
+into one bfloat16 buffer that the next product reads (the product's float32 result rounded
+as it is stored, which is what the cast after it did; in float32 the norm is one
+`torch.nn.functional.rms_norm` call where that is bit for bit the model's); the kernels are
+called directly, without the module call and its reshapes; the rotary embedding turns the
+query and key heads in one pass (`rotate_half(x) * sin` is `x` with its halves swapped times
+`[-sin_1, sin_2]`, the same products); attention calls the CPU `sdpa` kernel that
+`scaled_dot_product_attention` dispatches to; the residual adds of the MLP run in place. The
+decoder checks this path when it is built: one step of it must give the model's own logits,
+keys and values bit for bit, or the plain step runs.
+
 Models other than a bias-free, full-attention Llama (and prompts with position gaps, or a
 `repetition_penalty`) use `generate`; `Generation.extra["decode"]` says which loop ran.
 """
@@ -91,6 +105,94 @@ def _fuse(parts: list[Any]) -> Any:
     return _Fused(layer, [p.out_features for p in parts])
 
 
+def _kernel(layer: Any) -> Callable[[Any], Any] | None:
+    """`layer`'s matrix product on a bfloat16 `(rows, in)` input, bfloat16 out: the very call
+    its `forward` makes, without the module call and the casts around it."""
+    import torch
+    from fmai_torch.quant import GROUP, Int4Linear, Int8Linear
+
+    aten = torch.ops.aten
+    if type(layer) is Int4Linear:
+        int4, qw = aten._weight_int4pack_mm_for_cpu.default, layer.qweight
+        sz = layer.scales_and_zeros
+        return lambda x: int4(x, qw, GROUP, sz)
+    if type(layer) is Int8Linear:
+        int8, qw, sc = aten._weight_int8pack_mm.default, layer.qweight, layer.scales
+        return lambda x: int8(x, qw, sc)
+    return None
+
+
+class _Quantized:
+    """What [`LeanDecoder.step`][fmai_torch.lean.LeanDecoder.step]'s quantized path needs of
+    a model whose projections are all int8/int4 and fused (see `LeanDecoder._quantized`)."""
+
+    def __init__(
+        self,
+        layers: list[tuple[Any, ...]],
+        head: Callable[[Any], Any],
+        dims: tuple[int, ...],
+        eps: float,
+        norm: Callable[[Any, Any, float, Any], None],
+    ) -> None:
+        self.layers = layers
+        self.head = head
+        self.heads, self.kv_heads, self.head_dim, self.inter = dims
+        self.eps = eps
+        self.norm = norm
+        #: Whether the check ran with `sdpa` attention: then the steps call its CPU kernel
+        #: directly while the model's attention stays `sdpa`.
+        self.flash = False
+        self._sign: Any = None
+
+    def sign(self, like: Any) -> Any:
+        """`[[-1], [1]]` in `like`'s dtype and device (kept between steps)."""
+        import torch
+
+        if self._sign is None or self._sign.dtype != like.dtype or self._sign.device != like.device:
+            self._sign = torch.tensor([[-1.0], [1.0]], dtype=like.dtype, device=like.device)
+        return self._sign
+
+
+def _norm_into(h: Any, weight: Any, eps: float, out: Any) -> None:
+    """`LlamaRMSNorm.forward(h)` written into `out` (bfloat16): the same operations, the
+    product cast to `out`'s dtype as it is stored (as `.to(torch.bfloat16)` would after)."""
+    import torch
+
+    x = h if h.dtype == torch.float32 else h.to(torch.float32)
+    variance = x.pow(2).mean(-1, keepdim=True)
+    normed = x * variance.add_(eps).rsqrt_()
+    torch.mul(weight, normed if h.dtype == torch.float32 else normed.to(h.dtype), out=out)
+
+
+def _rms_norm_into(h: Any, weight: Any, eps: float, out: Any) -> None:
+    """`_norm_into` through `torch.nn.functional.rms_norm` (float32 only; see `_norm_choice`)."""
+    import torch
+
+    out.copy_(torch.nn.functional.rms_norm(h, (h.shape[-1],), weight, eps))
+
+
+def _norm_choice(norm: Any) -> Callable[[Any, Any, float, Any], None]:
+    """`_rms_norm_into` (one call) where it gives `LlamaRMSNorm`'s result bit for bit on
+    random rows of the model's width and dtype, else `_norm_into`."""
+    import torch
+
+    weight = norm.weight
+    if weight.dtype != torch.float32 or not hasattr(torch.nn.functional, "rms_norm"):
+        return _norm_into
+    gen = torch.Generator().manual_seed(0)
+    eps = float(norm.variance_epsilon)
+    with torch.inference_mode():
+        for scale in (1e-3, 1.0, 30.0):
+            h = (torch.randn(1, weight.shape[-1], generator=gen) * scale).to(weight.device)
+            a = torch.empty(1, h.shape[-1], dtype=torch.bfloat16, device=h.device)
+            b = torch.empty_like(a)
+            _norm_into(h, weight, eps, a)
+            _rms_norm_into(h, weight, eps, b)
+            if not torch.equal(a, b) or not torch.equal(norm(h).to(torch.bfloat16), a):
+                return _norm_into
+    return _rms_norm_into
+
+
 class LeanDecoder:
     """Decodes one token at a time over a `DynamicCache` (see the module doc).
 
@@ -121,6 +223,85 @@ class LeanDecoder:
         #: Why the lean loop was turned off (an error in a step), else `None`.
         self.disabled: str | None = None
         self._room: list[tuple[Any, Any]] | None = None
+        #: Whether steps run the quantized path (see `_quantized`).
+        self.quantized = False
+        self._q: _Quantized | None = self._quantized()
+        self.quantized = self._q is not None
+
+    def _quantized(self) -> _Quantized | None:
+        """The plan of the quantized step, or `None` where it does not apply.
+
+        It applies where every layer's query/key/value and gate/up products are fused, the
+        other projections and `lm_head` are int8 or int4, and the norms are `LlamaRMSNorm`;
+        it is then checked on the model itself: one step of it must give the logits, keys and
+        values of the model's own forward bit for bit, or it is not used.
+        """
+        from transformers.models.llama import modeling_llama
+
+        model = self.model
+        inner = model.model
+        head = _kernel(model.lm_head)
+        norms = [inner.norm]
+        layers: list[tuple[Any, ...]] = []
+        dims: set[tuple[int, ...]] = set()
+        for layer, attn, mlp, qkv, gate_up in self.layers:
+            o, down = _kernel(attn.o_proj), _kernel(mlp.down_proj)
+            if qkv is None or gate_up is None or o is None or down is None or head is None:
+                return None
+            ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
+            norms += [ln1, ln2]
+            d = int(attn.head_dim)
+            q_width, kv_width, v_width = qkv.split
+            if kv_width != v_width or q_width % d or kv_width % d or d % 2:
+                return None
+            dims.add((q_width // d, kv_width // d, d, gate_up.split[0]))
+            layers.append(
+                (
+                    ln1.weight,
+                    float(ln1.variance_epsilon),
+                    _kernel(qkv.layer),
+                    o,
+                    ln2.weight,
+                    float(ln2.variance_epsilon),
+                    _kernel(gate_up.layer),
+                    down,
+                    float(attn.scaling),
+                    attn,
+                )
+            )
+        if len(dims) != 1 or gate_up is None or gate_up.split[0] != gate_up.split[1]:
+            return None
+        if any(type(n) is not modeling_llama.LlamaRMSNorm for n in norms):
+            return None
+        assert head is not None
+        eps = float(inner.norm.variance_epsilon)
+        plan = _Quantized(layers, head, dims.pop(), eps, _norm_choice(inner.norm))
+        return plan if self._check(plan) else None
+
+    def _check(self, plan: _Quantized) -> bool:
+        """Whether a quantized step equals the model's forward on a short prompt, bit for bit."""
+        from transformers import DynamicCache
+
+        import torch
+
+        ids = torch.arange(1, 4, device=self.device)[None]
+        token = torch.tensor([[4]], device=self.device)
+        kw = self.cache_kw
+        plan.flash = self.model.config._attn_implementation == "sdpa"
+        try:
+            with torch.inference_mode():
+                ours: Any = DynamicCache()
+                theirs: Any = DynamicCache()
+                for cache in (ours, theirs):
+                    self.model(input_ids=ids, **{kw: cache})
+                got = self._step_quantized(plan, token, ids.shape[1], ours)
+                want = self.model(input_ids=token, **{kw: theirs}).logits[:, -1, :]
+                same = torch.equal(got, want)
+                for a, b in zip(ours.layers, theirs.layers, strict=True):
+                    same = same and torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+        except Exception:  # a model this path does not fit: the generic step runs
+            return False
+        return bool(same)
 
     def begin(self, cache: Any, room: int) -> None:
         """Give every layer of `cache` room for `room` more tokens: its keys and values move
@@ -153,10 +334,10 @@ class LeanDecoder:
         layer = cache.layers[i]
         kbuf, vbuf = self._room[i]
         n = layer.keys.shape[-2]
-        kbuf[:, :, n : n + 1].copy_(k)
-        vbuf[:, :, n : n + 1].copy_(v)
-        layer.keys, layer.values = kbuf[:, :, : n + 1], vbuf[:, :, : n + 1]
-        return layer.keys, layer.values
+        kbuf.narrow(2, n, 1).copy_(k)
+        vbuf.narrow(2, n, 1).copy_(v)
+        layer.keys, layer.values = keys, values = kbuf.narrow(2, 0, n + 1), vbuf.narrow(2, 0, n + 1)
+        return keys, values
 
     def unsupported(self, params: dict[str, Any], position_ids: Any) -> str | None:
         """Why this call must use `generate`, or `None`."""
@@ -180,18 +361,68 @@ class LeanDecoder:
         h = h * torch.rsqrt(variance + module.variance_epsilon)
         return module.weight * h.to(dtype)
 
-    def step(self, token: Any, position: int, cache: Any) -> Any:
-        """The logits `(1, vocab)` after `token` (`(1, 1)` ids) at `position`; its keys and
-        values are appended to `cache`."""
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
+    def _step_quantized(self, plan: _Quantized, token: Any, position: int, cache: Any) -> Any:
+        """[`step`][fmai_torch.lean.LeanDecoder.step] for the int8/int4 layouts: the same
+        arithmetic in fewer operations (see the module doc)."""
         import torch
 
         model = self.model
         inner = model.model
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(
-            model.config._attn_implementation, self._eager
+        h = inner.embed_tokens(token)
+        dtype = h.dtype
+        positions = torch.full((1, 1), position, dtype=torch.long, device=self.device)
+        cos, sin = inner.rotary_emb(h, positions)
+        heads, kv_heads, d, inter = plan.heads, plan.kv_heads, plan.head_dim, plan.inter
+        h = h.view(1, -1)
+        hidden, half, rotated = h.shape[-1], d // 2, (heads + kv_heads) * d
+        # rotate_half(x) * sin == swap(x) * [-sin_1, sin_2], x's two halves swapped
+        c = cos.view(2, half)
+        s = sin.view(2, half) * plan.sign(sin)
+        xb = torch.empty(1, hidden, dtype=torch.bfloat16, device=self.device)
+        ab = torch.empty(1, inter, dtype=torch.bfloat16, device=self.device)
+        sdpa = plan.flash and model.config._attn_implementation == "sdpa"
+        attention = None if sdpa else self._attention()
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+        norm, silu, mul, update = plan.norm, torch.nn.functional.silu, torch.mul, self._update
+        for i, (w1, e1, qkv, o, w2, e2, gate_up, down, scaling, attn) in enumerate(plan.layers):
+            norm(h, w1, e1, xb)
+            y = qkv(xb)[0].to(dtype)  # what the projections hand back
+            x = y[:rotated].view(-1, 2, half)
+            r = x * c + x.flip(1) * s
+            k = r[heads:].view(1, kv_heads, 1, d)
+            keys, values = update(cache, i, k, y[rotated:].view(1, kv_heads, 1, d))
+            q = r[:heads].view(1, heads, 1, d)
+            if attention is None:
+                out = flash(q, keys, values, 0.0, False, attn_mask=None, scale=scaling)[0]
+            else:
+                out, _ = attention(attn, q, keys, values, None, dropout=0.0, scaling=scaling)
+            xb.copy_(out.reshape(1, hidden))
+            h = h + o(xb)
+            norm(h, w2, e2, xb)
+            y = gate_up(xb).to(dtype)
+            g = y[:, :inter]
+            mul(silu(g, inplace=True), y[:, inter:], out=ab)
+            h.add_(down(ab))
+        norm(h, inner.norm.weight, plan.eps, xb)
+        return plan.head(xb).to(dtype)
+
+    def _attention(self) -> Any:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        return ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.model.config._attn_implementation, self._eager
         )
+
+    def step(self, token: Any, position: int, cache: Any) -> Any:
+        """The logits `(1, vocab)` after `token` (`(1, 1)` ids) at `position`; its keys and
+        values are appended to `cache`."""
+        import torch
+
+        if self._q is not None:
+            return self._step_quantized(self._q, token, position, cache)
+        model = self.model
+        inner = model.model
+        attention = self._attention()
         h = inner.embed_tokens(token)
         positions = torch.full((1, 1), position, dtype=torch.long, device=self.device)
         cos, sin = inner.rotary_emb(h, positions)
