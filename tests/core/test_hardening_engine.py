@@ -548,3 +548,40 @@ async def test_a_stream_without_its_final_chunk_is_not_stored_as_complete() -> N
         [c async for c in llm.astream("hi")]
     assert llm.state is before and llm.stats.turns == 1
     assert llm.chat("after").response == "echo: after"
+
+
+class LoopSpy:
+    """An embedder that notes, at each call, whether it runs on an event loop's thread."""
+
+    identity = "loop-spy"
+
+    def __init__(self) -> None:
+        self.on_loop: list[bool] = []
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        try:
+            asyncio.get_running_loop()
+            self.on_loop.append(True)
+        except RuntimeError:
+            self.on_loop.append(False)
+        return [[float(len(t)), 1.0 + t.count(" ")] for t in texts]
+
+
+def test_achat_and_astream_never_embed_on_the_event_loop() -> None:
+    """Defect: achat and astream committed the turn on the event loop, and the commit embeds
+    the turn's new segments for recall: with a model embedder (HFBackend's own, under
+    `fmai serve`; a SentenceEmbedder) a forward pass blocked every other task of the loop
+    each turn. Planning already ran in a worker thread; the commit now does too."""
+    spy = LoopSpy()
+    llm = make("hybrid", embedder=spy, max_tokens=400, max_new_tokens=20)
+
+    async def turns() -> None:
+        await llm.achat("My sister is called Ada and lives in Paris.")
+        async for _ in llm.astream("What is my sister called?"):
+            pass
+
+    asyncio.run(turns())
+    assert spy.on_loop and not any(spy.on_loop), spy.on_loop
+    assert [m.content for m in llm.messages()][::2] == [
+        "My sister is called Ada and lives in Paris.", "What is my sister called?"
+    ]  # fmt: skip

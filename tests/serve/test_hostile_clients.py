@@ -86,6 +86,8 @@ def test_a_turn_whose_client_timed_out_is_not_stored_so_a_retry_is_not_doubled(
         ("user", "after"), ("assistant", "reply to: after"),
     ]  # fmt: skip
     assert detail["turns"] == 2
+    with urllib.request.urlopen(server.url.removesuffix("/v1") + "/metrics", timeout=10) as r:
+        assert "fmai_serve_active_turns 0.0" in r.read().decode()  # none left counted
 
 
 def test_a_streamed_reply_with_a_lone_surrogate_is_sent_and_stored_replaced(

@@ -709,6 +709,32 @@ class FiniteMemoryLLM:
             call_hooks(self.hooks, stats)
         return ChatResult(gen.text, stats, trace)
 
+    async def _afinish(
+        self,
+        version: int,
+        new: list[Segment],
+        plan: Plan,
+        gen: Generation,
+        start: float,
+        gen_start: float,
+    ) -> ChatResult:
+        """`_finish` in a worker thread, as the planning: the commit embeds the new segments
+        (a model's forward pass, with a model embedder) and runs the hooks, which must not
+        block the event loop. A turn cancelled here is committed: the commit runs to its
+        end before the turn is handed on, then the cancellation goes on."""
+        import asyncio
+
+        finish = asyncio.ensure_future(
+            asyncio.to_thread(self._finish, version, new, plan, gen, start, gen_start)
+        )
+        try:
+            return await asyncio.shield(finish)
+        except asyncio.CancelledError:
+            await asyncio.wait([finish])
+            if not finish.cancelled():
+                finish.exception()  # retrieved: the cancellation is what is raised
+            raise
+
     @staticmethod
     def _backend_error(exc: Exception) -> FMAIError:
         if isinstance(exc, FMAIError):
@@ -791,6 +817,9 @@ class FiniteMemoryLLM:
 
         Waiting for the conversation never blocks the event loop, and works from any loop
         and thread (each `asyncio.run()` included); a cancelled waiter gives up its place.
+        Planning and the commit (which embeds the new segments and runs the hooks) run in
+        worker threads, off the loop. A turn cancelled before its commit stores nothing;
+        one cancelled during its commit is committed, then the cancellation goes on.
         """
         import asyncio  # imported here: keeps `import fmai_core` fast
 
@@ -806,7 +835,7 @@ class FiniteMemoryLLM:
                     gen = await asyncio.to_thread(self.backend.generate, plan.messages, **params)
             except Exception as exc:
                 raise self._backend_error(exc) from exc
-            return self._finish(version, new, plan, gen, start, gen_start)
+            return await self._afinish(version, new, plan, gen, start, gen_start)
         finally:
             self._turn.release()
 
@@ -839,7 +868,8 @@ class FiniteMemoryLLM:
             except Exception as exc:
                 raise self._backend_error(exc) from exc
             gen = _complete(gen, "".join(parts), start)
-            self.last_stats = self._finish(version, new, plan, gen, start, gen_start).stats
+            done = await self._afinish(version, new, plan, gen, start, gen_start)
+            self.last_stats = done.stats
         finally:
             self._turn.release()
 
