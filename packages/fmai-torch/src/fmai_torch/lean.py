@@ -122,6 +122,34 @@ def _kernel(layer: Any) -> Callable[[Any], Any] | None:
     return None
 
 
+class _Buffers:
+    """The working tensors of a quantized step (one set per dtype, reused by every layer)."""
+
+    def __init__(self, plan: _Quantized, like: Any) -> None:
+        import torch
+
+        dtype, device = like.dtype, like.device
+        heads, kv, d, inter = plan.heads, plan.kv_heads, plan.head_dim, plan.inter
+        rotated = (heads + kv) * d
+
+        def new(*shape: int, dtype: Any = dtype) -> Any:
+            return torch.empty(*shape, dtype=dtype, device=device)
+
+        self.dtype, self.device = dtype, device
+        self.sign = torch.tensor([[-1.0], [1.0]], dtype=dtype, device=device)
+        xb, ab = new(1, like.shape[-1], dtype=torch.bfloat16), new(1, inter, dtype=torch.bfloat16)
+        y = new(1, rotated + kv * d)
+        x = y[0, :rotated].view(-1, 2, d // 2)
+        v = y[0, rotated:].view(1, kv, 1, d)
+        t1, t2, r = new(*x.shape), new(*x.shape), new(*x.shape)
+        q, k = r[:heads].view(1, heads, 1, d), r[heads:].view(1, kv, 1, d)
+        gu = new(1, 2 * inter)
+        #: xb, ab (bfloat16 inputs of the products), y and its views x (query and key
+        #: heads as halves) and v, t1, t2, r (the rotary embedding) and r's views q and k,
+        #: gu and its halves g and u.
+        self.all = (xb, ab, y, x, v, t1, t2, r, q, k, gu, gu[:, :inter], gu[:, inter:])
+
+
 class _Quantized:
     """What [`LeanDecoder.step`][fmai_torch.lean.LeanDecoder.step]'s quantized path needs of
     a model whose projections are all int8/int4 and fused (see `LeanDecoder._quantized`)."""
@@ -142,15 +170,14 @@ class _Quantized:
         #: Whether the check ran with `sdpa` attention: then the steps call its CPU kernel
         #: directly while the model's attention stays `sdpa`.
         self.flash = False
-        self._sign: Any = None
+        self._buffers: _Buffers | None = None
 
-    def sign(self, like: Any) -> Any:
-        """`[[-1], [1]]` in `like`'s dtype and device (kept between steps)."""
-        import torch
-
-        if self._sign is None or self._sign.dtype != like.dtype or self._sign.device != like.device:
-            self._sign = torch.tensor([[-1.0], [1.0]], dtype=like.dtype, device=like.device)
-        return self._sign
+    def buffers(self, like: Any) -> _Buffers:
+        """The working tensors for hidden states like `like` (kept between steps)."""
+        b = self._buffers
+        if b is None or b.dtype != like.dtype or b.device != like.device:
+            b = self._buffers = _Buffers(self, like)
+        return b
 
 
 def _norm_into(h: Any, weight: Any, eps: float, out: Any) -> None:
@@ -369,42 +396,47 @@ class LeanDecoder:
         model = self.model
         inner = model.model
         h = inner.embed_tokens(token)
-        dtype = h.dtype
         positions = torch.full((1, 1), position, dtype=torch.long, device=self.device)
         cos, sin = inner.rotary_emb(h, positions)
-        heads, kv_heads, d, inter = plan.heads, plan.kv_heads, plan.head_dim, plan.inter
         h = h.view(1, -1)
-        hidden, half, rotated = h.shape[-1], d // 2, (heads + kv_heads) * d
+        b = plan.buffers(h)
+        half = plan.head_dim // 2
         # rotate_half(x) * sin == swap(x) * [-sin_1, sin_2], x's two halves swapped
         c = cos.view(2, half)
-        s = sin.view(2, half) * plan.sign(sin)
-        xb = torch.empty(1, hidden, dtype=torch.bfloat16, device=self.device)
-        ab = torch.empty(1, inter, dtype=torch.bfloat16, device=self.device)
+        s = sin.view(2, half) * b.sign
+        xb, ab, y, x, v, t1, t2, r, q, k, gu, g, u = b.all
         sdpa = plan.flash and model.config._attn_implementation == "sdpa"
         attention = None if sdpa else self._attention()
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
-        norm, silu, mul, update = plan.norm, torch.nn.functional.silu, torch.mul, self._update
+        norm, silu, mul, add = plan.norm, torch.nn.functional.silu, torch.mul, torch.add
+        room, layers = self._room, cache.layers
+        n = layers[0].keys.shape[-2] if room is not None else 0
         for i, (w1, e1, qkv, o, w2, e2, gate_up, down, scaling, attn) in enumerate(plan.layers):
             norm(h, w1, e1, xb)
-            y = qkv(xb)[0].to(dtype)  # what the projections hand back
-            x = y[:rotated].view(-1, 2, half)
-            r = x * c + x.flip(1) * s
-            k = r[heads:].view(1, kv_heads, 1, d)
-            keys, values = update(cache, i, k, y[rotated:].view(1, kv_heads, 1, d))
-            q = r[:heads].view(1, heads, 1, d)
+            y.copy_(qkv(xb))  # in the model's dtype, as the projections hand it back
+            mul(x, c, out=t1)
+            mul(x.flip(1), s, out=t2)
+            add(t1, t2, out=r)
+            if room is None:
+                keys, values = cache.update(k.clone(), v.clone(), i)
+            else:
+                layer, (kbuf, vbuf) = layers[i], room[i]
+                kbuf.narrow(2, n, 1).copy_(k)
+                vbuf.narrow(2, n, 1).copy_(v)
+                keys, values = kbuf.narrow(2, 0, n + 1), vbuf.narrow(2, 0, n + 1)
+                layer.keys, layer.values = keys, values
             if attention is None:
                 out = flash(q, keys, values, 0.0, False, attn_mask=None, scale=scaling)[0]
             else:
                 out, _ = attention(attn, q, keys, values, None, dropout=0.0, scaling=scaling)
-            xb.copy_(out.reshape(1, hidden))
+            xb.copy_(out.view(xb.shape))
             h = h + o(xb)
             norm(h, w2, e2, xb)
-            y = gate_up(xb).to(dtype)
-            g = y[:, :inter]
-            mul(silu(g, inplace=True), y[:, inter:], out=ab)
+            gu.copy_(gate_up(xb))
+            mul(silu(g, inplace=True), u, out=ab)
             h.add_(down(ab))
         norm(h, inner.norm.weight, plan.eps, xb)
-        return plan.head(xb).to(dtype)
+        return plan.head(xb).to(h.dtype)
 
     def _attention(self) -> Any:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
