@@ -236,3 +236,34 @@ def _request(server: Any, method: str, path: str, body: Any = None) -> tuple[int
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, exc.read()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        # was a traceback from the socket (OverflowError), after the store had been opened
+        (["--port", "99999"], "--port"),
+        # named an internal parameter: "timeout must be a finite number of seconds > 0"
+        (["--upstream-timeout", "0"], "--upstream-timeout"),
+        (["--upstream-timeout", "nan"], "--upstream-timeout"),
+        # advised "check that the database is running ... user and password" for a file
+        (["--store", "sqlite:////nonexistent-fmai-folder/s.db"], "folder"),
+    ],
+)
+def test_bad_serve_options_say_which_and_what_to_do(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    """Defect: these options of `fmai serve` ended in a traceback or in advice about
+    something else. Each now exits with status 2 and a message naming what to fix."""
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable, "-m", "fmai_torch.cli", "serve", "--upstream", "http://127.0.0.1:9/v1",
+        "--upstream-model", "m", "--store", f"sqlite:///{tmp_path / 's.db'}", *args,
+    ]  # fmt: skip
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
+    if says == "folder":
+        assert "password" not in done.stderr

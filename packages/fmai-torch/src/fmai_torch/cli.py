@@ -135,7 +135,7 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--upstream-model", default=None, help="the upstream's model name")
     serve.add_argument("--upstream-key-env", default=None, help="env variable of its API key")
     serve.add_argument(
-        "--upstream-timeout", type=float, default=120.0, help="seconds per upstream turn"
+        "--upstream-timeout", type=_seconds, default=120.0, help="seconds per upstream turn"
     )
     serve.add_argument(
         "--store", default=None, help="sqlite:///PATH (default: user data dir) or postgresql://"
@@ -147,7 +147,7 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--max-policy-ms", type=float, default=None, help="policy time budget")
     serve.add_argument("--device", default="auto", help="device of a local model")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind")
-    serve.add_argument("--port", type=int, default=8080, help="port to bind")
+    serve.add_argument("--port", type=_port, default=8080, help="port to bind")
     serve.add_argument(
         "--api-key",
         action="append",
@@ -167,6 +167,30 @@ def _add_serve(sub: Any) -> None:
         help="open connections past which new requests get 503 (0: no limit)",
     )
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
+
+
+def _port(text: str) -> int:
+    """A TCP port for argparse (0: any free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 0 to 65535, not {text!r}")
+    return port
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds above 0, for argparse."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"give a number of seconds above 0, not {text!r}")
+    return value
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -249,10 +249,12 @@ class Store:
             self._setup()
         except sa.exc.OperationalError as exc:
             self.engine.dispose()
-            raise StoreError(
-                f"Cannot open the store {self.where}: {exc.orig}. Check that the database is "
-                "running and the URL, user and password are right."
-            ) from exc
+            advice = (
+                "Check that its folder exists and that this user may write there (and to the file)."
+                if self.dialect == "sqlite"
+                else "Check that the database is running and the URL, user and password are right."
+            )
+            raise StoreError(f"Cannot open the store {self.where}: {exc.orig}. {advice}") from exc
         except StoreError:
             self.engine.dispose()
             raise
