@@ -277,14 +277,8 @@ class Sessions:
                 found = await self._engine(tx)
                 llm = found.llm if found is not None else None
                 fragments = found.fragments if found is not None else {}
-                stored = None
-                if tx.row is not None:
-                    stored = (
-                        []
-                        if not req.history
-                        else [(m.role, m.content) for m in await asyncio.to_thread(tx.messages)]
-                    )
                 stored_system = llm.system_prompt if llm is not None else None
+                stored = await self._stored(tx, req.history)
                 extra = reconcile(stored, stored_system, req.system, req.history)
                 if extra is not None:
                     if llm is None:
@@ -306,6 +300,28 @@ class Sessions:
                     yield event
             finally:
                 tx.close()
+
+    async def _stored(
+        self, tx: TurnTx, history: Sequence[tuple[Role, str]]
+    ) -> list[tuple[str, str]] | None:
+        """The part of the record `reconcile` compares the request's `history` with.
+
+        A record longer than the history sent can only take it as a window of its end
+        (or be contradicted by it): then the record's newest messages are read first, as
+        many as were sent, and the whole record only when they are not that window. So a
+        client that sends the last few messages costs a few rows a turn, however long
+        the conversation.
+        """
+        if tx.row is None:
+            return None
+        if not history:
+            return []
+        if tx.row.message_count > len(history):
+            tail = [(m.role, m.content) for m in await asyncio.to_thread(tx.tail, len(history))]
+            sent, end = _norm(history), _norm(tail)
+            if sent and len(end) >= len(sent) and end[len(end) - len(sent) :] == sent:
+                return tail  # `reconcile` answers for it as for the whole record
+        return [(m.role, m.content) for m in await asyncio.to_thread(tx.messages)]
 
     async def _engine(self, tx: TurnTx) -> _Cached | None:
         """The conversation's engine as stored (`None`: a new conversation)."""
