@@ -64,6 +64,7 @@ def test_lean_turns_equal_generate_with_and_without_reuse(tiny_parts, mode: str)
         c = fresh.generate(messages, max_new_tokens=16)
         assert a.extra["decode"]["loop"] == "generate"
         assert b.extra["decode"]["loop"] == "lean" == c.extra["decode"]["loop"]
+        assert b.extra["decode"]["quantized"] == (mode == "int8")  # int4 qkv rows unfused
         assert a.extra["token_ids"] == b.extra["token_ids"] == c.extra["token_ids"]
         assert a.text == b.text and a.usage == b.usage
         assert lean.cached_tokens == plain.cached_tokens
