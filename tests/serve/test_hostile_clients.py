@@ -329,3 +329,33 @@ def test_a_client_sending_a_window_of_history_reads_a_window_of_the_record(
     finally:
         store.close()
         factory.close()
+
+
+def test_a_turn_given_up_while_it_waits_for_the_postgres_lock_leaves_no_lock(
+    serve: Any, postgres: Any
+) -> None:
+    """Defect: a turn whose client hung up while it waited for its conversation's
+    PostgreSQL lock (held by another process's turn) left the lock's connection idle in a
+    transaction once the wait ended: it held the lock for good, and every later turn of
+    that conversation, in every process, waited on it (timed out). The connection that
+    comes too late is now rolled back and returned."""
+    from fmai_torch.serve.auth import ANONYMOUS
+    from fmai_torch.serve.store import Store
+
+    url = postgres.database("fmai_lock_wait")
+    server = serve(url)
+    ask(server.client(), "first", "locked")
+    other = Store(url)  # another server process's turn holds the conversation
+    held = other.begin_turn(ANONYMOUS, "locked")
+    try:
+        impatient = openai.OpenAI(base_url=server.url, api_key="k", timeout=1.0, max_retries=0)
+        with pytest.raises(openai.APITimeoutError):
+            ask(impatient, "impatient", "locked")
+    finally:
+        held.close()
+        other.close()
+    patient = openai.OpenAI(base_url=server.url, api_key="k", timeout=30.0, max_retries=0)
+    ask(patient, "next", "locked")
+    assert [m["content"] for m in get(server, "/conversations/locked")["messages"]] == [
+        "first", "reply to: first", "next", "reply to: next"
+    ]  # fmt: skip
