@@ -359,3 +359,35 @@ def test_a_turn_given_up_while_it_waits_for_the_postgres_lock_leaves_no_lock(
     assert [m["content"] for m in get(server, "/conversations/locked")["messages"]] == [
         "first", "reply to: first", "next", "reply to: next"
     ]  # fmt: skip
+
+
+def test_a_client_hanging_up_mid_upload_is_not_an_unexpected_error(
+    serve: Any, tmp_path: Path
+) -> None:
+    """Defect: a client that hung up while sending its body (a declared Content-Length it
+    never sent) was logged as "fmai serve: unexpected error" with two tracebacks per
+    request, and counted as a 500: any client could fill the log. Now it is counted as
+    499 (the client closed the request) and logged as nothing unexpected."""
+    import socket
+    import time
+
+    server = serve(sqlite(tmp_path))
+    for path in ("/v1/chat/completions", "/v1/conversations/x/search"):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+            sock.sendall(head.encode() + b'{"messages": [')
+    metrics = server.url.removesuffix("/v1") + "/metrics"
+    deadline = time.monotonic() + 60
+    while True:  # until both hang-ups have been answered (to nobody)
+        with urllib.request.urlopen(metrics, timeout=10) as r:
+            text = r.read().decode()
+        answered = [x for x in text.splitlines() if x.startswith("fmai_serve_requests_total")]
+        if sum('status="499"' in x for x in answered) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert 'route="/v1/chat/completions",status="499"' in text, text
+    assert 'route="/v1/conversations/{id}/search",status="499"' in text, text
+    assert 'status="500"' not in text
+    ask(server.client(), "still serving", "upload")
+    log = server.log.read_text()
+    assert "Traceback" not in log and "unexpected error" not in log, log[-2000:]
