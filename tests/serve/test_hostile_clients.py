@@ -141,14 +141,18 @@ def test_a_streamed_reply_with_a_lone_surrogate_is_sent_and_stored_replaced(
         ({"stream": "false"}, "stream", "true or false"),
         ({"stream": 0}, "stream", "true or false"),
         ({"stream": True, "stream_options": {"include_usage": "no"}}, "stream_options", "true"),
+        # the local model's torch.manual_seed raised on it: a 502 "the upstream model failed"
+        ({"seed": 10**30}, "seed", "-2**63 to 2**63-1"),
+        ({"seed": -(2**63) - 1}, "seed", "-2**63 to 2**63-1"),
     ],
 )
 def test_malformed_generation_fields_get_400_naming_the_field(
     serve: Any, tmp_path: Path, extra: dict[str, Any], param: str, says: str
 ) -> None:
-    """Defect: a `stop` holding a lone surrogate got a 502 that blamed the upstream, and a
-    `stream` of "false" streamed. Each is the client's mistake: 400 naming the field and
-    saying what to send, nothing stored."""
+    """Defect: a `stop` holding a lone surrogate got a 502 that blamed the upstream, a
+    `stream` of "false" streamed, and a `seed` past 64 bits failed the local model (502).
+    Each is the client's mistake: 400 naming the field and saying what to send, nothing
+    stored."""
     server = serve(sqlite(tmp_path))
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
     status, raw = _post_raw(server, body, {"X-Session-ID": "fields"})
