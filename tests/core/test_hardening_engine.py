@@ -585,3 +585,33 @@ def test_achat_and_astream_never_embed_on_the_event_loop() -> None:
     assert [m.content for m in llm.messages()][::2] == [
         "My sister is called Ada and lives in Paris.", "What is my sister called?"
     ]  # fmt: skip
+
+
+def test_a_hook_of_an_async_turn_starting_a_turn_is_refused_not_deadlocked() -> None:
+    """The commit of achat/astream (and so its hooks) runs in a worker thread: a hook that
+    starts another turn of the same conversation there, sync or async, must get the
+    re-entry error, as on the turn's own thread, not wait for the turn that waits for it."""
+    errors: list[BaseException] = []
+    llm: FiniteMemoryLLM
+
+    class Reentrant:
+        def on_turn(self, stats: Any) -> None:
+            for start in (lambda: llm.chat("inside"), lambda: asyncio.run(llm.achat("inside"))):
+                try:
+                    start()
+                except FMAIError as exc:
+                    errors.append(exc)
+
+    llm = make(hooks=[Reentrant()])
+
+    async def turns() -> None:
+        await llm.achat("outside")
+        async for _ in llm.astream("outside again"):
+            pass
+
+    runner = threading.Thread(target=lambda: asyncio.run(turns()), daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "deadlocked"
+    assert len(errors) == 4 and all("already running" in str(e) for e in errors), errors
+    assert [m.content for m in llm.messages() if m.role == "user"] == ["outside", "outside again"]

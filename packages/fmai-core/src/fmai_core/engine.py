@@ -9,6 +9,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from os import PathLike
 from typing import TYPE_CHECKING, Any, cast
@@ -110,6 +111,21 @@ class _TurnLock:
         self._owner: object = None
         self._owner_loop: object = None
         self._waiters: deque[_Waiter] = deque()
+        #: Threads working for the current turn (an async turn's commit): a turn started
+        #: from one of them is a re-entry, as from the owner's own thread.
+        self._guests: set[int] = set()
+
+    @contextmanager
+    def guest(self) -> Iterator[None]:
+        """Mark this thread as working for the current turn while the block runs."""
+        me = threading.get_ident()
+        with self._mutex:
+            self._guests.add(me)
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._guests.discard(me)
 
     def __enter__(self) -> None:
         self.acquire()
@@ -129,7 +145,7 @@ class _TurnLock:
             if not self._held:
                 self._held, self._owner, self._owner_loop = True, me, None
                 return
-            if self._owner == me:
+            if self._owner == me or me in self._guests:
                 raise FMAIError(_REENTRY)
             if self._owner_loop is not None and self._owner_loop is _running_loop():
                 raise FMAIError(
@@ -155,7 +171,7 @@ class _TurnLock:
             if not self._held:
                 self._held, self._owner, self._owner_loop = True, task, loop
                 return
-            if task is not None and self._owner is task:
+            if (task is not None and self._owner is task) or threading.get_ident() in self._guests:
                 raise FMAIError(_REENTRY)
             future: asyncio.Future[None] = loop.create_future()
             waiter = _Waiter(task, loop, future)
@@ -724,9 +740,11 @@ class FiniteMemoryLLM:
         end before the turn is handed on, then the cancellation goes on."""
         import asyncio
 
-        finish = asyncio.ensure_future(
-            asyncio.to_thread(self._finish, version, new, plan, gen, start, gen_start)
-        )
+        def finish_here() -> ChatResult:
+            with self._turn.guest():  # a hook that starts a turn here is refused
+                return self._finish(version, new, plan, gen, start, gen_start)
+
+        finish = asyncio.ensure_future(asyncio.to_thread(finish_here))
         try:
             return await asyncio.shield(finish)
         except asyncio.CancelledError:

@@ -30,7 +30,8 @@ class TurnHook(Protocol):
     """
 
     def on_turn(self, stats: TurnStats) -> None:
-        """Observe one completed turn. Keep it quick: it runs on the turn's thread."""
+        """Observe one completed turn. Keep it quick: it runs on the turn's thread (for
+        `achat`/`astream`, a worker thread, off the event loop)."""
         ...
 
 

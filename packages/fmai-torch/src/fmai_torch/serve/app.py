@@ -26,7 +26,7 @@ import anyio
 import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -549,12 +549,17 @@ async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
         raise too_big
     parts: list[bytes] = []
     size = 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size > 2 * limit:
-            break
-        if size <= limit:
-            parts.append(piece)
+    try:
+        async for piece in request.stream():
+            size += len(piece)
+            if size > 2 * limit:
+                break
+            if size <= limit:
+                parts.append(piece)
+    except ClientDisconnect:  # nobody reads the answer; nothing unexpected happened
+        raise ApiError(
+            499, "The client hung up before its request was complete. Nothing was changed."
+        ) from None
     if size > limit:
         raise too_big
     return b"".join(parts)

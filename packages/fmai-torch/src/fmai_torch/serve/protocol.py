@@ -261,8 +261,17 @@ def _param(name: str, value: Any) -> Any:
                 400, f"{name} must be a number of at least 0, got {value!r}.", param=name
             )
     elif name == "seed":
-        if not number or not math.isfinite(value) or value != int(value):
-            raise ApiError(400, f"seed must be a whole number, got {value!r}.", param=name)
+        if (
+            not number
+            or not math.isfinite(value)
+            or value != int(value)
+            or not -(2**63) <= int(value) < 2**63
+        ):
+            raise ApiError(
+                400,
+                f"seed must be a whole number from -2**63 to 2**63-1 (64 bits), got {value!r}.",
+                param=name,
+            )
         value = int(value)
     elif name == "stop":
         stops = [value] if isinstance(value, str) else value

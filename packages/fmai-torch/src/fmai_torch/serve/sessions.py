@@ -24,11 +24,11 @@ import os
 import tempfile
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.config import MemoryConfig
@@ -36,6 +36,8 @@ from fmai_core.errors import CheckpointError
 from fmai_core.messages import Role
 from fmai_torch.serve.protocol import ApiError, ChatRequest
 from fmai_torch.serve.store import NewMessage, Store, TurnRecord, TurnTx
+
+T = TypeVar("T")
 
 __all__ = ["EngineFactory", "Sessions", "Started", "TurnOutcome", "reconcile", "turn_summary"]
 
@@ -213,6 +215,24 @@ def _check_reply(text: str) -> None:
         )
 
 
+async def _on_tx(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)`, a read on a turn's transaction, in a worker thread. A turn cancelled
+    meanwhile waits for the read to end before it goes on (and closes the transaction):
+    its connection is never used by two threads at once, nor pooled while still in use."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
+
+
+def _close_late(opening: asyncio.Future[TurnTx]) -> None:
+    """Close a turn's transaction that was opened after its turn was cancelled."""
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
 @dataclass
 class _Cached:
     llm: FiniteMemoryLLM
@@ -272,19 +292,13 @@ class Sessions:
             return
         key = (owner, cid)
         async with self._local(key):
-            tx = await asyncio.to_thread(self.store.begin_turn, owner, cid)
+            tx = await self._begin(owner, cid)
             try:
                 found = await self._engine(tx)
                 llm = found.llm if found is not None else None
                 fragments = found.fragments if found is not None else {}
-                stored = None
-                if tx.row is not None:
-                    stored = (
-                        []
-                        if not req.history
-                        else [(m.role, m.content) for m in await asyncio.to_thread(tx.messages)]
-                    )
                 stored_system = llm.system_prompt if llm is not None else None
+                stored = await self._stored(tx, req.history)
                 extra = reconcile(stored, stored_system, req.system, req.history)
                 if extra is not None:
                     if llm is None:
@@ -298,7 +312,7 @@ class Sessions:
         # the history contradicts the record: a new conversation from the client's history
         fork = f"{cid[:180]}.fork-{uuid.uuid4().hex[:12]}"
         async with self._local((owner, fork)):
-            tx = await asyncio.to_thread(self.store.begin_turn, owner, fork)
+            tx = await self._begin(owner, fork)
             try:
                 llm = await asyncio.to_thread(self.factory.new, req.system)
                 yield Started(fork, forked_from=cid)
@@ -307,6 +321,42 @@ class Sessions:
             finally:
                 tx.close()
 
+    async def _begin(self, owner: str, cid: str) -> TurnTx:
+        """`store.begin_turn` in a worker thread (on PostgreSQL it waits for the lock).
+
+        A turn cancelled meanwhile (its client hung up) does not leave the transaction to
+        whoever: the thread goes on until it has the lock, and the turn it opened, which
+        nobody will run, is closed at once, so the lock is released.
+        """
+        opening = asyncio.ensure_future(asyncio.to_thread(self.store.begin_turn, owner, cid))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(_close_late)
+            raise
+
+    async def _stored(
+        self, tx: TurnTx, history: Sequence[tuple[Role, str]]
+    ) -> list[tuple[str, str]] | None:
+        """The part of the record `reconcile` compares the request's `history` with.
+
+        A record longer than the history sent can only take it as a window of its end
+        (or be contradicted by it): then the record's newest messages are read first, as
+        many as were sent, and the whole record only when they are not that window. So a
+        client that sends the last few messages costs a few rows a turn, however long
+        the conversation.
+        """
+        if tx.row is None:
+            return None
+        if not history:
+            return []
+        if tx.row.message_count > len(history):
+            tail = [(m.role, m.content) for m in await _on_tx(tx.tail, len(history))]
+            sent, end = _norm(history), _norm(tail)
+            if sent and len(end) >= len(sent) and end[len(end) - len(sent) :] == sent:
+                return tail  # `reconcile` answers for it as for the whole record
+        return [(m.role, m.content) for m in await _on_tx(tx.messages)]
+
     async def _engine(self, tx: TurnTx) -> _Cached | None:
         """The conversation's engine as stored (`None`: a new conversation)."""
         cached = self._cache.pop((tx.owner, tx.id), None)
@@ -314,7 +364,7 @@ class Sessions:
             return None
         if cached is not None and cached.etag == tx.etag:
             return cached
-        document = await asyncio.to_thread(tx.checkpoint)
+        document = await _on_tx(tx.checkpoint)
         llm = await asyncio.to_thread(self.factory.load, document, tx.id)
         return _Cached(llm, tx.etag or "", {})
 

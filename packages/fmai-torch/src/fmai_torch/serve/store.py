@@ -450,6 +450,12 @@ class TurnTx:
         """The conversation's record as the turn began."""
         return list(self._read(lambda conn: _messages(conn, self.owner, self.id)))
 
+    def tail(self, limit: int) -> list[StoredMessage]:
+        """The newest `limit` messages of the record as the turn began, in order."""
+        key = {"b_owner": self.owner, "b_id": self.id, "b_limit": limit}
+        rows = self._read(lambda conn: [_stored(r) for r in conn.execute(_SELECT_TAIL, key)])
+        return list(rows[::-1])
+
     def commit(
         self,
         checkpoint: str,
@@ -618,6 +624,13 @@ _SELECT_ROW_CHECKPOINT = sa.select(*_columns(), _c.checkpoint).where(*_KEY)
 _SELECT_CHECKPOINT = sa.select(_c.checkpoint).where(*_KEY)
 # the SET clause comes from the parameters' column names
 _UPDATE_CONVERSATION = conversations.update().where(*_KEY, _c.etag == sa.bindparam("b_etag"))
+_m = messages.c
+_SELECT_TAIL = (
+    sa.select(_m.seq, _m.turn, _m.role, _m.content, _m.stats, _m.created_at)
+    .where(_m.owner == sa.bindparam("b_owner"), _m.conversation_id == sa.bindparam("b_id"))
+    .order_by(_m.seq.desc())
+    .limit(sa.bindparam("b_limit"))
+)
 _DELETE_TRACES = turns_table.delete().where(
     _t.owner == sa.bindparam("b_owner"),
     _t.conversation_id == sa.bindparam("b_id"),
