@@ -8,6 +8,7 @@ same operations (and the fused products are checked bit for bit against the sepa
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 
@@ -95,6 +96,11 @@ def test_lean_step_is_the_forward_bit_for_bit(  # type: ignore[no-untyped-def]
     assert decoder.quantized == (mode == "int8")
     if decoder.quantized:
         assert decoder._q is not None
+        if sys.platform.startswith("linux"):  # its weights moved into memory for huge pages
+            assert decoder.huge_pages
+            assert model.lm_head.qweight.untyped_storage().data_ptr() == (
+                model.model.layers[0].self_attn.o_proj.qweight.untyped_storage().data_ptr()
+            )
         expected = lean._rms_norm_into if dtype == "float32" else lean._norm_into
         assert decoder._q.norm is expected
     ids = torch.tensor([[5, 9, 14, 30, 7, 11]])

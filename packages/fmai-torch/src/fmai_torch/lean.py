@@ -220,6 +220,56 @@ def _norm_choice(norm: Any) -> Callable[[Any, Any, float, Any], None]:
     return _rms_norm_into
 
 
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14  # Linux
+
+
+def _into_huge_pages(modules: list[Any]) -> bool:
+    """Move the weight buffers of `modules` (int8/int4 layers, in the order a step reads
+    them) into one block of memory that Linux backs with 2 MiB pages where it can
+    (`madvise(MADV_HUGEPAGE)`; transparent huge pages in `madvise` mode). A step streams
+    every weight once, ~95 MB for the embedded model in int4, and with 4 KiB pages that is
+    some 23,000 page-table walks per token. The values and the kernels are unchanged, so
+    the results are too. Returns whether the memory was advised (`False`: not Linux, no
+    libc, nothing to move, or the call failed; the buffers stay where they were).
+    """
+    import ctypes
+    import sys
+
+    import torch
+
+    if not modules or not sys.platform.startswith("linux"):
+        return False
+    names = [
+        (m, name)
+        for m in modules
+        for name in ("qweight", "scales_and_zeros" if hasattr(m, "scales_and_zeros") else "scales")
+    ]
+    tensors = [getattr(m, name) for m, name in names]
+    if any(t.device.type != "cpu" for t in tensors):
+        return False
+    sizes = [-(-t.numel() * t.element_size() // 4096) * 4096 for t in tensors]
+    length = -(-sum(sizes) // _HUGE_PAGE) * _HUGE_PAGE
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        block = torch.empty(length + _HUGE_PAGE, dtype=torch.uint8)  # untouched: not faulted in
+        start = -block.data_ptr() % _HUGE_PAGE
+        if libc.madvise(block.data_ptr() + start, length, _MADV_HUGEPAGE) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    at = start
+    with torch.no_grad():
+        for (module, name), t, size in zip(names, tensors, sizes, strict=True):
+            n = t.numel() * t.element_size()
+            view = block[at : at + n].view(t.dtype).view(t.shape)
+            view.copy_(t)
+            setattr(module, name, view)
+            at += size
+    return True
+
+
 class LeanDecoder:
     """Decodes one token at a time over a `DynamicCache` (see the module doc).
 
@@ -252,6 +302,8 @@ class LeanDecoder:
         self._room: list[tuple[Any, Any]] | None = None
         #: Whether steps run the quantized path (see `_quantized`).
         self.quantized = False
+        #: Whether its weights were moved into memory advised for huge pages.
+        self.huge_pages = False
         self._q: _Quantized | None = self._quantized()
         self.quantized = self._q is not None
 
@@ -267,6 +319,7 @@ class LeanDecoder:
 
         model = self.model
         inner = model.model
+        self.huge_pages = _into_huge_pages(self._step_modules())
         head = _kernel(model.lm_head)
         norms = [inner.norm]
         layers: list[tuple[Any, ...]] = []
@@ -304,6 +357,19 @@ class LeanDecoder:
         eps = float(inner.norm.variance_epsilon)
         plan = _Quantized(layers, head, dims.pop(), eps, _norm_choice(inner.norm))
         return plan if self._check(plan) else None
+
+    def _step_modules(self) -> list[Any]:
+        """The quantized layers a quantized step reads, in the order it reads them (none
+        where a projection is not int8/int4 or a group is not fused)."""
+        from fmai_torch.quant import Int4Linear, Int8Linear
+
+        order: list[Any] = []
+        for _, attn, mlp, qkv, gate_up in self.layers:
+            if qkv is None or gate_up is None:
+                return []
+            order += [qkv.layer, attn.o_proj, gate_up.layer, mlp.down_proj]
+        order.append(self.model.lm_head)
+        return order if all(type(m) in (Int4Linear, Int8Linear) for m in order) else []
 
     def _check(self, plan: _Quantized) -> bool:
         """Whether a quantized step equals the model's forward on a short prompt, bit for bit."""
