@@ -395,3 +395,49 @@ def test_a_client_hanging_up_mid_upload_is_not_an_unexpected_error(
     ask(server.client(), "still serving", "upload")
     log = server.log.read_text()
     assert "Traceback" not in log and "unexpected error" not in log, log[-2000:]
+
+
+VERBATIM = [
+    "a\r\nb\r\n\r\nc", "\r a lone CR \r", "שלום עולם مرحبا \u200f\u202e", "👩‍👩‍👧‍👦 family 🏳️‍🌈",
+    "\ufeffBOM\u2028line\u2029para", "tab\tend\x0b\x0c", "  spaced  ", "e\u0301 \U0010ffff \ufffe",
+    "\x01\x1f\x7f controls", "long " * 300 + "end.\r\n" * 5,
+]  # fmt: skip
+
+
+def test_odd_text_survives_verbatim_in_the_record_and_the_memory(
+    serve: Any, store_url: str, upstream: Any
+) -> None:
+    """Coverage (no defect found): CRLF and lone CR, RTL marks and overrides, emoji ZWJ
+    sequences, BOM and U+2028/9, other controls, combining marks, the last code point and a
+    message split into parts come back byte for byte from the record and from the memory
+    (the checkpoint, loaded), streamed or not, on both stores; sending the record back as
+    history is recognised as the record (no fork)."""
+    from fmai_core import FiniteMemoryLLM
+    from fmai_core.backends import OpenAIBackend
+
+    server = serve(store_url, "--policy", "hybrid")
+    system = "System \r\n with 😀 and \u202e RTL"
+    client = server.client()
+    for i, text in enumerate(VERBATIM):
+        msgs = [{"role": "system", "content": system}] if i == 0 else []
+        if i % 2 == 0:
+            ask(client, text, "verbatim", msgs)
+            continue
+        chunks = client.chat.completions.create(
+            model="m",
+            messages=[*msgs, {"role": "user", "content": text}],
+            extra_headers={"X-Session-ID": "verbatim"},
+            stream=True,
+        )
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    record = get(server, "/conversations/verbatim/messages")["data"]
+    assert [m["content"] for m in record if m["role"] == "user"] == VERBATIM
+    path = Path(str(server.log) + ".checkpoint.json")
+    path.write_text(json.dumps(get(server, "/conversations/verbatim/checkpoint")))
+    backend = OpenAIBackend("fake-model", base_url=upstream.openai_url, api_key="sk-test-key")
+    llm = FiniteMemoryLLM.load(path, backend)
+    assert [m.content for m in llm.messages() if m.role == "user"] == VERBATIM
+    assert llm.system_prompt == system
+    history = [{"role": m["role"], "content": m["content"]} for m in record]
+    _, headers = ask(client, "next", "verbatim", [{"role": "system", "content": system}, *history])
+    assert headers["x-session-id"] == "verbatim" and "x-fmai-forked-from" not in headers
