@@ -581,7 +581,6 @@ class LeanDecoder:
         token = pick(out.logits[:, -1, :], 0)
         del out
         generated: list[int] = []
-        self.begin(cache, max_new - 1)
         try:
             for j in range(max_new):
                 t = int(token)
@@ -589,6 +588,8 @@ class LeanDecoder:
                 emit(t)
                 if t in eos or stop(generated) or j + 1 == max_new:
                     break
+                if j == 0:  # after the first token is out: the copy is not in its latency
+                    self.begin(cache, max_new - 1)
                 token = pick(self.step(token.reshape(1, 1), length + j, cache), j + 1)
         finally:
             self.finish(cache)
