@@ -209,3 +209,19 @@ def test_an_unreadable_script_is_a_clear_error_before_the_model_loads(
     err = capsys.readouterr().err
     assert str(script) in err and "never-loaded" not in err, err
     assert ("UTF-8" in err) if content is not None else ("no such file" in err.lower()), err
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_clear_error(
+    tiny_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defect: `--checkpoint PATH` that could not be written (here: under a file) ended in
+    a traceback after the first turn; it is now `fmai: error: ...` with the advice."""
+    script = tmp_path / "msgs.txt"
+    script.write_text("hello there\nand again\n")
+    (tmp_path / "afile").write_text("x")
+    args = ["chat", "--model", tiny_dir, "--max-new-tokens", "4", "--script", str(script)]
+    code, _ = _run([*args, "--checkpoint", str(tmp_path / "afile" / "chat.json")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "fmai: error: Could not write the checkpoint" in err and "not a folder" in err, err
+    assert "Traceback" not in err

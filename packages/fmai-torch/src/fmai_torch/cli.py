@@ -408,13 +408,13 @@ def _chat(args: argparse.Namespace, out: TextIO) -> int:
             continue
         try:
             _turn(llm, line, args, out)
+            if args.checkpoint is not None:
+                llm.save(args.checkpoint, kv=not args.no_kv_save)
         except FMAIError as exc:
             print(f"fmai: error: {exc}", file=sys.stderr)
             if args.script is not None:
                 return 1
             continue
-        if args.checkpoint is not None:
-            llm.save(args.checkpoint, kv=not args.no_kv_save)
     return 0
 
 
