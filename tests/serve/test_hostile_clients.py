@@ -441,3 +441,45 @@ def test_odd_text_survives_verbatim_in_the_record_and_the_memory(
     history = [{"role": m["role"], "content": m["content"]} for m in record]
     _, headers = ask(client, "next", "verbatim", [{"role": "system", "content": system}, *history])
     assert headers["x-session-id"] == "verbatim" and "x-fmai-forked-from" not in headers
+
+
+def test_a_stopped_server_leaves_no_scratch_folder(tmp_path: Path, upstream: Any) -> None:
+    """Defect: each `fmai serve` left a `fmai-serve-*` folder in the temp directory (where
+    it puts a stored checkpoint to load it): 889 of them were in /tmp of the machine this
+    was found on. A server that stops removes its own."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import UPSTREAM_KEY, free_port
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "fmai_torch.cli", "serve", "--upstream", upstream.openai_url,
+        "--upstream-model", "fake-model", "--upstream-key-env", "FMAI_TEST_UPSTREAM_KEY",
+        "--store", sqlite(tmp_path), "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(scratch), "FMAI_TEST_UPSTREAM_KEY": UPSTREAM_KEY}
+    env.pop("FMAI_API_KEYS", None)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        assert [p.name.startswith("fmai-serve-") for p in scratch.iterdir()] == [True]
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+        ask(client, "hello", "scratch")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode in (0, -signal.SIGTERM), out[-2000:]  # uvicorn re-raises it
+    assert list(scratch.iterdir()) == []

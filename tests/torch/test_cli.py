@@ -171,3 +171,57 @@ def test_kv_edit_flag(tiny_dir: str, tmp_path: Path) -> None:
     assert all(r["kv"]["mode"] == "rerotate" for r in rows)
     edited = [r for r in rows if r["kv"]["applied"] == "rerotate"]
     assert edited and all(r["evicted"] and r["kv"]["cut_tokens"] > 0 for r in edited)
+
+
+def test_a_script_line_is_one_message_whatever_unicode_it_holds(
+    tiny_dir: str, tmp_path: Path
+) -> None:
+    """Defect: `--script FILE` split the file with `str.splitlines`, which also breaks at
+    U+2028, U+0085, form feeds and other separators, so one line became several messages
+    (stdin split at newlines only). A line is now one message, as from stdin; CRLF files
+    read as LF ones."""
+    script = tmp_path / "msgs.txt"
+    lines = ["first\u2028still first", "second\x0cstill\x85second", "third \u202eRTL 👩\u200d👧"]
+    script.write_bytes("\r\n".join(lines).encode("utf-8") + b"\r\n")
+    checkpoint = tmp_path / "chat.json"
+    args = ["chat", "--model", tiny_dir, "--policy", "sliding", "--max-new-tokens", "4"]
+    args += ["--script", str(script), "--json", "--checkpoint", str(checkpoint), "--no-kv-save"]
+    code, out = _run(args)
+    assert code == 0
+    assert [json.loads(row)["turn"] for row in out.splitlines()] == [0, 1, 2]
+    state = json.loads(checkpoint.read_text(encoding="utf-8"))["state"]
+    users = [s for s in (*state["archive"], *state["history"]) if s["role"] == "user"]
+    assert [s["text"] for s in sorted(users, key=lambda s: s["id"])] == lines
+
+
+@pytest.mark.parametrize("content", [b"caf\xe9 au lait\n", None], ids=["not-utf8", "missing"])
+def test_an_unreadable_script_is_a_clear_error_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None
+) -> None:
+    """Defect: a script that is not UTF-8, or is missing, ended in a traceback
+    (UnicodeDecodeError, FileNotFoundError), after the model had been loaded."""
+    script = tmp_path / "msgs.txt"
+    if content is not None:
+        script.write_bytes(content)
+    model = tmp_path / "never-loaded.gguf"  # the script is read first: this is not reached
+    code, _ = _run(["chat", "--model", str(model), "--script", str(script)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(script) in err and "never-loaded" not in err, err
+    assert ("UTF-8" in err) if content is not None else ("no such file" in err.lower()), err
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_clear_error(
+    tiny_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defect: `--checkpoint PATH` that could not be written (here: under a file) ended in
+    a traceback after the first turn; it is now `fmai: error: ...` with the advice."""
+    script = tmp_path / "msgs.txt"
+    script.write_text("hello there\nand again\n")
+    (tmp_path / "afile").write_text("x")
+    args = ["chat", "--model", tiny_dir, "--max-new-tokens", "4", "--script", str(script)]
+    code, _ = _run([*args, "--checkpoint", str(tmp_path / "afile" / "chat.json")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "fmai: error: Could not write the checkpoint" in err and "not a folder" in err, err
+    assert "Traceback" not in err

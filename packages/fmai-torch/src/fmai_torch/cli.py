@@ -296,8 +296,19 @@ def _engine(args: argparse.Namespace, backend: Any, embedder: Any = None) -> Any
     )
 
 
-def _script_lines(path: str) -> Iterator[str]:
-    lines: Iterable[str] = sys.stdin if path == "-" else Path(path).read_text("utf-8").splitlines()
+def _read_script(path: str) -> list[str]:
+    """The lines of a script file, split at line ends only (`\n`, `\r\n`, `\r`), as
+    stdin is: `str.splitlines` would also split a message at U+2028, U+0085 or a form feed.
+
+    Raises:
+        OSError, UnicodeDecodeError: the file cannot be read as UTF-8 text.
+    """
+    with open(path, encoding="utf-8", newline=None) as f:
+        return list(f)
+
+
+def _script_lines(path: str, read: list[str] | None = None) -> Iterator[str]:
+    lines: Iterable[str] = sys.stdin if path == "-" else (read or [])
     for line in lines:
         if line.strip():
             yield line.rstrip("\n")
@@ -357,6 +368,23 @@ def _command(llm: Any, line: str) -> bool:
 def _chat(args: argparse.Namespace, out: TextIO) -> int:
     from fmai_core.errors import FMAIError
 
+    script: list[str] | None = None
+    if args.script not in (None, "-"):  # read before the model loads: a bad one fails fast
+        try:
+            script = _read_script(args.script)
+        except UnicodeDecodeError as exc:
+            print(
+                f"fmai: error: --script {args.script} is not UTF-8 text ({exc.reason} at byte "
+                f"{exc.start}): save it as UTF-8, one message per line.",
+                file=sys.stderr,
+            )
+            return 2
+        except OSError as exc:
+            print(
+                f"fmai: error: cannot read --script {args.script}: {exc.strerror or exc}.",
+                file=sys.stderr,
+            )
+            return 2
     try:
         backend = _load_backend(
             args.model,
@@ -370,7 +398,9 @@ def _chat(args: argparse.Namespace, out: TextIO) -> int:
     except FMAIError as exc:
         print(f"fmai: error: {exc}", file=sys.stderr)
         return 2
-    lines = _script_lines(args.script) if args.script is not None else _interactive_lines(out)
+    lines = (
+        _script_lines(args.script, script) if args.script is not None else _interactive_lines(out)
+    )
     for line in lines:
         if args.script is None and line.startswith("/"):
             if not _command(llm, line):
@@ -378,13 +408,13 @@ def _chat(args: argparse.Namespace, out: TextIO) -> int:
             continue
         try:
             _turn(llm, line, args, out)
+            if args.checkpoint is not None:
+                llm.save(args.checkpoint, kv=not args.no_kv_save)
         except FMAIError as exc:
             print(f"fmai: error: {exc}", file=sys.stderr)
             if args.script is not None:
                 return 1
             continue
-        if args.checkpoint is not None:
-            llm.save(args.checkpoint, kv=not args.no_kv_save)
     return 0
 
 

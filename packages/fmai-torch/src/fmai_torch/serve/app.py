@@ -439,7 +439,11 @@ def create_app(
         if warm is not None:
             await warm()
         anyio.get_cancelled_exc_class()  # loads anyio's asyncio backend (httpcore uses it)
-        yield
+        try:
+            yield
+        finally:
+            sessions.factory.close()  # its scratch folder
+            store.close()
 
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),

@@ -20,6 +20,7 @@ memory is unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import uuid
@@ -88,7 +89,8 @@ class EngineFactory:
         path = self._tmp / f"{uuid.uuid4().hex}.json"
         path.write_text(document, encoding="utf-8")
         try:
-            return FiniteMemoryLLM.load(path, self.backend, hooks=self.hooks)
+            # kv=False: a KV file is never looked for beside the scratch file
+            return FiniteMemoryLLM.load(path, self.backend, kv=False, hooks=self.hooks)
         except CheckpointError as exc:
             raise unloadable(cid, str(exc).replace(str(path), "its stored checkpoint")) from None
         finally:
@@ -105,10 +107,11 @@ class EngineFactory:
         return document_text(llm.snapshot(), fragments)
 
     def close(self) -> None:
-        """Remove the scratch folder."""
+        """Remove the scratch folder (again: nothing)."""
         for p in self._tmp.glob("*"):
             p.unlink(missing_ok=True)
-        os.rmdir(self._tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(self._tmp)
 
 
 def unloadable(cid: str, reason: str) -> CheckpointError:
