@@ -123,7 +123,9 @@ def _kernel(layer: Any) -> Callable[[Any], Any] | None:
 
 
 class _Buffers:
-    """The working tensors of a quantized step (one set per dtype, reused by every layer)."""
+    """The working tensors of a quantized step (one set per dtype, reused by every layer
+    and every step: one step at a time per decoder, as `HFBackend` runs them under its
+    model's lock)."""
 
     def __init__(self, plan: _Quantized, like: Any) -> None:
         import torch
