@@ -615,3 +615,30 @@ def test_a_hook_of_an_async_turn_starting_a_turn_is_refused_not_deadlocked() -> 
     assert not runner.is_alive(), "deadlocked"
     assert len(errors) == 4 and all("already running" in str(e) for e in errors), errors
     assert [m.content for m in llm.messages() if m.role == "user"] == ["outside", "outside again"]
+
+
+class SurrogateSummaries(EchoBackend):
+    """Writes faithful summaries that end in a lone surrogate (as a model's reply can)."""
+
+    def summarize(self, text: str, max_tokens: int) -> str:
+        return " ".join(text.split()[:12]) + " \ud800"
+
+
+@pytest.mark.parametrize("policy", ["rolling_summary", "hybrid"])
+def test_a_summary_with_a_lone_surrogate_is_kept_replaced_not_blamed_on_the_user(
+    tmp_path: Path, policy: str
+) -> None:
+    """Defect: a summary holding a lone surrogate (a summarizer's reply can) made every
+    turn from the one that wrote it fail with "Message content holds a lone surrogate ...
+    decode them with errors='replace'" (the user's text was fine; a serve client got a
+    400 it could not fix, turn after turn). The summary is now kept with U+FFFD in its
+    place, as a reply is, and the conversation saves and loads."""
+    llm = make(policy, backend=SurrogateSummaries(), max_tokens=200, max_new_tokens=16)
+    for i in range(40):
+        llm.chat(f"My sister Ada lives in Paris, message {i} number {i * 7}.")
+    summary = llm.state.summary
+    if summary is not None:  # hybrid folds only when its knapsack picks the summary
+        assert "\ud800" not in summary.text and summary.text.endswith("\ufffd")
+    llm.save(tmp_path / "c.json")
+    again = FiniteMemoryLLM.load(tmp_path / "c.json", SurrogateSummaries())
+    assert again.state.to_dict() == llm.state.to_dict()

@@ -37,6 +37,7 @@ from fmai_core.errors import (
 )
 from fmai_core.memory import MemoryState, recount, segment_message
 from fmai_core.messages import Message, Role, check_encodable
+from fmai_core.messages import encodable as _encodable
 from fmai_core.segments import Segment
 from fmai_core.stats import MemoryStats, TurnStats
 from fmai_core.text import split_sentences
@@ -1059,15 +1060,6 @@ def _storable(gen: Generation) -> Generation:
     """Replace lone surrogates in a reply with U+FFFD: what is stored must be savable."""
     text = _encodable(gen.text)
     return gen if text is gen.text else replace(gen, text=text)
-
-
-def _encodable(text: str) -> str:
-    """`text` with each lone surrogate replaced by U+FFFD (`text` itself when it has none)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
-    return text
 
 
 def _check_params(params: Mapping[str, Any]) -> None:

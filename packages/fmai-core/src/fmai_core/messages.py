@@ -7,10 +7,21 @@ from typing import Any, Literal
 
 from fmai_core.errors import InvalidMessageError
 
-__all__ = ["ROLES", "Message", "Role", "check_encodable"]
+__all__ = ["ROLES", "Message", "Role", "check_encodable", "encodable"]
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
+
+
+def encodable(text: str) -> str:
+    """`text` with each lone surrogate replaced by U+FFFD (`text` itself when it has none):
+    for text that fmai did not get from the user (a model's reply or summary), which must
+    be storable, and whose writer cannot be asked to fix it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
 
 
 def check_encodable(text: str, what: str = "Message content") -> None:

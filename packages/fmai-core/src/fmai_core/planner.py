@@ -16,7 +16,7 @@ from fmai_core.context import ContextBuilder
 from fmai_core.deadline import PolicyTimeout, deadline_scope
 from fmai_core.errors import MessageTooLongError
 from fmai_core.memory import MemoryState, archive_value
-from fmai_core.messages import Message
+from fmai_core.messages import Message, encodable
 from fmai_core.policies.base import Policy, PolicyRequest, Selection, Signals, enforce_budget
 from fmai_core.policies.sliding import SlidingWindowPolicy
 from fmai_core.retrieval import RecallIndex, recall_need
@@ -358,7 +358,8 @@ class Planner:
         turn.stats.update(stats)
         keep = set(selection.keep)
         if selection.summary is not None and not fb:
-            text = selection.summary.strip()
+            # a model wrote it: a lone surrogate is replaced (as in a reply), not refused
+            text = encodable(selection.summary.strip())
             turn.summary = (
                 Segment(-1, -1, "system", text, self.counter.text(text), "summary", state.turn)
                 if text
