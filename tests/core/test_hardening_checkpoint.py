@@ -395,3 +395,24 @@ def test_save_writes_outside_the_conversations_lock(
     llm.save(tmp_path / "chat.json")
     assert True in seen and len(seen) >= 2
     assert _content(FiniteMemoryLLM.load(tmp_path / "chat.json", EchoBackend())) == _content(llm)
+
+
+def test_a_folder_or_an_empty_path_is_named_as_such_on_save_and_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: `save` to a folder (or to "", which is the current folder) failed with "check
+    the path, the permissions and the free space" (for "": "Device or resource busy"), and
+    `load` of a folder said the checkpoint "may be corrupt: restore a backup". Each now
+    says it got a folder and to give a file's path; nothing is written."""
+    llm = _conversation()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chats").mkdir()
+    for where in (tmp_path / "chats", "", "."):
+        with pytest.raises(CheckpointError, match="is a folder, not a file") as info:
+            llm.save(where)
+        assert "chat.json" in str(info.value)  # an example of what to give
+        with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file") as info:
+            FiniteMemoryLLM.load(where, EchoBackend())
+        assert "restore a backup" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chats"]
+    assert list((tmp_path / "chats").iterdir()) == []

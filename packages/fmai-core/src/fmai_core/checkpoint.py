@@ -377,6 +377,12 @@ def write_atomic(path: Path, data: str) -> None:
         CheckpointWriteError: an `OSError` while writing, with advice.
     """
     target = _target(path)
+    if target.is_dir():  # "" and "." included
+        raise CheckpointWriteError(
+            f"Could not write the checkpoint {str(path)!r}: it is a folder, not a file. Give "
+            f"the path of a file to save to, such as {str(path / 'chat.json')!r}. Nothing was "
+            "written."
+        )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(
@@ -592,6 +598,11 @@ def recount_state(state: MemoryState, counter: TokenCounter) -> MemoryState:
 
 
 def _read(p: Path) -> Any:
+    if p.is_dir():  # "" and "." included
+        raise CheckpointError(
+            f"{str(p)!r} is a folder, not a checkpoint file: give the path of the file that "
+            f"save() wrote, such as {str(p / 'chat.json')!r}."
+        )
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
