@@ -358,6 +358,7 @@ class ChatCounter:
         self._known: dict[str, int] = {}
         self._told: dict[str, int] = {}  # (told only: the factor is measured on these)
         self._pinned: dict[str, int] = {}  # (pinned by a report only: the gap is measured)
+        self._recent: deque[str] = deque(maxlen=_PART_SEARCH)  # the newest known texts
         # recent out-of-sample errors of the per-text and the affine model
         self._scores: deque[tuple[float, float]] = deque(maxlen=_SCORE_WINDOW)
         self._lock = threading.Lock()
@@ -416,12 +417,12 @@ class ChatCounter:
         counter's counts of the two; `None` if no recent known text contains it."""
         if len(text) < _PART_MIN_CHARS:
             return None
-        for parent in reversed(list(self._known)[-_PART_SEARCH:]):
+        for parent in reversed(tuple(self._recent)):  # (a snapshot: others may append)
             if len(parent) > len(text) and text in parent:
-                whole = self.text(parent)
-                if whole <= 0:
-                    return None
-                return math.ceil(self._known[parent] * self.text(text) / whole - 1e-9)
+                known, whole = self._known.get(parent), self.text(parent)
+                if known is None or whole <= 0:
+                    continue
+                return math.ceil(known * self.text(text) / whole - 1e-9)
         return None
 
     def __call__(self, messages: Sequence[Message]) -> int:
@@ -460,6 +461,7 @@ class ChatCounter:
             changed = self._known.get(text) != tokens
             _put(self._told, text, int(tokens))
             _put(self._known, text, int(tokens))
+            self._recent.append(text)
             if changed and self._fit.per_text:
                 self._fit = self._fit._replace(revision=self._fit.revision + 1)
 
@@ -551,6 +553,7 @@ class ChatCounter:
                 n = max(0, math.ceil(rest * self.text(t) / weight / k - 1e-9))
                 if n <= _LEARN_MAX_RATIO * self.text(t) + 8:
                     _put(self._known, t, n)
+                    self._recent.append(t)
                     if not first and len(unknown) == 1:
                         _put(self._pinned, t, n)
         elif not unknown and rest > 0:
