@@ -116,3 +116,35 @@ def test_the_parts_of_a_message_cost_what_the_message_costs(sentences: list[str]
     )
     assert sum(p.tokens for p in parts) == counter.message(text)
     assert "".join((p.sep if i else "") + p.text for i, p in enumerate(parts)) == text
+
+
+def test_counting_while_other_threads_learn() -> None:
+    # a policy worker abandoned at its deadline may count while the next turn learns
+    import threading
+
+    counter = ChatCounter(estimate_tokens)
+    texts = [f"Message number {i}: " + "some words here " * (i % 7 + 1) for i in range(400)]
+    errors: list[BaseException] = []
+
+    def learn() -> None:
+        try:
+            for i, t in enumerate(texts):
+                counter.learn(t, 5 + i % 9)
+                counter.observe([Message("user", "q"), Message("assistant", t)], 40 + i % 9)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def count() -> None:
+        try:
+            for t in texts * 3:
+                counter.count_text(t[5:])
+                counter([Message("user", t)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=f) for f in (learn, count, count)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
