@@ -17,10 +17,11 @@ hosted provider reports the true count only afterwards, so a hosted backend coun
    by more than [`ESTIMATE_MARGIN`][fmai_core.backends.tokens.ESTIMATE_MARGIN].
 
 Chat-template overhead is added per message as OpenAI documents it (3 tokens per message
-plus 3 for the reply opener); the hosted backends also fit the gap between their count and
-the provider's reported `prompt_tokens` after each call, as a fixed template overhead plus a
-per-token factor (see [`ChatCounter`][fmai_core.backends.tokens.ChatCounter]), and apply the
-same correction to bare text and to whole prompts.
+plus 3 for the reply opener); the hosted backends also learn from each call's usage (see
+[`ChatCounter`][fmai_core.backends.tokens.ChatCounter]): the provider's own count of each
+reply and of each message a report pins down, with only new messages estimated, or else a
+fixed template overhead plus a per-token factor fitted to the reports; the same count
+applies to bare text and to whole prompts.
 """
 
 from __future__ import annotations
