@@ -275,10 +275,26 @@ def _expected_cost(llm: FiniteMemoryLLM, seg: Any) -> int:
 
 def _assert_recounted(llm: FiniteMemoryLLM) -> None:
     s = llm.state
-    segments = [*s.pinned, *s.history, *s.archive, *([s.summary] if s.summary else [])]
-    assert segments
-    for seg in segments:
-        assert seg.tokens == _expected_cost(llm, seg), seg
+    c = llm.counter
+    groups = [s.pinned, s.history, s.archive, (s.summary,) if s.summary else ()]
+    assert any(groups)
+    for group in groups:
+        parts: dict[int, list[Any]] = {}
+        for seg in group:
+            if seg.kind == "part":
+                parts.setdefault(seg.message_id, []).append(seg)
+            else:
+                assert seg.tokens == _expected_cost(llm, seg), seg
+        for pieces in parts.values():
+            pieces.sort(key=lambda p: p.part)
+            if [p.part for p in pieces] != list(range(pieces[0].parts)):
+                for seg in pieces:  # a message with parts elsewhere: each part on its own
+                    assert seg.tokens == _expected_cost(llm, seg), seg
+                continue
+            # all its parts: together they cost what the whole message costs
+            text = pieces[0].text + "".join(p.sep + p.text for p in pieces[1:])
+            assert sum(p.tokens for p in pieces) == c.message(text), pieces
+            assert all(p.tokens >= c.text(p.text) - 1 for p in pieces[1:]), pieces
     ctx = llm.context("next question")
     assert llm.backend.count_tokens(ctx) + llm.max_new_tokens <= llm.max_tokens
 
