@@ -10,7 +10,9 @@ and `estimate`, fmai's own estimate fitted to usage), each on a fresh server.
 Per run it reports, by the server's own count (its `usage`):
 
 - `ratio`: fmai's count of each prompt (made before sending) / the server's `prompt_tokens`,
-  on turn 0 and, after it, the median and the worst (farthest from 1);
+  on turn 0 and, after it, the median, the worst (farthest from 1) and the lowest (an
+  under-count is how a prompt goes over the budget); `--no-per-text` counts with the affine
+  fit alone (`count_per_text=False`, as `fmai serve` does);
 - `over`: turns whose prompt + `max_new_tokens` exceeded the budget;
 - `cache`: the share of prompt tokens the server's cache served
   (`prompt_tokens_details.cached_tokens`);
@@ -149,9 +151,15 @@ def run_one(
     turns: int,
     policy: str,
     timeout: float = 600.0,
+    per_text: bool = True,
 ) -> dict[str, Any]:
     backend = Recording(
-        "smollm2", base_url=server.root + "/v1", count=count, timeout=timeout, turn_timeout=None
+        "smollm2",
+        base_url=server.root + "/v1",
+        count=count,
+        timeout=timeout,
+        turn_timeout=None,
+        count_per_text=per_text,
     )
     llm = FiniteMemoryLLM(backend, policy=policy, max_tokens=budget, max_new_tokens=max_new)
     exact = ServerCounter(server.root + "/v1", "smollm2", timeout=timeout)
@@ -193,10 +201,11 @@ def run_one(
     return {
         "budget": budget,
         "max_new_tokens": max_new,
-        "count": backend.counting,
+        "count": backend.counting + ("" if per_text else " (affine only)"),
         "ratio_first": round(ratios[0], 3),
         "ratio_median": round(statistics.median(later), 3) if later else None,
         "ratio_worst": round(max(later, key=lambda x: abs(x - 1)), 3) if later else None,
+        "ratio_lowest": round(min(later), 3) if later else None,
         "over_budget": sum(1 for r in rows if r["server"] + max_new > budget),
         "cache_share": round(sum(r["cached"] for r in rows) / sum(r["server"] for r in rows), 3),
         "used_before_first_eviction": round(used, 3),
@@ -221,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", default="sliding")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    ap.add_argument(
+        "--no-per-text",
+        action="store_true",
+        help="count without the per-text model (count_per_text=False: the affine fit alone)",
+    )
     ap.add_argument("--json", action="store_true", help="print the raw figures")
     args = ap.parse_args(argv)
     binary = args.server_bin or shutil.which("llama-server")
@@ -250,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.turns,
                         args.policy,
                         args.timeout,
+                        not args.no_per_text,
                     )
                 )
                 print(
@@ -263,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=2))
         return 0
     head = (
-        "| budget | counting | ratio turn 0 | ratio median (after) | ratio worst | over budget "
+        "| budget | counting | ratio turn 0 | ratio median (after) | ratio worst | ratio lowest "
+        "| over budget "
         "| cache share | used before 1st eviction | needed at 1st eviction | 1st eviction "
         "| evictions | repeated single | mean used | used on eviction turns |"
     )
@@ -275,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         after = r["used_on_eviction_turns"]
         print(
             f"| {r['budget']} | {r['count']} | {r['ratio_first']} | {r['ratio_median']} | "
-            f"{r['ratio_worst']} | {r['over_budget']}/{len(r['turns'])} | "
+            f"{r['ratio_worst']} | {r['ratio_lowest']} | {r['over_budget']}/{len(r['turns'])} | "
             f"{r['cache_share']:.0%} | {r['used_before_first_eviction']:.0%} | "
             f"{'-' if needed is None else format(needed, '.0%')} | {first} | "
             f"{r['evictions']} | {r['repeated_single_evictions']} | {r['used_mean']:.0%} | "

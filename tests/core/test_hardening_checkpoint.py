@@ -275,10 +275,26 @@ def _expected_cost(llm: FiniteMemoryLLM, seg: Any) -> int:
 
 def _assert_recounted(llm: FiniteMemoryLLM) -> None:
     s = llm.state
-    segments = [*s.pinned, *s.history, *s.archive, *([s.summary] if s.summary else [])]
-    assert segments
-    for seg in segments:
-        assert seg.tokens == _expected_cost(llm, seg), seg
+    c = llm.counter
+    groups = [s.pinned, s.history, s.archive, (s.summary,) if s.summary else ()]
+    assert any(groups)
+    for group in groups:
+        parts: dict[int, list[Any]] = {}
+        for seg in group:
+            if seg.kind == "part":
+                parts.setdefault(seg.message_id, []).append(seg)
+            else:
+                assert seg.tokens == _expected_cost(llm, seg), seg
+        for pieces in parts.values():
+            pieces.sort(key=lambda p: p.part)
+            if [p.part for p in pieces] != list(range(pieces[0].parts)):
+                for seg in pieces:  # a message with parts elsewhere: each part on its own
+                    assert seg.tokens == _expected_cost(llm, seg), seg
+                continue
+            # all its parts: together they cost what the whole message costs
+            text = pieces[0].text + "".join(p.sep + p.text for p in pieces[1:])
+            assert sum(p.tokens for p in pieces) == c.message(text), pieces
+            assert all(p.tokens >= c.text(p.text) - 1 for p in pieces[1:]), pieces
     ctx = llm.context("next question")
     assert llm.backend.count_tokens(ctx) + llm.max_new_tokens <= llm.max_tokens
 
@@ -395,3 +411,24 @@ def test_save_writes_outside_the_conversations_lock(
     llm.save(tmp_path / "chat.json")
     assert True in seen and len(seen) >= 2
     assert _content(FiniteMemoryLLM.load(tmp_path / "chat.json", EchoBackend())) == _content(llm)
+
+
+def test_a_folder_or_an_empty_path_is_named_as_such_on_save_and_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: `save` to a folder (or to "", which is the current folder) failed with "check
+    the path, the permissions and the free space" (for "": "Device or resource busy"), and
+    `load` of a folder said the checkpoint "may be corrupt: restore a backup". Each now
+    says it got a folder and to give a file's path; nothing is written."""
+    llm = _conversation()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chats").mkdir()
+    for where in (tmp_path / "chats", "", "."):
+        with pytest.raises(CheckpointError, match="is a folder, not a file") as info:
+            llm.save(where)
+        assert "chat.json" in str(info.value)  # an example of what to give
+        with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file") as info:
+            FiniteMemoryLLM.load(where, EchoBackend())
+        assert "restore a backup" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chats"]
+    assert list((tmp_path / "chats").iterdir()) == []

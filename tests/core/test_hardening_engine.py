@@ -642,3 +642,36 @@ def test_a_summary_with_a_lone_surrogate_is_kept_replaced_not_blamed_on_the_user
     llm.save(tmp_path / "c.json")
     again = FiniteMemoryLLM.load(tmp_path / "c.json", SurrogateSummaries())
     assert again.state.to_dict() == llm.state.to_dict()
+
+
+class OddEmbedder:
+    """An embedder that returns NaN for some texts, or vectors of varying length."""
+
+    identity = "odd"
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.kind == "nan":  # as a model's pooling of an empty or overflowing text can
+            return [[float("nan"), 1.0] if "3" in t else [1.0, float(len(t))] for t in texts]
+        return [[1.0] * (1 + len(t) % 3) for t in texts]
+
+
+@pytest.mark.parametrize("kind", ["nan", "ragged"])
+def test_an_embedder_s_unusable_vectors_are_skipped_so_saves_load(
+    tmp_path: Path, kind: str
+) -> None:
+    """Defect: an embedding holding NaN was kept, and `save` wrote a checkpoint that `load`
+    then refused as "damaged: its embeddings ... Restore a backup" (the conversation could
+    not be reloaded, ever); vectors of varying length crashed the turn's recall with a
+    numpy broadcast error. Such vectors are now not kept (those messages are found by
+    their words), and what is saved loads."""
+    for policy in ("semantic", "hybrid"):
+        llm = make(policy, embedder=OddEmbedder(kind), max_tokens=200, max_new_tokens=16)
+        for i in range(30):
+            llm.chat(f"message {i} about Ada in Paris number {i}")
+        llm.save(tmp_path / "c.json")
+        again = FiniteMemoryLLM.load(tmp_path / "c.json", EchoBackend(), embedder=OddEmbedder(kind))
+        assert again.state.to_dict() == llm.state.to_dict()
+        assert again.chat("what about Ada?").response

@@ -377,6 +377,12 @@ def write_atomic(path: Path, data: str) -> None:
         CheckpointWriteError: an `OSError` while writing, with advice.
     """
     target = _target(path)
+    if target.is_dir():  # "" and "." included
+        raise CheckpointWriteError(
+            f"Could not write the checkpoint {str(path)!r}: it is a folder, not a file. Give "
+            f"the path of a file to save to, such as {str(path / 'chat.json')!r}. Nothing was "
+            "written."
+        )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(
@@ -562,36 +568,33 @@ def _stats(data: Any) -> MemoryStats:
     return MemoryStats(**{k: _int(v, f"stats.{k}") for k, v in raw.items()})
 
 
-def _cost(segment: Segment, counter: TokenCounter) -> int:
-    # As the engine counts them when they enter memory (memory.segment_message, pin, the
-    # planner's summary): a whole message carries the template overhead; a later part, the
-    # separator; a pinned fact and the summary are text in the system message.
-    if segment.kind == "message":
-        return counter.message(segment.text)
-    if segment.kind == "part":
-        extra = counter.message_overhead if segment.part == 0 else counter.separator
-        return counter.text(segment.text) + extra
-    return counter.text(segment.text)
-
-
 def recount_state(state: MemoryState, counter: TokenCounter) -> MemoryState:
-    """Return `state` with every segment's token count computed again under `counter`."""
+    """Return `state` with every segment's token count computed again under `counter` (as
+    the engine counts them when they enter memory: `fmai_core.memory.segment_costs`)."""
     from dataclasses import replace
 
+    from fmai_core.memory import segment_costs
+
     def again(segments: tuple[Segment, ...]) -> tuple[Segment, ...]:
-        return tuple(replace(s, tokens=_cost(s, counter)) for s in segments)
+        costs = segment_costs(segments, counter)
+        return tuple(replace(s, tokens=c) for s, c in zip(segments, costs))
 
     summary = state.summary
     return replace(
         state,
         pinned=again(state.pinned),
-        summary=replace(summary, tokens=_cost(summary, counter)) if summary else None,
+        summary=again((summary,))[0] if summary else None,
         history=again(state.history),
         archive=again(state.archive),
     )
 
 
 def _read(p: Path) -> Any:
+    if p.is_dir():  # "" and "." included
+        raise CheckpointError(
+            f"{str(p)!r} is a folder, not a checkpoint file: give the path of the file that "
+            f"save() wrote, such as {str(p / 'chat.json')!r}."
+        )
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:

@@ -195,8 +195,9 @@ def segment_message(
     parts = [text[a:b] for a, b in spans]
     seps = [" ", *(text[spans[i - 1][1] : spans[i][0]] for i in range(1, len(spans)))]
     segments = []
+    costs = part_costs(counter, text, parts)
     for i, part in enumerate(parts):
-        cost = counter.text(part) + (counter.message_overhead if i == 0 else counter.separator)
+        cost = costs[i]
         sep = seps[i]
         segments.append(
             Segment(
@@ -217,24 +218,77 @@ def segment_message(
     return segments
 
 
-def recount(segments: Sequence[Segment], counter: TokenCounter) -> tuple[Segment, ...]:
-    """`segments` with their `tokens` counted again under `counter`'s current count.
+def part_costs(counter: TokenCounter, text: str, parts: Sequence[str]) -> list[int]:
+    """The costs of a message's parts: its whole cost, shared out by the parts' sizes.
 
-    The same costs as [`segment_message`][fmai_core.memory.segment_message] gives (a whole
-    message or a first part: its text plus the per-message overhead; a later part: its
-    text plus the separator; a pinned fact or a summary: its text), so that segment sizes
-    agree with the final count after a hosted backend's correction changed.
+    The parts of a message cost together exactly what the message costs (its text plus the
+    per-message overhead, which the first part carries), shared in proportion to each
+    part's own count (largest remainders), so that a planner adding up the parts of a
+    message gets the count of the message, whatever the tokenizer merges across the cuts
+    and however a hosted count knows the whole message (the provider's own count) better
+    than its parts.
     """
-    out: list[Segment] = []
-    for s in segments:
-        if s.kind == "part" and s.part > 0:
-            cost = counter.text(s.text) + counter.separator
-        elif s.kind in ("message", "part"):
-            cost = counter.message(s.text)
+    body = counter.text(text)
+    sizes = [counter.text(p) for p in parts]
+    weight = sum(sizes)
+    if weight <= 0:
+        shares = [body // len(parts)] * len(parts)
+        shares[0] += body - sum(shares)
+    else:
+        exact = [body * n / weight for n in sizes]
+        shares = [int(x) for x in exact]
+        left = body - sum(shares)
+        for i in sorted(range(len(parts)), key=lambda i: shares[i] - exact[i])[:left]:
+            shares[i] += 1
+    shares[0] += counter.message_overhead
+    return shares
+
+
+def segment_costs(segments: Sequence[Segment], counter: TokenCounter) -> list[int]:
+    """The cost of each of `segments` under `counter`'s current count.
+
+    As [`segment_message`][fmai_core.memory.segment_message] gives them: a whole message,
+    its text plus the per-message overhead; the parts of a message, its cost shared out by
+    [`part_costs`][fmai_core.memory.part_costs] when all its parts are among `segments`
+    (else a first part its text plus the overhead, a later part its text plus the
+    separator); a pinned fact or a summary, its text.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(segments):
+        if s.kind == "part":
+            groups.setdefault(s.message_id, []).append(i)
+    costs: dict[int, int] = {}
+    for idx in groups.values():
+        parts = sorted(idx, key=lambda i: segments[i].part)
+        whole = [segments[i].part for i in parts] == list(range(segments[parts[0]].parts))
+        if whole:
+            text = segments[parts[0]].text + "".join(
+                segments[i].sep + segments[i].text for i in parts[1:]
+            )
+            for i, c in zip(parts, part_costs(counter, text, [segments[i].text for i in parts])):
+                costs[i] = c
         else:
-            cost = counter.text(s.text)
-        out.append(s if cost == s.tokens else replace(s, tokens=cost))
-    return tuple(out)
+            for i in parts:
+                s = segments[i]
+                extra = counter.message_overhead if s.part == 0 else counter.separator
+                costs[i] = counter.text(s.text) + extra
+    out = []
+    for i, s in enumerate(segments):
+        if i in costs:
+            out.append(costs[i])
+        elif s.kind in ("message", "part"):
+            out.append(counter.message(s.text))
+        else:
+            out.append(counter.text(s.text))
+    return out
+
+
+def recount(segments: Sequence[Segment], counter: TokenCounter) -> tuple[Segment, ...]:
+    """`segments` with their `tokens` counted again under `counter`'s current count (see
+    [`segment_costs`][fmai_core.memory.segment_costs]), so that segment sizes agree with
+    the final count after a hosted backend's correction changed."""
+    costs = segment_costs(segments, counter)
+    return tuple(s if c == s.tokens else replace(s, tokens=c) for s, c in zip(segments, costs))
 
 
 def archive_value(segment: Segment) -> float:

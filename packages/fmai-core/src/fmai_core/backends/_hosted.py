@@ -106,6 +106,7 @@ class HostedBackend:
         per_message_tokens: int = 3,
         client_options: dict[str, Any] | None = None,
         count: str = "estimate",
+        count_per_text: bool = True,
     ) -> None:
         if count not in COUNT_MODES:
             raise ConfigurationError(
@@ -131,6 +132,7 @@ class HostedBackend:
             per_message=per_message_tokens,
             margin=(FIRST_CALL_OVERHEAD, factor),
             max_factor=factor,
+            per_text=count_per_text,
         )
         self.count = count
         self._server_counter: ServerCounter | None = None
@@ -607,6 +609,9 @@ class HostedBackend:
         elif server is not None:
             self._check_server_count(messages, prompt)
         else:
+            if completion is not None:
+                # the provider's own count of the reply, which the next prompt carries back
+                self._counter.learn(text, completion)
             self._counter.observe(messages, prompt)
         if completion is None:
             completion = self.count_text(text)

@@ -86,6 +86,11 @@ class AnthropicBackend(HostedBackend):
         cache_control: Set prompt-cache breakpoints (on by default).
         client_options: More keyword arguments for `anthropic.Anthropic(...)` (its
             `max_retries` is always 0: fmai retries itself, under `turn_timeout`).
+        count_per_text: Count each text the provider has counted (a reply's
+            `completion_tokens`, a message a report pins down) by the provider's own count,
+            estimating only new ones (see
+            [`ChatCounter`][fmai_core.backends.tokens.ChatCounter]); `False`: the affine
+            fit alone, which does not depend on what this process has seen.
 
     Example:
         ```python
@@ -119,6 +124,7 @@ class AnthropicBackend(HostedBackend):
         tokenizer: str | TextCount | None = None,
         cache_control: bool = True,
         client_options: dict[str, Any] | None = None,
+        count_per_text: bool = True,
     ) -> None:
         super().__init__(
             model,
@@ -131,6 +137,7 @@ class AnthropicBackend(HostedBackend):
             max_retry_after=max_retry_after,
             tokenizer=tokenizer,
             client_options=client_options,
+            count_per_text=count_per_text,
         )
         self.cache_control = cache_control
         # Recent SDKs dropped `temperature` / `top_p` (newer models reject them): send them

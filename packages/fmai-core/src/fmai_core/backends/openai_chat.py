@@ -69,6 +69,11 @@ class OpenAIBackend(HostedBackend):
             ([`FIRST_CALL_OVERHEAD`][fmai_core.backends.tokens.FIRST_CALL_OVERHEAD] tokens
             plus x[`FIRST_CALL_FACTOR`][fmai_core.backends.tokens.FIRST_CALL_FACTOR], or
             x1.1 with an exact tokenizer) until the first report.
+        count_per_text: Count each text the provider has counted (a reply's
+            `completion_tokens`, a message a report pins down) by the provider's own count,
+            estimating only new ones (see
+            [`ChatCounter`][fmai_core.backends.tokens.ChatCounter]); `False`: the affine
+            fit alone, which does not depend on what this process has seen.
 
     Example:
         ```python
@@ -103,6 +108,7 @@ class OpenAIBackend(HostedBackend):
         stream_usage: bool = True,
         client_options: dict[str, Any] | None = None,
         count: str | None = None,
+        count_per_text: bool = True,
     ) -> None:
         if count is None:
             count = "auto" if base_url is not None else "estimate"
@@ -118,6 +124,7 @@ class OpenAIBackend(HostedBackend):
             tokenizer=tokenizer,
             client_options=client_options,
             count=count,
+            count_per_text=count_per_text,
         )
         default = "max_tokens" if base_url is not None else "max_completion_tokens"
         self.max_tokens_param = max_tokens_param or default

@@ -17,10 +17,11 @@ hosted provider reports the true count only afterwards, so a hosted backend coun
    by more than [`ESTIMATE_MARGIN`][fmai_core.backends.tokens.ESTIMATE_MARGIN].
 
 Chat-template overhead is added per message as OpenAI documents it (3 tokens per message
-plus 3 for the reply opener); the hosted backends also fit the gap between their count and
-the provider's reported `prompt_tokens` after each call, as a fixed template overhead plus a
-per-token factor (see [`ChatCounter`][fmai_core.backends.tokens.ChatCounter]), and apply the
-same correction to bare text and to whole prompts.
+plus 3 for the reply opener); the hosted backends also learn from each call's usage (see
+[`ChatCounter`][fmai_core.backends.tokens.ChatCounter]): the provider's own count of each
+reply and of each message a report pins down, with only new messages estimated, or else a
+fixed template overhead plus a per-token factor fitted to the reports; the same count
+applies to bare text and to whole prompts.
 """
 
 from __future__ import annotations
@@ -284,36 +285,54 @@ def resolve_counter(model: str, tokenizer: str | TextCount | None) -> tuple[Text
 class ChatCounter:
     """Counts a chat prompt: text tokens plus template overhead, corrected by observation.
 
-    Before any observation the count is `raw`: every message's text and role tokens plus
-    `per_message`, plus `per_reply`. Each provider report (`observe`) refits a correction
-    that is **affine**: reported ≈ `overhead` + `factor` x raw, where `overhead` is what
-    the provider's template adds once (a default system prompt, say) and `factor` the ratio
-    of its tokenizer to this counter. The fit is robust (Theil-Sen slope, residual envelope
-    over the inliers), so one odd report does not move it.
+    Before any report the count is `raw` (every message's text and role tokens plus
+    `per_message`, plus `per_reply`) under the first-call `margin`. After that, two models
+    are kept and each is scored on every new report before it learns from it; the one with
+    the smaller recent error (an under-count weighing twice) counts:
 
-    One count is used throughout: `count_text(t)` is `ceil(factor x text(t))`, and a prompt
-    is the sum of its parts counted the same way (each message's text, each message's role
-    and template tokens, the reply opener plus `overhead`), so the count of a prompt is
-    exactly the sum of the counts a memory planner adds up, never below the fitted line, and
-    a policy's segment sizes agree with the final budget check. `revision` changes whenever
-    the correction does (cached counts made before are stale then).
+    - **Per text** (once the provider has counted a text): a prompt of `n` messages is
+      `overhead + sum(per_message + role + text)`, where a text's count is the provider's
+      own wherever it has told it or a report has pinned it down, and `ceil(new_factor x
+      text(t))` for a text in no report yet (in a chat, only the newest user message). The
+      provider tells a reply's count as its `completion_tokens` (`learn`), and the reply comes
+      back as the next prompt's assistant message; what a report has beyond the known texts
+      is the count of the one new text in it (split by size when there are several), and the
+      first report fixes `overhead`. So the count of a prompt of texts seen before is exact
+      up to the template's seams, whatever the ratio of the provider's tokenizer to this
+      counter's, and only the new message is estimated, at the provider's tokens per token of
+      this counter measured on the told texts (`factor`, or their median ratio if higher).
+    - **Affine** (the fallback, and the only model until a text is counted): reported ≈
+      `overhead + factor x raw`, fitted robustly (Theil-Sen slope, residual envelope over the
+      inliers), so one odd report does not move it. A server whose `completion_tokens` do
+      not count the reply text (hidden reasoning tokens, another tokenizer) is counted this
+      way, since the per-text model then predicts it worse.
+
+    One count is used throughout: a prompt is the sum of its parts (each message's text, each
+    message's role and template tokens, the reply opener plus `overhead`) counted as
+    `count_text` counts them, so the count of a prompt is exactly the sum of the counts a
+    memory planner adds up, and a policy's segment sizes agree with the final budget check.
+    `revision` changes whenever a count may have (cached counts made before are stale then).
 
     Before the first report the correction is `margin` (`(overhead, factor)`; none by
     default): the hosted backends start from
     [`FIRST_CALL_OVERHEAD`][fmai_core.backends.tokens.FIRST_CALL_OVERHEAD] and
     [`FIRST_CALL_FACTOR`][fmai_core.backends.tokens.FIRST_CALL_FACTOR], so that a first
     prompt is not sent over the budget by a template fmai cannot see. While the reports are
-    too alike in size to fit a slope, the factor is at most `max_factor` (the rest goes into
-    the overhead): a short first prompt ("Hi" against a 23-token default system prompt) then
-    does not inflate every later count by the ratio of the template to the text.
+    too alike in size to fit a slope, the affine factor is at most `max_factor` (the rest
+    goes into the overhead): a short first prompt ("Hi" against a 23-token default system
+    prompt) then does not inflate every later count by the ratio of the template to the text.
 
     Args:
         count_text: Counts the tokens of bare text.
         per_message: Template tokens around each message.
         per_reply: Template tokens that open the reply.
-        window: Most recent reports the fit uses.
+        window: Most recent reports the affine fit uses.
         margin: `(overhead, factor)` before the first report.
-        max_factor: The largest factor fitted from reports of one size (`None`: no cap).
+        max_factor: The largest affine factor fitted from reports of one size (`None`: no
+            cap).
+        per_text: Keep the per-text model (`False`: the affine one only, so that what one
+            process has seen does not change its counts: `fmai serve` counts this way, so
+            that every process of a deployment counts a conversation alike).
     """
 
     def __init__(
@@ -325,7 +344,9 @@ class ChatCounter:
         *,
         margin: tuple[float, float] = (0.0, 1.0),
         max_factor: float | None = None,
+        per_text: bool = True,
     ) -> None:
+        self.learns = per_text
         # counted once per distinct text: the same messages are counted on every turn (the
         # planner's segments, the prompt, the fit after the provider's report)
         self.text: TextCount = functools.lru_cache(maxsize=_TEXT_CACHE)(count_text)
@@ -333,9 +354,18 @@ class ChatCounter:
         self.per_reply = per_reply
         self.max_factor = max_factor
         self._obs: deque[tuple[int, int]] = deque(maxlen=max(2, window))
+        # the provider's counts of texts: told (a reply's completion_tokens) or pinned down by
+        # a report; insertion ordered, the oldest dropped past _TEXT_CACHE
+        self._known: dict[str, int] = {}
+        self._told: dict[str, int] = {}  # (told only: the factor is measured on these)
+        self._pinned: dict[str, int] = {}  # (pinned by a report only: the gap is measured)
+        self._recent: deque[str] = deque(maxlen=_PART_SEARCH)  # the newest known texts
+        # recent out-of-sample errors of the per-text and the affine model
+        self._scores: deque[tuple[float, float]] = deque(maxlen=_SCORE_WINDOW)
         self._lock = threading.Lock()
         # replaced whole (one atomic store), never mutated
-        self._fit = _Fit(float(margin[0]), float(margin[1]), 0)
+        self._affine = _Fit(float(margin[0]), float(margin[1]), 0, False, float(margin[1]), 0.0)
+        self._fit = self._affine
 
     @property
     def observed(self) -> int:
@@ -344,7 +374,7 @@ class ChatCounter:
 
     @property
     def overhead(self) -> float:
-        """Template tokens the provider adds once per prompt, beyond `raw` (fitted)."""
+        """Template tokens the provider adds once per prompt (fitted)."""
         return self._fit.overhead
 
     @property
@@ -353,8 +383,13 @@ class ChatCounter:
         return self._fit.factor
 
     @property
+    def per_text(self) -> bool:
+        """Whether the per-text model counts (else the affine one)."""
+        return self._fit.per_text
+
+    @property
     def revision(self) -> int:
-        """Changes whenever the fitted correction changes."""
+        """Changes whenever a count may have changed."""
         return self._fit.revision
 
     def raw(self, messages: Sequence[Message]) -> int:
@@ -363,38 +398,193 @@ class ChatCounter:
         return text + self.per_message * len(messages) + self.per_reply
 
     def count_text(self, text: str) -> int:
-        """Tokens of bare text, corrected by the fitted factor."""
-        return _scaled(self._fit.factor, self.text(text))
+        """Tokens of bare text under the current correction."""
+        return self._text(self._fit, text)
+
+    def _text(self, fit: _Fit, text: str) -> int:
+        if fit.per_text and text:
+            known = self._known.get(text)
+            if known is not None:
+                return known
+            part = self._part_of_known(text)
+            if part is not None:
+                return part
+            return _scaled(fit.new_factor, self.text(text), fit.gap)
+        return _scaled(fit.factor, self.text(text))
+
+    def _part_of_known(self, text: str) -> int | None:
+        """The count of `text` as a share of a recent known text that contains it (a part of
+        a long message whose other parts were evicted, a segment a planner counts), by this
+        counter's counts of the two; `None` if no recent known text contains it."""
+        if len(text) < _PART_MIN_CHARS:
+            return None
+        for parent in reversed(tuple(self._recent)):  # (a snapshot: others may append)
+            if len(parent) > len(text) and text in parent:
+                known, whole = self._known.get(parent), self.text(parent)
+                if known is None or whole <= 0:
+                    continue
+                return math.ceil(known * self.text(text) / whole - 1e-9)
+        return None
 
     def __call__(self, messages: Sequence[Message]) -> int:
         """The prompt length of `messages`: the sum of its corrected parts."""
-        fit = self._fit
-        total = _scaled(fit.factor, self.per_reply, fit.overhead)
+        return self._count(self._fit, messages)
+
+    def _count(self, fit: _Fit, messages: Sequence[Message]) -> int:
+        total = self._role(fit, None)
         for m in messages:
-            total += _scaled(fit.factor, self.text(m.content))
-            total += _scaled(fit.factor, self.text(m.role) + self.per_message)
+            total += self._text(fit, m.content) + self._role(fit, m.role)
         return max(0, total)
+
+    def _role(self, fit: _Fit, role: str | None) -> int:
+        """The template part of a message (`None`: the reply opener and the overhead)."""
+        if fit.per_text:
+            # one token a message, whatever the role: the texts that reports pin down carry
+            # the rest of their message's template, which is then counted exactly for a
+            # prompt that opens with an assistant message and a few tokens over for one that
+            # opens with a user message, never under (a template costs at least one token a
+            # message)
+            return int(fit.overhead) if role is None else 1
+        raw = self.per_reply if role is None else self.text(role) + self.per_message
+        return _scaled(fit.factor, raw, fit.overhead if role is None else 0.0)
+
+    def learn(self, text: str, tokens: int) -> None:
+        """Note the provider's own count of `text` (a reply's `completion_tokens`).
+
+        A count out of all proportion to this counter's (over `_LEARN_MAX_RATIO` x its
+        count + 8: hidden reasoning tokens, say) is not taken.
+        """
+        if not self.learns or not text or tokens <= 0:
+            return
+        if tokens > _LEARN_MAX_RATIO * self.text(text) + 8:
+            return
+        with self._lock:
+            changed = self._known.get(text) != tokens
+            _put(self._told, text, int(tokens))
+            _put(self._known, text, int(tokens))
+            self._recent.append(text)
+            if changed and self._fit.per_text:
+                self._fit = self._fit._replace(revision=self._fit.revision + 1)
 
     def observe(self, messages: Sequence[Message], reported: int) -> None:
         """Learn from the provider's reported prompt tokens for `messages`."""
         counted = self.raw(messages)
         if counted <= 0 or reported < 0:
             return
+        reported = int(reported)
         with self._lock:
-            self._obs.append((counted, int(reported)))
-            first = len(self._obs) == 1
-            overhead, factor = _fit_affine(self._obs, self.max_factor)
             old = self._fit
-            under = self(messages) < reported  # the current correction under-counts this one
-            moved = abs(factor - old.factor) > 0.01 * old.factor or abs(overhead - old.overhead) > 1
-            if under or moved or first:
-                self._fit = _Fit(overhead, factor, old.revision + 1)
+            per_text = self._per_text_fit(old)
+            # score both on a report neither has seen (not from one report: too little to tell)
+            if len(self._obs) >= 2 and per_text is not None:
+                self._scores.append(
+                    (
+                        _error(self._count(per_text, messages), reported),
+                        _error(self._count(self._affine, messages), reported),
+                    )
+                )
+            self._obs.append((counted, reported))
+            overhead, factor = _fit_affine(self._obs, self.max_factor)
+            self._affine = _Fit(overhead, factor, 0, False, factor, 0.0)
+            if per_text is not None:
+                per_text = self._pin(per_text, messages, reported)
+            use = per_text is not None and (
+                sum(s[0] for s in self._scores) <= sum(s[1] for s in self._scores)
+            )
+            new = per_text if use and per_text is not None else self._affine
+            self._fit = new._replace(revision=old.revision + 1)
+
+    def _per_text_fit(self, current: _Fit) -> _Fit | None:
+        """The per-text model's parameters now (`None` until the provider counted a text)."""
+        told = [(self.text(t), n) for t, n in self._told.items()][-_FACTOR_TEXTS:]
+        told = [(c, n) for c, n in told if c > 0]
+        if not told:
+            return None
+        factor = min(max(sum(n for _, n in told) / sum(c for c, _ in told), _FACTOR_MIN), 10.0)
+        ratios = sorted(n / c for c, n in told)
+        overhead = self._overhead if self._overhead is not None else 0.0
+        # What a pinned text carries beyond its own tokens: the template of its message and
+        # of the told reply before it, less the one token a message is counted for each.
+        # Until a few texts are pinned: a message pair's template, 2 x (per_message + 1).
+        pinned = list(self._pinned.items())[-_FACTOR_TEXTS:]
+        gaps = [n - factor * self.text(t) for t, n in pinned]
+        gap = _median(gaps) if len(gaps) >= _FEW else 2.0 * (self.per_message + 1)
+        # A text in no report yet (the newest user message) is counted at the measured
+        # factor (or the told texts' median ratio if higher) plus the gap, plus what 9 in 10
+        # of the pinned texts had beyond that line per token of this counter: an estimate
+        # that errs high, so that a prompt near the budget is not sent over it. While the
+        # provider has counted fewer than _FEW texts, not below this counter's own count.
+        new_factor = max(factor, _median(ratios), 1.0 if len(ratios) < _FEW else 0.0)
+        if len(gaps) >= _FEW:
+            above = sorted((g - gap) / max(1, self.text(t)) for g, (t, _) in zip(gaps, pinned))
+            new_factor = max(new_factor, factor + max(0.0, above[int(0.9 * (len(above) - 1))]))
+        return _Fit(overhead, factor, 0, True, new_factor, max(0.0, gap))
+
+    _overhead: float | None = None
+
+    def _pin(self, fit: _Fit, messages: Sequence[Message], reported: int) -> _Fit:
+        """Pin down the texts of `messages` that no report has counted yet (under the lock).
+
+        What the report has beyond the known texts, the template and `overhead` is their
+        count, split by their sizes under this counter. The first report has no overhead yet:
+        its texts are counted at the measured factor and the rest is the overhead.
+        """
+        unknown: dict[str, int] = {}  # text -> copies in this prompt
+        known = self._role(fit._replace(overhead=0.0), None)  # the reply opener
+        for m in messages:
+            known += self._role(fit, m.role)
+            if m.content in self._known:
+                known += self._known[m.content]
+            elif m.content:
+                unknown[m.content] = unknown.get(m.content, 0) + 1
+        rest = reported - known
+        weight = sum(self.text(t) * k for t, k in unknown.items())
+        if self._overhead is None:
+            # the split between the overhead and these texts is a guess: the texts at the
+            # measured factor, with half the gap of a message pair each
+            share = sum((fit.factor * self.text(t) + fit.gap / 2) * k for t, k in unknown.items())
+            self._overhead = float(max(0, math.floor(rest - share)))
+            rest -= int(self._overhead)
+            first = True
+        else:
+            rest -= int(self._overhead)
+            first = False
+        if unknown and weight > 0:
+            for t, k in unknown.items():
+                n = max(0, math.ceil(rest * self.text(t) / weight / k - 1e-9))
+                if n <= _LEARN_MAX_RATIO * self.text(t) + 8:
+                    _put(self._known, t, n)
+                    self._recent.append(t)
+                    if not first and len(unknown) == 1:
+                        _put(self._pinned, t, n)
+        elif not unknown and rest > 0:
+            # every text was known and the report is higher: the template costs more than
+            # counted (never count a prompt like this one under its report again)
+            self._overhead += rest
+        return fit._replace(overhead=self._overhead)
+
+
+def _put(table: dict[str, int], text: str, n: int) -> None:
+    """Insert or refresh `text` in an insertion-ordered table bounded to _TEXT_CACHE."""
+    table.pop(text, None)
+    table[text] = n
+    while len(table) > _TEXT_CACHE:
+        del table[next(iter(table))]
 
 
 class _Fit(NamedTuple):
     overhead: float
     factor: float
     revision: int
+    per_text: bool  # the per-text model (else the affine one)
+    new_factor: float  # per-text model: the factor of a text in no report yet
+    gap: float  # per-text model: template tokens a text in no report yet brings
+
+
+def _error(counted: int, reported: int) -> float:
+    """How far a count is from a report, relative; an under-count weighs twice."""
+    gap = (counted - reported) / max(1, reported)
+    return -2 * gap if gap < 0 else gap
 
 
 def _scaled(factor: float, tokens: int, add: float = 0.0) -> int:
@@ -416,6 +606,18 @@ _TEXT_CACHE = 4096
 
 # The fitted factor stays within these bounds (a provider 10x off is a misconfiguration).
 _FACTOR_MIN, _FACTOR_MAX = 0.1, 10.0
+# A text this long or longer that a recent known text contains is counted as its share.
+_PART_MIN_CHARS = 16
+# How many of the most recent known texts are searched for one that contains a text.
+_PART_SEARCH = 64
+# Told (pinned) texts before the measured factor (gap) is trusted for a new text.
+_FEW = 3
+# The most recent told texts the per-text factor is measured on.
+_FACTOR_TEXTS = 256
+# Out-of-sample errors kept to choose between the fits with and without learned counts.
+_SCORE_WINDOW = 8
+# A provider's count of a text above this many times fmai's own (+8) is not learned.
+_LEARN_MAX_RATIO = 4.0
 
 
 def _fit_affine(

@@ -179,14 +179,26 @@ class RecallIndex:
             self.add_vectors(dict(zip(todo, embed(list(todo.values())))))
 
     def add_vectors(self, vectors: Mapping[int, Sequence[float]]) -> None:
-        """Store message embeddings (normalised to unit length)."""
+        """Store message embeddings (normalised to unit length).
+
+        A vector that holds a non-finite value, or whose length differs from the stored
+        ones', is not kept (an embedder's NaN, or a broken one): its message is found by
+        its words alone, and what is saved can always be loaded.
+        """
         replaced = False
+        dim = len(next(iter(self._vectors.values()))) if self._vectors else None
         for mid, vec in vectors.items():
+            if not len(vec) or (dim is not None and len(vec) != dim):
+                continue
+            unit = _unit(vec)  # a NaN or an infinity anywhere makes NaNs of it
+            if not all(math.isfinite(x) for x in unit):
+                continue
+            dim = len(unit)
             if mid in self._vectors:
                 replaced = True
             else:
                 self._rows.append(mid)
-            self._vectors[mid] = _unit(vec)
+            self._vectors[mid] = unit
         if replaced or self._matrix is None:
             self._matrix = None  # built again on the next query
         else:
@@ -284,8 +296,12 @@ class RecallIndex:
     def cosines(
         self, vector: Sequence[float], among: Collection[int] | None = None, top: int = COSINE_TOP
     ) -> dict[int, float]:
-        """The `top` best cosines of `vector` with stored embeddings (of `among`, or all)."""
+        """The `top` best cosines of `vector` with stored embeddings (of `among`, or all);
+        none for a vector of another length, or with a non-finite value (see `add_vectors`)."""
         if not self._rows:
+            return {}
+        dim = len(self._vectors[self._rows[0]])
+        if len(vector) != dim or not all(math.isfinite(float(x)) for x in vector):
             return {}
         try:
             import numpy as np  # noqa: TID251 - lazy: numpy is there wherever a model embeds
@@ -432,9 +448,9 @@ class RecallIndex:
                 raise ValueError(f"embedding of message {key} is not base64 float32") from exc
             if sys.byteorder != "little":
                 values.byteswap()
-            if len(values) != dim or not all(math.isfinite(x) for x in values):
-                raise ValueError(f"embedding of message {key} is not {dim} finite values")
-            out[int(key)] = values
+            if len(values) != dim:
+                raise ValueError(f"embedding of message {key} is not {dim} values")
+            out[int(key)] = values  # a non-finite one is not kept (`add_vectors`)
         self.add_vectors(out)
         return len(out)
 

@@ -82,6 +82,9 @@ def build_backend(opts: ServeOptions) -> tuple[Any, str, bool]:
             api_key_env=opts.upstream_key_env,
             base_url=opts.upstream,
             turn_timeout=opts.upstream_timeout,
+            # every process of a deployment counts a conversation alike: not by the texts
+            # this process happens to have seen the upstream count
+            count_per_text=False,
         )
         return backend, opts.upstream_model, False
     if opts.upstream:
@@ -95,6 +98,9 @@ def build_backend(opts: ServeOptions) -> tuple[Any, str, bool]:
             api_key_env=opts.upstream_key_env,
             timeout=min(60.0, opts.upstream_timeout),
             turn_timeout=opts.upstream_timeout,
+            # every process of a deployment counts a conversation alike: not by the texts
+            # this process happens to have seen the upstream count
+            count_per_text=False,
         )
         return backend, opts.upstream_model, False
     from fmai_torch.backend import HFBackend  # torch is imported here, and only here
