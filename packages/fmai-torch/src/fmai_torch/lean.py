@@ -278,9 +278,15 @@ class LeanDecoder:
     Args:
         model: A Llama `PreTrainedModel` ([`lean_support`][fmai_torch.lean.lean_support]).
         cache_kw: The forward's keyword for the cache (`cache` or `past_key_values`).
+        quantized: Run the quantized step where it applies (`False`: always the plain one;
+            both give the same logits, `benchmarks/lean_step.py` times them).
+        huge_pages: With the quantized step, move its weights into memory advised for
+            huge pages.
     """
 
-    def __init__(self, model: Any, cache_kw: str) -> None:
+    def __init__(
+        self, model: Any, cache_kw: str, *, quantized: bool = True, huge_pages: bool = True
+    ) -> None:
         from transformers.models.llama import modeling_llama
 
         self.model = model
@@ -306,7 +312,8 @@ class LeanDecoder:
         self.quantized = False
         #: Whether its weights were moved into memory advised for huge pages.
         self.huge_pages = False
-        self._q: _Quantized | None = self._quantized()
+        self._huge = huge_pages
+        self._q: _Quantized | None = self._quantized() if quantized else None
         self.quantized = self._q is not None
 
     def _quantized(self) -> _Quantized | None:
@@ -321,7 +328,8 @@ class LeanDecoder:
 
         model = self.model
         inner = model.model
-        self.huge_pages = _into_huge_pages(self._step_modules())
+        if self._huge:
+            self.huge_pages = _into_huge_pages(self._step_modules())
         head = _kernel(model.lm_head)
         norms = [inner.norm]
         layers: list[tuple[Any, ...]] = []
