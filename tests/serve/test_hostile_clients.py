@@ -483,3 +483,26 @@ def test_a_stopped_server_leaves_no_scratch_folder(tmp_path: Path, upstream: Any
         out = proc.communicate(timeout=60)[0]
     assert proc.returncode in (0, -signal.SIGTERM), out[-2000:]  # uvicorn re-raises it
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "extra"),
+    [({"X-Session-ID": ""}, {}), ({}, {"metadata": {"conversation_id": ""}})],
+    ids=["header", "metadata"],
+)
+def test_an_empty_conversation_id_is_refused_not_taken_as_none(
+    serve: Any, tmp_path: Path, headers: dict[str, str], extra: dict[str, Any]
+) -> None:
+    """Defect: an empty conversation id (a client that failed to fill it in) was taken as
+    no id: the turn ran one-off, nothing was stored, and the client was not told, so its
+    memory was silently gone. It is now a 400, as any other malformed id. (An empty `user`,
+    OpenAI's own field, which clients may send empty, still counts as absent.)"""
+    server = serve(sqlite(tmp_path))
+    body = {"model": "m", "messages": [{"role": "user", "content": "remember me"}], **extra}
+    status, raw = _post_raw(server, body, headers)
+    assert status == 400, (status, raw)
+    err = json.loads(raw)["error"]
+    assert err["param"] == "X-Session-ID" and "1 to 200" in err["message"], err
+    one_off = {"model": "m", "messages": body["messages"], "user": ""}
+    status, raw = _post_raw(server, one_off, {})
+    assert status == 200 and json.loads(raw)["fmai"]["conversation_id"] is None, raw

@@ -165,7 +165,10 @@ def create_app(
     async def chat(request: Request) -> Response:
         who = owner(request)
         req = parse_chat_request(await _read_body(request))
-        cid = request.headers.get(SESSION_HEADER) or req.metadata_id or req.user
+        # the first given, even empty: an empty id is refused, not taken as none (one-off);
+        # but `user` is OpenAI's own field, which clients may send empty: absent then
+        given = (request.headers.get(SESSION_HEADER), req.metadata_id, req.user or None)
+        cid = next((c for c in given if c is not None), None)
         if cid is not None:
             check_id(cid)
         start = time.perf_counter()
