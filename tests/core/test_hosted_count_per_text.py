@@ -148,3 +148,30 @@ def test_counting_while_other_threads_learn() -> None:
     for th in threads:
         th.join()
     assert not errors, errors
+
+
+def test_conversations_with_and_without_a_system_prompt_share_a_backend() -> None:
+    # SmolLM2's template adds its default system prompt where the messages bring none, so
+    # the template's fixed part differs between the two: each shape has its own
+    with FakeLlamaServer(CORPUS, reply, counting=False) as srv:
+        backend = OpenAIBackend("smollm2", base_url=srv.base_url)
+        chats = [
+            FiniteMemoryLLM(backend, policy="sliding", max_tokens=384, max_new_tokens=64),
+            FiniteMemoryLLM(
+                backend,
+                policy="sliding",
+                max_tokens=384,
+                max_new_tokens=64,
+                system_prompt="You are terse.",
+            ),
+        ]
+        ratios = []
+        for i in range(24):
+            llm = chats[i % 2]
+            planned = llm.context(user_message(i))
+            ours = backend.count_tokens(planned)
+            llm.chat(user_message(i))
+            assert srv.served[-1].prompt_tokens + 64 <= 384, f"turn {i} over the budget"
+            if i >= 2:
+                ratios.append(ours / srv.served[-1].prompt_tokens)
+        assert 1.0 <= statistics.median(ratios) <= 1.06, ratios

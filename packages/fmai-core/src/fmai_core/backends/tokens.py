@@ -360,6 +360,8 @@ class ChatCounter:
         self._told: dict[str, int] = {}  # (told only: the factor is measured on these)
         self._pinned: dict[str, int] = {}  # (pinned by a report only: the gap is measured)
         self._recent: deque[str] = deque(maxlen=_PART_SEARCH)  # the newest known texts
+        # per-text model: the template's fixed part, by prompt shape (see _shape)
+        self._overheads: dict[str, float] = {}
         # recent out-of-sample errors of the per-text and the affine model
         self._scores: deque[tuple[float, float]] = deque(maxlen=_SCORE_WINDOW)
         self._lock = threading.Lock()
@@ -431,7 +433,10 @@ class ChatCounter:
         return self._count(self._fit, messages)
 
     def _count(self, fit: _Fit, messages: Sequence[Message]) -> int:
-        total = self._role(fit, None)
+        if fit.per_text:
+            total = int(fit.overhead_of(_shape(messages)))
+        else:
+            total = self._role(fit, None)
         for m in messages:
             total += self._text(fit, m.content) + self._role(fit, m.role)
         return max(0, total)
@@ -474,8 +479,8 @@ class ChatCounter:
         reported = int(reported)
         with self._lock:
             old = self._fit
-            per_text = self._per_text_fit(old)
-            # score both on a report neither has seen (not from one report: too little to tell)
+            per_text = self._per_text_fit()
+            # score both on a report neither has seen (not from one report: too little)
             if len(self._obs) >= 2 and per_text is not None:
                 self._scores.append(
                     (
@@ -484,7 +489,7 @@ class ChatCounter:
                     )
                 )
             self._obs.append((counted, reported))
-            overhead, factor = _fit_affine(self._obs, self.max_factor)
+            overhead, factor = _fit_affine(self._obs, self.max_factor, cautious=not self.learns)
             self._affine = _Fit(overhead, factor, 0, False, factor, 0.0)
             if per_text is not None:
                 per_text = self._pin(per_text, messages, reported)
@@ -494,7 +499,7 @@ class ChatCounter:
             new = per_text if use and per_text is not None else self._affine
             self._fit = new._replace(revision=old.revision + 1)
 
-    def _per_text_fit(self, current: _Fit) -> _Fit | None:
+    def _per_text_fit(self) -> _Fit | None:
         """The per-text model's parameters now (`None` until the provider counted a text)."""
         told = [(self.text(t), n) for t, n in self._told.items()][-_FACTOR_TEXTS:]
         told = [(c, n) for c, n in told if c > 0]
@@ -502,7 +507,6 @@ class ChatCounter:
             return None
         factor = min(max(sum(n for _, n in told) / sum(c for c, _ in told), _FACTOR_MIN), 10.0)
         ratios = sorted(n / c for c, n in told)
-        overhead = self._overhead if self._overhead is not None else 0.0
         # What a pinned text carries beyond its own tokens: the template of its message and
         # of the told reply before it, less the one token a message is counted for each.
         # Until a few texts are pinned: a message pair's template, 2 x (per_message + 1).
@@ -518,19 +522,21 @@ class ChatCounter:
         if len(gaps) >= _FEW:
             above = sorted((g - gap) / max(1, self.text(t)) for g, (t, _) in zip(gaps, pinned))
             new_factor = max(new_factor, factor + max(0.0, above[int(0.9 * (len(above) - 1))]))
-        return _Fit(overhead, factor, 0, True, new_factor, max(0.0, gap))
-
-    _overhead: float | None = None
+        shapes = tuple(sorted(self._overheads.items()))
+        top = max(self._overheads.values(), default=0.0)
+        return _Fit(top, factor, 0, True, new_factor, max(0.0, gap), shapes)
 
     def _pin(self, fit: _Fit, messages: Sequence[Message], reported: int) -> _Fit:
         """Pin down the texts of `messages` that no report has counted yet (under the lock).
 
-        What the report has beyond the known texts, the template and `overhead` is their
-        count, split by their sizes under this counter. The first report has no overhead yet:
-        its texts are counted at the measured factor and the rest is the overhead.
+        What the report has beyond the known texts, the template and the overhead is their
+        count, split by their sizes under this counter. The first report of a prompt shape
+        (with a system message or without: a template may add a default system prompt to
+        the latter) has no overhead yet: its texts are counted at the measured factor and
+        the rest is that shape's overhead.
         """
         unknown: dict[str, int] = {}  # text -> copies in this prompt
-        known = self._role(fit._replace(overhead=0.0), None)  # the reply opener
+        known = 0
         for m in messages:
             known += self._role(fit, m.role)
             if m.content in self._known:
@@ -539,16 +545,14 @@ class ChatCounter:
                 unknown[m.content] = unknown.get(m.content, 0) + 1
         rest = reported - known
         weight = sum(self.text(t) * k for t, k in unknown.items())
-        if self._overhead is None:
+        shape = _shape(messages)
+        first = shape not in self._overheads
+        if first:
             # the split between the overhead and these texts is a guess: the texts at the
             # measured factor, with half the gap of a message pair each
             share = sum((fit.factor * self.text(t) + fit.gap / 2) * k for t, k in unknown.items())
-            self._overhead = float(max(0, math.floor(rest - share)))
-            rest -= int(self._overhead)
-            first = True
-        else:
-            rest -= int(self._overhead)
-            first = False
+            self._overheads[shape] = float(max(0, math.floor(rest - share)))
+        rest -= int(self._overheads[shape])
         if unknown and weight > 0:
             for t, k in unknown.items():
                 n = max(0, math.ceil(rest * self.text(t) / weight / k - 1e-9))
@@ -560,8 +564,10 @@ class ChatCounter:
         elif not unknown and rest > 0:
             # every text was known and the report is higher: the template costs more than
             # counted (never count a prompt like this one under its report again)
-            self._overhead += rest
-        return fit._replace(overhead=self._overhead)
+            self._overheads[shape] += rest
+        return fit._replace(
+            overhead=max(self._overheads.values()), shapes=tuple(sorted(self._overheads.items()))
+        )
 
 
 def _put(table: dict[str, int], text: str, n: int) -> None:
@@ -579,6 +585,20 @@ class _Fit(NamedTuple):
     per_text: bool  # the per-text model (else the affine one)
     new_factor: float  # per-text model: the factor of a text in no report yet
     gap: float  # per-text model: template tokens a text in no report yet brings
+    shapes: tuple[tuple[str, float], ...] = ()  # per-text model: overhead by prompt shape
+
+    def overhead_of(self, shape: str) -> float:
+        """The overhead of a prompt of `shape` (one never reported: the highest known)."""
+        for name, value in self.shapes:
+            if name == shape:
+                return value
+        return self.overhead
+
+
+def _shape(messages: Sequence[Message]) -> str:
+    """A prompt's shape for its template's fixed part: a template may add a default system
+    prompt where the messages bring none (SmolLM2, Qwen 2.5)."""
+    return "system" if messages and messages[0].role == "system" else "chat"
 
 
 def _error(counted: int, reported: int) -> float:
@@ -614,6 +634,8 @@ _PART_SEARCH = 64
 _FEW = 3
 # The most recent told texts the per-text factor is measured on.
 _FACTOR_TEXTS = 256
+# Reports before the affine fit's Theil-Sen slope is trusted over the largest ratio.
+_FEW_REPORTS = 4
 # Out-of-sample errors kept to choose between the fits with and without learned counts.
 _SCORE_WINDOW = 8
 # A provider's count of a text above this many times fmai's own (+8) is not learned.
@@ -621,7 +643,7 @@ _LEARN_MAX_RATIO = 4.0
 
 
 def _fit_affine(
-    points: Sequence[tuple[int, int]], max_factor: float | None = None
+    points: Sequence[tuple[int, int]], max_factor: float | None = None, *, cautious: bool = False
 ) -> tuple[float, float]:
     """`(overhead, factor)` with reported ≈ overhead + factor x counted, fitted robustly.
 
@@ -647,6 +669,16 @@ def _fit_affine(
         if x2 != x1
     ]
     factor = min(max(_median(slopes), _FACTOR_MIN), _FACTOR_MAX)
+    if cautious and len(points) < _FEW_REPORTS:
+        # a slope from two or three reports is a guess (from the first two, a prompt of 215
+        # tokens was counted 161 against llama-server): until more are in, the factor is at
+        # least the largest ratio seen (capped by max_factor), the overhead what that needs.
+        # (The per-text counter does not need this: its own model counts these turns.)
+        ratio = max(y / x for x, y in points)
+        if max_factor is not None:
+            ratio = min(ratio, max_factor)
+        if ratio > factor:
+            return max(0.0, max(y - ratio * x for x, y in points)), ratio
     residuals = [y - factor * x for x, y in points]
     middle = _median(residuals)
     spread = _median([abs(r - middle) for r in residuals])
