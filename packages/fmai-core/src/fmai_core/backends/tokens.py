@@ -433,10 +433,9 @@ class ChatCounter:
         return self._count(self._fit, messages)
 
     def _count(self, fit: _Fit, messages: Sequence[Message]) -> int:
-        if fit.per_text:
-            total = int(fit.overhead_of(_shape(messages)))
-        else:
-            total = self._role(fit, None)
+        # the template's fixed part: by the prompt's shape (per-text) or the fitted overhead
+        # with the reply opener (affine)
+        total = int(fit.overhead_of(_shape(messages))) if fit.per_text else self._role(fit, None)
         for m in messages:
             total += self._text(fit, m.content) + self._role(fit, m.role)
         return max(0, total)
@@ -448,7 +447,7 @@ class ChatCounter:
             # the rest of their message's template, which is then counted exactly for a
             # prompt that opens with an assistant message and a few tokens over for one that
             # opens with a user message, never under (a template costs at least one token a
-            # message)
+            # message; the fixed part is by prompt shape, see _count)
             return int(fit.overhead) if role is None else 1
         raw = self.per_reply if role is None else self.text(role) + self.per_message
         return _scaled(fit.factor, raw, fit.overhead if role is None else 0.0)
@@ -678,7 +677,7 @@ def _fit_affine(
         if max_factor is not None:
             ratio = min(ratio, max_factor)
         if ratio > factor:
-            return max(0.0, max(y - ratio * x for x, y in points)), ratio
+            return max(0.0, *(y - ratio * x for x, y in points)), ratio
     residuals = [y - factor * x for x, y in points]
     middle = _median(residuals)
     spread = _median([abs(r - middle) for r in residuals])
