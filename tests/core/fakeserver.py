@@ -17,10 +17,11 @@ Other paths (a server's `/tokenize` or `/apply-template`, which fmai probes for 
 get a 404 and are not recorded in `requests`.
 
 Faults are scripted per request with `fail_next(kind, times)`: `"429"` (with `Retry-After`),
-`"500"`, `"slow"` (waits `slow_s` before answering), `"malformed"` (a 200 whose body is not
-JSON), `"truncate"` (a stream that stops after two deltas, without its final event), `"stall"`
-(a stream that goes silent after two deltas for `slow_s`, then hangs up). A request
-whose key differs from `api_key` always gets a 401.
+`"500"`, `"400"` (the request refused as invalid), `"slow"` (waits `slow_s` before
+answering), `"malformed"` (a 200 whose body is not JSON), `"truncate"` (a stream that stops
+after two deltas, without its final event), `"stall"` (a stream that goes silent after two
+deltas for `slow_s`, then hangs up). A request whose key differs from `api_key` always gets
+a 401.
 
 Prefix caching is emulated like providers do it: a request's serialized messages are cut into
 blocks of `block_tokens` tokens; the cached prompt tokens are the longest run of whole leading
@@ -219,6 +220,9 @@ def _handler_for(provider: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 return self._json(429, _error(anthropic, "rate_limit_error", "slow down"), extra)
             if fault == "500":
                 return self._json(500, _error(anthropic, "api_error", "internal error"))
+            if fault == "400":  # the request itself refused (an unknown parameter, say)
+                kind = "invalid_request_error"
+                return self._json(400, _error(anthropic, kind, "unrecognized parameter"))
             if fault == "slow":
                 provider.wait(provider.slow_s)
             if fault == "malformed":

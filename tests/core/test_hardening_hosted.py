@@ -465,3 +465,21 @@ def test_token_counter_remeasures_safely_when_counting_changes() -> None:
     assert not errors, errors[:3]
     assert all(counter.text(t) == 2 * len(t.split()) for t in texts)
     assert counter.message_overhead == 6
+
+
+# -- a request the provider refuses as invalid is not retried ------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_rejected_request_is_not_retried(provider: str, server: FakeProvider) -> None:
+    from fmai_core.errors import RequestRejectedError
+
+    b = make(provider, server, max_retries=2)
+    server.fail_next("400", 3)
+    with pytest.raises(RequestRejectedError, match=r"HTTP 400.*not retried"):
+        b.generate(MSGS)
+    assert len(server.requests) == 1  # the same request would be refused again
+    server._faults.clear()
+    server.fail_next("500", 1)  # a server error is still retried
+    assert b.generate(MSGS).text == "reply to: hello there friend"
+    b.close()

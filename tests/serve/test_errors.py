@@ -81,7 +81,7 @@ def test_bad_requests_get_400_and_change_nothing(serve: Any, store_url: str) -> 
     assert record(server, "bad") == before
 
 
-def test_upstream_failures_map_to_429_502_504_and_change_nothing(
+def test_upstream_failures_map_to_429_502_400_504_and_change_nothing(
     serve: Any, store_url: str, upstream: Any
 ) -> None:
     server = serve(store_url, "--upstream-timeout", "1.5")
@@ -96,6 +96,13 @@ def test_upstream_failures_map_to_429_502_504_and_change_nothing(
     with pytest.raises(openai.InternalServerError) as bad:
         ask(client, "second try", "up")
     assert bad.value.status_code == 502
+    sent = len(upstream.requests)
+    upstream.fail_next("400", 3)  # the upstream refuses the request itself: a 400, once
+    with pytest.raises(openai.BadRequestError) as rejected:
+        ask(client, "a rejected try", "up")
+    assert rejected.value.status_code == 400 and "rejected the request" in rejected.value.message
+    assert len(upstream.requests) == sent + 1  # neither fmai nor the SDK retried it
+    upstream._faults.clear()
     upstream.fail_next("slow")
     with pytest.raises(openai.InternalServerError) as slow:
         ask(client, "third try", "up")

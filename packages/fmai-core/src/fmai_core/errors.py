@@ -21,6 +21,7 @@ __all__ = [
     "MessageTooLongError",
     "MissingDependencyError",
     "RateLimitError",
+    "RequestRejectedError",
     "UnknownPolicyError",
 ]
 
@@ -112,6 +113,12 @@ class RateLimitError(BackendError):
 
 class AuthenticationError(BackendError):
     """The provider rejected the API key."""
+
+
+class RequestRejectedError(BackendError):
+    """The provider refused the request itself (HTTP 400, 404, 413 or 422: a parameter it does
+    not take, an unknown model, a body too large); sending it again would not help, so it is
+    not retried."""
 
 
 def missing_dependency(

@@ -38,6 +38,7 @@ from fmai_core.errors import (
     ConfigurationError,
     FMAIError,
     RateLimitError,
+    RequestRejectedError,
     missing_dependency,
 )
 from fmai_core.messages import Message
@@ -61,6 +62,8 @@ DEFAULT_MAX_RETRY_AFTER = 30.0
 _BACKOFF_FIRST = 0.5  # seconds before the first retry without Retry-After (doubling, jittered)
 _BACKOFF_MAX = 8.0
 _RETRY_STATUS = frozenset({408, 409, 429})
+# Answers that refuse the request itself: RequestRejectedError, not retried.
+_REJECTED = frozenset({400, 404, 413, 422})
 
 
 class HostedBackend:
@@ -335,6 +338,12 @@ class HostedBackend:
         if isinstance(exc, sdk.APIConnectionError):
             return BackendError(
                 f"Could not reach {where} ({detail}). Check base_url and the network."
+            )
+        if isinstance(exc, sdk.APIStatusError) and exc.status_code in _REJECTED:
+            return RequestRejectedError(
+                f"{where} rejected the request with HTTP {exc.status_code} ({detail}); it was "
+                "not retried, since the same request would be refused again. Check the model "
+                "name and the request's parameters."
             )
         if isinstance(exc, sdk.APIStatusError):
             return BackendError(

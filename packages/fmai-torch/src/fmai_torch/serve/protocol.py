@@ -21,6 +21,7 @@ from fmai_core.errors import (
     InvalidMessageError,
     MessageTooLongError,
     RateLimitError,
+    RequestRejectedError,
 )
 from fmai_core.messages import Role
 
@@ -97,6 +98,10 @@ def from_fmai_error(exc: FMAIError) -> ApiError:
             f"The upstream model refused fmai's key: {text}",
             type="api_error",
             code="upstream_auth",
+        )
+    if isinstance(exc, RequestRejectedError):  # the same request would be refused again
+        return ApiError(
+            400, f"The upstream model rejected the request: {text}", code="upstream_rejected"
         )
     if isinstance(exc, BackendError):
         return ApiError(
