@@ -39,6 +39,28 @@ def call(server: Any, path: str, key: str = "unused", method: str = "GET") -> tu
             return exc.code, json.loads(exc.read())
 
 
+def request_raw(
+    server: Any,
+    method: str,
+    path: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """(status, body bytes) of a request to the API, JSON content type, errors included."""
+    req = urllib.request.Request(
+        server.url + path,
+        data=data,
+        headers={"content-type": "application/json", **(headers or {})},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
 def sent_to_upstream(upstream: Any) -> list[str]:
     return [m["content"] for m in upstream.requests[-1]["messages"]]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import openai
 import pytest
-from test_chat import ask, call, get
+from test_chat import ask, call, get, request_raw
 from test_errors import post
 
 
@@ -333,7 +333,8 @@ def test_an_upstream_reply_with_nul_is_refused_alike_on_both_stores(
                 "stream": stream,
                 "messages": [{"role": "user", "content": "nul please"}],
             }
-            status, raw = _post_raw(server, json.dumps(body).encode(), session)
+            data = json.dumps(body).encode()
+            status, raw = request_raw(server, "POST", "/chat/completions", data, session)
             if stream and status == 200:  # the failure came after the headers: an error event
                 assert b"U+0000" in raw and b"upstream_invalid_reply" in raw, raw
                 assert b"[DONE]" not in raw
@@ -351,21 +352,6 @@ def test_an_upstream_reply_with_nul_is_refused_alike_on_both_stores(
         ]  # fmt: skip
     finally:
         upstream.reply = default
-
-
-def _post_raw(server: Any, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-    req = urllib.request.Request(
-        server.url + "/chat/completions",
-        data=body,
-        headers={"content-type": "application/json", **headers},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=20) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read()
 
 
 def test_the_conversation_detail_is_paged_like_messages(serve: Any, tmp_path: Path) -> None:

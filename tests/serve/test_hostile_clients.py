@@ -15,7 +15,7 @@ from typing import Any
 
 import openai
 import pytest
-from test_chat import ask, get
+from test_chat import ask, get, request_raw
 
 
 def sqlite(tmp_path: Path) -> str:
@@ -23,18 +23,7 @@ def sqlite(tmp_path: Path) -> str:
 
 
 def _post_raw(server: Any, body: Any, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(
-        server.url + "/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", **(headers or {})},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=20) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read()
+    return request_raw(server, "POST", "/chat/completions", json.dumps(body).encode(), headers)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -228,18 +217,7 @@ def test_a_damaged_stored_checkpoint_gets_an_answer_that_says_what_to_do(
 
 
 def _request(server: Any, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(
-        server.url + path,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
-        method=method,
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=20) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read()
+    return request_raw(server, method, path, None if body is None else json.dumps(body).encode())
 
 
 @pytest.mark.parametrize(

@@ -157,17 +157,7 @@ def test_a_token_computed_between_kept_runs() -> None:
     prefix, block, tail = _tokens(20, 3), _tokens(17, 4), _tokens(30, 5)
     full = prefix + block + tail
     kv = KVCache("rerotate", RopeEditor(model))
-
-    def forward(ids: list[int], positions: list[int], cache: object) -> None:
-        with torch.inference_mode():
-            model(
-                input_ids=torch.tensor([ids]),
-                position_ids=torch.tensor([positions]),
-                cache=cache,
-                use_cache=True,
-            )
-
-    kv.forward = forward
+    kv.forward = _forward_with(model)
     kv._cache = _prefill(model, full)
     kv.ids, kv.positions = list(full), list(range(len(full)))
     changed = [63 if tail[0] != 63 else 62, *tail[1:]]

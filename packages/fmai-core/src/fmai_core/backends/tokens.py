@@ -441,14 +441,15 @@ class ChatCounter:
         return max(0, total)
 
     def _role(self, fit: _Fit, role: str | None) -> int:
-        """The template part of a message (`None`: the reply opener and the overhead)."""
+        """The template part of a message (`None`, affine only: the reply opener and the
+        overhead)."""
         if fit.per_text:
             # one token a message, whatever the role: the texts that reports pin down carry
             # the rest of their message's template, which is then counted exactly for a
             # prompt that opens with an assistant message and a few tokens over for one that
             # opens with a user message, never under (a template costs at least one token a
             # message; the fixed part is by prompt shape, see _count)
-            return int(fit.overhead) if role is None else 1
+            return 1
         raw = self.per_reply if role is None else self.text(role) + self.per_message
         return _scaled(fit.factor, raw, fit.overhead if role is None else 0.0)
 
