@@ -49,6 +49,8 @@ from _common import cpu_model, make_conversation
 from fmai_core import FiniteMemoryLLM
 
 MODES = ("recompute", "rerotate", "keep-positions")
+#: With `--keep-evicted N`: `rerotate` with `kv_keep_evicted=N`, run beside plain `rerotate`.
+SPLICE = "rerotate+evicted"
 SYSTEM = "You are a friendly, concise assistant. Answer in two or three sentences."
 USER = [
     "Hi! I'm planning a two-week trip to Japan next April with my sister Eve. Where to start?",
@@ -410,8 +412,11 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
 
         tok = build_tokenizer()
         model = tiny_model(len(tok))  # type: ignore[arg-type]
-        keep = args.keep_evicted
-        return {m: HFBackend(model, tokenizer=tok, kv_edit=m, kv_keep_evicted=keep) for m in MODES}
+        out = {m: HFBackend(model, tokenizer=tok, kv_edit=m) for m in MODES}
+        if args.keep_evicted:
+            keep = args.keep_evicted
+            out[SPLICE] = HFBackend(model, tokenizer=tok, kv_edit="rerotate", kv_keep_evicted=keep)
+        return out
     if args.gpu:
         from transformers import AutoTokenizer
 
@@ -428,10 +433,16 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
     first = HFBackend("default", weights=args.weights, threads=args.threads, kv_edit=MODES[0])
     out = {MODES[0]: first}
     for m in MODES[1:]:
-        out[m] = HFBackend(
-            first.model, tokenizer=first.tokenizer, kv_edit=m, kv_keep_evicted=args.keep_evicted
+        out[m] = HFBackend(first.model, tokenizer=first.tokenizer, kv_edit=m)
+    if args.keep_evicted:
+        out[SPLICE] = HFBackend(
+            first.model,
+            tokenizer=first.tokenizer,
+            kv_edit="rerotate",
+            kv_keep_evicted=args.keep_evicted,
         )
-        out[m].threads = first.threads
+    for b in out.values():
+        b.threads = first.threads
     return out
 
 
@@ -476,20 +487,24 @@ def main() -> None:
     parser.add_argument("--policy", default="sliding")
     parser.add_argument("--recall-layout", default="fresh", choices=("fresh", "stable", "both"))
     parser.add_argument(
-        "--modes", default=",".join(MODES), help="comma-separated kv_edit modes to run"
+        "--modes",
+        default=None,
+        help=f"comma-separated kv_edit modes to run (default: all, and {SPLICE} with "
+        "--keep-evicted)",
     )
     parser.add_argument(
         "--keep-evicted",
         type=int,
         default=0,
-        help="HFBackend(kv_keep_evicted=N): rerotate splices evicted tokens back (0: off)",
+        help=f"also run {SPLICE!r}: rerotate with HFBackend(kv_keep_evicted=N), which "
+        "splices evicted tokens back (0: off; name it in --modes)",
     )
     parser.add_argument(
         "--splice-after-gap",
         type=int,
         default=None,
         help="--keep-evicted: shortest run spliced after computed tokens, no gap limit "
-        "(default: fmai_torch.kv's 32 tokens, 8 gaps)",
+        "(default: fmai_torch.kv's SPLICE_AFTER_GAP and MAX_SPLICE_GAPS)",
     )
     parser.add_argument("--greedy", type=int, default=64)
     parser.add_argument("--quality-turns", type=int, default=40)
@@ -517,7 +532,8 @@ def main() -> None:
         args.threads = int(args.threads)
     t0 = time.perf_counter()
     backends = load(args)
-    backends = {m: b for m, b in backends.items() if m in args.modes.split(",")}
+    wanted = args.modes.split(",") if args.modes else list(backends)
+    backends = {m: b for m, b in backends.items() if m in wanted}
     if args.splice_after_gap is not None:  # keep_evicted's cost rule (see fmai_torch.kv)
         for b in backends.values():
             b._kv.splice_after_gap = args.splice_after_gap

@@ -173,6 +173,32 @@ def test_kv_edit_flag(tiny_dir: str, tmp_path: Path) -> None:
     assert edited and all(r["evicted"] and r["kv"]["cut_tokens"] > 0 for r in edited)
 
 
+def test_kv_keep_evicted_flag(tiny_dir: str, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`--kv-keep-evicted N` with `--kv-edit rerotate` and a recalling policy: a recalled
+    message that was once history comes back from the kept keys and values
+    (`kv.from_evicted`); without rerotate the flag is refused before the model loads."""
+    script = tmp_path / "msgs.txt"
+    lines = [
+        "hello , my name is ada and my sister is called eve .",
+        "i live in paris with two cats and a dog .",
+        "tell me about rome and london in the summer .",
+        "my favourite food is pizza and i like tea in the morning .",
+        "we travel to tokyo by train next week .",
+    ] * 3 + ["what is the name of my sister ?", "do you remember where i live ?"] * 3
+    script.write_text("\n".join(lines) + "\n")
+    args = ["chat", "--model", tiny_dir, "--policy", "hybrid", "--max-tokens", "200"]
+    args += ["--max-new-tokens", "16", "--script", str(script), "--json"]
+    args += ["--recall-layout", "stable"]
+    code, out = _run([*args, "--kv-edit", "rerotate", "--kv-keep-evicted", "2048"])
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert sum(r["kv"].get("from_evicted", 0) for r in rows) > 0
+    assert all(r["reused_tokens"] + r["prefill_tokens"] == r["prompt_tokens"] for r in rows)
+    code, out = _run([*args, "--kv-keep-evicted", "2048"])
+    assert code == 2 and out == ""
+    assert "needs --kv-edit rerotate" in capsys.readouterr().err
+
+
 def test_a_script_line_is_one_message_whatever_unicode_it_holds(
     tiny_dir: str, tmp_path: Path
 ) -> None:

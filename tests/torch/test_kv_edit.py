@@ -358,13 +358,21 @@ def test_bad_mode_is_a_clear_error(make_backend) -> None:  # type: ignore[no-unt
 
 
 def _forward_with(model):  # type: ignore[no-untyped-def]
-    def forward(ids: list[int], positions: list[int], cache: object) -> None:
+    def forward(
+        ids: list[int], positions: list[int], cache: object, visible: object = None
+    ) -> None:
+        extra = {}
+        if visible is not None:  # the backend's additive mask, built the same way
+            mask = torch.zeros(visible.shape, dtype=model.dtype)  # type: ignore[attr-defined]
+            mask.masked_fill_(~visible, torch.finfo(model.dtype).min)  # type: ignore[operator]
+            extra["attention_mask"] = mask[None, None]
         with torch.inference_mode():
             model(
                 input_ids=torch.tensor([ids]),
                 position_ids=torch.tensor([positions]),
                 cache=cache,
                 use_cache=True,
+                **extra,
             )
 
     return forward
@@ -391,9 +399,10 @@ def test_evicted_tokens_are_spliced_back_where_they_come_again() -> None:
     assert ready.info["from_evicted"] == len(block)
     assert ready.info["computed_between"] == len(header)
     assert ready.reused == len(prompt) - 1 and kv.ids == prompt[:-1]
-    # a shorter run after computed tokens is not worth their forward pass: left to prefill
+    # a run shorter than `splice_after_gap` after computed tokens is left to prefill
     short = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
     short.forward = kv.forward
+    short.splice_after_gap = 32
     short._cache = _prefill(model, full)
     short.ids, short.positions = list(full), list(range(len(full)))
     short.prepare(prefix + tail + [9])
@@ -416,6 +425,57 @@ def test_evicted_tokens_are_spliced_back_where_they_come_again() -> None:
     assert KVCache("rerotate", RopeEditor(model)).keep_evicted == 0
     assert KVCache("recompute", keep_evicted=256).keep_evicted == 0
     assert KVCache("keep-positions", RopeEditor(model), keep_evicted=256).keep_evicted == 0
+
+
+def test_gaps_between_spliced_runs_are_computed_in_one_pass() -> None:
+    """Two evicted blocks recalled, each after a label: both labels go through the model in
+    one forward pass with a mask, and every layer equals the cache built one step at a
+    time (label computed on the cache as it stands, then the block appended, re-rotated):
+    each label token saw exactly what precedes it in the prompt (float64, 1e-9)."""
+    model = _llama(ROPES["llama3"])
+    editor = RopeEditor(model)
+    prefix, first, second, tail = _tokens(20, 3), _tokens(30, 4), _tokens(25, 6), _tokens(30, 5)
+    full = prefix + first + second + tail
+    kv = KVCache("rerotate", editor, keep_evicted=256)
+    calls: list[int] = []
+    forward = _forward_with(model)
+
+    def counting(ids, positions, cache, visible=None):  # type: ignore[no-untyped-def]
+        calls.append(len(ids))
+        forward(ids, positions, cache, visible)
+
+    kv.forward = counting
+    kv._cache = _prefill(model, full)
+    kv.ids, kv.positions = list(full), list(range(len(full)))
+    assert kv.prepare(prefix + tail + [9]).reused == len(prefix + tail)  # both blocks out
+    ref = _prefill(model, prefix + tail)  # the edited cache, copied: the reference's start
+    for layer, edited in zip(ref.layers, kv._cache.layers):
+        layer.keys, layer.values = edited.keys.clone(), edited.values.clone()
+    one, two = [11, 12, 13], [14, 15]
+    prompt = prefix + tail + one + first + two + second + [9]
+    ready = kv.prepare(prompt)
+    assert ready.info["from_evicted"] == len(first) + len(second)
+    assert ready.info["computed_between"] == len(one) + len(two)
+    assert calls == [len(one) + len(two)]  # one forward pass for both labels
+    assert ready.reused == len(prompt) - 1 and kv.ids == prompt[:-1]
+    # the same cache built step by step
+    original = _prefill(model, full)
+    at = len(prefix + tail)
+    for label, start, block in ((one, len(prefix), first), (two, len(prefix + first), second)):
+        forward(label, list(range(at, at + len(label))), ref)
+        at += len(label)
+        old = torch.arange(start, start + len(block))
+        new = torch.arange(at, at + len(block))
+        for layer, src in zip(ref.layers, original.layers):
+            piece = src.keys[..., start : start + len(block), :]
+            layer.keys = torch.cat([layer.keys, editor.rotate(piece, old, new)], dim=-2)
+            piece = src.values[..., start : start + len(block), :]
+            layer.values = torch.cat([layer.values, piece], dim=-2)
+        at += len(block)
+    for layer, want in zip(ready.cache.layers, ref.layers):
+        assert layer.keys.shape == want.keys.shape
+        assert (layer.keys - want.keys).abs().max() < 1e-9
+        assert (layer.values - want.values).abs().max() < 1e-9
 
 
 def test_keep_evicted_through_the_engine(make_backend) -> None:  # type: ignore[no-untyped-def]

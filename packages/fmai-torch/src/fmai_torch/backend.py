@@ -295,17 +295,32 @@ class HFBackend:
         kv.forward = self._forward_into
         return kv
 
-    def _forward_into(self, ids: list[int], positions: list[int], cache: Any) -> None:
-        """Run the model over `ids` at `positions`, appending their keys and values."""
+    def _forward_into(
+        self, ids: list[int], positions: list[int], cache: Any, visible: Any = None
+    ) -> None:
+        """Run the model over `ids` at `positions`, appending their keys and values.
+
+        `visible`, when given, is a boolean `(len(ids), cache length + len(ids))` tensor:
+        which keys each new token attends to (an additive mask of the model's dtype is
+        built from it, so eager and SDPA attention both take it). Runs the decoder without
+        the language-model head: only the keys and values are wanted.
+        """
         import torch
 
         dev = self.handle.device
+        extra: dict[str, Any] = {}
+        if visible is not None:
+            dtype = self.model.dtype
+            mask = torch.zeros(visible.shape, dtype=dtype)
+            mask.masked_fill_(~visible, torch.finfo(dtype).min)
+            extra["attention_mask"] = mask[None, None].to(dev)
         with torch.inference_mode(), use_threads(self.threads):
-            self.model(
+            self.model.base_model(
                 input_ids=torch.tensor([ids], device=dev),
                 position_ids=torch.tensor([positions], device=dev),
                 use_cache=True,
                 **{self.handle.cache_kw: cache},
+                **extra,
             )
 
     @property

@@ -4,6 +4,7 @@
 fmai chat [--model M] [--policy P] [--max-tokens N] [--max-new-tokens N] [--system TEXT]
           [--temperature T] [--top-p P] [--seed S] [--device D] [--weights W]
           [--threads N] [--no-kv-reuse] [--kv-edit recompute|rerotate|keep-positions]
+          [--kv-keep-evicted N]
           [--recall-layout fresh|stable] [--no-embedder] [--checkpoint PATH [--no-kv-save]]
           [--script FILE] [--json]
 fmai model [--model M] [--device D]
@@ -92,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("recompute", "rerotate", "keep-positions"),
         default="recompute",
         help="after an eviction: recompute (exact), rerotate or keep-positions the cache",
+    )
+    chat.add_argument(
+        "--kv-keep-evicted",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --kv-edit rerotate: keep the keys and values of up to N evicted tokens and "
+        "splice them back where they are recalled (not exact; 0: off)",
     )
     chat.add_argument(
         "--recall-layout",
@@ -231,6 +240,7 @@ def _load_backend(
     weights: str = "auto",
     threads: str = "auto",
     kv_edit: str = "recompute",
+    kv_keep_evicted: int = 0,
 ) -> Any:
     from transformers.utils import logging as hf_logging
 
@@ -246,6 +256,7 @@ def _load_backend(
         threads=count,
         kv_reuse=kv_reuse,
         kv_edit=kv_edit,
+        kv_keep_evicted=kv_keep_evicted,
         progress=True,
     )
 
@@ -368,6 +379,13 @@ def _command(llm: Any, line: str) -> bool:
 def _chat(args: argparse.Namespace, out: TextIO) -> int:
     from fmai_core.errors import FMAIError
 
+    if args.kv_keep_evicted < 0 or (args.kv_keep_evicted and args.kv_edit != "rerotate"):
+        print(
+            "fmai: error: --kv-keep-evicted takes a token count >= 0 and needs "
+            "--kv-edit rerotate (the other modes never splice evicted tokens back).",
+            file=sys.stderr,
+        )
+        return 2
     script: list[str] | None = None
     if args.script not in (None, "-"):  # read before the model loads: a bad one fails fast
         try:
@@ -393,6 +411,7 @@ def _chat(args: argparse.Namespace, out: TextIO) -> int:
             args.weights,
             args.threads,
             args.kv_edit,
+            args.kv_keep_evicted,
         )
         llm = _engine(args, backend, _load_embedder(args))
     except FMAIError as exc:

@@ -36,10 +36,11 @@ MIN_GAIN = 16
 #: Shortest run of ids that an edit keeps or splices back (shorter matches are coincidences).
 MIN_RUN = 8
 #: `keep_evicted`: a run that needs tokens computed before it is spliced back only when it is
-#: this long (each such gap is a forward pass of its own, about the cost of prefilling a
-#: couple of dozen tokens at once on a CPU), and at most this many gaps a turn.
-SPLICE_AFTER_GAP = 32
-MAX_SPLICE_GAPS = 8
+#: this long, and at most this many such gaps a turn. All the tokens computed between runs go
+#: through one forward pass (an attention mask lets each see only what precedes it), so any
+#: run worth keeping is worth splicing; the gap limit bounds the mask and the index work.
+SPLICE_AFTER_GAP = MIN_RUN
+MAX_SPLICE_GAPS = 64
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -125,9 +126,11 @@ class KVCache:
         self.editor = editor
         self.fallback = fallback if mode != "recompute" else None
         self.max_position = max_position
-        #: Runs the model over a few tokens at given positions, appending to a cache (lets a
-        #: `rerotate` edit compute the tokens between two kept runs); set by the backend.
-        self.forward: Callable[[list[int], list[int], Any], None] | None = None
+        #: Runs the model over tokens at given positions, appending their keys and values to a
+        #: cache; the fourth argument, when not `None`, is a boolean `(tokens, cache length +
+        #: tokens)` tensor saying which keys each token may attend to. It lets a `rerotate`
+        #: edit compute the tokens between kept runs, all in one pass; set by the backend.
+        self.forward: Callable[[list[int], list[int], Any, Any], None] | None = None
         self.keep_evicted = keep_evicted if mode == "rerotate" and not self.fallback else 0
         #: Runs of tokens that left the cache: `(ids, positions, [(keys, values) per layer])`.
         self._evicted: list[tuple[list[int], list[int], list[tuple[Any, Any]]]] = []
@@ -301,7 +304,7 @@ class KVCache:
             while o + n < len(ids) and k + n < limit and ids[o + n] == prompt[k + n]:
                 n += 1
             if k > i and (n < self.splice_after_gap or len(plan) >= self.max_splice_gaps):
-                # the tokens before it cost a forward pass of their own: not worth it
+                # too short to be worth the computed tokens before it, or too many gaps
                 k += 1
                 continue
             plan.append((k - i, e, o, n))
@@ -309,24 +312,12 @@ class KVCache:
         served = sum(n for _, _, _, n in plan)
         if served < MIN_GAIN:
             return keep
-        assert self.editor is not None
-        layers = list(self._cache.layers)
-        j = keep
+        runs = []
         for gap, e, o, n in plan:
-            if gap:
-                self.forward(prompt[j : j + gap], list(range(j, j + gap)), self._cache)
-                j += gap
             _, pos, part = self._evicted[e]
             old = torch.tensor(pos[o : o + n], dtype=torch.long)
-            new = torch.arange(j, j + n)
-            for layer, (k_, v_) in zip(layers, part):
-                dev = layer.keys.device
-                kk = self.editor.rotate(k_[..., o : o + n, :], old.to(dev), new.to(dev))
-                layer.keys = torch.cat([layer.keys, kk], dim=-2)
-                layer.values = torch.cat([layer.values, v_[..., o : o + n, :]], dim=-2)
-            j += n
-        self.ids = list(prompt[:j])
-        self.positions = list(range(j))
+            runs.append((gap, old, [(k[..., o : o + n, :], v[..., o : o + n, :]) for k, v in part]))
+        j, _ = self._assemble(prompt, keep, runs)
         gaps = sum(g for g, _, _, _ in plan)
         info["applied"] = "rerotate"
         info["from_evicted"] = served
@@ -338,36 +329,84 @@ class KVCache:
         (`rerotate` only); return the keys rotated per layer."""
         import torch
 
-        assert self.editor is not None and self.forward is not None
-        layers = list(self._cache.layers)
-        orig = [(layer.keys, layer.values) for layer in layers]
+        orig = [(layer.keys, layer.values) for layer in self._cache.layers]
         old_pos = torch.tensor(self.positions, dtype=torch.long)
-        for layer, (k, v) in zip(layers, orig):
+        for layer, (k, v) in zip(self._cache.layers, orig):
             layer.keys, layer.values = k[..., :0, :], v[..., :0, :]
-        j, rotated = 0, 0
+        runs = []
         for gap, a, b in pieces:
-            if gap:
-                self.forward(prompt[j : j + gap], list(range(j, j + gap)), self._cache)
-                j += gap
             idx = torch.arange(a, b)
-            new = torch.arange(j, j + b - a)
-            old = old_pos[idx]
+            kv = []
+            for k, v in orig:
+                at = idx.to(k.device)
+                kv.append((k.index_select(-2, at), v.index_select(-2, at)))
+            runs.append((gap, old_pos[idx], kv))
+        _, rotated = self._assemble(prompt, 0, runs)
+        return rotated
+
+    def _assemble(
+        self, prompt: list[int], start: int, runs: list[tuple[int, Any, list[tuple[Any, Any]]]]
+    ) -> tuple[int, int]:
+        """Append `runs` to the cache, which holds `prompt[:start]` at positions `0..start-1`.
+
+        Each run is `(gap, old positions, [(keys, values) per layer])`: `gap` prompt tokens
+        to compute before it, then its keys and values, the keys rotated from their old
+        positions to their new ones. The runs go in first; then all the gaps' tokens go
+        through the model in one forward pass, each attending only to what precedes it in
+        the prompt, as a prefill would; then every layer is put back in prompt order. Sets
+        `ids` and `positions`; returns the prompt tokens the cache then holds and the keys
+        rotated (per layer).
+        """
+        import torch
+
+        assert self.editor is not None
+        layers = list(self._cache.layers)
+        parts: list[list[tuple[Any, Any]]] = [[(lay.keys, lay.values)] for lay in layers]
+        held = list(range(start))  # the position of each cache entry, in cache order
+        gap_ids: list[int] = []
+        gap_pos: list[int] = []
+        j, rotated = start, 0
+        for gap, old, kv in runs:
+            if gap:
+                gap_ids += prompt[j : j + gap]
+                gap_pos += range(j, j + gap)
+                j += gap
+            n = int(old.numel())
+            new = torch.arange(j, j + n)
             moved = torch.nonzero(old != new).flatten()
             rotated += int(moved.numel())
-            for layer, (k, v) in zip(layers, orig):
-                dev = k.device
-                kk = k.index_select(-2, idx.to(dev))
+            angles: dict[Any, Any] = {}  # per device and dtype: the same for every layer
+            for into, (k, v) in zip(parts, kv):
+                keys = k
                 if moved.numel():
-                    m = moved.to(dev)
-                    kk[..., m, :] = self.editor.rotate(
-                        kk[..., m, :], old[moved].to(dev), new[moved].to(dev)
+                    dev = k.device
+                    m, before, after = moved.to(dev), old[moved].to(dev), new[moved].to(dev)
+                    if (dev, k.dtype) not in angles:
+                        angles[dev, k.dtype] = self.editor.angles(before, after, k)
+                    keys = k.clone()
+                    keys[..., m, :] = self.editor.rotate(
+                        k[..., m, :], before, after, angles[dev, k.dtype]
                     )
-                layer.keys = torch.cat([layer.keys, kk], dim=-2)
-                layer.values = torch.cat([layer.values, v.index_select(-2, idx.to(dev))], dim=-2)
-            j += b - a
+                into.append((keys, v))
+            held += range(j, j + n)
+            j += n
+        for layer, into in zip(layers, parts):
+            layer.keys = torch.cat([k for k, _ in into], dim=-2)
+            layer.values = torch.cat([v for _, v in into], dim=-2)
+        if gap_ids:
+            assert self.forward is not None
+            every = torch.tensor(held + gap_pos)
+            query = torch.tensor(gap_pos)
+            self.forward(gap_ids, gap_pos, self._cache, every[None, :] <= query[:, None])
+            if held != list(range(len(held))):  # a gap before a run: back into prompt order
+                order = torch.argsort(every)
+                for layer in layers:
+                    at = order.to(layer.keys.device)
+                    layer.keys = layer.keys.index_select(-2, at)
+                    layer.values = layer.values.index_select(-2, at)
         self.ids = list(prompt[:j])
         self.positions = list(range(j))
-        return rotated
+        return j, rotated
 
     def commit(self, sequence: list[int]) -> None:
         """Record the ids the cache covers after a generation over `sequence` (prompt + reply)."""

@@ -182,15 +182,27 @@ class RopeEditor:
         cos, sin = self.rotary(like, positions.view(1, -1))
         return cos[0], sin[0]
 
-    def rotate(self, keys: Any, old: Any, new: Any) -> Any:
-        """`keys` (`[batch, heads, n, dim]`) stored at positions `old`, moved to `new`."""
+    def angles(self, old: Any, new: Any, like: Any) -> tuple[Any, Any, Any, Any]:
+        """The cos and sin at `old` and at `new` positions, in the working precision of
+        keys like `like` (float64 keys: float64, else float32), on its device: what
+        [`rotate`][fmai_torch.kv_edit.RopeEditor.rotate] uses; compute once, pass to every
+        layer."""
         import torch
 
-        work = torch.float64 if keys.dtype == torch.float64 else torch.float32
-        like = keys.new_empty((), dtype=work)
-        c1, s1 = self.cos_sin(old, like)
-        c2, s2 = self.cos_sin(new, like)
-        k = keys.to(work)
+        work = torch.float64 if like.dtype == torch.float64 else torch.float32
+        probe = like.new_empty((), dtype=work)
+        c1, s1 = self.cos_sin(old.to(like.device), probe)
+        c2, s2 = self.cos_sin(new.to(like.device), probe)
+        return c1, s1, c2, s2
+
+    def rotate(
+        self, keys: Any, old: Any, new: Any, angles: tuple[Any, Any, Any, Any] | None = None
+    ) -> Any:
+        """`keys` (`[batch, heads, n, dim]`) stored at positions `old`, moved to `new`
+        (`angles`: [`angles`][fmai_torch.kv_edit.RopeEditor.angles]`(old, new, keys)`, when
+        already computed)."""
+        c1, s1, c2, s2 = angles if angles is not None else self.angles(old, new, keys)
+        k = keys.to(c1.dtype)
         raw = (k * c1 - _rotate_half(k) * s1) / (c1 * c1 + s1 * s1)
         return (raw * c2 + _rotate_half(raw) * s2).to(keys.dtype)
 
@@ -207,6 +219,7 @@ class RopeEditor:
             moved = torch.nonzero(old != new).flatten()
             if moved.numel():
                 moves = (moved, old[moved], new[moved])
+        angles: dict[Any, Any] = {}  # per device and dtype: the same for every layer
         for layer in cache.layers:
             if not layer.is_initialized or layer.keys is None or layer.keys.numel() == 0:
                 continue
@@ -216,6 +229,9 @@ class RopeEditor:
             values = layer.values.index_select(-2, idx)
             if moves is not None:
                 m, before, after = (t.to(dev) for t in moves)
-                keys[..., m, :] = self.rotate(keys[..., m, :], before, after)
+                key = (dev, keys.dtype)
+                if key not in angles:
+                    angles[key] = self.angles(before, after, keys)
+                keys[..., m, :] = self.rotate(keys[..., m, :], before, after, angles[key])
             layer.keys, layer.values = keys, values
         return 0 if moves is None else int(moves[0].numel())
