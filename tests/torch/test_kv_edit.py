@@ -478,6 +478,36 @@ def test_gaps_between_spliced_runs_are_computed_in_one_pass() -> None:
         assert (layer.values - want.values).abs().max() < 1e-9
 
 
+def test_gaps_one_pass_each_without_masks_give_the_same_cache() -> None:
+    """`batch_gaps` off (attention that takes no custom mask): each label is computed on its
+    own, right before its block, and the cache equals the one-pass result (float64)."""
+    model = _llama(ROPES["llama3"])
+    prefix, first, second, tail = _tokens(20, 3), _tokens(30, 4), _tokens(25, 6), _tokens(30, 5)
+    full = prefix + first + second + tail
+    prompt = prefix + tail + [11, 12, 13] + first + [14, 15] + second + [9]
+    caches, calls = [], []
+    for batch in (True, False):
+        kv = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
+        kv.batch_gaps = batch
+        forward = _forward_with(model)
+
+        def counting(ids, positions, cache, visible=None, forward=forward, batch=batch):  # type: ignore[no-untyped-def]
+            calls.append((batch, len(ids), visible is None))
+            forward(ids, positions, cache, visible)
+
+        kv.forward = counting
+        kv._cache = _prefill(model, full)
+        kv.ids, kv.positions = list(full), list(range(len(full)))
+        kv.prepare(prefix + tail + [9])
+        ready = kv.prepare(prompt)
+        assert ready.reused == len(prompt) - 1 and ready.info["from_evicted"] == 55
+        caches.append(ready.cache)
+    assert calls == [(True, 5, False), (False, 3, True), (False, 2, True)]
+    for a, b in zip(caches[0].layers, caches[1].layers):
+        assert (a.keys - b.keys).abs().max() < 1e-9
+        assert (a.values - b.values).abs().max() < 1e-9
+
+
 def test_keep_evicted_through_the_engine(make_backend) -> None:  # type: ignore[no-untyped-def]
     """hybrid, stable layout, rerotate with kept evictions: recalled segments come back from
     the kept keys and values, the stats count only cache-served tokens as reused, the budget

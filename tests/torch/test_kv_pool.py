@@ -101,3 +101,21 @@ def test_a_disk_file_is_read_only_for_its_own_conversation(make_backend, tmp_pat
     ada.replace(bob)  # bob's file is now ada's cache
     kv, came = pool.get("bob")
     assert came == "disk" and len(kv) == 0  # refused: recomputed, never ada's tokens
+
+
+def test_kept_evicted_tokens_count_in_the_budget_and_move_with_the_cache(make_backend) -> None:  # type: ignore[no-untyped-def]
+    """`kv_keep_evicted`: the kept keys and values are part of a conversation's bytes (so
+    the device budget sees them) and go to host memory and back with its cache."""
+    backend = make_backend(kv_edit="rerotate", kv_keep_evicted=4096, kv_device_bytes=1)
+    kw = {**KW, "max_tokens": 120}
+    ada = FiniteMemoryLLM(backend.conversation("ada"), **kw)
+    bob = FiniteMemoryLLM(backend.conversation("bob"), **kw)
+    for line in TALKS["ada"] * 3:  # evicts: the cut tokens are kept
+        ada.chat(line)
+    kv, _ = backend.pool.get("ada")
+    assert kv.evicted_tokens > 0
+    held = sum(k.numel() * k.element_size() * 2 for k, _ in kv.layers())
+    assert kv.nbytes > held
+    bob.chat(TALKS["bob"][0])  # ada's cache, kept tokens included, goes to host memory
+    assert backend.pool.tier("ada") == "host"
+    assert ada.chat(TALKS["ada"][0]).stats.kv["cache_from"] == "host"

@@ -15,7 +15,7 @@ from fmai_core.messages import Message
 from fmai_torch.compiled import CompiledDecoder, resolve_compile
 from fmai_torch.generation import GenerationRun
 from fmai_torch.handle import ModelHandle
-from fmai_torch.kv import KVCache, cache_kwarg
+from fmai_torch.kv import SEQUENTIAL_SPLICE, KVCache, cache_kwarg
 from fmai_torch.kv_edit import EDIT_MODES, RopeEditor, edit_support
 from fmai_torch.kv_pool import KVPool
 from fmai_torch.lean import LeanDecoder, lean_support
@@ -293,6 +293,10 @@ class HFBackend:
             keep_evicted=self.kv_keep_evicted,
         )
         kv.forward = self._forward_into
+        attention = getattr(self.model.config, "_attn_implementation", "eager")
+        if attention not in ("eager", "sdpa"):  # takes no custom mask: one pass per gap
+            kv.batch_gaps = False
+            kv.splice_after_gap, kv.max_splice_gaps = SEQUENTIAL_SPLICE
         return kv
 
     def _forward_into(

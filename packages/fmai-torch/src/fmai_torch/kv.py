@@ -41,6 +41,9 @@ MIN_RUN = 8
 #: run worth keeping is worth splicing; the gap limit bounds the mask and the index work.
 SPLICE_AFTER_GAP = MIN_RUN
 MAX_SPLICE_GAPS = 64
+#: The same rule where each gap is a forward pass of its own (`KVCache.batch_gaps` off): a
+#: pass costs about what prefilling a couple of dozen tokens at once does on a CPU.
+SEQUENTIAL_SPLICE = (32, 8)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -139,6 +142,10 @@ class KVCache:
         #: gaps a turn (each gap is a forward pass of its own).
         self.splice_after_gap = SPLICE_AFTER_GAP
         self.max_splice_gaps = MAX_SPLICE_GAPS
+        #: Compute all the tokens between kept or spliced runs in one forward pass with a
+        #: custom attention mask (the backend turns it off for attention implementations
+        #: that take none, e.g. flash attention: then each gap is a pass of its own).
+        self.batch_gaps = True
         self._cache: Any = None
         self.ids: list[int] = []
         self.positions: list[int] = []
@@ -353,9 +360,10 @@ class KVCache:
         to compute before it, then its keys and values, the keys rotated from their old
         positions to their new ones. The runs go in first; then all the gaps' tokens go
         through the model in one forward pass, each attending only to what precedes it in
-        the prompt, as a prefill would; then every layer is put back in prompt order. Sets
-        `ids` and `positions`; returns the prompt tokens the cache then holds and the keys
-        rotated (per layer).
+        the prompt, as a prefill would; then every layer is put back in prompt order. (With
+        `batch_gaps` off, for attention that takes no custom mask, each gap is computed on
+        its own, right before its run.) Sets `ids` and `positions`; returns the prompt
+        tokens the cache then holds and the keys rotated (per layer).
         """
         import torch
 
@@ -366,8 +374,23 @@ class KVCache:
         gap_ids: list[int] = []
         gap_pos: list[int] = []
         j, rotated = start, 0
+
+        def flush() -> None:
+            for layer, into in zip(layers, parts):
+                layer.keys = torch.cat([k for k, _ in into], dim=-2)
+                layer.values = torch.cat([v for _, v in into], dim=-2)
+                into[:] = [(layer.keys, layer.values)]
+
         for gap, old, kv in runs:
-            if gap:
+            if gap and not self.batch_gaps:  # computed here, on the cache as it stands
+                assert self.forward is not None
+                flush()
+                self.forward(prompt[j : j + gap], list(range(j, j + gap)), self._cache, None)
+                for layer, into in zip(layers, parts):
+                    into[:] = [(layer.keys, layer.values)]
+                held += range(j, j + gap)
+                j += gap
+            elif gap:
                 gap_ids += prompt[j : j + gap]
                 gap_pos += range(j, j + gap)
                 j += gap
@@ -390,9 +413,7 @@ class KVCache:
                 into.append((keys, v))
             held += range(j, j + n)
             j += n
-        for layer, into in zip(layers, parts):
-            layer.keys = torch.cat([k for k, _ in into], dim=-2)
-            layer.values = torch.cat([v for _, v in into], dim=-2)
+        flush()
         if gap_ids:
             assert self.forward is not None
             every = torch.tensor(held + gap_pos)
@@ -448,16 +469,31 @@ class KVCache:
         self.positions = list(positions)
 
     def to(self, device: Any) -> None:
-        """Move the keys and values to `device` (host memory: `"cpu"`)."""
-        if self._cache is None:
-            return
-        for layer in self._cache.layers:
-            if layer.is_initialized and layer.keys is not None:
-                layer.keys = layer.keys.to(device)
-                layer.values = layer.values.to(device)
-                layer.device = layer.keys.device
+        """Move the keys and values to `device` (host memory: `"cpu"`), the kept evicted
+        tokens (`keep_evicted`) with them."""
+        if self._cache is not None:
+            for layer in self._cache.layers:
+                if layer.is_initialized and layer.keys is not None:
+                    layer.keys = layer.keys.to(device)
+                    layer.values = layer.values.to(device)
+                    layer.device = layer.keys.device
+        self._evicted = [
+            (ids, pos, [(k.to(device), v.to(device)) for k, v in part])
+            for ids, pos, part in self._evicted
+        ]
 
     @property
     def nbytes(self) -> int:
-        """Bytes of keys and values held."""
-        return sum(k.numel() * k.element_size() * 2 for k, _ in self.layers())
+        """Bytes of keys and values held, the kept evicted tokens (`keep_evicted`) included."""
+        held = sum(k.numel() * k.element_size() * 2 for k, _ in self.layers())
+        kept = sum(
+            k.numel() * k.element_size() + v.numel() * v.element_size()
+            for _, _, part in self._evicted
+            for k, v in part
+        )
+        return int(held + kept)
+
+    @property
+    def evicted_tokens(self) -> int:
+        """Tokens whose keys and values `keep_evicted` holds for splicing back."""
+        return sum(len(ids) for ids, _, _ in self._evicted)
