@@ -126,6 +126,10 @@ def test_a_streamed_reply_with_a_lone_surrogate_is_sent_and_stored_replaced(
         # was a 502 blaming the upstream ("sent a response fmai could not use")
         ({"stop": ["\ud800"]}, "stop", "lone surrogate"),
         ({"stop": "end \udfff"}, "stop", "lone surrogate"),
+        # unbounded: every stop string is matched against the reply as it grows
+        ({"stop": [f"s{i}" for i in range(17)]}, "stop", "at most 16 strings"),
+        ({"stop": "x" * 513}, "stop", "1 to 512 characters"),
+        ({"stop": ["ok", ""]}, "stop", "1 to 512 characters"),
         # a string is not a boolean: "false" was taken as true, and streamed
         ({"stream": "false"}, "stream", "true or false"),
         ({"stream": 0}, "stream", "true or false"),

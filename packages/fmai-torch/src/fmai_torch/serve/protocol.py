@@ -41,6 +41,10 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9._:@+\-]{1,200}")
 _ROLES = ("system", "developer", "user", "assistant")
 #: Request fields passed on to the model as generation parameters.
 _PARAMS = ("temperature", "top_p", "seed", "stop")
+#: Most stop strings a request may carry, and most characters in one (OpenAI takes 4; other
+#: OpenAI-compatible servers take more; every one is matched against the reply as it grows).
+MAX_STOPS = 16
+MAX_STOP_CHARS = 512
 
 
 class ApiError(Exception):
@@ -284,7 +288,21 @@ def _param(name: str, value: Any) -> Any:
             raise ApiError(
                 400, f"stop must be a string or a list of strings, got {value!r}.", param=name
             )
+        if len(stops) > MAX_STOPS:
+            raise ApiError(
+                400,
+                f"stop takes at most {MAX_STOPS} strings, got {len(stops)}. Nothing was changed.",
+                param=name,
+            )
         for stop in stops:
+            if not stop or len(stop) > MAX_STOP_CHARS:
+                raise ApiError(
+                    400,
+                    f"each stop string must hold 1 to {MAX_STOP_CHARS} characters, got "
+                    f"{len(stop)}: an empty one would end every reply before it starts. "
+                    "Nothing was changed.",
+                    param=name,
+                )
             try:
                 stop.encode("utf-8")
             except UnicodeEncodeError:
