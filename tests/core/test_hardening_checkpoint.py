@@ -389,6 +389,43 @@ def test_a_policy_config_the_policy_does_not_take_is_refused(tmp_path: Path) -> 
         FiniteMemoryLLM.load(path, EchoBackend())
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("relevance_weight", "0.4"),  # a string for a number
+        ("keep_recent", 2.5),  # a fraction for a count
+        ("keep_recent", True),  # a bool is not a count
+        ("half_life", None),
+        ("min_relevance", [0.1]),
+    ],
+)
+def test_a_policy_config_of_the_wrong_type_is_refused(
+    tmp_path: Path, field: str, value: Any
+) -> None:
+    """Defect: a saved policy setting was passed to the policy unchecked, so a checkpoint
+    whose `relevance_weight` was a string loaded, and the next turn failed inside the
+    policy with a TypeError (or silently mis-scored). It is refused on load, naming the
+    setting and what it should be."""
+    from fmai_core.checkpoint import checksum
+
+    path = tmp_path / "chat.json"
+    _conversation(policy="hybrid").save(path)
+    doc = _doc(path)
+    doc["settings"]["policy_config"][field] = value
+    doc["checksum"] = checksum(doc)
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=rf"wrong type.*{field}=.*default is"):
+        FiniteMemoryLLM.load(path, EchoBackend())
+    # an int where the default is a float is a number all the same
+    doc["settings"]["policy_config"][field] = 1 if field != "keep_recent" else 3
+    doc["checksum"] = checksum(doc)
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    assert (
+        getattr(FiniteMemoryLLM.load(path, EchoBackend()).policy, field)
+        == doc["settings"]["policy_config"][field]
+    )
+
+
 def test_save_writes_outside_the_conversations_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

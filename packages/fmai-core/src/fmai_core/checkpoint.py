@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
 import time
@@ -189,7 +190,36 @@ def _policy(p: Path, name: str, config: dict[str, Any]) -> Any:
         k: tuple(v) if isinstance(v, list) and isinstance(getattr(policy, k), tuple) else v
         for k, v in config.items()
     }
+    wrong = sorted(k for k, v in values.items() if not _same_kind(v, getattr(policy, k)))
+    if wrong:
+        shown = ", ".join(
+            f"{k}={values[k]!r} (the policy's default is {getattr(policy, k)!r})" for k in wrong
+        )
+        raise CheckpointError(
+            f"{p} holds settings of the wrong type for policy {name!r}: {shown}. Load it with "
+            "policy=... to choose the policy (or a policy instance)."
+        )
     return replace(policy, **values)
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether a saved policy setting has the kind of value its default has (a number for a
+    number, never a bool for one; a finite float; a tuple of the same kinds of items)."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if isinstance(default, int) and not isinstance(value, int):
+            return False
+        return math.isfinite(value)
+    if isinstance(default, tuple):  # (user policies' tuples; items like the default's first)
+        if not isinstance(value, tuple):
+            return False
+        return not default or all(_same_kind(x, default[0]) for x in value)
+    return isinstance(value, type(default))
 
 
 def _jsonable(value: Any) -> bool:
