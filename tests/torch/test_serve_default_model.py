@@ -110,3 +110,31 @@ def test_embedded_model_chat_stream_and_memory(served: str) -> None:
     assert detail["messages"][1]["content"] == reply
     assert detail["messages"][3]["content"] == text
     assert detail["turns"] == 2
+
+
+def test_interleaved_conversations_each_reuse_their_own_cache(served: str) -> None:
+    """Defect: every conversation of `fmai serve` ran on the backend's one KV cache, so with
+    two users taking turns each turn re-prefilled its whole history (only the shared start
+    was reused). Each conversation now has its own cache in the backend's pool: A, B, A, B,
+    and each second turn is served from its own first turn's cache."""
+    client = openai.OpenAI(base_url=served, api_key="unused", max_retries=0, timeout=300)
+    name = client.models.list().data[0].id
+    talks = {
+        "pool-a": ["My cat is called Miso and she is nine.", "How old is my cat?"],
+        "pool-b": ["I am learning the cello with my aunt Ruth.", "Who teaches me?"],
+    }
+    firsts, seconds = {}, {}
+    for turn in range(2):
+        for cid, lines in talks.items():
+            r = client.chat.completions.create(
+                model=name,
+                messages=[{"role": "user", "content": lines[turn]}],
+                extra_headers={"X-Session-ID": cid},
+                temperature=0,
+            )
+            (firsts if turn == 0 else seconds)[cid] = r.usage
+    for cid in talks:
+        first, second = firsts[cid], seconds[cid]
+        assert second.prompt_tokens > first.prompt_tokens
+        # the first turn's prompt and reply, not only the system prompt, came from the cache
+        assert second.prompt_tokens_details.cached_tokens >= first.prompt_tokens, (cid, second)

@@ -11,7 +11,8 @@ fmai model [--model M] [--device D]
 fmai serve [--model M | --upstream URL --upstream-model NAME [--upstream-key-env VAR] |
             --anthropic --upstream-model NAME] [--store URL] [--policy P] [--max-tokens N]
            [--max-new-tokens N] [--system TEXT] [--host 127.0.0.1] [--port 8080]
-           [--api-key KEY ...] [--insecure-public]
+           [--api-key KEY ...] [--insecure-public] [--kv-device-mb N] [--kv-host-mb N]
+           [--kv-disk-dir DIR]
 ```
 
 `fmai chat` is interactive by default: it streams each reply and prints one status line per
@@ -176,6 +177,22 @@ def _add_serve(sub: Any) -> None:
         help="open connections past which new requests get 503 (0: no limit)",
     )
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
+    serve.add_argument(
+        "--kv-device-mb",
+        type=_megabytes,
+        default=1024.0,
+        help="local model: MiB of conversations' KV caches on the device (least recent out)",
+    )
+    serve.add_argument(
+        "--kv-host-mb",
+        type=_megabytes,
+        default=4096.0,
+        help="local model: MiB of KV caches in host memory, past which they go to "
+        "--kv-disk-dir or are dropped (recomputed on their next turn)",
+    )
+    serve.add_argument(
+        "--kv-disk-dir", default=None, help="local model: folder for KV caches out of host memory"
+    )
 
 
 def _port(text: str) -> int:
@@ -187,6 +204,19 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a port is a whole number from 0 to 65535, not {text!r}")
     return port
+
+
+def _megabytes(text: str) -> float:
+    """A finite number of MiB, 0 or more, for argparse."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"give a number of MiB, 0 or more, not {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:

@@ -330,7 +330,8 @@ def create_app(
         cid = check_id(request.path_params["cid"])
         async with sessions._local((who, cid)):
             existed = await asyncio.to_thread(store.delete, who, cid)
-            sessions.forget(who, cid)
+            # in a thread: dropping a local model's KV cache waits for the model's lock
+            await asyncio.to_thread(sessions.forget, who, cid)
         if not existed:
             raise ApiError(404, f"No conversation {cid!r}.", code="conversation_not_found")
         return JSONResponse({"id": cid, "object": "conversation.deleted", "deleted": True})

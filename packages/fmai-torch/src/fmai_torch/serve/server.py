@@ -40,6 +40,9 @@ class ServeOptions:
     insecure_public: bool = False
     limit_concurrency: int = 256
     log_level: str = "info"
+    kv_device_mb: float = 1024.0
+    kv_host_mb: float = 4096.0
+    kv_disk_dir: str | None = None
 
 
 def default_store_url() -> str:
@@ -105,7 +108,15 @@ def build_backend(opts: ServeOptions) -> tuple[Any, str, bool]:
         return backend, opts.upstream_model, False
     from fmai_torch.backend import HFBackend  # torch is imported here, and only here
 
-    backend = HFBackend(opts.model or "default", device=opts.device, progress=True)
+    # each conversation keeps its own KV cache in the backend's pool (EngineFactory.backend_for)
+    backend = HFBackend(
+        opts.model or "default",
+        device=opts.device,
+        progress=True,
+        kv_device_bytes=int(opts.kv_device_mb * 2**20),
+        kv_host_bytes=int(opts.kv_host_mb * 2**20),
+        kv_disk_dir=opts.kv_disk_dir,
+    )
     return backend, getattr(backend, "name", opts.model or "default"), True
 
 

@@ -64,10 +64,28 @@ class EngineFactory:
         self._tmp = Path(tempfile.mkdtemp(prefix="fmai-serve-"))
         self.new(None)  # check the settings now, not on the first request
 
-    def new(self, system: str | None) -> FiniteMemoryLLM:
-        """A fresh conversation (`system`: the client's system prompt, else the server's)."""
+    def backend_for(self, key: tuple[str, str] | None) -> Any:
+        """The backend a conversation runs on: with a local model
+        ([`HFBackend`][fmai_torch.HFBackend]), its own KV cache in the backend's pool
+        ([`HFBackend.conversation`][fmai_torch.HFBackend.conversation]), keyed by owner
+        and id, so that interleaved conversations each reuse their own prefix; otherwise
+        (an upstream, a one-off turn: `key` `None`) the backend itself."""
+        if key is None or not hasattr(self.backend, "conversation"):
+            return self.backend
+        owner, cid = key
+        return self.backend.conversation(f"{len(owner)}:{owner}:{cid}")
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop a conversation's KV cache (a local model's pool), if it has one."""
+        if hasattr(self.backend, "conversation"):
+            self.backend_for(key).reset_cache()
+
+    def new(self, system: str | None, key: tuple[str, str] | None = None) -> FiniteMemoryLLM:
+        """A fresh conversation (`system`: the client's system prompt, else the server's;
+        `key`: its owner and id, see
+        [`backend_for`][fmai_torch.serve.sessions.EngineFactory.backend_for])."""
         return FiniteMemoryLLM(
-            self.backend,
+            self.backend_for(key),
             policy=self.policy,
             max_tokens=self.max_tokens,
             max_new_tokens=self.max_new_tokens,
@@ -79,8 +97,12 @@ class EngineFactory:
             ),
         )
 
-    def load(self, document: str, cid: str = "?") -> FiniteMemoryLLM:
-        """The conversation of a stored checkpoint document (checked as `load` checks a file).
+    def load(
+        self, document: str, cid: str = "?", key: tuple[str, str] | None = None
+    ) -> FiniteMemoryLLM:
+        """The conversation of a stored checkpoint document (checked as `load` checks a file;
+        `key`: its owner and id, see
+        [`backend_for`][fmai_torch.serve.sessions.EngineFactory.backend_for]).
 
         Raises:
             CheckpointError: the document cannot be loaded; its message names conversation
@@ -90,7 +112,8 @@ class EngineFactory:
         path.write_text(document, encoding="utf-8")
         try:
             # kv=False: a KV file is never looked for beside the scratch file
-            return FiniteMemoryLLM.load(path, self.backend, kv=False, hooks=self.hooks)
+            backend = self.backend_for(key)
+            return FiniteMemoryLLM.load(path, backend, kv=False, hooks=self.hooks)
         except CheckpointError as exc:
             raise unloadable(cid, str(exc).replace(str(path), "its stored checkpoint")) from None
         finally:
@@ -276,8 +299,9 @@ class Sessions:
                 del self._locks[key]
 
     def forget(self, owner: str, cid: str) -> None:
-        """Drop a conversation's engine from the cache."""
+        """Drop a conversation's engine from the cache, and its KV cache (a local model)."""
         self._cache.pop((owner, cid), None)
+        self.factory.forget((owner, cid))
 
     async def turn(
         self, owner: str, cid: str | None, req: ChatRequest
@@ -305,7 +329,7 @@ class Sessions:
                 extra = reconcile(stored, stored_system, req.system, req.history)
                 if extra is not None:
                     if llm is None:
-                        llm = await asyncio.to_thread(self.factory.new, req.system)
+                        llm = await asyncio.to_thread(self.factory.new, req.system, key)
                     yield Started(cid)
                     async for event in self._run(tx, llm, req, extra, fragments):
                         yield event
@@ -317,7 +341,7 @@ class Sessions:
         async with self._local((owner, fork)):
             tx = await self._begin(owner, fork)
             try:
-                llm = await asyncio.to_thread(self.factory.new, req.system)
+                llm = await asyncio.to_thread(self.factory.new, req.system, (owner, fork))
                 yield Started(fork, forked_from=cid)
                 async for event in self._run(tx, llm, req, list(req.history), {}):
                     yield event
@@ -368,7 +392,8 @@ class Sessions:
         if cached is not None and cached.etag == tx.etag:
             return cached
         document = await _on_tx(tx.checkpoint)
-        llm = await asyncio.to_thread(self.factory.load, document, tx.id)
+        key = (tx.owner, tx.id)
+        llm = await asyncio.to_thread(self.factory.load, document, tx.id, key)
         return _Cached(llm, tx.etag or "", {})
 
     async def _extend(self, llm: FiniteMemoryLLM, history: Sequence[tuple[Role, str]]) -> None:
@@ -475,6 +500,6 @@ class Sessions:
             llm = cached.llm
         else:
             assert row.checkpoint is not None
-            llm = await asyncio.to_thread(self.factory.load, row.checkpoint, cid)
+            llm = await asyncio.to_thread(self.factory.load, row.checkpoint, cid, (owner, cid))
         trace = await asyncio.to_thread(llm.trace, query)
         return trace.to_dict()
