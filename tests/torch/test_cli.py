@@ -199,6 +199,22 @@ def test_kv_keep_evicted_flag(tiny_dir: str, tmp_path: Path, capsys) -> None:  #
     assert "needs --kv-edit rerotate" in capsys.readouterr().err
 
 
+def test_a_reply_budget_larger_than_the_prompt_room_gets_a_note(  # type: ignore[no-untyped-def]
+    tiny_dir: str, tmp_path: Path, capsys
+) -> None:
+    """`--max-tokens 384` with the default 256-token replies leaves 128 tokens for the prompt:
+    the chat runs, and says so once, with a budget to try instead; a balanced one is quiet."""
+    script = tmp_path / "msgs.txt"
+    script.write_text("hello , my name is ada .\n")
+    base = ["chat", "--model", tiny_dir, "--policy", "sliding", "--script", str(script)]
+    code, _ = _run([*base, "--max-tokens", "384"])
+    err = capsys.readouterr().err
+    assert code == 0 and err.count("fmai: note: --max-new-tokens 256 leaves 128") == 1
+    assert "Consider --max-new-tokens 96" in err
+    code, _ = _run([*base, "--max-tokens", "384", "--max-new-tokens", "96"])
+    assert code == 0 and "fmai: note" not in capsys.readouterr().err
+
+
 def test_a_script_line_is_one_message_whatever_unicode_it_holds(
     tiny_dir: str, tmp_path: Path
 ) -> None:

@@ -324,6 +324,15 @@ def _engine(args: argparse.Namespace, backend: Any, embedder: Any = None) -> Any
         print(f"fmai: resumed {args.checkpoint} ({llm.stats.turns} turns)", file=sys.stderr)
         return llm
     extra = {} if args.max_policy_ms is None else {"max_policy_ms": args.max_policy_ms}
+    room = args.max_tokens - args.max_new_tokens
+    if 0 < room < args.max_new_tokens:
+        print(
+            f"fmai: note: --max-new-tokens {args.max_new_tokens} leaves {room} of --max-tokens "
+            f"{args.max_tokens} for the prompt, less than one full reply, so each prompt keeps "
+            "only a part of the previous reply (and its cache little). Consider "
+            f"--max-new-tokens {max(16, args.max_tokens // 4)}.",
+            file=sys.stderr,
+        )
     return FiniteMemoryLLM(
         backend,
         policy=args.policy,
