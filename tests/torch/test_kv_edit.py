@@ -535,3 +535,47 @@ def test_keep_evicted_through_the_engine(make_backend) -> None:  # type: ignore[
         assert a.response == b.response
         assert "from_evicted" not in a.stats.kv
     assert spliced > 0
+
+
+def test_an_error_in_the_middle_of_an_edit_or_splice_drops_the_cache() -> None:
+    """The model raising while an edit or a splice computes tokens between runs (out of
+    memory in its second layer, here) leaves layers of different lengths behind. The cache
+    must be dropped, not trusted by the next turn: here the edit's two computed tokens make
+    layer 0 as long as the old ids, so a length check alone would serve the broken cache."""
+    model = _llama(ROPES["llama3"])
+    prefix, one, two = _tokens(20, 3), _tokens(20, 4), _tokens(20, 5)
+    old = [*prefix, 60, *one, 61, *two]
+    prompt = [*prefix, 62, *one, 63, *two, 9]  # the first word of each run changed
+    failing = {"on": False}
+
+    def out_of_memory(module, args):  # type: ignore[no-untyped-def]
+        if failing["on"]:
+            raise RuntimeError("out of memory")
+
+    hook = model.model.layers[1].register_forward_pre_hook(out_of_memory)
+    try:
+        kv = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
+        kv.forward = _forward_with(model)
+        kv._cache = _prefill(model, old)
+        kv.ids, kv.positions = list(old), list(range(len(old)))
+        failing["on"] = True
+        with pytest.raises(RuntimeError, match="out of memory"):
+            kv.prepare(prompt)
+        failing["on"] = False
+        assert len(kv) == 0 and kv.evicted_tokens == 0
+        again = kv.prepare([*old, 5, 6])
+        assert again.reused == 0  # recomputed, never the half-edited layers
+        # the same through a splice of kept evicted tokens
+        full = prefix + one + two
+        kv._cache = _prefill(model, full)
+        kv.ids, kv.positions = list(full), list(range(len(full)))
+        assert kv.prepare(prefix + two + [9]).reused == len(prefix + two)  # `one` is kept
+        assert kv.evicted_tokens == len(one)
+        failing["on"] = True
+        with pytest.raises(RuntimeError, match="out of memory"):
+            kv.prepare(prefix + two + [11, 12] + one + [9])
+        failing["on"] = False
+        assert len(kv) == 0 and kv.evicted_tokens == 0
+        assert kv.prepare(prefix + two + [11, 12] + one + [9]).reused == 0
+    finally:
+        hook.remove()

@@ -179,8 +179,17 @@ class KVCache:
 
         `room` is the most tokens generation may add (`keep-positions` keeps every position
         id below `max_position`). Generation must prefill `len(prompt) - reused` tokens (at
-        least one).
+        least one). If anything raises here (an edit or a splice changes the cache's layers
+        one by one, and computes tokens on the model), the cache is dropped before the
+        error goes on: a half-edited cache never serves a later turn.
         """
+        try:
+            return self._prepare(prompt, room)
+        except BaseException:
+            self.reset()
+            raise
+
+    def _prepare(self, prompt: list[int], room: int) -> Prepared:
         import time
 
         info: dict[str, Any] = {"mode": self.mode, "applied": "recompute"}
