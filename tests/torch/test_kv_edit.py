@@ -579,3 +579,28 @@ def test_an_error_in_the_middle_of_an_edit_or_splice_drops_the_cache() -> None:
         assert kv.prepare(prefix + two + [11, 12] + one + [9]).reused == 0
     finally:
         hook.remove()
+
+
+def test_keep_evicted_smaller_than_a_run_keeps_its_last_tokens() -> None:
+    """A `keep_evicted` smaller than the block an edit cuts keeps the block's last tokens
+    (it kept nothing at all, whatever the budget, when the block did not fit whole), and
+    the budget holds oldest out first across turns."""
+    model = _llama(ROPES["llama3"])
+    prefix, block, tail, more = _tokens(20, 3), _tokens(40, 4), _tokens(30, 5), _tokens(12, 8)
+    full = prefix + block + tail + more
+    kv = KVCache("rerotate", RopeEditor(model), keep_evicted=24)
+    kv.forward = _forward_with(model)
+    kv._cache = _prefill(model, full)
+    kv.ids, kv.positions = list(full), list(range(len(full)))
+    assert kv.prepare([*prefix, *tail, *more, 9]).reused == len(prefix + tail + more)
+    assert kv.evicted_tokens == 24
+    assert [ids for ids, _, _ in kv._evicted] == [block[-24:]]
+    # an eviction of 12 more: they are the newest, the block keeps its last 12
+    assert kv.prepare([*prefix, *tail, 9]).reused == len(prefix + tail)
+    assert [ids for ids, _, _ in kv._evicted] == [block[-12:], more]
+    assert all(k.shape[-2] == 12 for _, _, part in kv._evicted for k, _ in part)
+    prompt = [*prefix, *tail, 11, *block[-12:], *more, 9]
+    ready = kv.prepare(prompt)
+    assert ready.info["from_evicted"] == 24 and ready.reused == len(prompt) - 1
+    fresh = _prefill(model, prompt[:-1])
+    assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9

@@ -104,7 +104,8 @@ class KVCache:
         keep_evicted: `rerotate` only: keep the keys and values of up to this many tokens
             that leave the cache (cut by an edit or cropped), and splice runs of them back,
             rotated to their new positions, where a later prompt has the same ids again (a
-            recalled segment that was once history). 0 (the default): off. Not exact: they
+            recalled segment that was once history); oldest out first, a run that does
+            not fit whole keeping its last tokens. 0 (the default): off. Not exact: they
             were computed in the context they left.
 
     Attributes:
@@ -279,7 +280,13 @@ class KVCache:
     def _remember_evicted(
         self, ids: list[int], positions: list[int], layers: list[tuple[Any, Any]]
     ) -> None:
-        """Keep the runs (8 tokens or more) of the old cache that this turn did not keep."""
+        """Keep the runs (8 tokens or more) of the old cache that this turn did not keep.
+
+        Within `keep_evicted` tokens, oldest out first: this turn's runs (the last one
+        first) before those kept earlier. A run that does not fit whole keeps as many of
+        its last tokens as fit, when that is 8 or more (a `keep_evicted` smaller than one
+        evicted block still keeps part of it). Only what is kept is copied.
+        """
         kept = sorted(self._kept)
         gone, at = [], 0
         for a, b in kept:
@@ -288,12 +295,26 @@ class KVCache:
             at = max(at, b)
         if len(ids) - at >= MIN_RUN:
             gone.append((at, len(ids)))
-        for a, b in gone:
+        room = self.keep_evicted
+        runs: list[tuple[list[int], list[int], list[tuple[Any, Any]]]] = []
+        for start, b in reversed(gone):
+            if room < MIN_RUN:
+                break
+            a = max(start, b - room)
             part = [(k[..., a:b, :].clone(), v[..., a:b, :].clone()) for k, v in layers]
-            self._evicted.append((ids[a:b], positions[a:b], part))
-        total = sum(len(e[0]) for e in self._evicted)
-        while self._evicted and total > self.keep_evicted:  # oldest out first
-            total -= len(self._evicted.pop(0)[0])
+            runs.append((ids[a:b], positions[a:b], part))
+            room -= b - a
+        for run_ids, pos, part in reversed(self._evicted):
+            if room < MIN_RUN:
+                break
+            o = max(0, len(run_ids) - room)  # a run that does not fit: its last `room` tokens
+            if o:  # copied, so the rest is freed
+                cut = [(k[..., o:, :].clone(), v[..., o:, :].clone()) for k, v in part]
+                runs.append((run_ids[o:], pos[o:], cut))
+            else:
+                runs.append((run_ids, pos, part))
+            room -= len(run_ids) - o
+        self._evicted = runs[::-1]
 
     def _splice_evicted(self, prompt: list[int], keep: int, info: dict[str, Any]) -> int:
         """Append runs of evicted tokens that the prompt continues with after `keep`, rotated
