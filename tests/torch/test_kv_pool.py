@@ -119,3 +119,37 @@ def test_kept_evicted_tokens_count_in_the_budget_and_move_with_the_cache(make_ba
     bob.chat(TALKS["bob"][0])  # ada's cache, kept tokens included, goes to host memory
     assert backend.pool.tier("ada") == "host"
     assert ada.chat(TALKS["ada"][0]).stats.kv["cache_from"] == "host"
+
+
+def test_kept_evicted_tokens_go_to_disk_and_back(make_backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Pushed to disk, a conversation's kept evicted tokens are written with its cache and
+    come back bit for bit (before, the disk tier dropped them): its replies and reuse stay
+    those of a conversation whose cache never left the device."""
+    kw = {
+        **KW,
+        "policy": "hybrid",
+        "max_tokens": 200,
+        "max_new_tokens": 8,
+        "system_prompt": "you are a good friend .",
+        "max_policy_ms": None,
+        "recall_layout": "stable",
+    }
+    opts = {"kv_edit": "rerotate", "kv_keep_evicted": 4096}
+    pooled = make_backend(**opts, kv_device_bytes=1, kv_host_bytes=1, kv_disk_dir=tmp_path)
+    alone = make_backend(**opts)
+    talks = {k: FiniteMemoryLLM(pooled.conversation(k), **kw) for k in TALKS}
+    refs = {k: FiniteMemoryLLM(alone.conversation(k), **kw) for k in TALKS}
+    spliced = 0
+    for turn in range(12):
+        for key, lines in TALKS.items():
+            text = lines[turn % 3] if turn % 2 else TALKS["ada"][turn % 3]
+            a, b = talks[key].chat(text), refs[key].chat(text)
+            assert a.response == b.response and a.stats.reused_tokens == b.stats.reused_tokens
+            assert a.stats.kv.get("from_evicted") == b.stats.kv.get("from_evicted")
+            spliced += a.stats.kv.get("from_evicted", 0)
+            if turn:
+                assert a.stats.kv["cache_from"] == "disk"
+    assert spliced > 0
+    kv, _ = pooled.pool.get("ada")
+    want = alone.pool.get("ada")[0].evicted
+    assert kv.evicted_tokens > 0 and [i for i, _, _ in kv.evicted] == [i for i, _, _ in want]

@@ -162,3 +162,61 @@ def test_cli_checkpoint_keeps_the_kv(tiny_dir: str, tmp_path: Path) -> None:
     again = run(TURNS[3:4], "--no-kv-save")
     assert again[0]["reused_tokens"] == 0
     assert not Path(kv_path(ckpt)).exists()
+
+
+def test_kept_evicted_tokens_are_saved_with_the_cache(make_backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`kv_keep_evicted`: the kept evicted runs go into the KV file and come back, bit for
+    bit, so the conversation after a restart does exactly what it would have done without
+    one (before, they were lost: the next turns spliced less and replied otherwise). A
+    damaged kept run is refused like the rest of the file."""
+    from test_kv_exact import USER_TURNS
+
+    kw = {
+        "policy": "hybrid",
+        "max_tokens": 200,
+        "max_new_tokens": 8,
+        "system_prompt": "you are a good friend .",
+        "max_policy_ms": None,
+        "recall_layout": "stable",
+    }
+    warm = FiniteMemoryLLM(make_backend(kv_edit="rerotate", kv_keep_evicted=4096), **kw)
+    for i in range(10):
+        warm.chat(USER_TURNS[i % 8])
+    kept = warm.backend._kv.evicted
+    assert sum(len(ids) for ids, _, _ in kept) > 0
+    path = tmp_path / "chat.json"
+    warm.save(path, kv=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        restored = FiniteMemoryLLM.load(
+            path, make_backend(kv_edit="rerotate", kv_keep_evicted=4096)
+        )
+    back = restored.backend._kv.evicted
+    assert [(i, p) for i, p, _ in back] == [(i, p) for i, p, _ in kept]
+    for (_, _, a), (_, _, b) in zip(kept, back):
+        assert all(torch.equal(k0, k1) and torch.equal(v0, v1) for (k0, v0), (k1, v1) in zip(a, b))
+    spliced = 0
+    for i in range(10, 16):
+        a, b = warm.chat(USER_TURNS[i % 8]), restored.chat(USER_TURNS[i % 8])
+        assert a.response == b.response
+        assert a.stats.reused_tokens == b.stats.reused_tokens
+        assert a.stats.kv.get("from_evicted") == b.stats.kv.get("from_evicted")
+        spliced += a.stats.kv.get("from_evicted", 0)
+    assert spliced > 0
+    # a backend that keeps nothing ignores them; a damaged kept run refuses the file
+    plain = make_backend(kv_edit="rerotate")
+    assert FiniteMemoryLLM.load(path, plain).backend._kv.evicted == []
+    assert plain.cached_tokens > 0
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    kv = Path(kv_path(path))
+    with safe_open(str(kv), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    assert int(meta["evicted_runs"]) == len(kept)
+    tensors["e.0.ids"] = tensors["e.0.ids"].clone()
+    tensors["e.0.ids"][0] += 1
+    save_file(tensors, str(kv), metadata=meta)
+    message, _ = _refused(make_backend, path)
+    assert "damaged" in message

@@ -372,7 +372,7 @@ class HFBackend:
             if not layers:
                 return 0
             meta = {**self._kv_meta(tag), "kv_edit": self.kv_edit}
-            return write_kv(path, layers, kv.ids, kv.positions, meta)
+            return write_kv(path, layers, kv.ids, kv.positions, meta, kv.evicted)
 
     def load_kv(self, path: str | os.PathLike[str], tag: str = "", *, key: str = "") -> str | None:
         """Restore a KV cache written by [`save_kv`][fmai_torch.HFBackend.save_kv].
@@ -389,7 +389,7 @@ class HFBackend:
                 stored = read_kv(path, self._kv_meta(tag), device=self.device)
             except KVFileError as exc:
                 return str(exc)
-            kv.restore(stored.layers, stored.ids, stored.positions)
+            kv.restore(stored.layers, stored.ids, stored.positions, stored.evicted)
             return None
 
     # -- generation -------------------------------------------------------------------------

@@ -486,8 +486,15 @@ class KVCache:
             out.append((layer.keys, layer.values))
         return out
 
-    def restore(self, layers: list[tuple[Any, Any]], ids: list[int], positions: list[int]) -> None:
-        """Hold exactly these keys and values, covering `ids` at `positions`."""
+    def restore(
+        self,
+        layers: list[tuple[Any, Any]],
+        ids: list[int],
+        positions: list[int],
+        evicted: list[tuple[list[int], list[int], list[tuple[Any, Any]]]] | None = None,
+    ) -> None:
+        """Hold exactly these keys and values, covering `ids` at `positions`, and the kept
+        evicted runs `evicted` (oldest first; the newest whole runs within `keep_evicted`)."""
         from transformers import DynamicCache
 
         cache = DynamicCache()
@@ -497,6 +504,19 @@ class KVCache:
         self._cache = cache
         self.ids = list(ids)
         self.positions = list(positions)
+        room, kept = self.keep_evicted, []
+        for run in reversed(evicted or []):
+            if len(run[0]) > room:
+                break
+            kept.append(run)
+            room -= len(run[0])
+        self._evicted = kept[::-1]
+
+    @property
+    def evicted(self) -> list[tuple[list[int], list[int], list[tuple[Any, Any]]]]:
+        """The kept evicted runs (`keep_evicted`): `(ids, positions, [(keys, values) per
+        layer])`, oldest first."""
+        return list(self._evicted)
 
     def to(self, device: Any) -> None:
         """Move the keys and values to `device` (host memory: `"cpu"`), the kept evicted

@@ -6,7 +6,8 @@ cache of the turn being run is on the device; after each turn, least-recently-us
 move to host memory while the device holds more than `device_bytes`, then to disk (one
 safetensors file each, under `disk_dir`) while host memory holds more than `host_bytes`.
 Without a `disk_dir` they are dropped instead, and that conversation's next turn recomputes.
-A cache comes back to the device, whole and bit for bit, on its conversation's next turn.
+A cache comes back to the device, whole and bit for bit (its kept evicted tokens with it,
+`kv_keep_evicted`), on its conversation's next turn.
 Conversations never share a cache: each key has its own, and a disk file is read back only
 for the key it was written for.
 """
@@ -138,7 +139,8 @@ class KVPool:
             self.moves["dropped"] += 1
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_kv(path, layers, kv.ids, kv.positions, {**self.meta(), "conversation": key})
+        meta = {**self.meta(), "conversation": key}
+        write_kv(path, layers, kv.ids, kv.positions, meta, kv.evicted)
         kv.reset()
         self._tier[key] = "disk"
         self.moves["to_disk"] += 1
@@ -157,4 +159,4 @@ class KVPool:
         finally:
             if path.exists():
                 path.unlink()
-        kv.restore(stored.layers, stored.ids, stored.positions)
+        kv.restore(stored.layers, stored.ids, stored.positions, stored.evicted)
