@@ -604,3 +604,44 @@ def test_keep_evicted_smaller_than_a_run_keeps_its_last_tokens() -> None:
     assert ready.info["from_evicted"] == 24 and ready.reused == len(prompt) - 1
     fresh = _prefill(model, prompt[:-1])
     assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
+
+
+def test_the_splice_scan_stays_linear_past_the_gap_limit() -> None:
+    """Once a turn has its most gaps, the rest of the prompt cannot be spliced: the scan
+    stops there. It went on, measuring the whole match at every position of a long
+    recalled run and throwing it away (quadratic: a 4,000-token run after the eighth gap of
+    the one-pass-per-gap rule took 3 s, this 12,000-token one 9 s, on a busy 2-core CPU)."""
+    import time
+
+    from transformers import DynamicCache
+
+    from fmai_torch.kv import SEQUENTIAL_SPLICE
+
+    model = _llama(None, vocab=4096)
+    g = torch.Generator().manual_seed(0)
+    prefix, long = _tokens(20, 3), torch.randint(64, 4096, (12000,), generator=g).tolist()
+    shorts = [torch.randint(64, 4096, (40,), generator=g).tolist() for _ in range(8)]
+    full = prefix + [t for s in shorts for t in s] + long
+    kv = KVCache("rerotate", RopeEditor(model), keep_evicted=len(full))
+    kv.forward = _forward_with(model)
+    kv.batch_gaps = False  # attention without custom masks: one pass per gap, 8 at most
+    kv.splice_after_gap, kv.max_splice_gaps = SEQUENTIAL_SPLICE
+    cache = DynamicCache()  # keys and values of the right shape (the scan reads only ids)
+    for i in range(3):
+        kv_shape = (1, 2, len(full), 16)
+        cache.update(
+            torch.randn(kv_shape, dtype=torch.float64, generator=g),
+            torch.randn(kv_shape, dtype=torch.float64, generator=g),
+            i,
+        )
+    kv._cache, kv.ids, kv.positions = cache, list(full), list(range(len(full)))
+    assert kv.prepare([*prefix, 9]).reused == len(prefix)
+    assert kv.evicted_tokens == len(full) - len(prefix)
+    labelled = [t for s in shorts for t in [1, 2, *s]]
+    prompt = [*prefix, *labelled, 3, *long, 9]
+    start = time.perf_counter()
+    ready = kv.prepare(prompt)
+    took = time.perf_counter() - start
+    assert ready.info["from_evicted"] == 8 * 40  # the long run comes after the eighth gap
+    assert ready.reused == len(prefix) + len(labelled)
+    assert took < 2.0, took

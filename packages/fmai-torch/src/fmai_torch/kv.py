@@ -331,18 +331,19 @@ class KVCache:
         plan: list[tuple[int, int, int, int]] = []  # (gap, run, offset, length)
         i = k = keep
         while k + MIN_RUN <= limit:
+            if k > i and len(plan) >= self.max_splice_gaps:
+                break  # no more gaps: nothing after here can be spliced (k only grows)
             hit = index.get(tuple(prompt[k : k + MIN_RUN]))
             if hit is None:
                 k += 1
                 continue
             e, o = hit
             ids = self._evicted[e][0]
-            n = MIN_RUN
-            while o + n < len(ids) and k + n < limit and ids[o + n] == prompt[k + n]:
+            n, most = MIN_RUN, min(len(ids) - o, limit - k)
+            while n < most and ids[o + n] == prompt[k + n]:
                 n += 1
-            if k > i and (n < self.splice_after_gap or len(plan) >= self.max_splice_gaps):
-                # too short to be worth the computed tokens before it, or too many gaps
-                k += 1
+            if k > i and n < self.splice_after_gap:
+                k += 1  # too short to be worth the computed tokens before it
                 continue
             plan.append((k - i, e, o, n))
             i = k = k + n
