@@ -153,3 +153,19 @@ def test_kept_evicted_tokens_go_to_disk_and_back(make_backend, tmp_path: Path) -
     kv, _ = pooled.pool.get("ada")
     want = alone.pool.get("ada")[0].evicted
     assert kv.evicted_tokens > 0 and [i for i, _, _ in kv.evicted] == [i for i, _, _ in want]
+
+
+def test_a_disk_that_cannot_be_written_drops_instead_of_failing_turns(
+    make_backend, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A `kv_disk_dir` that cannot be written (a file in its place here; a full disk
+    alike) drops the cache that should go there, and says why; before, the error came out
+    of the turn that pushed another conversation's cache out, and out of every later one."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("in the way")
+    backend = make_backend(kv_device_bytes=1, kv_host_bytes=1, kv_disk_dir=blocked)
+    rows = _round_robin(backend, make_backend)  # every reply still matches the reference
+    assert all(s.reused_tokens == 0 for _, turn, s in rows if turn)
+    pool = backend.pool
+    assert pool.moves["disk_errors"] >= 6 and pool.moves["dropped"] >= 6
+    assert pool.moves["to_disk"] == 0 and pool.disk_error is not None
