@@ -218,5 +218,29 @@ def test_kept_evicted_tokens_are_saved_with_the_cache(make_backend, tmp_path: Pa
     tensors["e.0.ids"] = tensors["e.0.ids"].clone()
     tensors["e.0.ids"][0] += 1
     save_file(tensors, str(kv), metadata=meta)
-    message, _ = _refused(make_backend, path)
+    keeping = make_backend(kv_edit="rerotate", kv_keep_evicted=4096)
+    message, _ = _refused(make_backend, path, keeping)
     assert "damaged" in message
+
+
+@pytest.mark.parametrize("mode", ["rerotate", "keep-positions"])
+def test_a_cache_an_edit_mode_wrote_is_refused_by_recompute(
+    make_backend, tmp_path: Path, mode: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A KV file written by an edit mode after it edited its cache (keys computed beside
+    tokens since cut, re-rotated or at gapped positions) would make a `recompute` backend
+    reply otherwise than one that never reuses; it is refused (before, restored silently).
+    The edit modes themselves still restore it."""
+    kw = {**KW, "max_tokens": 160, "system_prompt": "you are a good friend ."}
+    llm = FiniteMemoryLLM(make_backend(kv_edit=mode), **kw)
+    edited = False
+    for text in TURNS * 3:
+        edited = edited or llm.chat(text).stats.kv["applied"] == mode
+    assert edited
+    path = tmp_path / "chat.json"
+    llm.save(path, kv=True)
+    message, _ = _refused(make_backend, path)
+    assert "another kv_edit mode" in message
+    again = make_backend(kv_edit=mode)
+    FiniteMemoryLLM.load(path, again)
+    assert again.cached_tokens == llm.backend.cached_tokens > 0

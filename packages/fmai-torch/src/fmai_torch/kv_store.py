@@ -35,7 +35,11 @@ __all__ = ["FORMAT", "KVFileError", "StoredKV", "model_fingerprint", "read_kv", 
 FORMAT = "fmai-kv-1"
 
 
-_WORDS = {"model": "model (its weights differ)", "checkpoint": "checkpoint"}
+_WORDS = {
+    "model": "model (its weights differ)",
+    "checkpoint": "checkpoint",
+    "kv_edit": "kv_edit mode (an edited cache is not exact, as recompute is)",
+}
 
 
 class KVFileError(Exception):
