@@ -645,3 +645,29 @@ def test_the_splice_scan_stays_linear_past_the_gap_limit() -> None:
     assert ready.info["from_evicted"] == 8 * 40  # the long run comes after the eighth gap
     assert ready.reused == len(prefix) + len(labelled)
     assert took < 2.0, took
+
+
+def test_an_evicted_run_spliced_twice_and_at_the_prompt_end() -> None:
+    """One kept run recalled twice in a prompt that ends with it: both copies come back,
+    re-rotated to their own places, the prompt's last token is left to compute (generation
+    needs it), and layer 0 equals a fresh prefill of what the cache then holds."""
+    model = _llama(ROPES["llama3"])
+    prefix, block, tail = _tokens(20, 3), _tokens(30, 4), _tokens(24, 5)
+    full = prefix + block + tail
+    kv = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
+    kv.forward = _forward_with(model)
+    kv._cache = _prefill(model, full)
+    kv.ids, kv.positions = list(full), list(range(len(full)))
+    kv.prepare([*prefix, *tail, 9])
+    prompt = [*prefix, *tail, 11, *block, 12, 13, *block]  # ends inside the second copy
+    ready = kv.prepare(prompt)
+    assert ready.reused == len(prompt) - 1 and kv.ids == prompt[:-1]
+    assert ready.info["from_evicted"] == 2 * len(block) - 1
+    assert ready.info["computed_between"] == 3
+    assert {layer.keys.shape[-2] for layer in ready.cache.layers} == {len(prompt) - 1}
+    fresh = _prefill(model, prompt[:-1])
+    assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
+    assert (ready.cache.layers[0].values - fresh.layers[0].values).abs().max() < 1e-9
+    # a prompt equal to what the cache holds serves all of it but its last token
+    again = kv.prepare(list(kv.ids))
+    assert again.reused == len(prompt) - 2 and "from_evicted" not in again.info
