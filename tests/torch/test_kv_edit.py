@@ -535,3 +535,139 @@ def test_keep_evicted_through_the_engine(make_backend) -> None:  # type: ignore[
         assert a.response == b.response
         assert "from_evicted" not in a.stats.kv
     assert spliced > 0
+
+
+def test_an_error_in_the_middle_of_an_edit_or_splice_drops_the_cache() -> None:
+    """The model raising while an edit or a splice computes tokens between runs (out of
+    memory in its second layer, here) leaves layers of different lengths behind. The cache
+    must be dropped, not trusted by the next turn: here the edit's two computed tokens make
+    layer 0 as long as the old ids, so a length check alone would serve the broken cache."""
+    model = _llama(ROPES["llama3"])
+    prefix, one, two = _tokens(20, 3), _tokens(20, 4), _tokens(20, 5)
+    old = [*prefix, 60, *one, 61, *two]
+    prompt = [*prefix, 62, *one, 63, *two, 9]  # the first word of each run changed
+    failing = {"on": False}
+
+    def out_of_memory(module, args):  # type: ignore[no-untyped-def]
+        if failing["on"]:
+            raise RuntimeError("out of memory")
+
+    hook = model.model.layers[1].register_forward_pre_hook(out_of_memory)
+    try:
+        kv = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
+        kv.forward = _forward_with(model)
+        kv._cache = _prefill(model, old)
+        kv.ids, kv.positions = list(old), list(range(len(old)))
+        failing["on"] = True
+        with pytest.raises(RuntimeError, match="out of memory"):
+            kv.prepare(prompt)
+        failing["on"] = False
+        assert len(kv) == 0 and kv.evicted_tokens == 0
+        again = kv.prepare([*old, 5, 6])
+        assert again.reused == 0  # recomputed, never the half-edited layers
+        # the same through a splice of kept evicted tokens
+        full = prefix + one + two
+        kv._cache = _prefill(model, full)
+        kv.ids, kv.positions = list(full), list(range(len(full)))
+        assert kv.prepare(prefix + two + [9]).reused == len(prefix + two)  # `one` is kept
+        assert kv.evicted_tokens == len(one)
+        failing["on"] = True
+        with pytest.raises(RuntimeError, match="out of memory"):
+            kv.prepare(prefix + two + [11, 12] + one + [9])
+        failing["on"] = False
+        assert len(kv) == 0 and kv.evicted_tokens == 0
+        assert kv.prepare(prefix + two + [11, 12] + one + [9]).reused == 0
+    finally:
+        hook.remove()
+
+
+def test_keep_evicted_smaller_than_a_run_keeps_its_last_tokens() -> None:
+    """A `keep_evicted` smaller than the block an edit cuts keeps the block's last tokens
+    (it kept nothing at all, whatever the budget, when the block did not fit whole), and
+    the budget holds oldest out first across turns."""
+    model = _llama(ROPES["llama3"])
+    prefix, block, tail, more = _tokens(20, 3), _tokens(40, 4), _tokens(30, 5), _tokens(12, 8)
+    full = prefix + block + tail + more
+    kv = KVCache("rerotate", RopeEditor(model), keep_evicted=24)
+    kv.forward = _forward_with(model)
+    kv._cache = _prefill(model, full)
+    kv.ids, kv.positions = list(full), list(range(len(full)))
+    assert kv.prepare([*prefix, *tail, *more, 9]).reused == len(prefix + tail + more)
+    assert kv.evicted_tokens == 24
+    assert [ids for ids, _, _ in kv._evicted] == [block[-24:]]
+    # an eviction of 12 more: they are the newest, the block keeps its last 12
+    assert kv.prepare([*prefix, *tail, 9]).reused == len(prefix + tail)
+    assert [ids for ids, _, _ in kv._evicted] == [block[-12:], more]
+    assert all(k.shape[-2] == 12 for _, _, part in kv._evicted for k, _ in part)
+    prompt = [*prefix, *tail, 11, *block[-12:], *more, 9]
+    ready = kv.prepare(prompt)
+    assert ready.info["from_evicted"] == 24 and ready.reused == len(prompt) - 1
+    fresh = _prefill(model, prompt[:-1])
+    assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
+
+
+def test_the_splice_scan_stays_linear_past_the_gap_limit() -> None:
+    """Once a turn has its most gaps, the rest of the prompt cannot be spliced: the scan
+    stops there. It went on, measuring the whole match at every position of a long
+    recalled run and throwing it away (quadratic: a 4,000-token run after the eighth gap of
+    the one-pass-per-gap rule took 3 s, this 12,000-token one 9 s, on a busy 2-core CPU)."""
+    import time
+
+    from transformers import DynamicCache
+
+    from fmai_torch.kv import SEQUENTIAL_SPLICE
+
+    model = _llama(None, vocab=4096)
+    g = torch.Generator().manual_seed(0)
+    prefix, long = _tokens(20, 3), torch.randint(64, 4096, (12000,), generator=g).tolist()
+    shorts = [torch.randint(64, 4096, (40,), generator=g).tolist() for _ in range(8)]
+    full = prefix + [t for s in shorts for t in s] + long
+    kv = KVCache("rerotate", RopeEditor(model), keep_evicted=len(full))
+    kv.forward = _forward_with(model)
+    kv.batch_gaps = False  # attention without custom masks: one pass per gap, 8 at most
+    kv.splice_after_gap, kv.max_splice_gaps = SEQUENTIAL_SPLICE
+    cache = DynamicCache()  # keys and values of the right shape (the scan reads only ids)
+    for i in range(3):
+        kv_shape = (1, 2, len(full), 16)
+        cache.update(
+            torch.randn(kv_shape, dtype=torch.float64, generator=g),
+            torch.randn(kv_shape, dtype=torch.float64, generator=g),
+            i,
+        )
+    kv._cache, kv.ids, kv.positions = cache, list(full), list(range(len(full)))
+    assert kv.prepare([*prefix, 9]).reused == len(prefix)
+    assert kv.evicted_tokens == len(full) - len(prefix)
+    labelled = [t for s in shorts for t in [1, 2, *s]]
+    prompt = [*prefix, *labelled, 3, *long, 9]
+    start = time.perf_counter()
+    ready = kv.prepare(prompt)
+    took = time.perf_counter() - start
+    assert ready.info["from_evicted"] == 8 * 40  # the long run comes after the eighth gap
+    assert ready.reused == len(prefix) + len(labelled)
+    assert took < 2.0, took
+
+
+def test_an_evicted_run_spliced_twice_and_at_the_prompt_end() -> None:
+    """One kept run recalled twice in a prompt that ends with it: both copies come back,
+    re-rotated to their own places, the prompt's last token is left to compute (generation
+    needs it), and layer 0 equals a fresh prefill of what the cache then holds."""
+    model = _llama(ROPES["llama3"])
+    prefix, block, tail = _tokens(20, 3), _tokens(30, 4), _tokens(24, 5)
+    full = prefix + block + tail
+    kv = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
+    kv.forward = _forward_with(model)
+    kv._cache = _prefill(model, full)
+    kv.ids, kv.positions = list(full), list(range(len(full)))
+    kv.prepare([*prefix, *tail, 9])
+    prompt = [*prefix, *tail, 11, *block, 12, 13, *block]  # ends inside the second copy
+    ready = kv.prepare(prompt)
+    assert ready.reused == len(prompt) - 1 and kv.ids == prompt[:-1]
+    assert ready.info["from_evicted"] == 2 * len(block) - 1
+    assert ready.info["computed_between"] == 3
+    assert {layer.keys.shape[-2] for layer in ready.cache.layers} == {len(prompt) - 1}
+    fresh = _prefill(model, prompt[:-1])
+    assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
+    assert (ready.cache.layers[0].values - fresh.layers[0].values).abs().max() < 1e-9
+    # a prompt equal to what the cache holds serves all of it but its last token
+    again = kv.prepare(list(kv.ids))
+    assert again.reused == len(prompt) - 2 and "from_evicted" not in again.info

@@ -119,3 +119,53 @@ def test_kept_evicted_tokens_count_in_the_budget_and_move_with_the_cache(make_ba
     bob.chat(TALKS["bob"][0])  # ada's cache, kept tokens included, goes to host memory
     assert backend.pool.tier("ada") == "host"
     assert ada.chat(TALKS["ada"][0]).stats.kv["cache_from"] == "host"
+
+
+def test_kept_evicted_tokens_go_to_disk_and_back(make_backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Pushed to disk, a conversation's kept evicted tokens are written with its cache and
+    come back bit for bit (before, the disk tier dropped them): its replies and reuse stay
+    those of a conversation whose cache never left the device."""
+    kw = {
+        **KW,
+        "policy": "hybrid",
+        "max_tokens": 200,
+        "max_new_tokens": 8,
+        "system_prompt": "you are a good friend .",
+        "max_policy_ms": None,
+        "recall_layout": "stable",
+    }
+    opts = {"kv_edit": "rerotate", "kv_keep_evicted": 4096}
+    pooled = make_backend(**opts, kv_device_bytes=1, kv_host_bytes=1, kv_disk_dir=tmp_path)
+    alone = make_backend(**opts)
+    talks = {k: FiniteMemoryLLM(pooled.conversation(k), **kw) for k in TALKS}
+    refs = {k: FiniteMemoryLLM(alone.conversation(k), **kw) for k in TALKS}
+    spliced = 0
+    for turn in range(12):
+        for key, lines in TALKS.items():
+            text = lines[turn % 3] if turn % 2 else TALKS["ada"][turn % 3]
+            a, b = talks[key].chat(text), refs[key].chat(text)
+            assert a.response == b.response and a.stats.reused_tokens == b.stats.reused_tokens
+            assert a.stats.kv.get("from_evicted") == b.stats.kv.get("from_evicted")
+            spliced += a.stats.kv.get("from_evicted", 0)
+            if turn:
+                assert a.stats.kv["cache_from"] == "disk"
+    assert spliced > 0
+    kv, _ = pooled.pool.get("ada")
+    want = alone.pool.get("ada")[0].evicted
+    assert kv.evicted_tokens > 0 and [i for i, _, _ in kv.evicted] == [i for i, _, _ in want]
+
+
+def test_a_disk_that_cannot_be_written_drops_instead_of_failing_turns(
+    make_backend, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A `kv_disk_dir` that cannot be written (a file in its place here; a full disk
+    alike) drops the cache that should go there, and says why; before, the error came out
+    of the turn that pushed another conversation's cache out, and out of every later one."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("in the way")
+    backend = make_backend(kv_device_bytes=1, kv_host_bytes=1, kv_disk_dir=blocked)
+    rows = _round_robin(backend, make_backend)  # every reply still matches the reference
+    assert all(s.reused_tokens == 0 for _, turn, s in rows if turn)
+    pool = backend.pool
+    assert pool.moves["disk_errors"] >= 6 and pool.moves["dropped"] >= 6
+    assert pool.moves["to_disk"] == 0 and pool.disk_error is not None

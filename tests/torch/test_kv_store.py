@@ -162,3 +162,85 @@ def test_cli_checkpoint_keeps_the_kv(tiny_dir: str, tmp_path: Path) -> None:
     again = run(TURNS[3:4], "--no-kv-save")
     assert again[0]["reused_tokens"] == 0
     assert not Path(kv_path(ckpt)).exists()
+
+
+def test_kept_evicted_tokens_are_saved_with_the_cache(make_backend, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`kv_keep_evicted`: the kept evicted runs go into the KV file and come back, bit for
+    bit, so the conversation after a restart does exactly what it would have done without
+    one (before, they were lost: the next turns spliced less and replied otherwise). A
+    damaged kept run is refused like the rest of the file."""
+    from test_kv_exact import USER_TURNS
+
+    kw = {
+        "policy": "hybrid",
+        "max_tokens": 200,
+        "max_new_tokens": 8,
+        "system_prompt": "you are a good friend .",
+        "max_policy_ms": None,
+        "recall_layout": "stable",
+    }
+    warm = FiniteMemoryLLM(make_backend(kv_edit="rerotate", kv_keep_evicted=4096), **kw)
+    for i in range(10):
+        warm.chat(USER_TURNS[i % 8])
+    kept = warm.backend._kv.evicted
+    assert sum(len(ids) for ids, _, _ in kept) > 0
+    path = tmp_path / "chat.json"
+    warm.save(path, kv=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        restored = FiniteMemoryLLM.load(
+            path, make_backend(kv_edit="rerotate", kv_keep_evicted=4096)
+        )
+    back = restored.backend._kv.evicted
+    assert [(i, p) for i, p, _ in back] == [(i, p) for i, p, _ in kept]
+    for (_, _, a), (_, _, b) in zip(kept, back):
+        assert all(torch.equal(k0, k1) and torch.equal(v0, v1) for (k0, v0), (k1, v1) in zip(a, b))
+    spliced = 0
+    for i in range(10, 16):
+        a, b = warm.chat(USER_TURNS[i % 8]), restored.chat(USER_TURNS[i % 8])
+        assert a.response == b.response
+        assert a.stats.reused_tokens == b.stats.reused_tokens
+        assert a.stats.kv.get("from_evicted") == b.stats.kv.get("from_evicted")
+        spliced += a.stats.kv.get("from_evicted", 0)
+    assert spliced > 0
+    # a backend that keeps nothing ignores them; a damaged kept run refuses the file
+    plain = make_backend(kv_edit="rerotate")
+    assert FiniteMemoryLLM.load(path, plain).backend._kv.evicted == []
+    assert plain.cached_tokens > 0
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    kv = Path(kv_path(path))
+    with safe_open(str(kv), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    assert int(meta["evicted_runs"]) == len(kept)
+    tensors["e.0.ids"] = tensors["e.0.ids"].clone()
+    tensors["e.0.ids"][0] += 1
+    save_file(tensors, str(kv), metadata=meta)
+    keeping = make_backend(kv_edit="rerotate", kv_keep_evicted=4096)
+    message, _ = _refused(make_backend, path, keeping)
+    assert "damaged" in message
+
+
+@pytest.mark.parametrize("mode", ["rerotate", "keep-positions"])
+def test_a_cache_an_edit_mode_wrote_is_refused_by_recompute(
+    make_backend, tmp_path: Path, mode: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A KV file written by an edit mode after it edited its cache (keys computed beside
+    tokens since cut, re-rotated or at gapped positions) would make a `recompute` backend
+    reply otherwise than one that never reuses; it is refused (before, restored silently).
+    The edit modes themselves still restore it."""
+    kw = {**KW, "max_tokens": 160, "system_prompt": "you are a good friend ."}
+    llm = FiniteMemoryLLM(make_backend(kv_edit=mode), **kw)
+    edited = False
+    for text in TURNS * 3:
+        edited = edited or llm.chat(text).stats.kv["applied"] == mode
+    assert edited
+    path = tmp_path / "chat.json"
+    llm.save(path, kv=True)
+    message, _ = _refused(make_backend, path)
+    assert "another kv_edit mode" in message
+    again = make_backend(kv_edit=mode)
+    FiniteMemoryLLM.load(path, again)
+    assert again.cached_tokens == llm.backend.cached_tokens > 0

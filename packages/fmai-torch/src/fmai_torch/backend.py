@@ -372,24 +372,29 @@ class HFBackend:
             if not layers:
                 return 0
             meta = {**self._kv_meta(tag), "kv_edit": self.kv_edit}
-            return write_kv(path, layers, kv.ids, kv.positions, meta)
+            return write_kv(path, layers, kv.ids, kv.positions, meta, kv.evicted)
 
     def load_kv(self, path: str | os.PathLike[str], tag: str = "", *, key: str = "") -> str | None:
         """Restore a KV cache written by [`save_kv`][fmai_torch.HFBackend.save_kv].
 
         Returns `None` when restored, or why not (missing, damaged, another model, dtype,
-        tokenizer or tag); the cache is then empty and the next turn recomputes.
+        tokenizer or tag, or, for `kv_edit="recompute"`, written by an edit mode: its keys
+        may have been edited, and `recompute` is exact); the cache is then empty and the
+        next turn recomputes.
         """
         from fmai_torch.kv_store import KVFileError, read_kv
 
+        expect = self._kv_meta(tag)
+        if self.kv_edit == "recompute":
+            expect["kv_edit"] = "recompute"
         with self.handle.lock:
             kv = self._pool.get(key)[0]
             kv.reset()
             try:
-                stored = read_kv(path, self._kv_meta(tag), device=self.device)
+                stored = read_kv(path, expect, device=self.device)
             except KVFileError as exc:
                 return str(exc)
-            kv.restore(stored.layers, stored.ids, stored.positions)
+            kv.restore(stored.layers, stored.ids, stored.positions, stored.evicted)
             return None
 
     # -- generation -------------------------------------------------------------------------

@@ -104,7 +104,8 @@ class KVCache:
         keep_evicted: `rerotate` only: keep the keys and values of up to this many tokens
             that leave the cache (cut by an edit or cropped), and splice runs of them back,
             rotated to their new positions, where a later prompt has the same ids again (a
-            recalled segment that was once history). 0 (the default): off. Not exact: they
+            recalled segment that was once history); oldest out first, a run that does
+            not fit whole keeping its last tokens. 0 (the default): off. Not exact: they
             were computed in the context they left.
 
     Attributes:
@@ -179,8 +180,17 @@ class KVCache:
 
         `room` is the most tokens generation may add (`keep-positions` keeps every position
         id below `max_position`). Generation must prefill `len(prompt) - reused` tokens (at
-        least one).
+        least one). If anything raises here (an edit or a splice changes the cache's layers
+        one by one, and computes tokens on the model), the cache is dropped before the
+        error goes on: a half-edited cache never serves a later turn.
         """
+        try:
+            return self._prepare(prompt, room)
+        except BaseException:
+            self.reset()
+            raise
+
+    def _prepare(self, prompt: list[int], room: int) -> Prepared:
         import time
 
         info: dict[str, Any] = {"mode": self.mode, "applied": "recompute"}
@@ -270,7 +280,13 @@ class KVCache:
     def _remember_evicted(
         self, ids: list[int], positions: list[int], layers: list[tuple[Any, Any]]
     ) -> None:
-        """Keep the runs (8 tokens or more) of the old cache that this turn did not keep."""
+        """Keep the runs (8 tokens or more) of the old cache that this turn did not keep.
+
+        Within `keep_evicted` tokens, oldest out first: this turn's runs (the last one
+        first) before those kept earlier. A run that does not fit whole keeps as many of
+        its last tokens as fit, when that is 8 or more (a `keep_evicted` smaller than one
+        evicted block still keeps part of it). Only what is kept is copied.
+        """
         kept = sorted(self._kept)
         gone, at = [], 0
         for a, b in kept:
@@ -279,12 +295,26 @@ class KVCache:
             at = max(at, b)
         if len(ids) - at >= MIN_RUN:
             gone.append((at, len(ids)))
-        for a, b in gone:
+        room = self.keep_evicted
+        runs: list[tuple[list[int], list[int], list[tuple[Any, Any]]]] = []
+        for start, b in reversed(gone):
+            if room < MIN_RUN:
+                break
+            a = max(start, b - room)
             part = [(k[..., a:b, :].clone(), v[..., a:b, :].clone()) for k, v in layers]
-            self._evicted.append((ids[a:b], positions[a:b], part))
-        total = sum(len(e[0]) for e in self._evicted)
-        while self._evicted and total > self.keep_evicted:  # oldest out first
-            total -= len(self._evicted.pop(0)[0])
+            runs.append((ids[a:b], positions[a:b], part))
+            room -= b - a
+        for run_ids, pos, part in reversed(self._evicted):
+            if room < MIN_RUN:
+                break
+            o = max(0, len(run_ids) - room)  # a run that does not fit: its last `room` tokens
+            if o:  # copied, so the rest is freed
+                cut = [(k[..., o:, :].clone(), v[..., o:, :].clone()) for k, v in part]
+                runs.append((run_ids[o:], pos[o:], cut))
+            else:
+                runs.append((run_ids, pos, part))
+            room -= len(run_ids) - o
+        self._evicted = runs[::-1]
 
     def _splice_evicted(self, prompt: list[int], keep: int, info: dict[str, Any]) -> int:
         """Append runs of evicted tokens that the prompt continues with after `keep`, rotated
@@ -301,18 +331,19 @@ class KVCache:
         plan: list[tuple[int, int, int, int]] = []  # (gap, run, offset, length)
         i = k = keep
         while k + MIN_RUN <= limit:
+            if k > i and len(plan) >= self.max_splice_gaps:
+                break  # no more gaps: nothing after here can be spliced (k only grows)
             hit = index.get(tuple(prompt[k : k + MIN_RUN]))
             if hit is None:
                 k += 1
                 continue
             e, o = hit
             ids = self._evicted[e][0]
-            n = MIN_RUN
-            while o + n < len(ids) and k + n < limit and ids[o + n] == prompt[k + n]:
+            n, most = MIN_RUN, min(len(ids) - o, limit - k)
+            while n < most and ids[o + n] == prompt[k + n]:
                 n += 1
-            if k > i and (n < self.splice_after_gap or len(plan) >= self.max_splice_gaps):
-                # too short to be worth the computed tokens before it, or too many gaps
-                k += 1
+            if k > i and n < self.splice_after_gap:
+                k += 1  # too short to be worth the computed tokens before it
                 continue
             plan.append((k - i, e, o, n))
             i = k = k + n
@@ -456,8 +487,15 @@ class KVCache:
             out.append((layer.keys, layer.values))
         return out
 
-    def restore(self, layers: list[tuple[Any, Any]], ids: list[int], positions: list[int]) -> None:
-        """Hold exactly these keys and values, covering `ids` at `positions`."""
+    def restore(
+        self,
+        layers: list[tuple[Any, Any]],
+        ids: list[int],
+        positions: list[int],
+        evicted: list[tuple[list[int], list[int], list[tuple[Any, Any]]]] | None = None,
+    ) -> None:
+        """Hold exactly these keys and values, covering `ids` at `positions`, and the kept
+        evicted runs `evicted` (oldest first; the newest whole runs within `keep_evicted`)."""
         from transformers import DynamicCache
 
         cache = DynamicCache()
@@ -467,6 +505,19 @@ class KVCache:
         self._cache = cache
         self.ids = list(ids)
         self.positions = list(positions)
+        room, kept = self.keep_evicted, []
+        for run in reversed(evicted or []):
+            if len(run[0]) > room:
+                break
+            kept.append(run)
+            room -= len(run[0])
+        self._evicted = kept[::-1]
+
+    @property
+    def evicted(self) -> list[tuple[list[int], list[int], list[tuple[Any, Any]]]]:
+        """The kept evicted runs (`keep_evicted`): `(ids, positions, [(keys, values) per
+        layer])`, oldest first."""
+        return list(self._evicted)
 
     def to(self, device: Any) -> None:
         """Move the keys and values to `device` (host memory: `"cpu"`), the kept evicted

@@ -5,8 +5,10 @@ conversation key (see [`HFBackend.conversation`][fmai_torch.HFBackend.conversati
 cache of the turn being run is on the device; after each turn, least-recently-used caches
 move to host memory while the device holds more than `device_bytes`, then to disk (one
 safetensors file each, under `disk_dir`) while host memory holds more than `host_bytes`.
-Without a `disk_dir` they are dropped instead, and that conversation's next turn recomputes.
-A cache comes back to the device, whole and bit for bit, on its conversation's next turn.
+Without a `disk_dir`, or when the file cannot be written (a full or unwritable disk), they
+are dropped instead, and that conversation's next turn recomputes.
+A cache comes back to the device, whole and bit for bit (its kept evicted tokens with it,
+`kv_keep_evicted`), on its conversation's next turn.
 Conversations never share a cache: each key has its own, and a disk file is read back only
 for the key it was written for.
 """
@@ -56,7 +58,17 @@ class KVPool:
         self.meta = meta or dict
         self._caches: OrderedDict[str, KVCache] = OrderedDict()  # least recent first
         self._tier: dict[str, str] = {}  # "device" | "host" | "disk"
-        self.moves = {"to_host": 0, "to_disk": 0, "dropped": 0, "from_host": 0, "from_disk": 0}
+        self.moves = {
+            "to_host": 0,
+            "to_disk": 0,
+            "dropped": 0,
+            "from_host": 0,
+            "from_disk": 0,
+            "disk_errors": 0,
+        }
+        #: Why the last cache that should have gone to disk could not be written (it was
+        #: dropped instead: a full or unwritable `disk_dir` never fails a turn), or `None`.
+        self.disk_error: str | None = None
 
     def __contains__(self, key: str) -> bool:
         return key in self._caches
@@ -137,8 +149,17 @@ class KVPool:
             self._tier[key] = "device"  # empty: nothing held anywhere
             self.moves["dropped"] += 1
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_kv(path, layers, kv.ids, kv.positions, {**self.meta(), "conversation": key})
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            meta = {**self.meta(), "conversation": key}
+            write_kv(path, layers, kv.ids, kv.positions, meta, kv.evicted)
+        except Exception as exc:  # a full or unwritable disk: dropped, recomputed next turn
+            self.disk_error = f"{type(exc).__name__}: {exc}"
+            self.moves["disk_errors"] += 1
+            kv.reset()
+            self._tier[key] = "device"
+            self.moves["dropped"] += 1
+            return
         kv.reset()
         self._tier[key] = "disk"
         self.moves["to_disk"] += 1
@@ -157,4 +178,4 @@ class KVPool:
         finally:
             if path.exists():
                 path.unlink()
-        kv.restore(stored.layers, stored.ids, stored.positions)
+        kv.restore(stored.layers, stored.ids, stored.positions, stored.evicted)

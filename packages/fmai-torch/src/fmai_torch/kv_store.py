@@ -11,6 +11,11 @@ position ids they cover, and, in the safetensors metadata, what they are only va
   with);
 - `ids_sha256`: a hash of the ids, so a damaged file is caught before use.
 
+With `kv_keep_evicted`, the kept evicted runs go in the same file (`e.<run>.ids`,
+`e.<run>.positions`, `e.<run>.k.<layer>`, `e.<run>.v.<layer>`; `evicted_runs` and
+`evicted_sha256` in the metadata), so they come back with the cache; a file without them
+(written before they were kept) reads as one with none.
+
 [`read_kv`][fmai_torch.kv_store.read_kv] raises
 [`KVFileError`][fmai_torch.kv_store.KVFileError] with the reason when anything differs or
 cannot be read; the backend then recomputes, which is always correct.
@@ -21,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,11 @@ __all__ = ["FORMAT", "KVFileError", "StoredKV", "model_fingerprint", "read_kv", 
 FORMAT = "fmai-kv-1"
 
 
-_WORDS = {"model": "model (its weights differ)", "checkpoint": "checkpoint"}
+_WORDS = {
+    "model": "model (its weights differ)",
+    "checkpoint": "checkpoint",
+    "kv_edit": "kv_edit mode (an edited cache is not exact, as recompute is)",
+}
 
 
 class KVFileError(Exception):
@@ -39,12 +48,15 @@ class KVFileError(Exception):
 
 @dataclass
 class StoredKV:
-    """What a KV file holds: per-layer `(keys, values)`, ids, positions and its metadata."""
+    """What a KV file holds: per-layer `(keys, values)`, ids, positions and its metadata,
+    and the kept evicted runs (`(ids, positions, [(keys, values) per layer])`, oldest
+    first; see `KVCache(keep_evicted=...)`)."""
 
     layers: list[tuple[Any, Any]]
     ids: list[int]
     positions: list[int]
     meta: dict[str, str]
+    evicted: list[tuple[list[int], list[int], list[tuple[Any, Any]]]] = field(default_factory=list)
 
 
 def model_fingerprint(model: Any) -> str:
@@ -75,14 +87,21 @@ def _ids_hash(ids: list[int], positions: list[int]) -> str:
     return hashlib.sha256(json.dumps([ids, positions]).encode()).hexdigest()
 
 
+def _evicted_hash(runs: list[tuple[list[int], list[int], list[tuple[Any, Any]]]]) -> str:
+    return hashlib.sha256(json.dumps([[i, p] for i, p, _ in runs]).encode()).hexdigest()
+
+
 def write_kv(
     path: str | os.PathLike[str],
     layers: list[tuple[Any, Any]],
     ids: list[int],
     positions: list[int],
     meta: dict[str, str],
+    evicted: list[tuple[list[int], list[int], list[tuple[Any, Any]]]] | None = None,
 ) -> int:
-    """Write a KV file atomically (a temporary file, fsync, rename); return its size."""
+    """Write a KV file atomically (a temporary file, fsync, rename); return its size.
+
+    `evicted`: the cache's kept evicted runs, stored beside it (see the module)."""
     from safetensors.torch import save_file
 
     import torch
@@ -95,12 +114,22 @@ def write_kv(
     for i, (k, v) in enumerate(layers):
         tensors[f"k.{i}"] = k.detach().to("cpu").contiguous()
         tensors[f"v.{i}"] = v.detach().to("cpu").contiguous()
+    runs = evicted or []
+    for r, (run_ids, run_pos, part) in enumerate(runs):
+        tensors[f"e.{r}.ids"] = torch.tensor(run_ids, dtype=torch.int64)
+        tensors[f"e.{r}.positions"] = torch.tensor(run_pos, dtype=torch.int64)
+        for i, (k, v) in enumerate(part):
+            tensors[f"e.{r}.k.{i}"] = k.detach().to("cpu").contiguous()
+            tensors[f"e.{r}.v.{i}"] = v.detach().to("cpu").contiguous()
     info = {
         **meta,
         "format": FORMAT,
         "layers": str(len(layers)),
         "ids_sha256": _ids_hash(ids, positions),
     }
+    if runs:
+        info["evicted_runs"] = str(len(runs))
+        info["evicted_sha256"] = _evicted_hash(runs)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=info)
@@ -140,6 +169,17 @@ def read_kv(path: str | os.PathLike[str], expect: dict[str, str], device: Any = 
                 if device is not None:
                     k, v = k.to(device), v.to(device)
                 layers.append((k, v))
+            evicted = []
+            for r in range(int(meta.get("evicted_runs", "0"))):
+                run_ids = [int(i) for i in f.get_tensor(f"e.{r}.ids").tolist()]
+                run_pos = [int(p) for p in f.get_tensor(f"e.{r}.positions").tolist()]
+                part = []
+                for i in range(len(layers)):
+                    k, v = f.get_tensor(f"e.{r}.k.{i}"), f.get_tensor(f"e.{r}.v.{i}")
+                    if device is not None:
+                        k, v = k.to(device), v.to(device)
+                    part.append((k, v))
+                evicted.append((run_ids, run_pos, part))
     except KVFileError:
         raise
     except Exception as exc:  # safetensors raises several kinds on a damaged file
@@ -148,4 +188,9 @@ def read_kv(path: str | os.PathLike[str], expect: dict[str, str], device: Any = 
         raise KVFileError("damaged (its token ids do not match their hash)")
     if len(positions) != len(ids) or any(k.shape[-2] != len(ids) for k, _ in layers):
         raise KVFileError("damaged (its tensors do not cover its token ids)")
-    return StoredKV(layers, ids, positions, meta)
+    if evicted and meta.get("evicted_sha256") != _evicted_hash(evicted):
+        raise KVFileError("damaged (its kept evicted ids do not match their hash)")
+    for run_ids, run_pos, part in evicted:
+        if len(run_pos) != len(run_ids) or any(k.shape[-2] != len(run_ids) for k, _ in part):
+            raise KVFileError("damaged (its kept evicted tensors do not cover their ids)")
+    return StoredKV(layers, ids, positions, meta, evicted)
