@@ -606,13 +606,12 @@ def test_keep_evicted_smaller_than_a_run_keeps_its_last_tokens() -> None:
     assert (ready.cache.layers[0].keys - fresh.layers[0].keys).abs().max() < 1e-9
 
 
-def test_the_splice_scan_stays_linear_past_the_gap_limit() -> None:
+def test_the_splice_scan_stops_at_the_gap_limit() -> None:
     """Once a turn has its most gaps, the rest of the prompt cannot be spliced: the scan
-    stops there. It went on, measuring the whole match at every position of a long
-    recalled run and throwing it away (quadratic: a 4,000-token run after the eighth gap of
-    the one-pass-per-gap rule took 3 s, this 12,000-token one 9 s, on a busy 2-core CPU)."""
-    import time
-
+    stops there, and what was planned before is spliced. (It went on, measuring the whole
+    match at every position of a long recalled run and throwing it away: quadratic, a
+    12,000-token run after the eighth gap of the one-pass-per-gap rule took 9 s on a busy
+    2-core CPU. Speed is not asserted here; this checks the result of the early stop.)"""
     from transformers import DynamicCache
 
     from fmai_torch.kv import SEQUENTIAL_SPLICE
@@ -639,12 +638,9 @@ def test_the_splice_scan_stays_linear_past_the_gap_limit() -> None:
     assert kv.evicted_tokens == len(full) - len(prefix)
     labelled = [t for s in shorts for t in [1, 2, *s]]
     prompt = [*prefix, *labelled, 3, *long, 9]
-    start = time.perf_counter()
     ready = kv.prepare(prompt)
-    took = time.perf_counter() - start
     assert ready.info["from_evicted"] == 8 * 40  # the long run comes after the eighth gap
     assert ready.reused == len(prefix) + len(labelled)
-    assert took < 2.0, took
 
 
 def test_an_evicted_run_spliced_twice_and_at_the_prompt_end() -> None:
