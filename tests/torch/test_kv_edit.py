@@ -355,6 +355,10 @@ def test_bad_mode_is_a_clear_error(make_backend) -> None:  # type: ignore[no-unt
 
     with pytest.raises(ConfigurationError, match="kv_edit must be one of"):
         make_backend(kv_edit="shift")
+    # kept evictions below one splice's worth could never be spliced back
+    for bad in (8, -5):
+        with pytest.raises(ConfigurationError, match="kv_keep_evicted must be 0"):
+            make_backend(kv_edit="rerotate", kv_keep_evicted=bad)
 
 
 def _forward_with(model):  # type: ignore[no-untyped-def]

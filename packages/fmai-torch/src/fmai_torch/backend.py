@@ -15,7 +15,7 @@ from fmai_core.messages import Message
 from fmai_torch.compiled import CompiledDecoder, resolve_compile
 from fmai_torch.generation import GenerationRun
 from fmai_torch.handle import ModelHandle
-from fmai_torch.kv import SEQUENTIAL_SPLICE, KVCache, cache_kwarg
+from fmai_torch.kv import MIN_GAIN, SEQUENTIAL_SPLICE, KVCache, cache_kwarg
 from fmai_torch.kv_edit import EDIT_MODES, RopeEditor, edit_support
 from fmai_torch.kv_pool import KVPool
 from fmai_torch.lean import LeanDecoder, lean_support
@@ -179,7 +179,12 @@ class HFBackend:
                 f"kv_edit must be one of {', '.join(EDIT_MODES)}, got {kv_edit!r}."
             )
         self.kv_edit = kv_edit
-        self.kv_keep_evicted = max(0, int(kv_keep_evicted))
+        if kv_keep_evicted and int(kv_keep_evicted) < MIN_GAIN:
+            raise ConfigurationError(
+                f"kv_keep_evicted must be 0 (off) or at least {MIN_GAIN} tokens (a splice must "
+                f"serve {MIN_GAIN} tokens or more), got {kv_keep_evicted!r}."
+            )
+        self.kv_keep_evicted = int(kv_keep_evicted)
         self.kv_edit_fallback = edit_support(model)
         self._editor = RopeEditor(model) if self.kv_edit_fallback is None else None
         self.tokenizer_id = tokenizer_fingerprint(tokenizer)

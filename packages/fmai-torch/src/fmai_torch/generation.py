@@ -116,7 +116,7 @@ class GenerationRun:
                     return
                 self.decode = {"loop": "generate", "why": why}
                 out = self._hf_generate(cache, positions, kwargs)
-        except Exception:
+        except BaseException:  # Ctrl-C too: a half-extended cache never serves a later turn
             if self.kv is not None:
                 self.kv.reset()
             raise
