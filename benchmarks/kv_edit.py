@@ -429,7 +429,18 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
             torch.backends.cuda.enable_cudnn_sdp(False)  # see kv_cache_gpu.py
         dtype = "bfloat16" if where == "cuda" else "float32"
         model = build_model(len(tok), args.layers, args.hidden, where, dtype)
-        return {m: HFBackend(model, tokenizer=tok, kv_edit=m) for m in MODES}
+        # compile=False: eager decoding (the compiled step would compile for each new cache
+        # capacity of each backend; this measures reuse and time to first token only)
+        gpu = {m: HFBackend(model, tokenizer=tok, kv_edit=m, compile=False) for m in MODES}
+        if args.keep_evicted:
+            gpu[SPLICE] = HFBackend(
+                model,
+                tokenizer=tok,
+                kv_edit="rerotate",
+                kv_keep_evicted=args.keep_evicted,
+                compile=False,
+            )
+        return gpu
     first = HFBackend("default", weights=args.weights, threads=args.threads, kv_edit=MODES[0])
     out = {MODES[0]: first}
     for m in MODES[1:]:
