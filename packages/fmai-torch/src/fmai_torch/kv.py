@@ -429,19 +429,12 @@ class KVCache:
             new = torch.arange(j, j + n)
             moved = torch.nonzero(old != new).flatten()
             rotated += int(moved.numel())
-            angles: dict[Any, Any] = {}  # per device and dtype: the same for every layer
-            for into, (k, v) in zip(parts, kv):
-                keys = k
-                if moved.numel():
-                    dev = k.device
-                    m, before, after = moved.to(dev), old[moved].to(dev), new[moved].to(dev)
-                    if (dev, k.dtype) not in angles:
-                        angles[dev, k.dtype] = self.editor.angles(before, after, k)
-                    keys = k.clone()
-                    keys[..., m, :] = self.editor.rotate(
-                        k[..., m, :], before, after, angles[dev, k.dtype]
-                    )
-                into.append((keys, v))
+            keys = [k for k, _ in kv]
+            if moved.numel():
+                keys = [k.clone() for k in keys]  # (views of stored runs)
+                self.editor.rotate_layers(keys, moved, old[moved], new[moved])
+            for into, k, (_, v) in zip(parts, keys, kv):
+                into.append((k, v))
             held += range(j, j + n)
             j += n
         flush()

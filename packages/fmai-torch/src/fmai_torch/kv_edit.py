@@ -206,6 +206,28 @@ class RopeEditor:
         raw = (k * c1 - _rotate_half(k) * s1) / (c1 * c1 + s1 * s1)
         return (raw * c2 + _rotate_half(raw) * s2).to(keys.dtype)
 
+    def rotate_layers(self, keys: list[Any], moved: Any, old: Any, new: Any) -> None:
+        """Rotate, in place, the entries `moved` of every layer's `keys` (each
+        `[batch, heads, n, dim]`) from positions `old` to `new`.
+
+        The layers' moved keys are rotated together in one batch when they share a device,
+        dtype and shape (the usual case: a few kernels a call, not a few per layer, which is
+        what costs on a GPU); otherwise per device and dtype. The index and the angles are
+        moved to each device once.
+        """
+        import torch
+
+        groups: dict[Any, list[int]] = {}
+        for i, k in enumerate(keys):
+            groups.setdefault((k.device, k.dtype, (*k.shape[:-2], k.shape[-1])), []).append(i)
+        for (dev, _, _), members in groups.items():
+            m, before, after = moved.to(dev), old.to(dev), new.to(dev)
+            angles = self.angles(before, after, keys[members[0]])
+            batch = torch.stack([keys[i][..., m, :] for i in members])
+            turned = self.rotate(batch, before, after, angles)
+            for j, i in enumerate(members):
+                keys[i][..., m, :] = turned[j]
+
     def apply(self, cache: Any, index: Any, old: Any, new: Any | None) -> int:
         """Keep the cache entries at `index`; rotate them from `old` to `new` positions.
 
@@ -219,19 +241,22 @@ class RopeEditor:
             moved = torch.nonzero(old != new).flatten()
             if moved.numel():
                 moves = (moved, old[moved], new[moved])
-        angles: dict[Any, Any] = {}  # per device and dtype: the same for every layer
-        for layer in cache.layers:
-            if not layer.is_initialized or layer.keys is None or layer.keys.numel() == 0:
-                continue
+        layers = [
+            layer
+            for layer in cache.layers
+            if layer.is_initialized and layer.keys is not None and layer.keys.numel()
+        ]
+        on: dict[Any, Any] = {}  # the index, moved to each device once
+        kept = []
+        for layer in layers:
             dev = layer.keys.device
-            idx = index.to(dev)
-            keys = layer.keys.index_select(-2, idx)
-            values = layer.values.index_select(-2, idx)
-            if moves is not None:
-                m, before, after = (t.to(dev) for t in moves)
-                key = (dev, keys.dtype)
-                if key not in angles:
-                    angles[key] = self.angles(before, after, keys)
-                keys[..., m, :] = self.rotate(keys[..., m, :], before, after, angles[key])
+            if dev not in on:
+                on[dev] = index.to(dev)
+            kept.append(
+                (layer.keys.index_select(-2, on[dev]), layer.values.index_select(-2, on[dev]))
+            )
+        if moves is not None:
+            self.rotate_layers([k for k, _ in kept], *moves)
+        for layer, (keys, values) in zip(layers, kept):
             layer.keys, layer.values = keys, values
         return 0 if moves is None else int(moves[0].numel())
