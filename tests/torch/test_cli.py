@@ -199,6 +199,23 @@ def test_kv_keep_evicted_flag(tiny_dir: str, tmp_path: Path, capsys) -> None:  #
     assert "needs --kv-edit rerotate" in capsys.readouterr().err
 
 
+def test_serve_kv_options_reach_the_local_backend(tiny_dir: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`fmai serve --kv-edit rerotate --kv-keep-evicted N --kv-device-mb M` builds the local
+    backend with them (each conversation's cache in its pool gets the edit mode); kept
+    evictions without rerotate are refused before anything loads."""
+    pytest.importorskip("starlette", reason="fmai serve needs fmai-torch[serve] (starlette)")
+    from fmai_torch.serve.server import ServeOptions, build_backend
+
+    opts = ServeOptions(model=tiny_dir, kv_edit="rerotate", kv_keep_evicted=512, kv_device_mb=2)
+    backend, _, serial = build_backend(opts)
+    assert serial and backend.kv_edit == "rerotate" and backend.kv_keep_evicted == 512
+    assert backend.pool.device_bytes == 2 * 2**20
+    kv, _ = backend.pool.get("someone")
+    assert kv.mode == "rerotate" and kv.keep_evicted == 512
+    code, _ = _run(["serve", "--model", tiny_dir, "--kv-keep-evicted", "512"])
+    assert code == 2 and "needs --kv-edit rerotate" in capsys.readouterr().err
+
+
 def test_a_reply_budget_larger_than_the_prompt_room_gets_a_note(  # type: ignore[no-untyped-def]
     tiny_dir: str, tmp_path: Path, capsys
 ) -> None:

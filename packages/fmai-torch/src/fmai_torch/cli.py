@@ -12,7 +12,7 @@ fmai serve [--model M | --upstream URL --upstream-model NAME [--upstream-key-env
             --anthropic --upstream-model NAME] [--store URL] [--policy P] [--max-tokens N]
            [--max-new-tokens N] [--system TEXT] [--host 127.0.0.1] [--port 8080]
            [--api-key KEY ...] [--insecure-public] [--kv-device-mb N] [--kv-host-mb N]
-           [--kv-disk-dir DIR]
+           [--kv-disk-dir DIR] [--kv-edit MODE] [--kv-keep-evicted N]
 ```
 
 `fmai chat` is interactive by default: it streams each reply and prints one status line per
@@ -193,6 +193,20 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument(
         "--kv-disk-dir", default=None, help="local model: folder for KV caches out of host memory"
     )
+    serve.add_argument(
+        "--kv-edit",
+        choices=("recompute", "rerotate", "keep-positions"),
+        default="recompute",
+        help="local model, after an eviction: recompute (exact), rerotate or keep-positions",
+    )
+    serve.add_argument(
+        "--kv-keep-evicted",
+        type=int,
+        default=0,
+        metavar="N",
+        help="local model, with --kv-edit rerotate: splice up to N evicted tokens back where "
+        "they are recalled (not exact; 0: off)",
+    )
 
 
 def _port(text: str) -> int:
@@ -239,6 +253,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(
             f"fmai: error: fmai serve needs its extra ({exc.name} is missing): "
             "pip install 'fmai-torch[serve]'",
+            file=sys.stderr,
+        )
+        return 2
+    if args.kv_keep_evicted < 0 or (args.kv_keep_evicted and args.kv_edit != "rerotate"):
+        print(
+            "fmai: error: --kv-keep-evicted takes a token count >= 0 and needs "
+            "--kv-edit rerotate (the other modes never splice evicted tokens back).",
             file=sys.stderr,
         )
         return 2

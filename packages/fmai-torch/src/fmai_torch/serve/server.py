@@ -43,6 +43,8 @@ class ServeOptions:
     kv_device_mb: float = 1024.0
     kv_host_mb: float = 4096.0
     kv_disk_dir: str | None = None
+    kv_edit: str = "recompute"
+    kv_keep_evicted: int = 0
 
 
 def default_store_url() -> str:
@@ -116,6 +118,8 @@ def build_backend(opts: ServeOptions) -> tuple[Any, str, bool]:
         kv_device_bytes=int(opts.kv_device_mb * 2**20),
         kv_host_bytes=int(opts.kv_host_mb * 2**20),
         kv_disk_dir=opts.kv_disk_dir,
+        kv_edit=opts.kv_edit,
+        kv_keep_evicted=opts.kv_keep_evicted,
     )
     return backend, getattr(backend, "name", opts.model or "default"), True
 
