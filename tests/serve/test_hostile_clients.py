@@ -488,3 +488,48 @@ def test_an_empty_conversation_id_is_refused_not_taken_as_none(
     one_off = {"model": "m", "messages": body["messages"], "user": ""}
     status, raw = _post_raw(server, one_off, {})
     assert status == 200 and json.loads(raw)["fmai"]["conversation_id"] is None, raw
+
+
+def test_a_connection_that_sends_no_request_head_is_closed(
+    serve: Any, upstream: Any, tmp_path: Path
+) -> None:
+    """Defect: uvicorn arms no timer before a request's head is complete, so sockets that
+    connect and send nothing, or half a request line (slowloris), stayed open for ever, and
+    --limit-concurrency of them made every real request a 503. Each now has
+    --header-timeout seconds to send its line and headers; a request whose head arrived is
+    not cut, however long its turn runs; a kept-alive connection gets the same deadline for
+    its next request."""
+    import socket
+    import time
+
+    server = serve(sqlite(tmp_path), "--header-timeout", "1", "--limit-concurrency", "4")
+    silent, partial, kept = (socket.create_connection(("127.0.0.1", server.port)) for _ in "abc")
+    partial.sendall(b"POST /v1/chat/completions HT")
+    kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        reply += kept.recv(65536)
+    head, body = reply.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(
+        next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[
+            1
+        ]
+    )
+    while len(body) < length:
+        body += kept.recv(65536)
+    kept.sendall(b"GET /heal")  # the next request's head, never finished
+    started = time.monotonic()
+    for sock in (silent, partial, kept):
+        sock.settimeout(30)
+        assert sock.recv(65536) == b""  # closed by the server
+        sock.close()
+    assert time.monotonic() - started < 25
+    # the three held no slot: real requests go through (limit 4), and a turn longer than
+    # the timeout is answered, not cut (the upstream stalls past fmai's 5 s upstream limit)
+    upstream.fail_next("slow", 1)
+    status, raw = _post_raw(server, {"model": "m", "messages": [{"role": "user", "content": "a"}]})
+    assert status in (502, 504), (status, raw)
+    assert json.loads(raw)["error"]["message"]
+    status, _ = _post_raw(server, {"model": "m", "messages": [{"role": "user", "content": "b"}]})
+    assert status == 200

@@ -12,7 +12,7 @@ fmai serve [--model M | --upstream URL --upstream-model NAME [--upstream-key-env
             --anthropic --upstream-model NAME] [--store URL] [--policy P] [--max-tokens N]
            [--max-new-tokens N] [--system TEXT] [--host 127.0.0.1] [--port 8080]
            [--api-key KEY ...] [--insecure-public] [--kv-device-mb N] [--kv-host-mb N]
-           [--kv-disk-dir DIR] [--kv-edit MODE] [--kv-keep-evicted N]
+           [--kv-disk-dir DIR] [--kv-edit MODE] [--kv-keep-evicted N] [--header-timeout S]
 ```
 
 `fmai chat` is interactive by default: it streams each reply and prints one status line per
@@ -177,6 +177,12 @@ def _add_serve(sub: Any) -> None:
         help="open connections past which new requests get 503 (0: no limit)",
     )
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
+    serve.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds a connection has to send a request's line and headers, else closed",
+    )
     serve.add_argument(
         "--kv-device-mb",
         type=_megabytes,

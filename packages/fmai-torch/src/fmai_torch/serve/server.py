@@ -45,6 +45,7 @@ class ServeOptions:
     kv_disk_dir: str | None = None
     kv_edit: str = "recompute"
     kv_keep_evicted: int = 0
+    header_timeout: float = 10.0
 
 
 def default_store_url() -> str:
@@ -151,6 +152,54 @@ def build_app(opts: ServeOptions, keys: list[str] | None = None) -> Any:
     return app
 
 
+def head_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol with a deadline for each request's line and headers.
+
+    uvicorn arms no timer before a request's head is complete, so a client that connects
+    and sends nothing, or a few bytes a minute (slowloris), holds its connection for ever;
+    a few hundred such sockets reach `--limit-concurrency`, and every real request gets a
+    503. Here a connection must send a whole request head within `seconds` of connecting
+    (or, on a kept-alive connection, of the first byte of its next request), else it is
+    closed. A request whose head has arrived is not limited: its body and the reply (a
+    long stream) take what they take.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadTimeoutH11(H11Protocol):
+        _head_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # a request is under way: its head arrived
+            elif not self.transport.is_closing():
+                self._arm()  # bytes of the next request's head, on a kept-alive connection
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(seconds, self._head_too_slow)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_too_slow(self) -> None:
+            self._head_timer = None
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()
+
+    return HeadTimeoutH11
+
+
 def run(opts: ServeOptions) -> int:
     """Serve until interrupted; return the exit status."""
     import uvicorn
@@ -166,6 +215,9 @@ def run(opts: ServeOptions) -> int:
         return 2
     if opts.limit_concurrency < 0:
         print("fmai: error: --limit-concurrency must be 0 (no limit) or more", file=sys.stderr)
+        return 2
+    if not opts.header_timeout > 0:
+        print("fmai: error: --header-timeout must be a number of seconds above 0", file=sys.stderr)
         return 2
     auth = f"{len(set(keys))} API key(s)" if keys else "no API keys"
     print(
@@ -183,5 +235,7 @@ def run(opts: ServeOptions) -> int:
         # bounded: each connection may hold a body of up to 32 MiB and a turn a store
         # connection; past the limit uvicorn answers 503 at once (the SDK retries those)
         limit_concurrency=opts.limit_concurrency or None,
+        # a request's line and headers must arrive within --header-timeout seconds
+        http=head_timeout_protocol(opts.header_timeout),
     )
     return 0
