@@ -51,6 +51,19 @@ from fmai_core import FiniteMemoryLLM
 MODES = ("recompute", "rerotate", "keep-positions")
 #: With `--keep-evicted N`: `rerotate` with `kv_keep_evicted=N`, run beside plain `rerotate`.
 SPLICE = "rerotate+evicted"
+#: The same with one forward pass per gap and its rule (as for attention that takes no custom
+#: mask, and as before the gaps were batched); run only when named in `--modes`.
+SPLICE_SEQUENTIAL = "rerotate+evicted-sequential"
+
+
+def _sequential(backend: Any) -> Any:
+    from fmai_torch.kv import SEQUENTIAL_SPLICE
+
+    backend._kv.batch_gaps = False
+    backend._kv.splice_after_gap, backend._kv.max_splice_gaps = SEQUENTIAL_SPLICE
+    return backend
+
+
 SYSTEM = "You are a friendly, concise assistant. Answer in two or three sentences."
 USER = [
     "Hi! I'm planning a two-week trip to Japan next April with my sister Eve. Where to start?",
@@ -446,12 +459,14 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
     for m in MODES[1:]:
         out[m] = HFBackend(first.model, tokenizer=first.tokenizer, kv_edit=m)
     if args.keep_evicted:
-        out[SPLICE] = HFBackend(
-            first.model,
-            tokenizer=first.tokenizer,
-            kv_edit="rerotate",
-            kv_keep_evicted=args.keep_evicted,
-        )
+        for name in (SPLICE, SPLICE_SEQUENTIAL):
+            out[name] = HFBackend(
+                first.model,
+                tokenizer=first.tokenizer,
+                kv_edit="rerotate",
+                kv_keep_evicted=args.keep_evicted,
+            )
+        _sequential(out[SPLICE_SEQUENTIAL])
     for b in out.values():
         b.threads = first.threads
     return out
@@ -543,7 +558,9 @@ def main() -> None:
         args.threads = int(args.threads)
     t0 = time.perf_counter()
     backends = load(args)
-    wanted = args.modes.split(",") if args.modes else list(backends)
+    wanted = (
+        args.modes.split(",") if args.modes else [m for m in backends if m != SPLICE_SEQUENTIAL]
+    )
     backends = {m: b for m, b in backends.items() if m in wanted}
     if args.splice_after_gap is not None:  # keep_evicted's cost rule (see fmai_torch.kv)
         for b in backends.values():
