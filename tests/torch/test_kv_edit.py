@@ -13,7 +13,7 @@ pytest.importorskip("transformers", reason="fmai-torch tests need transformers")
 
 from fmai_core import FiniteMemoryLLM, Message  # noqa: E402
 from fmai_torch import HFBackend  # noqa: E402
-from fmai_torch.kv import KVCache  # noqa: E402
+from fmai_torch.kv import KVCache, attention_bias  # noqa: E402
 from fmai_torch.kv_edit import RopeEditor, edit_support, plan_edit  # noqa: E402
 
 ROPES = {
@@ -80,6 +80,12 @@ def _prefill(model, ids: list[int], positions: list[int] | None = None):  # type
     return cache
 
 
+def _hold(kv: KVCache, model, ids: list[int]) -> None:  # type: ignore[no-untyped-def]
+    """Make `kv` hold a fresh prefill of `ids` at positions `0..n-1`."""
+    kv._cache = _prefill(model, ids)
+    kv.ids, kv.positions = list(ids), list(range(len(ids)))
+
+
 def _tokens(n: int, seed: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(4, 64, (n,), generator=g).tolist()
@@ -113,8 +119,7 @@ def test_cut_cache_equals_fresh_prefill(rope: str) -> None:
     prefix, block, tail = _tokens(20, 3), _tokens(17, 4), _tokens(30, 5)
     full = prefix + block + tail
     kv = KVCache("rerotate", RopeEditor(model))
-    kv._cache = _prefill(model, full)
-    kv.ids, kv.positions = list(full), list(range(len(full)))
+    _hold(kv, model, full)
     ready = kv.prepare(prefix + tail + _tokens(5, 6))
     assert ready.reused == len(prefix) + len(tail)
     assert ready.position_ids is None  # positions stay 0..n-1
@@ -158,8 +163,7 @@ def test_a_token_computed_between_kept_runs() -> None:
     full = prefix + block + tail
     kv = KVCache("rerotate", RopeEditor(model))
     kv.forward = _forward_with(model)
-    kv._cache = _prefill(model, full)
-    kv.ids, kv.positions = list(full), list(range(len(full)))
+    _hold(kv, model, full)
     changed = [63 if tail[0] != 63 else 62, *tail[1:]]
     prompt = prefix + changed + [9]
     ready = kv.prepare(prompt)
@@ -175,8 +179,7 @@ def test_a_token_computed_between_kept_runs() -> None:
         assert (layer.keys[..., p, :] - ref.keys[..., p, :]).abs().max() < 1e-9
     # without a forward function (keep-positions never computes in between) it stops there
     plain = KVCache("rerotate", RopeEditor(model))
-    plain._cache = _prefill(model, full)
-    plain.ids, plain.positions = list(full), list(range(len(full)))
+    _hold(plain, model, full)
     assert plain.prepare(prompt).reused == len(prefix)
 
 
@@ -366,10 +369,8 @@ def _forward_with(model):  # type: ignore[no-untyped-def]
         ids: list[int], positions: list[int], cache: object, visible: object = None
     ) -> None:
         extra = {}
-        if visible is not None:  # the backend's additive mask, built the same way
-            mask = torch.zeros(visible.shape, dtype=model.dtype)  # type: ignore[attr-defined]
-            mask.masked_fill_(~visible, torch.finfo(model.dtype).min)  # type: ignore[operator]
-            extra["attention_mask"] = mask[None, None]
+        if visible is not None:  # the backend's additive mask
+            extra["attention_mask"] = attention_bias(visible, model.dtype)
         with torch.inference_mode():
             model(
                 input_ids=torch.tensor([ids]),
@@ -393,8 +394,7 @@ def test_evicted_tokens_are_spliced_back_where_they_come_again() -> None:
     full = prefix + block + tail
     kv = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
     kv.forward = _forward_with(model)
-    kv._cache = _prefill(model, full)
-    kv.ids, kv.positions = list(full), list(range(len(full)))
+    _hold(kv, model, full)
     first = kv.prepare(prefix + tail + [9])  # the block is evicted
     assert first.reused == len(prefix + tail) and "from_evicted" not in first.info
     header = [11, 12]
@@ -407,8 +407,7 @@ def test_evicted_tokens_are_spliced_back_where_they_come_again() -> None:
     short = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
     short.forward = kv.forward
     short.splice_after_gap = 32
-    short._cache = _prefill(model, full)
-    short.ids, short.positions = list(full), list(range(len(full)))
+    _hold(short, model, full)
     short.prepare(prefix + tail + [9])
     assert "from_evicted" not in short.prepare(prefix + tail + header + block[:24] + [9]).info
     fresh = _prefill(model, prompt[:-1])
@@ -449,8 +448,7 @@ def test_gaps_between_spliced_runs_are_computed_in_one_pass() -> None:
         forward(ids, positions, cache, visible)
 
     kv.forward = counting
-    kv._cache = _prefill(model, full)
-    kv.ids, kv.positions = list(full), list(range(len(full)))
+    _hold(kv, model, full)
     assert kv.prepare(prefix + tail + [9]).reused == len(prefix + tail)  # both blocks out
     ref = _prefill(model, prefix + tail)  # the edited cache, copied: the reference's start
     for layer, edited in zip(ref.layers, kv._cache.layers):
@@ -500,8 +498,7 @@ def test_gaps_one_pass_each_without_masks_give_the_same_cache() -> None:
             forward(ids, positions, cache, visible)
 
         kv.forward = counting
-        kv._cache = _prefill(model, full)
-        kv.ids, kv.positions = list(full), list(range(len(full)))
+        _hold(kv, model, full)
         kv.prepare(prefix + tail + [9])
         ready = kv.prepare(prompt)
         assert ready.reused == len(prompt) - 1 and ready.info["from_evicted"] == 55
@@ -571,8 +568,7 @@ def test_an_error_in_the_middle_of_an_edit_or_splice_drops_the_cache() -> None:
         assert again.reused == 0  # recomputed, never the half-edited layers
         # the same through a splice of kept evicted tokens
         full = prefix + one + two
-        kv._cache = _prefill(model, full)
-        kv.ids, kv.positions = list(full), list(range(len(full)))
+        _hold(kv, model, full)
         assert kv.prepare(prefix + two + [9]).reused == len(prefix + two)  # `one` is kept
         assert kv.evicted_tokens == len(one)
         failing["on"] = True
@@ -594,8 +590,7 @@ def test_keep_evicted_smaller_than_a_run_keeps_its_last_tokens() -> None:
     full = prefix + block + tail + more
     kv = KVCache("rerotate", RopeEditor(model), keep_evicted=24)
     kv.forward = _forward_with(model)
-    kv._cache = _prefill(model, full)
-    kv.ids, kv.positions = list(full), list(range(len(full)))
+    _hold(kv, model, full)
     assert kv.prepare([*prefix, *tail, *more, 9]).reused == len(prefix + tail + more)
     assert kv.evicted_tokens == 24
     assert [ids for ids, _, _ in kv._evicted] == [block[-24:]]
@@ -656,8 +651,7 @@ def test_an_evicted_run_spliced_twice_and_at_the_prompt_end() -> None:
     full = prefix + block + tail
     kv = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
     kv.forward = _forward_with(model)
-    kv._cache = _prefill(model, full)
-    kv.ids, kv.positions = list(full), list(range(len(full)))
+    _hold(kv, model, full)
     kv.prepare([*prefix, *tail, 9])
     prompt = [*prefix, *tail, 11, *block, 12, 13, *block]  # ends inside the second copy
     ready = kv.prepare(prompt)

@@ -15,7 +15,7 @@ from fmai_core.messages import Message
 from fmai_torch.compiled import CompiledDecoder, resolve_compile
 from fmai_torch.generation import GenerationRun
 from fmai_torch.handle import ModelHandle
-from fmai_torch.kv import MIN_GAIN, SEQUENTIAL_SPLICE, KVCache, cache_kwarg
+from fmai_torch.kv import MIN_GAIN, SEQUENTIAL_SPLICE, KVCache, attention_bias, cache_kwarg
 from fmai_torch.kv_edit import EDIT_MODES, RopeEditor, edit_support
 from fmai_torch.kv_pool import KVPool
 from fmai_torch.lean import LeanDecoder, lean_support
@@ -319,10 +319,7 @@ class HFBackend:
         dev = self.handle.device
         extra: dict[str, Any] = {}
         if visible is not None:
-            dtype = self.model.dtype
-            mask = torch.zeros(visible.shape, dtype=dtype)
-            mask.masked_fill_(~visible, torch.finfo(dtype).min)
-            extra["attention_mask"] = mask[None, None].to(dev)
+            extra["attention_mask"] = attention_bias(visible, self.model.dtype).to(dev)
         with torch.inference_mode(), use_threads(self.threads):
             self.model.base_model(
                 input_ids=torch.tensor([ids], device=dev),

@@ -89,20 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--no-kv-reuse", action="store_true", help="recompute the whole prompt every turn"
     )
-    chat.add_argument(
-        "--kv-edit",
-        choices=("recompute", "rerotate", "keep-positions"),
-        default="recompute",
-        help="after an eviction: recompute (exact), rerotate or keep-positions the cache",
-    )
-    chat.add_argument(
-        "--kv-keep-evicted",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with --kv-edit rerotate: keep the keys and values of up to N evicted tokens and "
-        "splice them back where they are recalled (not exact; 0: off)",
-    )
+    _add_kv_edit_options(chat, "")
     chat.add_argument(
         "--recall-layout",
         choices=("fresh", "stable"),
@@ -199,20 +186,37 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument(
         "--kv-disk-dir", default=None, help="local model: folder for KV caches out of host memory"
     )
-    serve.add_argument(
+    _add_kv_edit_options(serve, "local model, ")
+
+
+def _add_kv_edit_options(parser: argparse.ArgumentParser, scope: str) -> None:
+    """`--kv-edit` and `--kv-keep-evicted` (`scope` starts their help: whose cache)."""
+    parser.add_argument(
         "--kv-edit",
         choices=("recompute", "rerotate", "keep-positions"),
         default="recompute",
-        help="local model, after an eviction: recompute (exact), rerotate or keep-positions",
+        help=f"{scope}after an eviction: recompute (exact), rerotate or keep-positions the cache",
     )
-    serve.add_argument(
+    parser.add_argument(
         "--kv-keep-evicted",
         type=int,
         default=0,
         metavar="N",
-        help="local model, with --kv-edit rerotate: splice up to N evicted tokens back where "
-        "they are recalled (not exact; 0: off)",
+        help=f"{scope}with --kv-edit rerotate: keep the keys and values of up to N evicted "
+        "tokens and splice them back where they are recalled (not exact; 0: off)",
     )
+
+
+def _bad_kv_keep_evicted(args: argparse.Namespace) -> bool:
+    """Say so and return True when `--kv-keep-evicted` is negative or lacks rerotate."""
+    if args.kv_keep_evicted < 0 or (args.kv_keep_evicted and args.kv_edit != "rerotate"):
+        print(
+            "fmai: error: --kv-keep-evicted takes a token count >= 0 and needs "
+            "--kv-edit rerotate (the other modes never splice evicted tokens back).",
+            file=sys.stderr,
+        )
+        return True
+    return False
 
 
 def _port(text: str) -> int:
@@ -262,12 +266,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.kv_keep_evicted < 0 or (args.kv_keep_evicted and args.kv_edit != "rerotate"):
-        print(
-            "fmai: error: --kv-keep-evicted takes a token count >= 0 and needs "
-            "--kv-edit rerotate (the other modes never splice evicted tokens back).",
-            file=sys.stderr,
-        )
+    if _bad_kv_keep_evicted(args):
         return 2
     options = {k: v for k, v in vars(args).items() if k != "command"}
     return run(ServeOptions(**options))
@@ -445,12 +444,7 @@ def _command(llm: Any, line: str) -> bool:
 def _chat(args: argparse.Namespace, out: TextIO) -> int:
     from fmai_core.errors import FMAIError
 
-    if args.kv_keep_evicted < 0 or (args.kv_keep_evicted and args.kv_edit != "rerotate"):
-        print(
-            "fmai: error: --kv-keep-evicted takes a token count >= 0 and needs "
-            "--kv-edit rerotate (the other modes never splice evicted tokens back).",
-            file=sys.stderr,
-        )
+    if _bad_kv_keep_evicted(args):
         return 2
     script: list[str] | None = None
     if args.script not in (None, "-"):  # read before the model loads: a bad one fails fast

@@ -28,7 +28,7 @@ from typing import Any
 
 from fmai_torch.kv_edit import EDIT_MODES, RopeEditor, plan_edit
 
-__all__ = ["MIN_GAIN", "KVCache", "Prepared", "cache_kwarg", "common_prefix"]
+__all__ = ["MIN_GAIN", "KVCache", "Prepared", "attention_bias", "cache_kwarg", "common_prefix"]
 
 #: An edit must serve at least this many more tokens than the plain crop would (fewer are
 #: cheaper to prefill than to splice).
@@ -57,6 +57,16 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def attention_bias(visible: Any, dtype: Any) -> Any:
+    """The additive `(1, 1, q, k)` attention mask of `dtype` for a boolean `(q, k)` one
+    (`True`: may attend), which eager and SDPA attention both take as a custom 4D mask."""
+    import torch
+
+    bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    bias.masked_fill_(~visible, torch.finfo(dtype).min)
+    return bias[None, None]
 
 
 def cache_kwarg() -> str:
