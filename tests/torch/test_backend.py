@@ -174,3 +174,89 @@ def test_stream_yields_while_generation_is_still_running(
     rest = list(stream)
     assert rest[-1].generation is not None
     assert rest[-1].generation.usage.completion_tokens == 8
+
+
+def _gate_after(monkeypatch: pytest.MonkeyPatch, tokens: int):  # type: ignore[no-untyped-def]
+    """Make the generating thread wait for the test once it has made `tokens + 1` tokens
+    (every decoding loop hands each token to the stream): returns (reached, release,
+    made) where `made()` counts the tokens handed over so far."""
+    import threading
+
+    from fmai_torch.streaming import TokenStreamer
+
+    reached, release = threading.Event(), threading.Event()
+    original = TokenStreamer.push
+    count = [0]
+
+    def gated_push(self, ids):  # type: ignore[no-untyped-def]
+        count[0] += len(ids)
+        if count[0] > tokens and not reached.is_set():
+            reached.set()
+            assert release.wait(timeout=60)
+        return original(self, ids)
+
+    monkeypatch.setattr(TokenStreamer, "push", gated_push)
+    return reached, release, lambda: count[0]
+
+
+@pytest.mark.parametrize("how", ["agenerate", "astream"])
+async def test_cancelled_async_call_stops_the_model(
+    make_backend, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Cancelling `agenerate` or a task reading `astream` stops generation after the token
+    being made, and returns only once the model is free (before, `agenerate` returned at
+    once and the model went on to the end of the reply; `astream` failed to close its
+    running generator, raised BackendError and went on too)."""
+    b = make_backend()
+    reached, release, made = _gate_after(monkeypatch, 4)
+
+    async def read() -> None:
+        if how == "agenerate":
+            await b.agenerate(MESSAGES, max_new_tokens=200, min_new_tokens=200)
+        else:
+            async for _ in b.astream(MESSAGES, max_new_tokens=200, min_new_tokens=200):
+                pass
+
+    task = asyncio.create_task(read())
+    assert await asyncio.to_thread(reached.wait, 60)  # blocked at its 5th token
+    task.cancel()
+    # the cancellation reaches the call while its token waits (long enough for a close of
+    # the stream to be tried then, which failed before)
+    await asyncio.sleep(0.2)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert b.handle.lock.acquire(blocking=False)  # the model is free: nothing runs on
+    b.handle.lock.release()
+    assert made() <= 6  # of the 200 tokens the reply would have taken
+    again = b.generate(MESSAGES, max_new_tokens=5)  # the cache is exact after the stop
+    assert (
+        again.extra["token_ids"]
+        == make_backend(kv_reuse=False).generate(MESSAGES, max_new_tokens=5).extra["token_ids"]
+    )
+
+
+async def test_cancelled_turn_stops_the_model_and_stores_nothing(
+    make_backend, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """`FiniteMemoryLLM.achat` on a local model, cancelled mid-reply (as `fmai serve` does
+    when a client hangs up): the model stops and the turn is not stored."""
+    from fmai_core import FiniteMemoryLLM
+
+    b = make_backend()
+    llm = FiniteMemoryLLM(b, max_tokens=1024, max_new_tokens=400)
+    await llm.achat("hello , my name is ada .", max_new_tokens=4)
+    reached, release, made = _gate_after(monkeypatch, 3)
+    task = asyncio.create_task(llm.achat("what is my name ?", min_new_tokens=400))
+    assert await asyncio.to_thread(reached.wait, 60)
+    task.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert b.handle.lock.acquire(blocking=False)  # the model is free: nothing runs on
+    b.handle.lock.release()
+    assert made() <= 5
+    assert llm.stats.turns == 1 and len(llm.messages()) == 2
+    done = await llm.achat("what is my name ?", max_new_tokens=4)
+    assert done.stats.turn == 1

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Generator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from typing import Any, TypeVar
 
 from fmai_core.backend import Generation, StreamChunk
 from fmai_core.errors import BackendError, ConfigurationError
@@ -29,6 +30,8 @@ from fmai_torch.signals import ModelSignals
 from fmai_torch.weights import choose_threads, use_threads
 
 __all__ = ["ConversationBackend", "HFBackend"]
+
+T = TypeVar("T")
 
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
 
@@ -406,6 +409,7 @@ class HFBackend:
         params: dict[str, Any],
         session: bool = True,
         key: str = "",
+        cancel: threading.Event | None = None,
     ) -> GenerationRun:
         start = time.perf_counter()
         prompt = self.encode(messages)
@@ -419,26 +423,41 @@ class HFBackend:
         if session and self.kv_reuse:
             kv, came = self._pool.get(key)
         run = GenerationRun(
-            self.handle, prompt, params, kv, start, threads=self.threads, decoder=self._decoder
+            self.handle,
+            prompt,
+            params,
+            kv,
+            start,
+            threads=self.threads,
+            decoder=self._decoder,
+            cancel=cancel,
         )
         run.kv_from = came
         return run
 
     def _generate_key(
-        self, key: str, messages: Sequence[Message], params: dict[str, Any]
+        self,
+        key: str,
+        messages: Sequence[Message],
+        params: dict[str, Any],
+        cancel: threading.Event | None = None,
     ) -> Generation:
         with self.handle.lock:
-            run = self._start(messages, params, key=key)
+            run = self._start(messages, params, key=key, cancel=cancel)
             try:
                 return run.run()
             finally:
                 self._pool.enforce(keep=key)
 
     def _stream_key(
-        self, key: str, messages: Sequence[Message], params: dict[str, Any]
+        self,
+        key: str,
+        messages: Sequence[Message],
+        params: dict[str, Any],
+        cancel: threading.Event | None = None,
     ) -> Generator[StreamChunk, None, None]:
         with self.handle.lock:
-            run = self._start(messages, params, key=key)
+            run = self._start(messages, params, key=key, cancel=cancel)
             try:
                 yield from run.iterate()
             finally:
@@ -485,14 +504,24 @@ class HFBackend:
             return self.signals.summarize(text, max_tokens)
 
     async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
-        """Async [`generate`][fmai_torch.HFBackend.generate] (runs in a worker thread)."""
-        return await asyncio.to_thread(self.generate, messages, **params)
+        """Async [`generate`][fmai_torch.HFBackend.generate] (runs in a worker thread).
+
+        Cancelling the call stops the generation after the token being made (a prefill
+        under way finishes first) and waits for that, so the model is free when the
+        cancellation arrives; what the KV cache then holds is exact.
+        """
+        return await _cancellable(lambda cancel: self._generate_key("", messages, params, cancel))
 
     async def astream(
         self, messages: Sequence[Message], **params: Any
     ) -> AsyncIterator[StreamChunk]:
-        """Async [`stream`][fmai_torch.HFBackend.stream]: chunks arrive as tokens are made."""
-        async for chunk in _in_threads(self.stream(messages, **params)):
+        """Async [`stream`][fmai_torch.HFBackend.stream]: chunks arrive as tokens are made.
+
+        Leaving early (closing it, or cancelling the task that reads it) stops the
+        generation after the token being made, as `agenerate` does.
+        """
+        cancel = threading.Event()
+        async for chunk in _in_threads(self._stream_key("", messages, params, cancel), cancel):
             yield chunk
 
     def __repr__(self) -> str:
@@ -538,14 +567,20 @@ class ConversationBackend:
         yield from self.backend._stream_key(self.key, messages, params)
 
     async def agenerate(self, messages: Sequence[Message], **params: Any) -> Generation:
-        """Async `generate` (runs in a worker thread)."""
-        return await asyncio.to_thread(self.generate, messages, **params)
+        """Async `generate` (runs in a worker thread; cancelling it stops the model, as
+        [`HFBackend.agenerate`][fmai_torch.HFBackend.agenerate])."""
+        key = self.key
+        return await _cancellable(
+            lambda cancel: self.backend._generate_key(key, messages, params, cancel)
+        )
 
     async def astream(
         self, messages: Sequence[Message], **params: Any
     ) -> AsyncIterator[StreamChunk]:
-        """Async `stream`: chunks arrive as tokens are made."""
-        async for chunk in _in_threads(self.stream(messages, **params)):
+        """Async `stream`: chunks arrive as tokens are made (leaving early stops the model)."""
+        cancel = threading.Event()
+        stream = self.backend._stream_key(self.key, messages, params, cancel)
+        async for chunk in _in_threads(stream, cancel):
             yield chunk
 
     def save_kv(self, path: str | os.PathLike[str], tag: str = "", *, key: str = "") -> int:
@@ -579,17 +614,51 @@ def _end_ids(model: Any, tokenizer: Any, name: str) -> list[int]:
     return ids
 
 
+async def _cancellable(call: Callable[[threading.Event], T]) -> T:
+    """`call(cancel)` in a worker thread. Cancelled, it sets `cancel` (the generation stops
+    after its current token) and waits for the thread before the cancellation goes on: a
+    cancelled call leaves nothing running. (`asyncio.to_thread` alone would return at once
+    and leave the model generating to the end of the reply.)"""
+    cancel = threading.Event()
+    work = asyncio.ensure_future(asyncio.to_thread(call, cancel))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        cancel.set()
+        await asyncio.wait([work])  # one token, or the end of a prefill under way
+        if not work.cancelled():
+            work.exception()  # retrieved: the cancellation is what is raised
+        raise
+
+
 async def _in_threads(
-    iterator: Generator[StreamChunk, None, None],
+    iterator: Generator[StreamChunk, None, None], cancel: threading.Event
 ) -> AsyncIterator[StreamChunk]:
-    """Drive a blocking stream from async code: each step (and the close) in a worker thread."""
+    """Drive a blocking stream from async code: each step (and the close) in a worker thread.
+
+    Left early (closed, or its task cancelled while a step is in a thread), it sets
+    `cancel`, so the generation stops after its current token, and closes the stream once
+    that step has returned (a generator cannot be closed while it runs: the close would
+    fail and the model would go on to the end of the reply).
+    """
     done = object()
+    gate = threading.Lock()  # a step and the close never overlap
+
+    def step() -> object:
+        with gate:
+            return next(iterator, done)
+
+    def close() -> None:
+        with gate:
+            iterator.close()
+
     try:
         while True:
-            chunk = await asyncio.to_thread(next, iterator, done)
+            chunk = await asyncio.to_thread(step)
             if chunk is done:
                 break
             assert isinstance(chunk, StreamChunk)
             yield chunk
     finally:
-        await asyncio.to_thread(iterator.close)
+        cancel.set()
+        await asyncio.to_thread(close)

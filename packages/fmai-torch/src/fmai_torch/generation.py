@@ -35,6 +35,8 @@ class GenerationRun:
         decoder: The compiled or lean decoder to use where it can (see
             [`fmai_torch.compiled`][fmai_torch.compiled] and [`fmai_torch.lean`][fmai_torch.lean]),
             or `None` for `generate`.
+        cancel: An event that, once set from any thread, stops the generation after the
+            token being made (the async calls set it when they are cancelled).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class GenerationRun:
         start: float,
         threads: int | None = None,
         decoder: CompiledDecoder | LeanDecoder | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.handle = handle
         self.decoder = decoder
@@ -60,6 +63,8 @@ class GenerationRun:
         self.stop = [stop] if isinstance(stop, str) else [str(s) for s in stop]
         self.streamer = TokenStreamer()
         self.stopper = StopCriteria(handle.tokenizer, len(prompt), self.stop)
+        if cancel is not None:
+            self.stopper.cancel = cancel
         self.reused = 0
         self.kv_info: dict[str, Any] = {}
         self.kv_from = "none"  # where the pool found the cache: device, host, disk, new
