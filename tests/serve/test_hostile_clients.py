@@ -533,3 +533,39 @@ def test_a_connection_that_sends_no_request_head_is_closed(
     assert json.loads(raw)["error"]["message"]
     status, _ = _post_raw(server, {"model": "m", "messages": [{"role": "user", "content": "b"}]})
     assert status == 200
+
+
+def test_a_request_whose_body_trickles_gets_408_and_is_closed(
+    serve: Any, upstream: Any, tmp_path: Path
+) -> None:
+    """Defect: once a request's head had arrived nothing limited its body, so a client that
+    declared a body and sent it a byte a minute (a slow-body slowloris) held its connection
+    slot for ever, as a silent socket did before --header-timeout. The whole body must now
+    arrive within --body-timeout seconds of the head: past them the answer is a 408 (nothing
+    changed) and the connection is closed; a body that arrives in time is served."""
+    import socket
+
+    server = serve(sqlite(tmp_path), "--body-timeout", "1", "--limit-concurrency", "4")
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello"}]}).encode()
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    slow = socket.create_connection(("127.0.0.1", server.port))
+    slow.sendall(head.encode() + body[:10])  # the rest never comes
+    slow.settimeout(30)
+    reply = b""
+    while True:
+        piece = slow.recv(65536)
+        if not piece:  # closed by the server after its answer
+            break
+        reply += piece
+    slow.close()
+    status_line, rest = reply.split(b"\r\n", 1)
+    assert status_line.startswith(b"HTTP/1.1 408"), reply[:300]
+    error = json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error["code"] == "request_timeout" and "--body-timeout" in error["message"]
+    assert get(server, "/conversations")["data"] == []  # the 408 stored nothing
+    # a body that arrives in time is answered as usual
+    status, raw = _post_raw(server, json.loads(body))
+    assert status == 200, raw

@@ -13,6 +13,7 @@ fmai serve [--model M | --upstream URL --upstream-model NAME [--upstream-key-env
            [--max-new-tokens N] [--system TEXT] [--host 127.0.0.1] [--port 8080]
            [--api-key KEY ...] [--insecure-public] [--kv-device-mb N] [--kv-host-mb N]
            [--kv-disk-dir DIR] [--kv-edit MODE] [--kv-keep-evicted N] [--header-timeout S]
+           [--body-timeout S]
 ```
 
 `fmai chat` is interactive by default: it streams each reply and prints one status line per
@@ -169,6 +170,12 @@ def _add_serve(sub: Any) -> None:
         type=_seconds,
         default=10.0,
         help="seconds a connection has to send a request's line and headers, else closed",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=30.0,
+        help="seconds a request has to send its whole body once its head arrived, else 408",
     )
     serve.add_argument(
         "--kv-device-mb",

@@ -137,6 +137,7 @@ def create_app(
     metrics: Any = None,
     *,
     threads: int = 64,
+    body_timeout: float = 30.0,
 ) -> Starlette:
     """The Starlette app serving `sessions` from `store`.
 
@@ -147,6 +148,8 @@ def create_app(
         model_name: The model id `GET /v1/models` lists and completions name.
         metrics: A `_Metrics` (built when `None`), whose exporter is among the engines' hooks.
         threads: Worker threads for the store and the model (blocking calls).
+        body_timeout: Seconds a request has to send its whole body once its head arrived
+            (past them: 408 and the connection closed).
     """
     metrics = metrics or _Metrics()
     running: set[asyncio.Task[None]] = set()  # streamed turns still running
@@ -164,7 +167,7 @@ def create_app(
 
     async def chat(request: Request) -> Response:
         who = owner(request)
-        req = parse_chat_request(await _read_body(request))
+        req = parse_chat_request(await _read_body(request, seconds=body_timeout))
         # the first given, even empty: an empty id is refused, not taken as none (one-off);
         # but `user` is OpenAI's own field, which clients may send empty: absent then
         given = (request.headers.get(SESSION_HEADER), req.metadata_id, req.user or None)
@@ -392,7 +395,7 @@ def create_app(
     async def search(request: Request) -> Response:
         who = owner(request)
         cid = check_id(request.path_params["cid"])
-        raw = await _read_body(request)
+        raw = await _read_body(request, seconds=body_timeout)
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
@@ -540,11 +543,15 @@ _MAX_TURN = 2**31 - 1
 MAX_BODY_BYTES = 32 << 20
 
 
-async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+async def _read_body(
+    request: Request, limit: int = MAX_BODY_BYTES, seconds: float | None = None
+) -> bytes:
     """The request's body, or `ApiError` 413 once it is over `limit` bytes.
 
     A declared `Content-Length` over the limit is refused before reading; a chunked body is
-    read on past the limit (discarded, up to twice it) so the client gets the answer.
+    read on past the limit (discarded, up to twice it) so the client gets the answer. A body
+    that has not all arrived within `seconds` is refused (408): a client trickling
+    its body (a slow-body slowloris) would hold a connection slot for ever.
     """
     too_big = ApiError(
         413,
@@ -557,16 +564,29 @@ async def _read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
         raise too_big
     parts: list[bytes] = []
     size = 0
-    try:
+
+    async def read() -> None:
+        nonlocal size
         async for piece in request.stream():
             size += len(piece)
             if size > 2 * limit:
                 break
             if size <= limit:
                 parts.append(piece)
+
+    try:
+        await asyncio.wait_for(read(), seconds)
     except ClientDisconnect:  # nobody reads the answer; nothing unexpected happened
         raise ApiError(
             499, "The client hung up before its request was complete. Nothing was changed."
+        ) from None
+    except asyncio.TimeoutError:
+        raise ApiError(
+            408,
+            f"The request body did not arrive within {seconds:g} s (the server's "
+            "--body-timeout). Nothing was changed.",
+            code="request_timeout",
+            headers={"Connection": "close"},
         ) from None
     if size > limit:
         raise too_big

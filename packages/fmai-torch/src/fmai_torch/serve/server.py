@@ -46,6 +46,7 @@ class ServeOptions:
     kv_edit: str = "recompute"
     kv_keep_evicted: int = 0
     header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
 
 def default_store_url() -> str:
@@ -147,7 +148,7 @@ def build_app(opts: ServeOptions, keys: list[str] | None = None) -> Any:
         hooks=[metrics.exporter],
     )
     sessions = Sessions(store, factory, serial=serial)
-    app = create_app(sessions, store, accepted, name, metrics)
+    app = create_app(sessions, store, accepted, name, metrics, body_timeout=opts.body_timeout)
     app.state.store_where = store.where
     return app
 
@@ -218,6 +219,9 @@ def run(opts: ServeOptions) -> int:
         return 2
     if not opts.header_timeout > 0:
         print("fmai: error: --header-timeout must be a number of seconds above 0", file=sys.stderr)
+        return 2
+    if not opts.body_timeout > 0:
+        print("fmai: error: --body-timeout must be a number of seconds above 0", file=sys.stderr)
         return 2
     auth = f"{len(set(keys))} API key(s)" if keys else "no API keys"
     print(
