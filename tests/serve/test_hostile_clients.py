@@ -569,3 +569,69 @@ def test_a_request_whose_body_trickles_gets_408_and_is_closed(
     # a body that arrives in time is answered as usual
     status, raw = _post_raw(server, json.loads(body))
     assert status == 200, raw
+
+
+def test_loaded_engines_are_bounded_by_bytes_and_searches_reuse_them(tmp_path: Path) -> None:
+    """Defects: the engines a server keeps loaded between turns were bounded by count only
+    (256), whatever their archives weighed, so 256 long conversations could hold gigabytes;
+    and a search of a conversation not loaded loaded its checkpoint again on every call (a
+    cost that grows with the archive, for each request). Now the cache is bounded by its
+    checkpoints' bytes too (`--engine-cache-mb`), least recent out, and a search's engine is
+    kept for the next search or turn."""
+    import asyncio
+
+    from fmai_core.testing import EchoBackend
+    from fmai_torch.serve.protocol import parse_chat_request
+    from fmai_torch.serve.sessions import EngineFactory, Sessions
+    from fmai_torch.serve.store import Store
+
+    loads: list[str] = []
+
+    class Counting(EngineFactory):
+        def load(self, document: str, cid: str = "?", key: Any = None) -> Any:
+            loads.append(cid)
+            return super().load(document, cid, key)
+
+    store = Store(sqlite(tmp_path))
+    factory = Counting(EchoBackend(), policy="sliding", max_tokens=400, max_new_tokens=20)
+    sessions = Sessions(store, factory)
+
+    def turn(cid: str, text: str) -> None:
+        req = parse_chat_request(
+            json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+        )
+
+        async def run() -> None:
+            async for _ in sessions.turn("owner", cid, req):
+                pass
+
+        asyncio.run(run())
+
+    try:
+        words = " ".join(f"word{i}" for i in range(60))
+        turn("a", words)
+        row = store.get("owner", "a", checkpoint=True)
+        assert row is not None and row.checkpoint is not None
+        sessions.cache_bytes = int(2.5 * len(row.checkpoint))  # two of these fit, not three
+        turn("b", words)
+        turn("c", words)
+        assert loads == []  # b and c are cached; a went out when c came in
+        turn("c", words)
+        turn("b", words)
+        assert loads == []
+        turn("a", words)
+        assert loads == ["a"]  # loaded again
+        # a search of a conversation that is not loaded (c went out for a) loads it once
+        for _ in range(3):
+            found = asyncio.run(sessions.search("owner", "c", "word7"))
+            assert found is not None
+        assert loads == ["a", "c"]
+        turn("c", words)  # the engine the search loaded serves the turn
+        assert loads == ["a", "c"]
+        sessions.cache_bytes = len(row.checkpoint) // 2  # none fits now: none is kept
+        turn("b", words)
+        turn("b", words)
+        assert loads[-2:] == ["b", "b"]
+    finally:
+        store.close()
+        factory.close()

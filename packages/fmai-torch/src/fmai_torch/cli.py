@@ -13,7 +13,7 @@ fmai serve [--model M | --upstream URL --upstream-model NAME [--upstream-key-env
            [--max-new-tokens N] [--system TEXT] [--host 127.0.0.1] [--port 8080]
            [--api-key KEY ...] [--insecure-public] [--kv-device-mb N] [--kv-host-mb N]
            [--kv-disk-dir DIR] [--kv-edit MODE] [--kv-keep-evicted N] [--header-timeout S]
-           [--body-timeout S]
+           [--body-timeout S] [--engine-cache-mb N]
 ```
 
 `fmai chat` is interactive by default: it streams each reply and prints one status line per
@@ -176,6 +176,12 @@ def _add_serve(sub: Any) -> None:
         type=_seconds,
         default=30.0,
         help="seconds a request has to send its whole body once its head arrived, else 408",
+    )
+    serve.add_argument(
+        "--engine-cache-mb",
+        type=_megabytes,
+        default=256.0,
+        help="MiB of conversations kept loaded between turns (by checkpoint size, LRU)",
     )
     serve.add_argument(
         "--kv-device-mb",

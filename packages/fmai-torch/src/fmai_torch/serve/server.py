@@ -47,6 +47,7 @@ class ServeOptions:
     kv_keep_evicted: int = 0
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    engine_cache_mb: float = 256.0
 
 
 def default_store_url() -> str:
@@ -147,7 +148,8 @@ def build_app(opts: ServeOptions, keys: list[str] | None = None) -> Any:
         max_policy_ms=opts.max_policy_ms,
         hooks=[metrics.exporter],
     )
-    sessions = Sessions(store, factory, serial=serial)
+    cache_bytes = int(opts.engine_cache_mb * 2**20)
+    sessions = Sessions(store, factory, serial=serial, cache_bytes=cache_bytes)
     app = create_app(sessions, store, accepted, name, metrics, body_timeout=opts.body_timeout)
     app.state.store_where = store.where
     return app

@@ -265,6 +265,8 @@ class _Cached:
     etag: str
     #: The JSON of the segments of its last checkpoint (see `EngineFactory.dump`).
     fragments: dict[int, Any]
+    #: Characters of its last checkpoint document: what the cache's byte budget counts.
+    size: int = 0
 
 
 class Sessions:
@@ -275,14 +277,25 @@ class Sessions:
         factory: Builds the engines.
         serial: Generate one reply at a time (a local model has one KV cache).
         cache_size: Engines kept in memory, least recently used dropped first.
+        cache_bytes: The most their checkpoints may weigh together (characters of the
+            checkpoint documents, a proxy for the memory an engine holds: its archive's
+            text, index and vectors); least recently used dropped first. An engine whose
+            checkpoint alone is over it is not kept (each turn loads it again).
     """
 
     def __init__(
-        self, store: Store, factory: EngineFactory, *, serial: bool = False, cache_size: int = 256
+        self,
+        store: Store,
+        factory: EngineFactory,
+        *,
+        serial: bool = False,
+        cache_size: int = 256,
+        cache_bytes: int = 256 << 20,
     ) -> None:
         self.store, self.factory = store, factory
-        self.cache_size = cache_size
+        self.cache_size, self.cache_bytes = cache_size, cache_bytes
         self._cache: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
+        self._cache_total = 0  # the sizes of the engines in `_cache`
         self._locks: dict[tuple[str, str], list[Any]] = {}
         self._serial = asyncio.Semaphore(1) if serial else None
 
@@ -300,7 +313,7 @@ class Sessions:
 
     def forget(self, owner: str, cid: str) -> None:
         """Drop a conversation's engine from the cache, and its KV cache (a local model)."""
-        self._cache.pop((owner, cid), None)
+        self._take((owner, cid))
         self.factory.forget((owner, cid))
 
     async def turn(
@@ -386,7 +399,7 @@ class Sessions:
 
     async def _engine(self, tx: TurnTx) -> _Cached | None:
         """The conversation's engine as stored (`None`: a new conversation)."""
-        cached = self._cache.pop((tx.owner, tx.id), None)
+        cached = self._take((tx.owner, tx.id))
         if tx.row is None:
             return None
         if cached is not None and cached.etag == tx.etag:
@@ -394,7 +407,7 @@ class Sessions:
         document = await _on_tx(tx.checkpoint)
         key = (tx.owner, tx.id)
         llm = await asyncio.to_thread(self.factory.load, document, tx.id, key)
-        return _Cached(llm, tx.etag or "", {})
+        return _Cached(llm, tx.etag or "", {}, len(document))
 
     async def _extend(self, llm: FiniteMemoryLLM, history: Sequence[tuple[Role, str]]) -> None:
         if history:
@@ -429,8 +442,12 @@ class Sessions:
             records.append(TurnRecord(stats["turn"], turn_summary(outcome.trace), outcome.trace))
         tokens = (stats["prompt_tokens"], sum(s.tokens for s in llm.state.archive))
 
+        size = 0
+
         def commit_turn() -> str:  # one trip to a worker thread: encode, then commit
+            nonlocal size
             document = self.factory.dump(llm, fragments)
+            size = len(document)
             return tx.commit(document, new, llm.state.turn, title, records=records, tokens=tokens)
 
         commit = asyncio.ensure_future(asyncio.to_thread(commit_turn))
@@ -442,10 +459,26 @@ class Sessions:
             # record from before it and be refused (409) when it commits
             await asyncio.wait([commit])
             raise
-        self._cache[(tx.owner, tx.id)] = _Cached(llm, etag, fragments)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._put((tx.owner, tx.id), _Cached(llm, etag, fragments, size))
         yield outcome
+
+    def _take(self, key: tuple[str, str]) -> _Cached | None:
+        """Remove and return a conversation's cached engine (a turn owns it meanwhile)."""
+        cached = self._cache.pop(key, None)
+        if cached is not None:
+            self._cache_total -= cached.size
+        return cached
+
+    def _put(self, key: tuple[str, str], cached: _Cached) -> None:
+        """Cache an engine as the most recent; drop the least recent past either bound."""
+        self._take(key)
+        if cached.size > self.cache_bytes:
+            return
+        self._cache[key] = cached
+        self._cache_total += cached.size
+        while len(self._cache) > self.cache_size or self._cache_total > self.cache_bytes:
+            _, gone = self._cache.popitem(last=False)
+            self._cache_total -= gone.size
 
     async def _generate(
         self, llm: FiniteMemoryLLM, req: ChatRequest, cid: str | None
@@ -495,11 +528,18 @@ class Sessions:
         row = await asyncio.to_thread(self.store.get, owner, cid, checkpoint=True)
         if row is None:
             return None
-        cached = self._cache.get((owner, cid))
+        key = (owner, cid)
+        cached = self._cache.get(key)
         if cached is not None and cached.etag == row.etag:
             llm = cached.llm
+            self._cache.move_to_end(key)
         else:
             assert row.checkpoint is not None
-            llm = await asyncio.to_thread(self.factory.load, row.checkpoint, cid, (owner, cid))
+            llm = await asyncio.to_thread(self.factory.load, row.checkpoint, cid, key)
+            # kept for the next search or turn (it was loaded again on each search), unless
+            # meanwhile a turn committed a newer one or holds the conversation (it puts its
+            # own when it ends)
+            if key not in self._cache and key not in self._locks:
+                self._put(key, _Cached(llm, row.etag or "", {}, len(row.checkpoint)))
         trace = await asyncio.to_thread(llm.trace, query)
         return trace.to_dict()
