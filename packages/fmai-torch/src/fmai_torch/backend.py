@@ -621,13 +621,14 @@ async def _cancellable(call: Callable[[threading.Event], T]) -> T:
     and leave the model generating to the end of the reply.)"""
     cancel = threading.Event()
     work = asyncio.ensure_future(asyncio.to_thread(call, cancel))
+    # retrieved even when nobody awaits it any more (cancelled twice): the cancellation is
+    # what the caller sees
+    work.add_done_callback(lambda done: done.cancelled() or done.exception())
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
         cancel.set()
         await asyncio.wait([work])  # one token, or the end of a prefill under way
-        if not work.cancelled():
-            work.exception()  # retrieved: the cancellation is what is raised
         raise
 
 
