@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -65,10 +66,8 @@ async def trial(backend: Any, how: str, tokens: int, after: float) -> float:
     await asyncio.sleep(after)
     cancelled = time.perf_counter()
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
     await asyncio.to_thread(backend.handle.lock.acquire)  # held until the model stops
     busy = time.perf_counter() - cancelled
     backend.handle.lock.release()
