@@ -174,6 +174,10 @@ def run_reuse(
                     "recall_shown_dropped": s.policy_stats.get("recall_shown_dropped", 0),
                     "recall_share": s.policy_stats.get("recall_share"),
                     "ttft_ms": s.ttft_ms,
+                    # TTFT counts planning, the policy's calls included (with max_policy_ms=None
+                    # the model's attention signals can take seconds; fmai chat caps them at
+                    # 200 ms); policy_ms is those calls plus the turn's `prepare` after the reply
+                    "policy_ms": s.policy_ms,
                     "kv": s.kv,
                 }
             )
