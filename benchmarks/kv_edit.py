@@ -471,6 +471,16 @@ def load(args: argparse.Namespace) -> dict[str, Any]:
                 kv_keep_evicted=args.keep_evicted,
             )
         _sequential(out[SPLICE_SEQUENTIAL])
+        # `rerotate+evicted+freshN`: the first N tokens of each spliced run recomputed
+        for name in (args.modes or "").split(","):
+            if name.startswith(SPLICE + "+fresh") and name[len(SPLICE) + 6 :].isdigit():
+                out[name] = HFBackend(
+                    first.model,
+                    tokenizer=first.tokenizer,
+                    kv_edit="rerotate",
+                    kv_keep_evicted=args.keep_evicted,
+                )
+                out[name]._kv.fresh_run_start = int(name[len(SPLICE) + 6 :])
     for b in out.values():
         b.threads = first.threads
     return out

@@ -665,3 +665,37 @@ def test_an_evicted_run_spliced_twice_and_at_the_prompt_end() -> None:
     # a prompt equal to what the cache holds serves all of it but its last token
     again = kv.prepare(list(kv.ids))
     assert again.reused == len(prompt) - 2 and "from_evicted" not in again.info
+
+
+def test_fresh_run_start_computes_the_first_tokens_of_each_spliced_run() -> None:
+    """`KVCache.fresh_run_start = k` (an experiment on kept evictions' quality cost): the
+    first k tokens of a spliced run are computed with the gap before it, in the same masked
+    pass, instead of reused. After an exact prefix they then equal a fresh prefill in every
+    layer, while the reused rest still holds the keys and values made after other text."""
+    model = _llama(ROPES["default"])
+    prefix, block, tail = _tokens(20, 13), _tokens(40, 14), _tokens(30, 15)
+    header, k = [11, 12], 6
+    prompt = prefix + header + block + [9]
+    fresh = _prefill(model, prompt[:-1])
+    caches = {}
+    for start in (0, k):
+        kv = KVCache("rerotate", RopeEditor(model), keep_evicted=256)
+        kv.forward = _forward_with(model)
+        kv.fresh_run_start = start
+        _hold(kv, model, prefix + block + tail)
+        kv.prepare([*prefix, 9])  # the block and the tail are evicted
+        ready = kv.prepare(prompt)  # the block is recalled
+        assert ready.info["from_evicted"] == len(block) - start
+        assert ready.info["computed_between"] == len(header) + start
+        assert ready.reused == len(prompt) - 1 and kv.ids == prompt[:-1]
+        caches[start] = ready.cache
+    at = len(prefix + header)
+    for layer, ref in zip(caches[k].layers, fresh.layers):
+        for part in ("keys", "values"):
+            got, want = getattr(layer, part), getattr(ref, part)
+            assert (got[..., : at + k, :] - want[..., : at + k, :]).abs().max() < 1e-9
+    # without it, the run's first tokens are the stale ones (past layer 0), as is the rest
+    deep, ref = caches[0].layers[-1], fresh.layers[-1]
+    assert (deep.values[..., at : at + k, :] - ref.values[..., at : at + k, :]).abs().max() > 1e-6
+    rest = caches[k].layers[-1].values[..., at + k :, :]
+    assert (rest - ref.values[..., at + k :, :]).abs().max() > 1e-6

@@ -157,6 +157,10 @@ class KVCache:
         #: custom attention mask (the backend turns it off for attention implementations
         #: that take none, e.g. flash attention: then each gap is a pass of its own).
         self.batch_gaps = True
+        #: `keep_evicted`: the first this-many tokens of each spliced run are computed with
+        #: the gap before it instead of reused (their keys and values were made after other
+        #: text; an experiment on the quality cost, 0 by default: see the KV cache docs).
+        self.fresh_run_start = 0
         self._cache: Any = None
         self.ids: list[int] = []
         self.positions: list[int] = []
@@ -357,6 +361,12 @@ class KVCache:
                 continue
             plan.append((k - i, e, o, n))
             i = k = k + n
+        if self.fresh_run_start:
+            fresh = self.fresh_run_start
+            plan = [
+                (g + min(fresh, n - 1), e, o + min(fresh, n - 1), n - min(fresh, n - 1))
+                for g, e, o, n in plan
+            ]
         served = sum(n for _, _, _, n in plan)
         if served < MIN_GAIN:
             return keep
