@@ -675,3 +675,66 @@ def test_an_embedder_s_unusable_vectors_are_skipped_so_saves_load(
         again = FiniteMemoryLLM.load(tmp_path / "c.json", EchoBackend(), embedder=OddEmbedder(kind))
         assert again.state.to_dict() == llm.state.to_dict()
         assert again.chat("what about Ada?").response
+
+
+def test_a_turn_cancelled_while_it_plans_holds_the_conversation_until_the_plan_ends() -> None:
+    """Planning runs in a worker thread under the conversation's lock (and may run model
+    signals): a turn cancelled meanwhile hands the conversation on only once it has ended,
+    however many times it is cancelled, and stores nothing (before, the cancellation went
+    on at once, the planning still running)."""
+    llm = make()
+    planning, release = threading.Event(), threading.Event()
+    plan = llm._planner.plan
+
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        if not planning.is_set():
+            planning.set()
+            assert release.wait(30)
+        return plan(*args, **kwargs)
+
+    llm._planner.plan = gated  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(llm.achat("first"))
+        assert await asyncio.to_thread(planning.wait, 30)
+        for _ in range(2):
+            task.cancel()
+            for _ in range(10):
+                await asyncio.sleep(0)
+        assert not task.done() and llm._turn._held
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not llm._turn._held and llm.stats.turns == 0
+        assert (await asyncio.wait_for(llm.achat("after"), 10)).response == "echo: after"
+
+    asyncio.run(scenario())
+
+
+def test_closing_an_async_stream_closes_the_backends_stream_before_it_returns() -> None:
+    """`aclose()` of `FiniteMemoryLLM.astream` closes the backend's stream itself before it
+    hands the conversation on (before, the backend's stream was left to the garbage
+    collector, closed later: a local model went on generating meanwhile)."""
+    closed: list[bool] = []
+
+    class Tracked(EchoBackend):
+        async def astream(
+            self, messages: Sequence[Message], **params: Any
+        ) -> AsyncIterator[StreamChunk]:
+            try:
+                for word in ("one ", "two ", "three "):
+                    yield StreamChunk(word)
+                    await asyncio.sleep(0)
+            finally:
+                closed.append(True)
+
+    llm = make(backend=Tracked())
+
+    async def scenario() -> None:
+        stream = llm.astream("hello")
+        assert await anext(stream) == "one "
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert closed == [True]
+        assert not llm._turn._held and llm.stats.turns == 0
+
+    asyncio.run(scenario())

@@ -260,3 +260,144 @@ async def test_cancelled_turn_stops_the_model_and_stores_nothing(
     assert llm.stats.turns == 1 and len(llm.messages()) == 2
     done = await llm.achat("what is my name ?", max_new_tokens=4)
     assert done.stats.turn == 1
+
+
+def _model_free(b) -> bool:  # type: ignore[no-untyped-def]
+    free = b.handle.lock.acquire(blocking=False)
+    if free:
+        b.handle.lock.release()
+    return bool(free)
+
+
+async def _a_few_passes() -> None:
+    """Let the event loop run a few times (what a cancellation needs to go through)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("how", ["agenerate", "astream"])
+async def test_a_second_cancel_still_waits_for_the_model(
+    make_backend, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A cancellation that arrives twice (a second `cancel()`; an anyio cancel scope
+    repeats its cancel on every pass of the loop) still returns only once the model is
+    free (before, the second one went on at once, the model still making its token)."""
+    b = make_backend()
+    reached, release, made = _gate_after(monkeypatch, 4)
+
+    async def read() -> None:
+        if how == "agenerate":
+            await b.agenerate(MESSAGES, max_new_tokens=200, min_new_tokens=200)
+        else:
+            async for _ in b.astream(MESSAGES, max_new_tokens=200, min_new_tokens=200):
+                pass
+
+    task = asyncio.create_task(read())
+    assert await asyncio.to_thread(reached.wait, 60)
+    task.cancel()
+    await _a_few_passes()
+    task.cancel()
+    await _a_few_passes()
+    assert not task.done()  # its token is still being made
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _model_free(b)
+    assert made() <= 6
+
+
+async def test_a_cancelled_turn_whose_cancel_repeats_holds_the_conversation_to_the_end(
+    make_backend, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """`achat` cancelled twice mid-reply: the conversation is handed on only once the model
+    is free (a turn waiting for it starts then), and nothing is stored."""
+    from fmai_core import FiniteMemoryLLM
+
+    b = make_backend()
+    llm = FiniteMemoryLLM(b, max_tokens=1024, max_new_tokens=400)
+    await llm.achat("hello , my name is ada .", max_new_tokens=4)
+    reached, release, made = _gate_after(monkeypatch, 3)
+    task = asyncio.create_task(llm.achat("what is my name ?", min_new_tokens=400))
+    assert await asyncio.to_thread(reached.wait, 60)
+    task.cancel()
+    await _a_few_passes()
+    task.cancel()
+    await _a_few_passes()
+    assert not task.done()
+    assert llm._turn._held  # the conversation is not handed on while the model runs
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _model_free(b) and not llm._turn._held
+    assert made() <= 5
+    assert llm.stats.turns == 1 and len(llm.messages()) == 2
+
+
+@pytest.mark.parametrize("engine", [False, True])
+async def test_closing_a_stream_early_waits_for_the_model(
+    make_backend, monkeypatch: pytest.MonkeyPatch, engine: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """`aclose()` of `astream` (what `break` in `async with aclosing(...)` does) returns once
+    the model has stopped, and `FiniteMemoryLLM.astream` hands the conversation on only
+    then (before, the inner stream was left to the garbage collector: the close returned
+    at once, the model still generating and the conversation free)."""
+    from fmai_core import FiniteMemoryLLM
+
+    b = make_backend()
+    llm = FiniteMemoryLLM(b, max_tokens=1024, max_new_tokens=400)
+    reached, release, made = _gate_after(monkeypatch, 4)
+    if engine:
+        stream = llm.astream("what is my name ?", min_new_tokens=400)
+    else:
+        stream = b.astream(MESSAGES, max_new_tokens=200, min_new_tokens=200)
+    await anext(stream)
+    assert await asyncio.to_thread(reached.wait, 60)
+    closing = asyncio.create_task(stream.aclose())  # type: ignore[attr-defined]
+    await _a_few_passes()
+    assert not closing.done()  # the token being made is waited for
+    assert not engine or llm._turn._held
+    release.set()
+    await closing
+    assert _model_free(b) and not llm._turn._held
+    assert made() <= 6
+    if engine:
+        assert llm.stats.turns == 0
+        assert (await llm.achat("what is my name ?", max_new_tokens=3)).stats.turn == 0
+
+
+@pytest.mark.parametrize("how", ["agenerate", "astream"])
+async def test_a_call_cancelled_while_waiting_for_the_model_runs_nothing(
+    make_backend, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A conversation's call cancelled while another conversation's turn has the model
+    ends without waiting for that turn, and never runs (before, it waited for the other
+    reply's end, then prefilled its prompt and made a token that nobody read, in a cache
+    the pool made room for)."""
+    b = make_backend()
+    reached, release, made = _gate_after(monkeypatch, 4)
+    one, two = b.conversation("one"), b.conversation("two")
+    first = asyncio.create_task(one.agenerate(MESSAGES, max_new_tokens=30, min_new_tokens=30))
+    assert await asyncio.to_thread(reached.wait, 60)
+
+    async def read() -> None:
+        if how == "agenerate":
+            await two.agenerate(MESSAGES, max_new_tokens=30)
+        else:
+            async for _ in two.astream(MESSAGES, max_new_tokens=30):
+                pass
+
+    waiting = asyncio.create_task(read())
+    await _a_few_passes()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, 60)  # while the first reply is still held
+    assert not first.done()
+    release.set()
+    assert (await first).usage.completion_tokens == 30
+    assert made() == 30  # the first reply's tokens, none of the cancelled call's
+    assert "two" not in b.pool and _model_free(b)
+    again = await two.agenerate(MESSAGES, max_new_tokens=5)
+    assert (
+        again.extra["token_ids"]
+        == make_backend(kv_reuse=False).generate(MESSAGES, max_new_tokens=5).extra["token_ids"]
+    )

@@ -8,11 +8,11 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from os import PathLike
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from fmai_core.backend import (
     AsyncBackend,
@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from fmai_core.trace import TurnTrace
 
 __all__ = ["GENERATION_PARAMS", "ChatResult", "FiniteMemoryLLM"]
+
+_T = TypeVar("_T")
 
 #: Generation parameters `FiniteMemoryLLM` takes as keyword arguments (what the backends
 #: document); any other backend parameter goes in its `generation=` mapping.
@@ -739,20 +741,12 @@ class FiniteMemoryLLM:
         (a model's forward pass, with a model embedder) and runs the hooks, which must not
         block the event loop. A turn cancelled here is committed: the commit runs to its
         end before the turn is handed on, then the cancellation goes on."""
-        import asyncio
 
         def finish_here() -> ChatResult:
             with self._turn.guest():  # a hook that starts a turn here is refused
                 return self._finish(version, new, plan, gen, start, gen_start)
 
-        finish = asyncio.ensure_future(asyncio.to_thread(finish_here))
-        try:
-            return await asyncio.shield(finish)
-        except asyncio.CancelledError:
-            await asyncio.wait([finish])
-            if not finish.cancelled():
-                finish.exception()  # retrieved: the cancellation is what is raised
-            raise
+        return await _in_thread_to_its_end(finish_here)
 
     @staticmethod
     def _backend_error(exc: Exception) -> FMAIError:
@@ -845,7 +839,7 @@ class FiniteMemoryLLM:
         params = self._params(params)
         await self._turn.acquire_async()
         try:
-            version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
+            version, _, new, plan, start = await _in_thread_to_its_end(self._plan_turn, text)
             gen_start = time.perf_counter()
             try:
                 if isinstance(self.backend, AsyncBackend):
@@ -865,19 +859,27 @@ class FiniteMemoryLLM:
         params = self._params(params)
         await self._turn.acquire_async()
         try:
-            version, _, new, plan, start = await asyncio.to_thread(self._plan_turn, text)
+            version, _, new, plan, start = await _in_thread_to_its_end(self._plan_turn, text)
             gen_start = time.perf_counter()
             gen: Generation | None = None
             parts: list[str] = []
             try:
                 if isinstance(self.backend, AsyncBackend):
-                    async for chunk in self.backend.astream(plan.messages, **params):
-                        if chunk.text:
-                            piece = _encodable(chunk.text)  # what is yielded is what is stored
-                            parts.append(piece)
-                            yield piece
-                        if chunk.generation is not None:
-                            gen = chunk.generation
+                    chunks = self.backend.astream(plan.messages, **params)
+                    try:
+                        async for chunk in chunks:
+                            if chunk.text:
+                                piece = _encodable(chunk.text)  # what is yielded is stored
+                                parts.append(piece)
+                                yield piece
+                            if chunk.generation is not None:
+                                gen = chunk.generation
+                    finally:
+                        # closed before the turn is handed on (left to the garbage
+                        # collector, the backend's stream would run on meanwhile)
+                        close = getattr(chunks, "aclose", None)
+                        if close is not None:
+                            await close()
                 else:
                     gen = _storable(
                         await asyncio.to_thread(self.backend.generate, plan.messages, **params)
@@ -1054,6 +1056,26 @@ class FiniteMemoryLLM:
             role = cast(Role, head.role)
             out.append(Message(role, "".join(parts), head.name, head.timestamp))
         return out
+
+
+async def _in_thread_to_its_end(call: Callable[..., _T], *args: Any) -> _T:
+    """`call(*args)` in a worker thread. A cancellation that arrives meanwhile waits for
+    the call's end before it goes on (however many arrive: a second `cancel()`, or an
+    anyio cancel scope, which repeats its cancel on every pass of the loop), so a
+    cancelled turn leaves nothing running (planning under the conversation's lock, model
+    signals, a commit) after it has handed the conversation on."""
+    import asyncio
+
+    work = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        while not work.done():
+            with suppress(asyncio.CancelledError):  # the first one is raised, below
+                await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # retrieved: the cancellation is what is raised
+        raise
 
 
 def _storable(gen: Generation) -> Generation:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
 from fmai_core.backend import Generation, StreamChunk
@@ -442,12 +443,16 @@ class HFBackend:
         params: dict[str, Any],
         cancel: threading.Event | None = None,
     ) -> Generation:
-        with self.handle.lock:
+        if not _hold(self.handle.lock, cancel):
+            raise _Cancelled
+        try:
             run = self._start(messages, params, key=key, cancel=cancel)
             try:
                 return run.run()
             finally:
                 self._pool.enforce(keep=key)
+        finally:
+            self.handle.lock.release()
 
     def _stream_key(
         self,
@@ -456,12 +461,16 @@ class HFBackend:
         params: dict[str, Any],
         cancel: threading.Event | None = None,
     ) -> Generator[StreamChunk, None, None]:
-        with self.handle.lock:
+        if not _hold(self.handle.lock, cancel):
+            return  # left while it waited for the model: nothing was run
+        try:
             run = self._start(messages, params, key=key, cancel=cancel)
             try:
                 yield from run.iterate()
             finally:
                 self._pool.enforce(keep=key)
+        finally:
+            self.handle.lock.release()
 
     def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
         """Generate a reply (see [`Backend.generate`][fmai_core.backend.Backend.generate]).
@@ -521,8 +530,10 @@ class HFBackend:
         generation after the token being made, as `agenerate` does.
         """
         cancel = threading.Event()
-        async for chunk in _in_threads(self._stream_key("", messages, params, cancel), cancel):
-            yield chunk
+        stream = _in_threads(self._stream_key("", messages, params, cancel), cancel)
+        async with contextlib.aclosing(stream):  # closed here, not later by the collector
+            async for chunk in stream:
+                yield chunk
 
     def __repr__(self) -> str:
         return (
@@ -579,9 +590,10 @@ class ConversationBackend:
     ) -> AsyncIterator[StreamChunk]:
         """Async `stream`: chunks arrive as tokens are made (leaving early stops the model)."""
         cancel = threading.Event()
-        stream = self.backend._stream_key(self.key, messages, params, cancel)
-        async for chunk in _in_threads(stream, cancel):
-            yield chunk
+        chunks = _in_threads(self.backend._stream_key(self.key, messages, params, cancel), cancel)
+        async with contextlib.aclosing(chunks):  # closed here, not later by the collector
+            async for chunk in chunks:
+                yield chunk
 
     def save_kv(self, path: str | os.PathLike[str], tag: str = "", *, key: str = "") -> int:
         """[`HFBackend.save_kv`][fmai_torch.HFBackend.save_kv] of this conversation."""
@@ -628,13 +640,49 @@ async def _cancellable(call: Callable[[threading.Event], T]) -> T:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
         cancel.set()
-        await asyncio.wait([work])  # one token, or the end of a prefill under way
+        await _outlast(work)  # one token, or the end of a prefill under way
         raise
+
+
+class _Cancelled(Exception):
+    """A call cancelled while it waited for the model: it ran nothing."""
+
+
+def _hold(lock: threading.Lock, cancel: threading.Event | None) -> bool:
+    """Take `lock` for a generation; `False` (not taken) once `cancel` is set first.
+
+    A call cancelled while another conversation's turn has the model gives up its wait
+    (checked every 20 ms) instead of waiting for that turn's end and then prefilling a
+    prompt and making a token that nobody reads."""
+    if cancel is None:
+        lock.acquire()
+        return True
+    while not lock.acquire(timeout=0.02):
+        if cancel.is_set():
+            return False
+    if cancel.is_set():
+        lock.release()
+        return False
+    return True
+
+
+async def _outlast(work: asyncio.Future[Any]) -> bool:
+    """Wait until `work` (a worker thread's future) is done, whatever cancellations arrive
+    meanwhile (a second `cancel()`, or an anyio cancel scope, which repeats its cancel on
+    every pass of the loop): so a cancelled call leaves nothing running behind it.
+    Returns whether a cancellation arrived (the caller raises it once the work is done)."""
+    cancelled = False
+    while not work.done():
+        try:
+            await asyncio.wait([work])
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
 
 
 async def _in_threads(
     iterator: Generator[StreamChunk, None, None], cancel: threading.Event
-) -> AsyncIterator[StreamChunk]:
+) -> AsyncGenerator[StreamChunk, None]:
     """Drive a blocking stream from async code: each step (and the close) in a worker thread.
 
     Left early (closed, or its task cancelled while a step is in a thread), it sets
@@ -662,4 +710,9 @@ async def _in_threads(
             yield chunk
     finally:
         cancel.set()
-        await asyncio.to_thread(close)
+        closing = asyncio.ensure_future(asyncio.to_thread(close))
+        if await _outlast(closing):
+            if not closing.cancelled():
+                closing.exception()  # retrieved: the cancellation is what is raised
+            raise asyncio.CancelledError
+        closing.result()
