@@ -8,7 +8,14 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from os import PathLike
@@ -852,7 +859,7 @@ class FiniteMemoryLLM:
         finally:
             self._turn.release()
 
-    async def astream(self, text: str, **params: Any) -> AsyncIterator[str]:
+    async def astream(self, text: str, **params: Any) -> AsyncGenerator[str, None]:
         """Async [`stream`][fmai_core.engine.FiniteMemoryLLM.stream] (it holds the turn alike)."""
         import asyncio
 

@@ -501,10 +501,13 @@ class Sessions:
         try:
             if req.stream:
                 parts = []
-                async for piece in llm.astream(req.message, **params):
-                    _check_reply(piece)  # the engine is dropped (not cached) when it raises
-                    parts.append(piece)
-                    yield piece
+                # closed here when a piece is refused (left to the garbage collector, the
+                # model ran on after the serial slot was handed to the next turn)
+                async with contextlib.aclosing(llm.astream(req.message, **params)) as pieces:
+                    async for piece in pieces:
+                        _check_reply(piece)  # the engine is dropped (not cached) if it raises
+                        parts.append(piece)
+                        yield piece
                 text, stats, trace = "".join(parts), llm.last_stats, llm.last_trace
             else:
                 result = await llm.achat(req.message, **params)
