@@ -201,3 +201,25 @@ def test_document_text_with_a_message_holding_the_marker_shape() -> None:
     summary = Segment(10_000, 10_000, "system", "Earlier: the weather.", 6, kind="summary")
     snap = dataclasses.replace(snap, state=dataclasses.replace(snap.state, summary=summary))
     assert json.loads(document_text(snap, {})) == document(snap)
+
+
+def test_loaded_conversation_recalls_as_the_saved_one_for_a_common_term(tmp_path: Path) -> None:
+    # A term in more messages than the recall index scans (SCAN_LIMIT, newest first): the
+    # loaded index must scan the same messages, so it must index them in conversation
+    # order (it indexed the history before the archive, so it scanned older messages).
+    llm = FiniteMemoryLLM(
+        EchoBackend(), "semantic", max_tokens=300, max_new_tokens=32, max_policy_ms=None
+    )
+    messages: list[Message] = []
+    for i in range(150):  # older notes are shorter: they score higher when scanned
+        messages += [
+            Message("user", f"zebra note {i} " + "filler " * (150 - i)),
+            Message("assistant", "ok"),
+        ]
+    llm.extend(messages)
+    llm.chat("zebra")  # evicts most of it to the archive
+    path = tmp_path / "chat.json"
+    llm.save(path)
+    again = FiniteMemoryLLM.load(path, EchoBackend())
+    assert len(again.state.archive) > 128
+    assert again.context("zebra") == llm.context("zebra")

@@ -1009,7 +1009,9 @@ class FiniteMemoryLLM:
                     f"{path} is damaged: its embeddings ({exc}). Restore a backup."
                 ) from None
         llm._commit(state)
-        llm._prepare([*state.history, *state.archive])
+        # in conversation order, as the turns indexed them: the recall index scans a common
+        # term's newest postings, so an index built history-first recalls other messages
+        llm._prepare(sorted([*state.history, *state.archive], key=lambda s: s.id))
         llm._stats = replace(snap.stats)
         return llm
 
