@@ -603,16 +603,32 @@ class FiniteMemoryLLM:
         self._state = state
         self._version += 1
 
-    def _index(self, segments: Sequence[Segment]) -> None:
-        """Add segments now in memory to the recall index (embedded in one batch)."""
+    def _index(self, segments: Sequence[Segment], dropped: Sequence[Segment] = ()) -> None:
+        """Add segments now in memory to the recall index (embedded in one batch), and
+        forget there the `dropped` segments of a full archive: the index then holds what one
+        built from the record holds (as `load` builds it), so a saved conversation recalls
+        the same after `load`, and dropped messages weigh nothing in its term statistics."""
         index = self._planner.index
+        if dropped:
+            from fmai_core.segments import find_by_id
+
+            state = self._state
+            # the parts of a message have consecutive ids: look up what is left of each
+            ids = sorted({s.id - s.part + i for s in dropped for i in range(s.parts)})
+            left: dict[int, list[Segment]] = {}
+            for s in sorted(
+                [*find_by_id(state.archive, ids), *find_by_id(state.history, ids)],
+                key=lambda s: s.id,
+            ):
+                left.setdefault(s.message_id, []).append(s)
+            index.forget({s.message_id for s in dropped}, left)
         index.add(segments, embed=self._planner.signals.embed)
         state = self._state
         live = len(state.history) + len(state.archive)
         if index.size > 2 * live + 64:  # the archive dropped messages: forget them
             index.prune({s.message_id for s in (*state.history, *state.archive)})
 
-    def _prepare(self, segments: Sequence[Segment]) -> float:
+    def _prepare(self, segments: Sequence[Segment], dropped: Sequence[Segment] = ()) -> float:
         """Let the policy precompute what it needs from segments now in memory; return ms.
 
         Called once memory is committed. A failure only costs speed later (the work is done
@@ -620,7 +636,7 @@ class FiniteMemoryLLM:
         """
         start = time.perf_counter()
         try:
-            self._index(segments)
+            self._index(segments, dropped)
             self._planner.policy.prepare(segments)
         except Exception as exc:
             warnings.warn(
@@ -671,7 +687,7 @@ class FiniteMemoryLLM:
                 from fmai_core.policies.base import Signals
 
                 self._planner.signals = Signals()
-            prepare_ms = self._prepare([*new, *reply])
+            prepare_ms = self._prepare([*new, *reply], plan.dropped_segments)
             u = gen.usage
             prompt = u.prompt_tokens or plan.prompt_tokens
             estimated = list(getattr(u, "estimated", ()))

@@ -66,6 +66,8 @@ class Plan:
     recall_scores: dict[int, float] = field(default_factory=dict)
     #: Archived segments a full archive dropped in this plan.
     dropped: int = 0
+    #: Those segments (the engine forgets them in the recall index when the turn commits).
+    dropped_segments: tuple[Segment, ...] = ()
     #: Tokens of the plan's archive (`state.archive`).
     archive_tokens: int = 0
 
@@ -228,7 +230,7 @@ class Planner:
 
     def _archive(
         self, archive: tuple[Segment, ...], add: Sequence[Segment]
-    ) -> tuple[tuple[Segment, ...], int]:
+    ) -> tuple[tuple[Segment, ...], list[Segment]]:
         total = self.archive_tokens(archive) + sum(s.tokens for s in add)
         merged = list(archive)  # sorted by id; what is added is small
         for segment in add:
@@ -238,7 +240,7 @@ class Planner:
             out = tuple(merged)
             self._remember(out, total)
             self.index.derive(out, archive, add)
-            return out, 0
+            return out, []
         excess = len(merged) - limit
         dropped = heapq.nsmallest(excess, merged, key=_drop_order)
         drop = {s.id for s in dropped}
@@ -246,7 +248,7 @@ class Planner:
         self._remember(out, total - sum(s.tokens for s in dropped))
         dropped_old = [s for s in dropped if s not in add]  # added and dropped: never there
         self.index.derive(out, archive, [s for s in add if s.id not in drop], dropped_old)
-        return out, excess
+        return out, dropped
 
     def plan(self, state: MemoryState, new: Sequence[Segment], query: str) -> Plan:
         """Plan a turn whose new user message is `new` (already segmented).
@@ -314,6 +316,7 @@ class Planner:
             evicted_segments=tuple(turn.gone),
             recall_scores={s.id: turn.scores[s.id] for s in turn.recalled if s.id in turn.scores},
             dropped=turn.dropped,
+            dropped_segments=tuple(turn.dropped_segments),
             archive_tokens=self.archive_tokens(turn.archive),
         )
 
@@ -378,7 +381,8 @@ class Planner:
         turn.gone += gone
         turn.evicted = True
         turn.archive, dropped = self._archive(turn.archive, gone)
-        turn.dropped += dropped
+        turn.dropped += len(dropped)
+        turn.dropped_segments += dropped
 
     def _still_shown(self, turn: _Turn) -> dict[int, list[Segment]]:
         """The recalled blocks of `recall_layout="stable"` that stay: those of user messages
@@ -521,6 +525,7 @@ class _Turn:
     evicted_tokens: int = 0
     evicted: bool = False
     dropped: int = 0
+    dropped_segments: list[Segment] = field(default_factory=list)
     policy_ms: float = 0.0
     fallback: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
