@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fmai_core import FiniteMemoryLLM, Message
-from fmai_core.backend import Generation, StreamChunk
+from fmai_core.backend import Generation, StreamChunk, Usage
 from fmai_core.errors import (
     BackendError,
     ConfigurationError,
@@ -675,3 +675,32 @@ def test_an_embedder_s_unusable_vectors_are_skipped_so_saves_load(
         again = FiniteMemoryLLM.load(tmp_path / "c.json", EchoBackend(), embedder=OddEmbedder(kind))
         assert again.state.to_dict() == llm.state.to_dict()
         assert again.chat("what about Ada?").response
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        Usage(prompt_tokens=-7, reused_tokens=-3, prefill_tokens=-4, completion_tokens=-2),
+        Usage(prompt_tokens=12.5, reused_tokens=None, prefill_tokens=3.5, completion_tokens=1.5),  # type: ignore[arg-type]
+        Usage(prompt_tokens=10, reused_tokens=40, prefill_tokens=99, completion_tokens=2),
+    ],
+)
+def test_usage_of_a_backend_that_is_not_a_count_never_reaches_the_stats(
+    usage: Usage, tmp_path: Path
+) -> None:
+    # A custom backend's usage went into the stats as it was: negative or fractional
+    # figures made a checkpoint that load() refused, and reuse could exceed the prompt.
+    class Odd(EchoBackend):
+        def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
+            gen = super().generate(messages, **params)
+            return Generation(gen.text, usage, gen.latency_ms, gen.ttft_ms)
+
+    llm = FiniteMemoryLLM(Odd(), policy="sliding", max_tokens=200, max_new_tokens=20)
+    s = llm.chat("hello there").stats
+    figures = (s.prompt_tokens, s.prefill_tokens, s.completion_tokens, s.context_tokens)
+    assert all(isinstance(x, int) and x >= 0 for x in figures)
+    assert s.reused_tokens is None or 0 <= s.reused_tokens <= s.prompt_tokens
+    assert s.prefill_tokens <= s.prompt_tokens
+    path = tmp_path / "chat.json"
+    llm.save(path)
+    assert FiniteMemoryLLM.load(path, Odd()).stats == llm.stats

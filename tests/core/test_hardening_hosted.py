@@ -483,3 +483,28 @@ def test_a_rejected_request_is_not_retried(provider: str, server: FakeProvider) 
     server.fail_next("500", 1)  # a server error is still retried
     assert b.generate(MSGS).text == "reply to: hello there friend"
     b.close()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("reported", [-1000, 12.5])
+def test_usage_that_is_not_a_token_count_is_estimated_and_the_checkpoint_loads(
+    provider: str, reported: float, tmp_path: Any
+) -> None:
+    # A server reporting prompt_tokens=-1000 (or 12.5) put that into TurnStats and the
+    # cumulative stats; save() then wrote a checkpoint that load() refused as damaged.
+    with FakeProvider(api_key=KEY, prompt_count=lambda msgs: reported) as server:  # type: ignore[arg-type,return-value]
+        b = make(provider, server)
+        llm = FiniteMemoryLLM(b, policy="sliding", max_tokens=2000, max_new_tokens=100)
+        r = llm.chat("hello there")
+        for _ in llm.stream("and again"):
+            pass
+        for stats in (r.stats, llm.last_stats):
+            assert stats is not None
+            assert isinstance(stats.prompt_tokens, int) and stats.prompt_tokens > 0
+            assert "prompt_tokens" in stats.estimated
+        assert llm.stats.prompt_tokens > 0
+        path = tmp_path / "chat.json"
+        llm.save(path)
+        again = FiniteMemoryLLM.load(path, b)
+        assert again.stats == llm.stats
+        b.close()

@@ -22,6 +22,8 @@ from fmai_core.backend import (
     ImportanceScorer,
     SentenceSplitter,
     Summarizer,
+    Usage,
+    token_count,
 )
 from fmai_core.config import MemoryConfig, _check_int
 from fmai_core.context import ContextBuilder
@@ -688,12 +690,11 @@ class FiniteMemoryLLM:
 
                 self._planner.signals = Signals()
             prepare_ms = self._prepare([*new, *reply], plan.dropped_segments)
-            u = gen.usage
+            u, estimated = _usage(gen, self.counter)
             prompt = u.prompt_tokens or plan.prompt_tokens
-            estimated = list(getattr(u, "estimated", ()))
             if not u.prompt_tokens:  # the backend reported no prompt: the planner's count
                 estimated += ["prompt_tokens", "prefill_tokens"]
-            reused = u.reused_tokens
+            reused = None if u.reused_tokens is None else min(u.reused_tokens, prompt)
             prefill = u.prefill_tokens or max(prompt - (reused or 0), 0)
             if {"prompt_tokens", "completion_tokens"} & set(estimated):
                 estimated.append("context_tokens")
@@ -1072,6 +1073,34 @@ class FiniteMemoryLLM:
             role = cast(Role, head.role)
             out.append(Message(role, "".join(parts), head.name, head.timestamp))
         return out
+
+
+def _usage(gen: Generation, counter: TokenCounter) -> tuple[Usage, list[str]]:
+    """The generation's usage with every figure a token count, and the estimated fields.
+
+    A figure that is not a count ([`token_count`][fmai_core.backend.token_count]: negative,
+    fractional, not a number) is replaced by fmai's own (the prompt by the planner's, the
+    reply by its text's count) and named estimated, so stats and checkpoints hold counts.
+    """
+    u = gen.usage
+    estimated = list(getattr(u, "estimated", ()))
+    prompt = token_count(u.prompt_tokens)
+    reused = None if u.reused_tokens is None else token_count(u.reused_tokens)
+    prefill = token_count(u.prefill_tokens)
+    completion = token_count(u.completion_tokens)
+    if reused is None and u.reused_tokens is not None:
+        estimated.append("reused_tokens")
+    if prompt is not None and reused is not None:
+        reused = min(reused, prompt)
+    if prefill is None or (prompt is not None and prefill > prompt):
+        prefill = 0  # worked out from the prompt and the reuse
+        if prompt is not None:
+            estimated.append("prefill_tokens")
+    if completion is None:
+        completion = counter.text(gen.text)
+        estimated.append("completion_tokens")
+    fixed = Usage(prompt or 0, reused, prefill, completion, tuple(estimated))
+    return fixed, estimated
 
 
 def _storable(gen: Generation) -> Generation:

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar
 
-from fmai_core.backend import Generation, StreamChunk, Usage
+from fmai_core.backend import Generation, StreamChunk, Usage, token_count
 from fmai_core.backends.server_count import ServerCounter
 from fmai_core.backends.tokens import (
     FIRST_CALL_FACTOR,
@@ -608,6 +608,8 @@ class HostedBackend:
         server's own tokenizer is exact, not an estimate. `reused=None` (not reported)
         stays `None`, and `prefill_tokens` is then the whole prompt, marked estimated.
         """
+        # what is not a token count (negative, fractional, not a number) is not reported
+        prompt, reused, completion = map(token_count, (prompt, reused, completion))
         reported = prompt is not None
         estimated: list[str] = []
         server = self._server_counter
