@@ -22,6 +22,7 @@ from fmai_core.errors import (
     BackendError,
     BackendTimeoutError,
     ConfigurationError,
+    MessageTooLongError,
     RateLimitError,
 )
 
@@ -507,4 +508,26 @@ def test_usage_that_is_not_a_token_count_is_estimated_and_the_checkpoint_loads(
         llm.save(path)
         again = FiniteMemoryLLM.load(path, b)
         assert again.stats == llm.stats
+        b.close()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_budget_error_caused_by_reported_usage_says_so(provider: str) -> None:
+    # A first report of 5000 prompt tokens for a prompt of a few words makes the counter's
+    # template cost ~5000: every later message is refused, and the error blamed the message
+    # ("needs 10 tokens but at most 0 fit ... shorten the message").
+    calls = itertools.count()
+
+    def count(msgs: list[dict[str, str]]) -> int:
+        return 5000 if next(calls) == 0 else 20
+
+    with FakeProvider(api_key=KEY, prompt_count=count) as server:
+        b = make(provider, server)
+        llm = FiniteMemoryLLM(b, policy="sliding", max_tokens=2000, max_new_tokens=100)
+        llm.chat("hello")
+        before = llm.state
+        with pytest.raises(MessageTooLongError, match="usage the provider reports") as info:
+            llm.chat("again")
+        assert f"counts {llm.counter.base} tokens in every prompt" in str(info.value)
+        assert llm.state is before
         b.close()

@@ -392,6 +392,8 @@ class FiniteMemoryLLM:
 
     # -- configuration checks ---------------------------------------------------------------
     def _check_fixed(self, state: MemoryState) -> None:
+        from fmai_core.planner import template_note
+
         fixed = self.counter.base + self._planner.system_cost(state, state.summary)
         smallest = self.counter.message_overhead + 1
         if fixed + smallest + self.max_new_tokens > self.max_tokens:
@@ -399,6 +401,7 @@ class FiniteMemoryLLM:
                 f"The system prompt and pinned facts take {fixed} tokens; with max_new_tokens="
                 f"{self.max_new_tokens} no room is left for a message under max_tokens="
                 f"{self.max_tokens}. Raise max_tokens, lower max_new_tokens, or shorten them."
+                f"{template_note(self.counter, self.config.room)}"
             )
 
     # -- settings -------------------------------------------------------------------------

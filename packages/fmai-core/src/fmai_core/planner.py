@@ -127,6 +127,22 @@ def _run_with_deadline(
     return box["result"], None
 
 
+def template_note(counter: TokenCounter, room: int) -> str:
+    """A sentence for a budget error when the backend's fixed cost of a prompt (its
+    template beyond the messages, `TokenCounter.base`) takes a large share of `room`: a
+    hosted backend fits it from the provider's reported usage, so one wrong report (or a
+    provider that adds a long hidden prompt) leaves no room for any message."""
+    base = counter.base
+    if base <= max(64, room // 4):
+        return ""
+    return (
+        f" The backend counts {base} tokens in every prompt beyond its messages (its "
+        "template; a hosted backend learns this from the usage the provider reports, "
+        "which includes any prompt the provider adds): if the provider's usage figures are "
+        "wrong, check the server, or use a new backend object to count afresh."
+    )
+
+
 @dataclass
 class Planner:
     """Plans turns for one conversation (configuration only; state is passed in).
@@ -332,7 +348,7 @@ class Planner:
                 f"The message needs {new_cost - self.counter.message_overhead} tokens but at most "
                 f"{max(room, 0)} fit (max_tokens={c.max_tokens}, max_new_tokens="
                 f"{c.max_new_tokens}, system prompt and pins included). Shorten the message "
-                "or raise max_tokens. Nothing was changed.",
+                f"or raise max_tokens.{template_note(self.counter, c.room)} Nothing was changed.",
                 tokens=new_cost,
                 available=max(room, 0),
             )
@@ -498,7 +514,8 @@ class Planner:
                 raise MessageTooLongError(
                     f"The prompt needs {prompt_tokens} tokens plus max_new_tokens="
                     f"{c.max_new_tokens}, over max_tokens={c.max_tokens}, with all history "
-                    "evicted. Shorten the message or raise max_tokens. Nothing was changed.",
+                    "evicted. Shorten the message or raise max_tokens."
+                    f"{template_note(self.counter, c.room)} Nothing was changed.",
                     tokens=prompt_tokens,
                     available=c.room,
                 )
