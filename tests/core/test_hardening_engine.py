@@ -704,3 +704,32 @@ def test_usage_of_a_backend_that_is_not_a_count_never_reaches_the_stats(
     path = tmp_path / "chat.json"
     llm.save(path)
     assert FiniteMemoryLLM.load(path, Odd()).stats == llm.stats
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"temperature": "hot"}, "temperature must be a finite number"),
+        ({"top_p": float("nan")}, "top_p must be a finite number"),
+        ({"top_k": 2.5}, "top_k must be an int"),
+        ({"seed": True}, "seed must be an int"),
+        ({"stop": 5}, "stop must be a string or a list of strings"),
+        ({"messages": []}, "'messages' cannot be a generation parameter"),
+        ({"max_new_tokens": "5"}, "max_new_tokens must be an int"),
+    ],
+)
+def test_generation_parameters_no_turn_could_use_are_refused_up_front(
+    params: dict[str, Any], match: str
+) -> None:
+    # They were taken, and then every turn failed: temperature="hot" reached the backend
+    # (a hosted one blamed the server's response), messages=[...] clashed with the prompt,
+    # max_new_tokens="5" failed each turn's check.
+    with pytest.raises(ConfigurationError, match=match):
+        make(generation=params)
+    llm = make()
+    before = llm.state
+    with pytest.raises(ConfigurationError, match=match):
+        llm.chat("hello", **params)
+    assert llm.state is before
+    llm = make(generation={"temperature": None, "stop": "END", "top_k": 0, "custom": "x"})
+    assert llm.chat("hello").response

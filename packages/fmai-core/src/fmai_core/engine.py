@@ -347,6 +347,8 @@ class FiniteMemoryLLM:
         self.policy = get_policy(policy)
         self.generation = {**(generation or {}), **params}
         self.generation.setdefault("temperature", 0.0)
+        _check_generation(self.generation)
+        self._params({})  # max_new_tokens, checked as each turn checks it
         self.hooks = list(hooks)
         self.counter = TokenCounter(backend)
         self.builder = ContextBuilder()
@@ -655,6 +657,8 @@ class FiniteMemoryLLM:
     # -- turns ----------------------------------------------------------------------------
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         merged = {**self.generation, **params}
+        if params:
+            _check_generation(params)
         asked = merged.get("max_new_tokens")
         if asked is None:
             asked = self.max_new_tokens
@@ -996,7 +1000,18 @@ class FiniteMemoryLLM:
         saved settings (`policy=`, `generation=`, a `MemoryConfig` field or `config=`)."""
         from fmai_core.checkpoint import recount_state, saved_policy
 
-        generation = {**snap.generation, **(overrides.pop("generation", None) or {})}
+        given = overrides.pop("generation", None) or {}
+        saved = {k: v for k, v in snap.generation.items() if k not in given}
+        try:  # what a turn would refuse, refused now and blamed on the file
+            _check_generation(saved)
+            if saved.get("max_new_tokens") is not None:
+                _check_int("max_new_tokens", saved["max_new_tokens"], 1)
+        except ConfigurationError as exc:
+            raise CheckpointError(
+                f"{path} holds a generation setting no turn could use: {exc} Load it with "
+                "generation={...} to replace it."
+            ) from None
+        generation = {**snap.generation, **given}
         policy = overrides.pop("policy", None)
         if policy is None:
             policy = saved_policy(snap, path)
@@ -1110,6 +1125,47 @@ def _storable(gen: Generation) -> Generation:
     """Replace lone surrogates in a reply with U+FFFD: what is stored must be savable."""
     text = _encodable(gen.text)
     return gen if text is gen.text else replace(gen, text=text)
+
+
+_REALS = ("temperature", "top_p", "repetition_penalty")
+_INTS = ("top_k", "seed", "min_new_tokens")
+
+
+def _check_generation(params: Mapping[str, Any]) -> None:
+    """Refuse generation parameters no backend can use, before any turn (or load) takes them.
+
+    The documented ones (`GENERATION_PARAMS`) must have their types (`None`: the backend's
+    default): a number for `temperature`, `top_p` and `repetition_penalty`, an int for
+    `top_k`, `seed` and `min_new_tokens`, a string or strings for `stop`. `messages` is the
+    prompt itself, never a parameter. Other names pass to the backend as they are.
+    """
+    import math
+
+    if "messages" in params:
+        raise ConfigurationError(
+            "'messages' cannot be a generation parameter: the prompt is what fmai plans. "
+            "Remove it from generation= (or from the checkpoint's settings)."
+        )
+    for name, value in params.items():
+        if value is None:
+            continue
+        if name in _REALS:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or not math.isfinite(value) or value < 0:
+                raise ConfigurationError(
+                    f"{name} must be a finite number of at least 0 (or None), got {value!r}."
+                )
+        elif name in _INTS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigurationError(f"{name} must be an int (or None), got {value!r}.")
+            if name != "seed" and value < 0:
+                raise ConfigurationError(f"{name} must be at least 0, got {value!r}.")
+        elif name == "stop":
+            many = isinstance(value, list | tuple)
+            if not isinstance(value, str) and not (many and all(isinstance(x, str) for x in value)):
+                raise ConfigurationError(
+                    f"stop must be a string or a list of strings (or None), got {value!r}."
+                )
 
 
 def _check_params(params: Mapping[str, Any]) -> None:
