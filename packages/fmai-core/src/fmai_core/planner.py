@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
 import threading
 import time
@@ -168,6 +167,12 @@ class Planner:
     _totals: list[tuple[tuple[Segment, ...], int]] = field(
         default_factory=list, repr=False, compare=False
     )
+    # (archive, its segments' (drop value, id) sorted) of the last few archives, with an
+    # archive_limit: what a full archive drops first is carried the same way, so no
+    # eviction scores thousands of archived segments again.
+    _ranks: list[tuple[tuple[Segment, ...], list[tuple[float, int]]]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     def recall_share(self, state: MemoryState, query: str, available: int) -> float:
         """The share of the free budget that recalled memory gets this turn.
@@ -240,9 +245,23 @@ class Planner:
         self._remember(archive, total)
         return total
 
+    def _remember_ranks(
+        self, archive: tuple[Segment, ...], ranked: list[tuple[float, int]]
+    ) -> None:
+        self._ranks.insert(0, (archive, ranked))
+        del self._ranks[4:]
+
     def _remember(self, archive: tuple[Segment, ...], total: int) -> None:
         self._totals.insert(0, (archive, total))
         del self._totals[4:]
+
+    def _ranked(self, archive: tuple[Segment, ...]) -> list[tuple[float, int]]:
+        """`archive`'s `_drop_order` keys, sorted: carried from the plan that made it, else
+        computed once."""
+        for known, ranked in self._ranks:
+            if known is archive:
+                return ranked
+        return sorted(map(_drop_order, archive))
 
     def _archive(
         self, archive: tuple[Segment, ...], add: Sequence[Segment]
@@ -252,16 +271,30 @@ class Planner:
         for segment in add:
             bisect.insort(merged, segment, key=_segment_id)
         limit = self.config.archive_limit
+        ranked: list[tuple[float, int]] = []
+        if limit is not None:
+            ranked = list(self._ranked(archive))
+            for segment in add:
+                bisect.insort(ranked, _drop_order(segment))
         if limit is None or len(merged) <= limit:
             out = tuple(merged)
             self._remember(out, total)
+            if limit is not None:
+                self._remember_ranks(out, ranked)
             self.index.derive(out, archive, add)
             return out, []
         excess = len(merged) - limit
-        dropped = heapq.nsmallest(excess, merged, key=_drop_order)
+        # the lowest-value segments (oldest first among equals), as heapq.nsmallest over
+        # the archive would find them, from the carried order
+        dropped = find_by_id(merged, [i for _, i in ranked[:excess]])
         drop = {s.id for s in dropped}
-        out = tuple(s for s in merged if s.id not in drop)
+        for at in sorted(
+            (bisect.bisect_left(merged, s.id, key=_segment_id) for s in dropped), reverse=True
+        ):
+            del merged[at]
+        out = tuple(merged)
         self._remember(out, total - sum(s.tokens for s in dropped))
+        self._remember_ranks(out, ranked[excess:])
         dropped_old = [s for s in dropped if s not in add]  # added and dropped: never there
         self.index.derive(out, archive, [s for s in add if s.id not in drop], dropped_old)
         return out, dropped
