@@ -733,3 +733,39 @@ def test_generation_parameters_no_turn_could_use_are_refused_up_front(
     assert llm.state is before
     llm = make(generation={"temperature": None, "stop": "END", "top_k": 0, "custom": "x"})
     assert llm.chat("hello").response
+
+
+def test_an_astream_cancelled_during_its_commit_leaves_its_stats_with_its_trace() -> None:
+    # The commit runs to its end (the turn is stored), but last_stats was set after it, so
+    # it kept the previous turn's figures while last_trace had this one's.
+    entered, go = threading.Event(), threading.Event()
+
+    class Slow:
+        def on_turn(self, stats: Any) -> None:
+            if stats.turn == 1:
+                entered.set()
+                go.wait(10)
+
+    llm = make(hooks=[Slow()])
+
+    async def main() -> None:
+        async for _ in llm.astream("first"):
+            pass
+
+        async def second() -> None:
+            async for _ in llm.astream("second one"):
+                pass
+
+        task = asyncio.ensure_future(second())
+        assert await asyncio.to_thread(entered.wait, 10)  # the commit is running its hook
+        task.cancel()
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert llm.stats.turns == 2
+    assert llm.last_trace is not None and llm.last_stats is not None
+    assert llm.last_stats.turn == 1 and llm.last_trace.stats == llm.last_stats
+    r = llm.chat("third")
+    assert llm.last_stats == r.stats  # every kind of turn leaves its figures

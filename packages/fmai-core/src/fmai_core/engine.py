@@ -743,7 +743,7 @@ class FiniteMemoryLLM:
         from fmai_core.trace import build_trace
 
         trace = build_trace(self._planner, plan, new).with_stats(stats)
-        self.last_trace = trace
+        self.last_trace, self.last_stats = trace, stats
         if self.hooks:
             from fmai_core.telemetry.hooks import call_hooks
 
@@ -849,8 +849,11 @@ class FiniteMemoryLLM:
             except Exception as exc:
                 raise self._backend_error(exc) from exc
             gen = _complete(gen, "".join(parts), start)
-            self.last_stats = self._finish(version, new, plan, gen, start, gen_start).stats
+            self._finish(version, new, plan, gen, start, gen_start)
 
+    #: The [`TurnStats`][fmai_core.stats.TurnStats] of the last turn that committed (of any
+    #: kind: `stream` and `astream` return none, and a turn committed while it was being
+    #: cancelled is there too).
     last_stats: TurnStats | None = None
     #: The [`TurnTrace`][fmai_core.trace.TurnTrace] of the last turn that committed.
     last_trace: TurnTrace | None = None
@@ -911,8 +914,7 @@ class FiniteMemoryLLM:
             except Exception as exc:
                 raise self._backend_error(exc) from exc
             gen = _complete(gen, "".join(parts), start)
-            done = await self._afinish(version, new, plan, gen, start, gen_start)
-            self.last_stats = done.stats
+            await self._afinish(version, new, plan, gen, start, gen_start)
         finally:
             self._turn.release()
 
