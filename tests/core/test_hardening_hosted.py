@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fakeserver import FakeProvider
+from fakeserver import FakeProvider, _text_of
 
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.errors import (
@@ -530,4 +530,24 @@ def test_a_budget_error_caused_by_reported_usage_says_so(provider: str) -> None:
             llm.chat("again")
         assert f"counts {llm.counter.base} tokens in every prompt" in str(info.value)
         assert llm.state is before
+        b.close()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_usage_reported_as_zeros_does_not_shrink_the_count(provider: str) -> None:
+    # Servers that send usage as zeros (prompt_tokens=0 for a whole prompt) were fitted as
+    # reports: the correction shrank every count, and prompts 4x over max_tokens were sent
+    # (1,331 tokens by the server's own tokenizer under max_tokens=300).
+    with FakeProvider(api_key=KEY, prompt_count=lambda msgs: 0) as server:
+        b = make(provider, server)
+        llm = FiniteMemoryLLM(b, policy="sliding", max_tokens=300, max_new_tokens=50)
+        for i in range(30):
+            r = llm.chat(f"message number {i} with a few more words to fill the prompt " * 2)
+            assert "prompt_tokens" in r.stats.estimated
+        for body in server.requests:
+            system = _text_of(body.get("system", ""))
+            msgs = [
+                {"role": m["role"], "content": _text_of(m["content"])} for m in body["messages"]
+            ]
+            assert len(server.serialize(system, msgs)) + 50 <= 300
         b.close()

@@ -1108,6 +1108,8 @@ def _usage(gen: Generation, counter: TokenCounter) -> tuple[Usage, list[str]]:
     reused = None if u.reused_tokens is None else token_count(u.reused_tokens)
     prefill = token_count(u.prefill_tokens)
     completion = token_count(u.completion_tokens)
+    if completion == 0 and gen.text.strip():  # a reply of text is not 0 tokens: unreported
+        completion = None
     if reused is None and u.reused_tokens is not None:
         estimated.append("reused_tokens")
     if prompt is not None and reused is not None:

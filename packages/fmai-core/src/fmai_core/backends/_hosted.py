@@ -608,8 +608,14 @@ class HostedBackend:
         server's own tokenizer is exact, not an estimate. `reused=None` (not reported)
         stays `None`, and `prefill_tokens` is then the whole prompt, marked estimated.
         """
-        # what is not a token count (negative, fractional, not a number) is not reported
+        # what is not a token count (negative, fractional, not a number) is not reported,
+        # nor is a count of 0 for text (servers that send usage as zeros): fitted, zeros
+        # shrank every count (a 1,331-token prompt was counted 241 under max_tokens=300)
         prompt, reused, completion = map(token_count, (prompt, reused, completion))
+        if prompt == 0 and any(m.content for m in messages):
+            prompt = None
+        if completion == 0 and text:
+            completion = None
         reported = prompt is not None
         estimated: list[str] = []
         server = self._server_counter
