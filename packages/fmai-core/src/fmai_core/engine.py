@@ -396,7 +396,8 @@ class FiniteMemoryLLM:
     def _check_fixed(self, state: MemoryState) -> None:
         from fmai_core.planner import template_note
 
-        fixed = self.counter.base + self._planner.system_cost(state, state.summary)
+        # the rolling summary is not counted: a turn it leaves no room for drops it
+        fixed = self.counter.base + self._planner.system_cost(state, None)
         smallest = self.counter.message_overhead + 1
         if fixed + smallest + self.max_new_tokens > self.max_tokens:
             raise BudgetError(

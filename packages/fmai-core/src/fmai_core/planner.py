@@ -310,10 +310,22 @@ class Planner:
         rendered prompt is the authority).
         """
         new_text = new[0].text + "".join(s.sep + s.text for s in new[1:]) if new else ""
-        available = self._budget(state, new_text)
+        summary_dropped = False
+        try:
+            available = self._budget(state, new_text)
+        except MessageTooLongError:
+            if state.summary is None:
+                raise
+            # The rolling summary is derived: what it summarises is in the archive. A
+            # message that fits without it is planned without it (raises if even then not).
+            available = self._budget(replace(state, summary=None), new_text)
+            summary_dropped = True
         share = self.recall_share(state, query, available)
         reserve = int(available * share)
         turn = _Turn(state)
+        if summary_dropped:
+            turn.summary = None
+            turn.stats["summary_dropped"] = True
         if sum(s.tokens for s in state.history) > available - reserve:
             self._evict(turn, query, available - reserve)
         if share >= DISTANT_SHARE:  # a question about the past may use all that is free
@@ -543,6 +555,9 @@ class Planner:
                     gone.append(s)
                     total -= s.tokens
                 self._move_to_archive(turn, gone or turn.history[:1])
+            elif turn.summary is not None:  # derived, its sources archived: it goes last
+                turn.summary = None
+                turn.stats["summary_dropped"] = True
             else:
                 raise MessageTooLongError(
                     f"The prompt needs {prompt_tokens} tokens plus max_new_tokens="
