@@ -769,3 +769,13 @@ def test_an_astream_cancelled_during_its_commit_leaves_its_stats_with_its_trace(
     assert llm.last_stats.turn == 1 and llm.last_trace.stats == llm.last_stats
     r = llm.chat("third")
     assert llm.last_stats == r.stats  # every kind of turn leaves its figures
+
+
+def test_reset_forgets_the_last_turn_too() -> None:
+    # last_trace kept the old conversation's prompt, quoted part by part, after reset().
+    llm = make()
+    llm.chat("my secret is 1234")
+    assert llm.last_trace is not None
+    llm.reset()
+    assert llm.last_trace is None and llm.last_stats is None
+    assert "1234" not in repr(vars(llm).get("last_trace"))

@@ -585,10 +585,12 @@ class FiniteMemoryLLM:
             return build_trace(self._planner, self._planner.plan(state, new, text), new)
 
     def reset(self) -> None:
-        """Forget the conversation (pinned facts included) and the cumulative stats."""
+        """Forget the conversation (pinned facts included), the cumulative stats and the
+        last turn's (`last_stats`, `last_trace`, whose trace quotes the conversation)."""
         with self._turn, self._lock:
             self._commit(MemoryState())
             self._stats = MemoryStats()
+            self.last_stats, self.last_trace = None, None
             self._planner.signals = self._signals
             self._planner.index = self._new_index()
 
