@@ -779,3 +779,28 @@ def test_reset_forgets_the_last_turn_too() -> None:
     llm.reset()
     assert llm.last_trace is None and llm.last_stats is None
     assert "1234" not in repr(vars(llm).get("last_trace"))
+
+
+def test_stats_read_during_a_commit_are_never_half_applied() -> None:
+    # A turn's commit stores the state, then its figures; llm.stats from another thread in
+    # between saw the new messages with the old turn count (messages 22, turns 10).
+    from fmai_core.policies.sliding import SlidingWindowPolicy
+
+    reads: list[Any] = []
+    readers: list[threading.Thread] = []
+
+    class Pausing(SlidingWindowPolicy):
+        def prepare(self, segments: Sequence[Any]) -> None:  # runs inside the commit
+            if any(s.role == "assistant" for s in segments):
+                reader = threading.Thread(target=lambda: reads.append(llm.stats))
+                reader.start()
+                readers.append(reader)
+                reader.join(0.2)  # a read that does not wait for the commit is done by now
+
+    llm = make(Pausing())
+    for i in range(3):
+        llm.chat(f"message {i}")
+    for reader in readers:
+        reader.join(10)
+    assert len(reads) == 3
+    assert all(s.messages == 2 * s.turns for s in reads), [(s.turns, s.messages) for s in reads]

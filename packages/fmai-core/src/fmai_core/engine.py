@@ -436,10 +436,16 @@ class FiniteMemoryLLM:
 
     @property
     def stats(self) -> MemoryStats:
-        """Cumulative figures over the conversation."""
-        s = self._state
+        """Cumulative figures over the conversation.
+
+        Read under the conversation's lock, as `save` reads it: a turn's commit stores its
+        messages and its figures together, and a read from another thread meanwhile saw the
+        new messages with the old figures (`messages` 22 with `turns` 10).
+        """
+        with self._lock:
+            s, totals = self._state, replace(self._stats)
         return replace(
-            self._stats,
+            totals,
             segments=len(s.history) + len(s.archive),
             prompt_segments=len(s.history),
             archived_segments=len(s.archive),
