@@ -186,6 +186,15 @@ def test_deep_nesting_is_a_checkpoint_error(tmp_path: Path) -> None:
         FiniteMemoryLLM.load(path, EchoBackend())
 
 
+def test_an_int_of_more_digits_than_python_converts_is_a_checkpoint_error(tmp_path: Path) -> None:
+    # json.loads raised a bare ValueError ("Exceeds the limit (4300 digits) for integer
+    # string conversion"), not the CheckpointError that load promises.
+    path = tmp_path / "digits.json"
+    path.write_text('{"format": "fmai-checkpoint", "version": 2, "turn": ' + "1" * 5000 + "}")
+    with pytest.raises(CheckpointError, match="not a readable fmai checkpoint"):
+        FiniteMemoryLLM.load(path, EchoBackend())
+
+
 def test_version_1_files_still_load(saved: tuple[FiniteMemoryLLM, Path]) -> None:
     llm, path = saved
     _write(path, _doc(path))
