@@ -1153,6 +1153,7 @@ def _check_generation(params: Mapping[str, Any]) -> None:
     prompt itself, never a parameter. Other names pass to the backend as they are.
     """
     import math
+    from numbers import Integral, Real  # numpy's scalars included
 
     if "messages" in params:
         raise ConfigurationError(
@@ -1163,13 +1164,13 @@ def _check_generation(params: Mapping[str, Any]) -> None:
         if value is None:
             continue
         if name in _REALS:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = isinstance(value, Real) and not isinstance(value, bool)
             if not ok or not math.isfinite(value) or value < 0:
                 raise ConfigurationError(
                     f"{name} must be a finite number of at least 0 (or None), got {value!r}."
                 )
         elif name in _INTS:
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, Integral):
                 raise ConfigurationError(f"{name} must be an int (or None), got {value!r}.")
             if name != "seed" and value < 0:
                 raise ConfigurationError(f"{name} must be at least 0, got {value!r}.")
