@@ -173,3 +173,17 @@ def test_key_from_environment(server: FakeProvider, monkeypatch: pytest.MonkeyPa
     assert b.generate(MSGS).text == "reply to: hello there friend"
     b.close()
     assert KEY not in repr(b)
+
+
+def test_a_stop_string_is_one_stop_sequence(
+    server: FakeProvider, backend: AnthropicBackend
+) -> None:
+    # stop="END" went out as stop_sequences ["E", "N", "D"]: every reply was cut at its
+    # first E, N or D. A string is one sequence, as for the other backends.
+    backend.generate(MSGS, max_new_tokens=32, stop="END")
+    assert server.requests[-1]["stop_sequences"] == ["END"]
+    backend.generate(MSGS, max_new_tokens=32, stop=["END", "STOP"])
+    assert server.requests[-1]["stop_sequences"] == ["END", "STOP"]
+    llm = FiniteMemoryLLM(backend, policy="sliding", max_tokens=500, max_new_tokens=32)
+    llm.chat("hello", stop="Done.")
+    assert server.requests[-1]["stop_sequences"] == ["Done."]

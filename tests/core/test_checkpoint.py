@@ -201,3 +201,58 @@ def test_document_text_with_a_message_holding_the_marker_shape() -> None:
     summary = Segment(10_000, 10_000, "system", "Earlier: the weather.", 6, kind="summary")
     snap = dataclasses.replace(snap, state=dataclasses.replace(snap.state, summary=summary))
     assert json.loads(document_text(snap, {})) == document(snap)
+
+
+def test_loaded_conversation_recalls_as_the_saved_one_for_a_common_term(tmp_path: Path) -> None:
+    # A term in more messages than the recall index scans (SCAN_LIMIT, newest first): the
+    # loaded index must scan the same messages, so it must index them in conversation
+    # order (it indexed the history before the archive, so it scanned older messages).
+    llm = FiniteMemoryLLM(
+        EchoBackend(), "semantic", max_tokens=300, max_new_tokens=32, max_policy_ms=None
+    )
+    messages: list[Message] = []
+    for i in range(150):  # older notes are shorter: they score higher when scanned
+        messages += [
+            Message("user", f"zebra note {i} " + "filler " * (150 - i)),
+            Message("assistant", "ok"),
+        ]
+    llm.extend(messages)
+    llm.chat("zebra")  # evicts most of it to the archive
+    path = tmp_path / "chat.json"
+    llm.save(path)
+    again = FiniteMemoryLLM.load(path, EchoBackend())
+    assert len(again.state.archive) > 128
+    assert again.context("zebra") == llm.context("zebra")
+
+
+@pytest.mark.parametrize("policy", ["importance", "semantic", "hybrid"])
+def test_loaded_conversation_plans_as_the_saved_one_after_a_full_archive_dropped(
+    tmp_path: Path, policy: str
+) -> None:
+    # The messages a full archive drops must weigh nothing in recall (the recall index kept
+    # them until it grew to twice the record, so their terms moved every score), as they
+    # weigh nothing in the index that load builds from the record.
+    import random
+
+    rng = random.Random(0)
+    words = [f"topic{i}" for i in range(40)] + ["Alice", "Bob", "Paris", "42", "1999", "cat"]
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(n)) + "."
+
+    llm = FiniteMemoryLLM(
+        EchoBackend(),
+        policy,
+        max_tokens=400,
+        max_new_tokens=64,
+        archive_limit=5,
+        max_policy_ms=None,
+    )
+    path = tmp_path / "chat.json"
+    for turn in range(24):
+        llm.chat(text([3, 10, 40, 120][turn % 4]))
+        llm.save(path)
+        again = FiniteMemoryLLM.load(path, EchoBackend())
+        for query in ("what is topic3 Alice", "topic7 Paris 42"):
+            assert again.context(query) == llm.context(query), turn
+    assert llm.state.archive_dropped > 0

@@ -186,6 +186,15 @@ def test_deep_nesting_is_a_checkpoint_error(tmp_path: Path) -> None:
         FiniteMemoryLLM.load(path, EchoBackend())
 
 
+def test_an_int_of_more_digits_than_python_converts_is_a_checkpoint_error(tmp_path: Path) -> None:
+    # json.loads raised a bare ValueError ("Exceeds the limit (4300 digits) for integer
+    # string conversion"), not the CheckpointError that load promises.
+    path = tmp_path / "digits.json"
+    path.write_text('{"format": "fmai-checkpoint", "version": 2, "turn": ' + "1" * 5000 + "}")
+    with pytest.raises(CheckpointError, match="not a readable fmai checkpoint"):
+        FiniteMemoryLLM.load(path, EchoBackend())
+
+
 def test_version_1_files_still_load(saved: tuple[FiniteMemoryLLM, Path]) -> None:
     llm, path = saved
     _write(path, _doc(path))
@@ -469,3 +478,29 @@ def test_a_folder_or_an_empty_path_is_named_as_such_on_save_and_load(
         assert "restore a backup" not in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chats"]
     assert list((tmp_path / "chats").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "bad", [{"temperature": "hot"}, {"messages": [1]}, {"max_new_tokens": "5"}]
+)
+def test_a_checkpoint_with_a_generation_setting_no_turn_could_use_is_refused(
+    saved: tuple[FiniteMemoryLLM, Path], bad: dict[str, Any]
+) -> None:
+    # A hand-edited (or another tool's) checkpoint loaded, and then every turn failed.
+    from fmai_core.checkpoint import checksum
+
+    llm, path = saved
+    doc = _doc(path)
+    doc["settings"]["generation"].update(bad)
+    doc["checksum"] = checksum(doc)
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=f"{path.name} holds a generation setting"):
+        FiniteMemoryLLM.load(path, EchoBackend())
+    # a generation= override of that setting replaces it: the conversation continues
+    name = next(iter(bad))
+    fixed = {name: 0.0 if name == "temperature" else None}
+    if name == "messages":
+        return
+    again = FiniteMemoryLLM.load(path, EchoBackend(), generation=fixed)
+    assert again.state.to_dict() == llm.state.to_dict()
+    assert again.chat("next").response

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fmai_core import FiniteMemoryLLM, Message
-from fmai_core.backend import Generation, StreamChunk
+from fmai_core.backend import Generation, StreamChunk, Usage
 from fmai_core.errors import (
     BackendError,
     ConfigurationError,
@@ -738,3 +738,132 @@ def test_closing_an_async_stream_closes_the_backends_stream_before_it_returns() 
         assert not llm._turn._held and llm.stats.turns == 0
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        Usage(prompt_tokens=-7, reused_tokens=-3, prefill_tokens=-4, completion_tokens=-2),
+        Usage(prompt_tokens=12.5, reused_tokens=None, prefill_tokens=3.5, completion_tokens=1.5),  # type: ignore[arg-type]
+        Usage(prompt_tokens=10, reused_tokens=40, prefill_tokens=99, completion_tokens=2),
+    ],
+)
+def test_usage_of_a_backend_that_is_not_a_count_never_reaches_the_stats(
+    usage: Usage, tmp_path: Path
+) -> None:
+    # A custom backend's usage went into the stats as it was: negative or fractional
+    # figures made a checkpoint that load() refused, and reuse could exceed the prompt.
+    class Odd(EchoBackend):
+        def generate(self, messages: Sequence[Message], **params: Any) -> Generation:
+            gen = super().generate(messages, **params)
+            return Generation(gen.text, usage, gen.latency_ms, gen.ttft_ms)
+
+    llm = FiniteMemoryLLM(Odd(), policy="sliding", max_tokens=200, max_new_tokens=20)
+    s = llm.chat("hello there").stats
+    figures = (s.prompt_tokens, s.prefill_tokens, s.completion_tokens, s.context_tokens)
+    assert all(isinstance(x, int) and x >= 0 for x in figures)
+    assert s.reused_tokens is None or 0 <= s.reused_tokens <= s.prompt_tokens
+    assert s.prefill_tokens <= s.prompt_tokens
+    path = tmp_path / "chat.json"
+    llm.save(path)
+    assert FiniteMemoryLLM.load(path, Odd()).stats == llm.stats
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"temperature": "hot"}, "temperature must be a finite number"),
+        ({"top_p": float("nan")}, "top_p must be a finite number"),
+        ({"top_k": 2.5}, "top_k must be an int"),
+        ({"seed": True}, "seed must be an int"),
+        ({"stop": 5}, "stop must be a string or a list of strings"),
+        ({"messages": []}, "'messages' cannot be a generation parameter"),
+        ({"max_new_tokens": "5"}, "max_new_tokens must be an int"),
+    ],
+)
+def test_generation_parameters_no_turn_could_use_are_refused_up_front(
+    params: dict[str, Any], match: str
+) -> None:
+    # They were taken, and then every turn failed: temperature="hot" reached the backend
+    # (a hosted one blamed the server's response), messages=[...] clashed with the prompt,
+    # max_new_tokens="5" failed each turn's check.
+    with pytest.raises(ConfigurationError, match=match):
+        make(generation=params)
+    llm = make()
+    before = llm.state
+    with pytest.raises(ConfigurationError, match=match):
+        llm.chat("hello", **params)
+    assert llm.state is before
+    llm = make(generation={"temperature": None, "stop": "END", "top_k": 0, "custom": "x"})
+    assert llm.chat("hello").response
+
+
+def test_an_astream_cancelled_during_its_commit_leaves_its_stats_with_its_trace() -> None:
+    # The commit runs to its end (the turn is stored), but last_stats was set after it, so
+    # it kept the previous turn's figures while last_trace had this one's.
+    entered, go = threading.Event(), threading.Event()
+
+    class Slow:
+        def on_turn(self, stats: Any) -> None:
+            if stats.turn == 1:
+                entered.set()
+                go.wait(10)
+
+    llm = make(hooks=[Slow()])
+
+    async def main() -> None:
+        async for _ in llm.astream("first"):
+            pass
+
+        async def second() -> None:
+            async for _ in llm.astream("second one"):
+                pass
+
+        task = asyncio.ensure_future(second())
+        assert await asyncio.to_thread(entered.wait, 10)  # the commit is running its hook
+        task.cancel()
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert llm.stats.turns == 2
+    assert llm.last_trace is not None and llm.last_stats is not None
+    assert llm.last_stats.turn == 1 and llm.last_trace.stats == llm.last_stats
+    r = llm.chat("third")
+    assert llm.last_stats == r.stats  # every kind of turn leaves its figures
+
+
+def test_reset_forgets_the_last_turn_too() -> None:
+    # last_trace kept the old conversation's prompt, quoted part by part, after reset().
+    llm = make()
+    llm.chat("my secret is 1234")
+    assert llm.last_trace is not None
+    llm.reset()
+    assert llm.last_trace is None and llm.last_stats is None
+    assert "1234" not in repr(vars(llm).get("last_trace"))
+
+
+def test_stats_read_during_a_commit_are_never_half_applied() -> None:
+    # A turn's commit stores the state, then its figures; llm.stats from another thread in
+    # between saw the new messages with the old turn count (messages 22, turns 10).
+    from fmai_core.policies.sliding import SlidingWindowPolicy
+
+    reads: list[Any] = []
+    readers: list[threading.Thread] = []
+
+    class Pausing(SlidingWindowPolicy):
+        def prepare(self, segments: Sequence[Any]) -> None:  # runs inside the commit
+            if any(s.role == "assistant" for s in segments):
+                reader = threading.Thread(target=lambda: reads.append(llm.stats))
+                reader.start()
+                readers.append(reader)
+                reader.join(0.2)  # a read that does not wait for the commit is done by now
+
+    llm = make(Pausing())
+    for i in range(3):
+        llm.chat(f"message {i}")
+    for reader in readers:
+        reader.join(10)
+    assert len(reads) == 3
+    assert all(s.messages == 2 * s.turns for s in reads), [(s.turns, s.messages) for s in reads]

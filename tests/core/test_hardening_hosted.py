@@ -15,13 +15,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fakeserver import FakeProvider
+from fakeserver import FakeProvider, _text_of
 
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.errors import (
     BackendError,
     BackendTimeoutError,
     ConfigurationError,
+    MessageTooLongError,
     RateLimitError,
 )
 
@@ -483,3 +484,71 @@ def test_a_rejected_request_is_not_retried(provider: str, server: FakeProvider) 
     server.fail_next("500", 1)  # a server error is still retried
     assert b.generate(MSGS).text == "reply to: hello there friend"
     b.close()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("reported", [-1000, 12.5])
+def test_usage_that_is_not_a_token_count_is_estimated_and_the_checkpoint_loads(
+    provider: str, reported: float, tmp_path: Any
+) -> None:
+    # A server reporting prompt_tokens=-1000 (or 12.5) put that into TurnStats and the
+    # cumulative stats; save() then wrote a checkpoint that load() refused as damaged.
+    with FakeProvider(api_key=KEY, prompt_count=lambda msgs: reported) as server:  # type: ignore[arg-type,return-value]
+        b = make(provider, server)
+        llm = FiniteMemoryLLM(b, policy="sliding", max_tokens=2000, max_new_tokens=100)
+        r = llm.chat("hello there")
+        for _ in llm.stream("and again"):
+            pass
+        for stats in (r.stats, llm.last_stats):
+            assert stats is not None
+            assert isinstance(stats.prompt_tokens, int) and stats.prompt_tokens > 0
+            assert "prompt_tokens" in stats.estimated
+        assert llm.stats.prompt_tokens > 0
+        path = tmp_path / "chat.json"
+        llm.save(path)
+        again = FiniteMemoryLLM.load(path, b)
+        assert again.stats == llm.stats
+        b.close()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_budget_error_caused_by_reported_usage_says_so(provider: str) -> None:
+    # A first report of 5000 prompt tokens for a prompt of a few words makes the counter's
+    # template cost ~5000: every later message is refused, and the error blamed the message
+    # ("needs 10 tokens but at most 0 fit ... shorten the message").
+    calls = itertools.count()
+
+    def count(msgs: list[dict[str, str]]) -> int:
+        return 5000 if next(calls) == 0 else 20
+
+    with FakeProvider(api_key=KEY, prompt_count=count) as server:
+        b = make(provider, server)
+        llm = FiniteMemoryLLM(b, policy="sliding", max_tokens=2000, max_new_tokens=100)
+        llm.chat("hello")
+        before = llm.state
+        with pytest.raises(MessageTooLongError, match="usage the provider reports") as info:
+            llm.chat("again")
+        assert f"counts {llm.counter.base} tokens in every prompt" in str(info.value)
+        assert llm.state is before
+        b.close()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("reported", [0, 1, 5])
+def test_usage_reported_as_zeros_does_not_shrink_the_count(provider: str, reported: int) -> None:
+    # Servers that send usage as zeros (prompt_tokens=0 for a whole prompt), or as a small
+    # constant, were fitted as reports: the correction shrank every count, and prompts 4x
+    # over max_tokens were sent (1,331 tokens by the server's own tokenizer under 300).
+    with FakeProvider(api_key=KEY, prompt_count=lambda msgs: reported) as server:
+        b = make(provider, server)
+        llm = FiniteMemoryLLM(b, policy="sliding", max_tokens=300, max_new_tokens=50)
+        for i in range(30):
+            r = llm.chat(f"message number {i} with a few more words to fill the prompt " * 2)
+            assert "prompt_tokens" in r.stats.estimated or reported
+        for body in server.requests:
+            system = _text_of(body.get("system", ""))
+            msgs = [
+                {"role": m["role"], "content": _text_of(m["content"])} for m in body["messages"]
+            ]
+            assert len(server.serialize(system, msgs)) + 50 <= 300
+        b.close()

@@ -152,3 +152,63 @@ def test_claims_heuristics() -> None:
     assert check_fidelity("The code is 4,821.", "the code is 4821").passed
     assert check_fidelity("nothing checkable here", "something else").passed
     assert not check_fidelity("Meet Ada at noon. Ada will wait.", "meet at noon").passed
+
+
+def _summarized(**kw: object) -> object:
+    from fmai_core import FiniteMemoryLLM
+    from fmai_core.testing import EchoBackend
+
+    llm = FiniteMemoryLLM(
+        EchoBackend(), "rolling_summary", max_tokens=300, max_new_tokens=40, system_prompt="sys",
+        max_policy_ms=None, recall_fraction=0.0, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+    for i in range(30):
+        llm.chat(f"On day {i} I met Person{i} in City{i} and paid {i * 7} euros for item{i}.")
+    assert llm.state.summary is not None and llm.state.summary.tokens > 20
+    return llm
+
+
+def test_a_message_that_fits_without_the_summary_is_sent_without_it() -> None:
+    # The summary was counted as fixed, like the system prompt: a message that fits under
+    # max_tokens (with all history evicted) was refused ("needs N tokens but at most M fit
+    # ... shorten the message") because of a summary of what is in the archive anyway.
+    from fmai_core import FiniteMemoryLLM, Message
+
+    llm = _summarized()
+    assert isinstance(llm, FiniteMemoryLLM)
+    be = llm.backend
+    record = llm.messages()
+
+    def alone(n: int) -> int:
+        words = " ".join(f"w{i}" for i in range(n))
+        return be.count_tokens([Message("system", "sys"), Message("user", words)])
+
+    n = max(n for n in range(1, 300) if alone(n) + 40 <= 300)  # the longest that fits
+    msg = " ".join(f"w{i}" for i in range(n))
+    r = llm.chat(msg)
+    sent = be.calls[-1]  # type: ignore[attr-defined]
+    assert be.count_tokens(sent) + 40 <= 300
+    assert sent[-1].content == msg
+    assert r.stats.policy_stats.get("summary_dropped") is True
+    assert llm.messages()[: len(record)] == record  # what it summarised is all still there
+    assert llm.chat("and a short one").response
+
+
+def test_a_checkpoint_whose_summary_leaves_no_room_loads_and_continues(tmp_path: object) -> None:
+    # Its summary counted as fixed, a smaller max_tokens on load was refused (BudgetError).
+    from pathlib import Path
+
+    from fmai_core import FiniteMemoryLLM
+    from fmai_core.testing import EchoBackend
+
+    llm = _summarized()
+    assert isinstance(llm, FiniteMemoryLLM)
+    path = Path(str(tmp_path)) / "chat.json"
+    llm.save(path)
+    summary = llm.state.summary
+    assert summary is not None
+    room = summary.tokens + 12  # the system prompt and the summary leave no room
+    smaller = FiniteMemoryLLM.load(path, EchoBackend(), max_tokens=room + 40)
+    assert smaller.chat("hello again").response
+    sent = smaller.backend.calls[-1]  # type: ignore[attr-defined]
+    assert smaller.backend.count_tokens(sent) + 40 <= room + 40

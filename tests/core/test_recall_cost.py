@@ -64,3 +64,66 @@ def test_enforce_budget_finds_kept_segments_by_bisection_or_by_scan() -> None:
     shuffled = ordered[::-1]  # not in conversation order (a policy called by hand)
     again = enforce_budget(PolicyRequest("recall", shuffled, 10), selection)
     assert again.keep == (38, 4)
+
+
+def test_a_full_archive_scores_what_changed_not_the_whole_archive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An evicting turn with a full archive scored every archived segment again to find the
+    # lowest-value ones (heapq.nsmallest over the archive): ~190 ms a turn at the default
+    # archive_limit=10_000. The order is carried from one plan to the next instead.
+    from fmai_core import Message
+
+    planner_module = importlib.import_module("fmai_core.planner")
+    llm = FiniteMemoryLLM(
+        EchoBackend(),
+        "sliding",
+        max_tokens=400,
+        max_new_tokens=40,
+        archive_limit=600,
+        max_policy_ms=None,
+    )
+    llm.extend([Message("user" if i % 2 == 0 else "assistant", _text(i)) for i in range(700)])
+    llm.chat("and now?")  # the archive fills: its order is computed once
+    assert len(llm.state.archive) == 600
+    scored: list[int] = []
+    value = planner_module.archive_value
+
+    def counting(segment: Segment) -> float:
+        scored.append(segment.id)
+        return value(segment)
+
+    monkeypatch.setattr(planner_module, "archive_value", counting)
+    evicted = 0
+    for i in range(30):
+        scored.clear()
+        r = llm.chat(_text(i))
+        evicted += len(r.trace.evicted) if r.trace else 0
+        assert len(scored) <= 20, len(scored)  # the segments added, not the 600 archived
+    assert evicted and llm.state.archive_dropped > 100
+
+
+@pytest.mark.parametrize("policy", ["sliding", "hybrid"])
+def test_the_carried_drop_order_equals_a_fresh_one(
+    policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planner_module = importlib.import_module("fmai_core.planner")
+
+    def run() -> list[Any]:
+        llm = FiniteMemoryLLM(
+            EchoBackend(),
+            policy,
+            max_tokens=300,
+            max_new_tokens=40,
+            archive_limit=30,
+            max_policy_ms=None,
+        )
+        states = []
+        for i in range(60):
+            llm.chat(_text(i) + " " + _text(i + 1) * (i % 3))
+            states.append(llm.state.to_dict())
+        return states
+
+    carried = run()
+    monkeypatch.setattr(planner_module.Planner, "_remember_ranks", lambda *a: None)
+    assert run() == carried  # every plan computed its order afresh: the same archives

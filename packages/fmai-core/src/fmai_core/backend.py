@@ -37,7 +37,26 @@ __all__ = [
     "Summarizer",
     "TextCounter",
     "Usage",
+    "token_count",
 ]
+
+
+def token_count(value: Any) -> int | None:
+    """`value` as a token count, or `None` when it cannot be one.
+
+    A count is a non-negative whole number: an int, or a float with no fraction (some
+    servers write `12.0`). Anything else a provider or a backend reports (a negative
+    number, `12.5`, a string, `True`, an infinity) is not a count: fmai then counts for
+    itself and marks the figure estimated, rather than carrying it into the stats (and
+    into a checkpoint that would then not load).
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
 
 
 @dataclass(frozen=True, slots=True)

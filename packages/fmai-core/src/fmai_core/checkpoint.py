@@ -629,7 +629,8 @@ def _read(p: Path) -> Any:
         return json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise CheckpointError(f"No checkpoint at {p}: check the path.") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError: besides JSONDecodeError, an int of more digits than Python converts
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise CheckpointError(
             f"{p} is not a readable fmai checkpoint ({reason}). It may be corrupt: restore a "

@@ -29,6 +29,8 @@ from fmai_core.backend import (
     ImportanceScorer,
     SentenceSplitter,
     Summarizer,
+    Usage,
+    token_count,
 )
 from fmai_core.config import MemoryConfig, _check_int
 from fmai_core.context import ContextBuilder
@@ -354,6 +356,8 @@ class FiniteMemoryLLM:
         self.policy = get_policy(policy)
         self.generation = {**(generation or {}), **params}
         self.generation.setdefault("temperature", 0.0)
+        _check_generation(self.generation)
+        self._params({})  # max_new_tokens, checked as each turn checks it
         self.hooks = list(hooks)
         self.counter = TokenCounter(backend)
         self.builder = ContextBuilder()
@@ -399,13 +403,17 @@ class FiniteMemoryLLM:
 
     # -- configuration checks ---------------------------------------------------------------
     def _check_fixed(self, state: MemoryState) -> None:
-        fixed = self.counter.base + self._planner.system_cost(state, state.summary)
+        from fmai_core.planner import template_note
+
+        # the rolling summary is not counted: a turn it leaves no room for drops it
+        fixed = self.counter.base + self._planner.system_cost(state, None)
         smallest = self.counter.message_overhead + 1
         if fixed + smallest + self.max_new_tokens > self.max_tokens:
             raise BudgetError(
                 f"The system prompt and pinned facts take {fixed} tokens; with max_new_tokens="
                 f"{self.max_new_tokens} no room is left for a message under max_tokens="
                 f"{self.max_tokens}. Raise max_tokens, lower max_new_tokens, or shorten them."
+                f"{template_note(self.counter, self.config.room)}"
             )
 
     # -- settings -------------------------------------------------------------------------
@@ -437,10 +445,16 @@ class FiniteMemoryLLM:
 
     @property
     def stats(self) -> MemoryStats:
-        """Cumulative figures over the conversation."""
-        s = self._state
+        """Cumulative figures over the conversation.
+
+        Read under the conversation's lock, as `save` reads it: a turn's commit stores its
+        messages and its figures together, and a read from another thread meanwhile saw the
+        new messages with the old figures (`messages` 22 with `turns` 10).
+        """
+        with self._lock:
+            s, totals = self._state, replace(self._stats)
         return replace(
-            self._stats,
+            totals,
             segments=len(s.history) + len(s.archive),
             prompt_segments=len(s.history),
             archived_segments=len(s.archive),
@@ -586,10 +600,12 @@ class FiniteMemoryLLM:
             return build_trace(self._planner, self._planner.plan(state, new, text), new)
 
     def reset(self) -> None:
-        """Forget the conversation (pinned facts included) and the cumulative stats."""
+        """Forget the conversation (pinned facts included), the cumulative stats and the
+        last turn's (`last_stats`, `last_trace`, whose trace quotes the conversation)."""
         with self._turn, self._lock:
             self._commit(MemoryState())
             self._stats = MemoryStats()
+            self.last_stats, self.last_trace = None, None
             self._planner.signals = self._signals
             self._planner.index = self._new_index()
 
@@ -612,16 +628,32 @@ class FiniteMemoryLLM:
         self._state = state
         self._version += 1
 
-    def _index(self, segments: Sequence[Segment]) -> None:
-        """Add segments now in memory to the recall index (embedded in one batch)."""
+    def _index(self, segments: Sequence[Segment], dropped: Sequence[Segment] = ()) -> None:
+        """Add segments now in memory to the recall index (embedded in one batch), and
+        forget there the `dropped` segments of a full archive: the index then holds what one
+        built from the record holds (as `load` builds it), so a saved conversation recalls
+        the same after `load`, and dropped messages weigh nothing in its term statistics."""
         index = self._planner.index
+        if dropped:
+            from fmai_core.segments import find_by_id
+
+            state = self._state
+            # the parts of a message have consecutive ids: look up what is left of each
+            ids = sorted({s.id - s.part + i for s in dropped for i in range(s.parts)})
+            left: dict[int, list[Segment]] = {}
+            for s in sorted(
+                [*find_by_id(state.archive, ids), *find_by_id(state.history, ids)],
+                key=lambda s: s.id,
+            ):
+                left.setdefault(s.message_id, []).append(s)
+            index.forget({s.message_id for s in dropped}, left)
         index.add(segments, embed=self._planner.signals.embed)
         state = self._state
         live = len(state.history) + len(state.archive)
         if index.size > 2 * live + 64:  # the archive dropped messages: forget them
             index.prune({s.message_id for s in (*state.history, *state.archive)})
 
-    def _prepare(self, segments: Sequence[Segment]) -> float:
+    def _prepare(self, segments: Sequence[Segment], dropped: Sequence[Segment] = ()) -> float:
         """Let the policy precompute what it needs from segments now in memory; return ms.
 
         Called once memory is committed. A failure only costs speed later (the work is done
@@ -629,7 +661,7 @@ class FiniteMemoryLLM:
         """
         start = time.perf_counter()
         try:
-            self._index(segments)
+            self._index(segments, dropped)
             self._planner.policy.prepare(segments)
         except Exception as exc:
             warnings.warn(
@@ -643,6 +675,8 @@ class FiniteMemoryLLM:
     # -- turns ----------------------------------------------------------------------------
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         merged = {**self.generation, **params}
+        if params:
+            _check_generation(params)
         asked = merged.get("max_new_tokens")
         if asked is None:
             asked = self.max_new_tokens
@@ -680,13 +714,12 @@ class FiniteMemoryLLM:
                 from fmai_core.policies.base import Signals
 
                 self._planner.signals = Signals()
-            prepare_ms = self._prepare([*new, *reply])
-            u = gen.usage
+            prepare_ms = self._prepare([*new, *reply], plan.dropped_segments)
+            u, estimated = _usage(gen, self.counter)
             prompt = u.prompt_tokens or plan.prompt_tokens
-            estimated = list(getattr(u, "estimated", ()))
             if not u.prompt_tokens:  # the backend reported no prompt: the planner's count
                 estimated += ["prompt_tokens", "prefill_tokens"]
-            reused = u.reused_tokens
+            reused = None if u.reused_tokens is None else min(u.reused_tokens, prompt)
             prefill = u.prefill_tokens or max(prompt - (reused or 0), 0)
             if {"prompt_tokens", "completion_tokens"} & set(estimated):
                 estimated.append("context_tokens")
@@ -728,7 +761,7 @@ class FiniteMemoryLLM:
         from fmai_core.trace import build_trace
 
         trace = build_trace(self._planner, plan, new).with_stats(stats)
-        self.last_trace = trace
+        self.last_trace, self.last_stats = trace, stats
         if self.hooks:
             from fmai_core.telemetry.hooks import call_hooks
 
@@ -826,8 +859,11 @@ class FiniteMemoryLLM:
             except Exception as exc:
                 raise self._backend_error(exc) from exc
             gen = _complete(gen, "".join(parts), start)
-            self.last_stats = self._finish(version, new, plan, gen, start, gen_start).stats
+            self._finish(version, new, plan, gen, start, gen_start)
 
+    #: The [`TurnStats`][fmai_core.stats.TurnStats] of the last turn that committed (of any
+    #: kind: `stream` and `astream` return none, and a turn committed while it was being
+    #: cancelled is there too).
     last_stats: TurnStats | None = None
     #: The [`TurnTrace`][fmai_core.trace.TurnTrace] of the last turn that committed.
     last_trace: TurnTrace | None = None
@@ -896,8 +932,7 @@ class FiniteMemoryLLM:
             except Exception as exc:
                 raise self._backend_error(exc) from exc
             gen = _complete(gen, "".join(parts), start)
-            done = await self._afinish(version, new, plan, gen, start, gen_start)
-            self.last_stats = done.stats
+            await self._afinish(version, new, plan, gen, start, gen_start)
         finally:
             self._turn.release()
 
@@ -985,7 +1020,18 @@ class FiniteMemoryLLM:
         saved settings (`policy=`, `generation=`, a `MemoryConfig` field or `config=`)."""
         from fmai_core.checkpoint import recount_state, saved_policy
 
-        generation = {**snap.generation, **(overrides.pop("generation", None) or {})}
+        given = overrides.pop("generation", None) or {}
+        saved = {k: v for k, v in snap.generation.items() if k not in given}
+        try:  # what a turn would refuse, refused now and blamed on the file
+            _check_generation(saved)
+            if saved.get("max_new_tokens") is not None:
+                _check_int("max_new_tokens", saved["max_new_tokens"], 1)
+        except ConfigurationError as exc:
+            raise CheckpointError(
+                f"{path} holds a generation setting no turn could use: {exc} Load it with "
+                "generation={...} to replace it."
+            ) from None
+        generation = {**snap.generation, **given}
         policy = overrides.pop("policy", None)
         if policy is None:
             policy = saved_policy(snap, path)
@@ -1018,7 +1064,9 @@ class FiniteMemoryLLM:
                     f"{path} is damaged: its embeddings ({exc}). Restore a backup."
                 ) from None
         llm._commit(state)
-        llm._prepare([*state.history, *state.archive])
+        # in conversation order, as the turns indexed them: the recall index scans a common
+        # term's newest postings, so an index built history-first recalls other messages
+        llm._prepare(sorted([*state.history, *state.archive], key=lambda s: s.id))
         llm._stats = replace(snap.stats)
         return llm
 
@@ -1085,10 +1133,82 @@ async def _in_thread_to_its_end(call: Callable[..., _T], *args: Any) -> _T:
         raise
 
 
+def _usage(gen: Generation, counter: TokenCounter) -> tuple[Usage, list[str]]:
+    """The generation's usage with every figure a token count, and the estimated fields.
+
+    A figure that is not a count ([`token_count`][fmai_core.backend.token_count]: negative,
+    fractional, not a number) is replaced by fmai's own (the prompt by the planner's, the
+    reply by its text's count) and named estimated, so stats and checkpoints hold counts.
+    """
+    u = gen.usage
+    estimated = list(getattr(u, "estimated", ()))
+    prompt = token_count(u.prompt_tokens)
+    reused = None if u.reused_tokens is None else token_count(u.reused_tokens)
+    prefill = token_count(u.prefill_tokens)
+    completion = token_count(u.completion_tokens)
+    if completion == 0 and gen.text.strip():  # a reply of text is not 0 tokens: unreported
+        completion = None
+    if reused is None and u.reused_tokens is not None:
+        estimated.append("reused_tokens")
+    if prompt is not None and reused is not None:
+        reused = min(reused, prompt)
+    if prefill is None or (prompt is not None and prefill > prompt):
+        prefill = 0  # worked out from the prompt and the reuse
+        if prompt is not None:
+            estimated.append("prefill_tokens")
+    if completion is None:
+        completion = counter.text(gen.text)
+        estimated.append("completion_tokens")
+    fixed = Usage(prompt or 0, reused, prefill, completion, tuple(estimated))
+    return fixed, estimated
+
+
 def _storable(gen: Generation) -> Generation:
     """Replace lone surrogates in a reply with U+FFFD: what is stored must be savable."""
     text = _encodable(gen.text)
     return gen if text is gen.text else replace(gen, text=text)
+
+
+_REALS = ("temperature", "top_p", "repetition_penalty")
+_INTS = ("top_k", "seed", "min_new_tokens")
+
+
+def _check_generation(params: Mapping[str, Any]) -> None:
+    """Refuse generation parameters no backend can use, before any turn (or load) takes them.
+
+    The documented ones (`GENERATION_PARAMS`) must have their types (`None`: the backend's
+    default): a number for `temperature`, `top_p` and `repetition_penalty`, an int for
+    `top_k`, `seed` and `min_new_tokens`, a string or strings for `stop`. `messages` is the
+    prompt itself, never a parameter. Other names pass to the backend as they are.
+    """
+    import math
+    from numbers import Integral, Real  # numpy's scalars included
+
+    if "messages" in params:
+        raise ConfigurationError(
+            "'messages' cannot be a generation parameter: the prompt is what fmai plans. "
+            "Remove it from generation= (or from the checkpoint's settings)."
+        )
+    for name, value in params.items():
+        if value is None:
+            continue
+        if name in _REALS:
+            ok = isinstance(value, Real) and not isinstance(value, bool)
+            if not ok or not math.isfinite(value) or value < 0:
+                raise ConfigurationError(
+                    f"{name} must be a finite number of at least 0 (or None), got {value!r}."
+                )
+        elif name in _INTS:
+            if isinstance(value, bool) or not isinstance(value, Integral):
+                raise ConfigurationError(f"{name} must be an int (or None), got {value!r}.")
+            if name != "seed" and value < 0:
+                raise ConfigurationError(f"{name} must be at least 0, got {value!r}.")
+        elif name == "stop":
+            many = isinstance(value, list | tuple)
+            if not isinstance(value, str) and not (many and all(isinstance(x, str) for x in value)):
+                raise ConfigurationError(
+                    f"stop must be a string or a list of strings (or None), got {value!r}."
+                )
 
 
 def _check_params(params: Mapping[str, Any]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
 import threading
 import time
@@ -66,6 +65,8 @@ class Plan:
     recall_scores: dict[int, float] = field(default_factory=dict)
     #: Archived segments a full archive dropped in this plan.
     dropped: int = 0
+    #: Those segments (the engine forgets them in the recall index when the turn commits).
+    dropped_segments: tuple[Segment, ...] = ()
     #: Tokens of the plan's archive (`state.archive`).
     archive_tokens: int = 0
 
@@ -125,6 +126,22 @@ def _run_with_deadline(
     return box["result"], None
 
 
+def template_note(counter: TokenCounter, room: int) -> str:
+    """A sentence for a budget error when the backend's fixed cost of a prompt (its
+    template beyond the messages, `TokenCounter.base`) takes a large share of `room`: a
+    hosted backend fits it from the provider's reported usage, so one wrong report (or a
+    provider that adds a long hidden prompt) leaves no room for any message."""
+    base = counter.base
+    if base <= max(64, room // 4):
+        return ""
+    return (
+        f" The backend counts {base} tokens in every prompt beyond its messages (its "
+        "template; a hosted backend learns this from the usage the provider reports, "
+        "which includes any prompt the provider adds): if the provider's usage figures are "
+        "wrong, check the server, or use a new backend object to count afresh."
+    )
+
+
 @dataclass
 class Planner:
     """Plans turns for one conversation (configuration only; state is passed in).
@@ -148,6 +165,12 @@ class Planner:
     # (archive, its tokens) of the last few archives planned: an archive's total is carried
     # from one plan to the next, so no turn sums thousands of archived segments.
     _totals: list[tuple[tuple[Segment, ...], int]] = field(
+        default_factory=list, repr=False, compare=False
+    )
+    # (archive, its segments' (drop value, id) sorted) of the last few archives, with an
+    # archive_limit: what a full archive drops first is carried the same way, so no
+    # eviction scores thousands of archived segments again.
+    _ranks: list[tuple[tuple[Segment, ...], list[tuple[float, int]]]] = field(
         default_factory=list, repr=False, compare=False
     )
 
@@ -222,31 +245,59 @@ class Planner:
         self._remember(archive, total)
         return total
 
+    def _remember_ranks(
+        self, archive: tuple[Segment, ...], ranked: list[tuple[float, int]]
+    ) -> None:
+        self._ranks.insert(0, (archive, ranked))
+        del self._ranks[4:]
+
     def _remember(self, archive: tuple[Segment, ...], total: int) -> None:
         self._totals.insert(0, (archive, total))
         del self._totals[4:]
 
+    def _ranked(self, archive: tuple[Segment, ...]) -> list[tuple[float, int]]:
+        """`archive`'s `_drop_order` keys, sorted: carried from the plan that made it, else
+        computed once."""
+        for known, ranked in self._ranks:
+            if known is archive:
+                return ranked
+        return sorted(map(_drop_order, archive))
+
     def _archive(
         self, archive: tuple[Segment, ...], add: Sequence[Segment]
-    ) -> tuple[tuple[Segment, ...], int]:
+    ) -> tuple[tuple[Segment, ...], list[Segment]]:
         total = self.archive_tokens(archive) + sum(s.tokens for s in add)
         merged = list(archive)  # sorted by id; what is added is small
         for segment in add:
             bisect.insort(merged, segment, key=_segment_id)
         limit = self.config.archive_limit
+        ranked: list[tuple[float, int]] = []
+        if limit is not None:
+            ranked = list(self._ranked(archive))
+            for segment in add:
+                bisect.insort(ranked, _drop_order(segment))
         if limit is None or len(merged) <= limit:
             out = tuple(merged)
             self._remember(out, total)
+            if limit is not None:
+                self._remember_ranks(out, ranked)
             self.index.derive(out, archive, add)
-            return out, 0
+            return out, []
         excess = len(merged) - limit
-        dropped = heapq.nsmallest(excess, merged, key=_drop_order)
+        # the lowest-value segments (oldest first among equals), as heapq.nsmallest over
+        # the archive would find them, from the carried order
+        dropped = find_by_id(merged, [i for _, i in ranked[:excess]])
         drop = {s.id for s in dropped}
-        out = tuple(s for s in merged if s.id not in drop)
+        for at in sorted(
+            (bisect.bisect_left(merged, s.id, key=_segment_id) for s in dropped), reverse=True
+        ):
+            del merged[at]
+        out = tuple(merged)
         self._remember(out, total - sum(s.tokens for s in dropped))
+        self._remember_ranks(out, ranked[excess:])
         dropped_old = [s for s in dropped if s not in add]  # added and dropped: never there
         self.index.derive(out, archive, [s for s in add if s.id not in drop], dropped_old)
-        return out, excess
+        return out, dropped
 
     def plan(self, state: MemoryState, new: Sequence[Segment], query: str) -> Plan:
         """Plan a turn whose new user message is `new` (already segmented).
@@ -259,10 +310,22 @@ class Planner:
         rendered prompt is the authority).
         """
         new_text = new[0].text + "".join(s.sep + s.text for s in new[1:]) if new else ""
-        available = self._budget(state, new_text)
+        summary_dropped = False
+        try:
+            available = self._budget(state, new_text)
+        except MessageTooLongError:
+            if state.summary is None:
+                raise
+            # The rolling summary is derived: what it summarises is in the archive. A
+            # message that fits without it is planned without it (raises if even then not).
+            available = self._budget(replace(state, summary=None), new_text)
+            summary_dropped = True
         share = self.recall_share(state, query, available)
         reserve = int(available * share)
         turn = _Turn(state)
+        if summary_dropped:
+            turn.summary = None
+            turn.stats["summary_dropped"] = True
         if sum(s.tokens for s in state.history) > available - reserve:
             self._evict(turn, query, available - reserve)
         if share >= DISTANT_SHARE:  # a question about the past may use all that is free
@@ -314,6 +377,7 @@ class Planner:
             evicted_segments=tuple(turn.gone),
             recall_scores={s.id: turn.scores[s.id] for s in turn.recalled if s.id in turn.scores},
             dropped=turn.dropped,
+            dropped_segments=tuple(turn.dropped_segments),
             archive_tokens=self.archive_tokens(turn.archive),
         )
 
@@ -329,7 +393,7 @@ class Planner:
                 f"The message needs {new_cost - self.counter.message_overhead} tokens but at most "
                 f"{max(room, 0)} fit (max_tokens={c.max_tokens}, max_new_tokens="
                 f"{c.max_new_tokens}, system prompt and pins included). Shorten the message "
-                "or raise max_tokens. Nothing was changed.",
+                f"or raise max_tokens.{template_note(self.counter, c.room)} Nothing was changed.",
                 tokens=new_cost,
                 available=max(room, 0),
             )
@@ -378,7 +442,8 @@ class Planner:
         turn.gone += gone
         turn.evicted = True
         turn.archive, dropped = self._archive(turn.archive, gone)
-        turn.dropped += dropped
+        turn.dropped += len(dropped)
+        turn.dropped_segments += dropped
 
     def _still_shown(self, turn: _Turn) -> dict[int, list[Segment]]:
         """The recalled blocks of `recall_layout="stable"` that stay: those of user messages
@@ -490,11 +555,15 @@ class Planner:
                     gone.append(s)
                     total -= s.tokens
                 self._move_to_archive(turn, gone or turn.history[:1])
+            elif turn.summary is not None:  # derived, its sources archived: it goes last
+                turn.summary = None
+                turn.stats["summary_dropped"] = True
             else:
                 raise MessageTooLongError(
                     f"The prompt needs {prompt_tokens} tokens plus max_new_tokens="
                     f"{c.max_new_tokens}, over max_tokens={c.max_tokens}, with all history "
-                    "evicted. Shorten the message or raise max_tokens. Nothing was changed.",
+                    "evicted. Shorten the message or raise max_tokens."
+                    f"{template_note(self.counter, c.room)} Nothing was changed.",
                     tokens=prompt_tokens,
                     available=c.room,
                 )
@@ -521,6 +590,7 @@ class _Turn:
     evicted_tokens: int = 0
     evicted: bool = False
     dropped: int = 0
+    dropped_segments: list[Segment] = field(default_factory=list)
     policy_ms: float = 0.0
     fallback: bool = False
     stats: dict[str, Any] = field(default_factory=dict)

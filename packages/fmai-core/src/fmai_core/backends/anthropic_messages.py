@@ -156,8 +156,9 @@ class AnthropicBackend(HostedBackend):
         for key in ("temperature", "top_p"):
             if params.get(key) is not None and self._sampling:
                 req[key] = float(params[key])
-        if params.get("stop"):
-            req["stop_sequences"] = list(params["stop"])
+        stop = params.get("stop")
+        if stop:  # one string or several (a string is one sequence, not its characters)
+            req["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
         if stream:
             req["stream"] = True
         return req

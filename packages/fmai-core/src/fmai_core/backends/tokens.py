@@ -472,9 +472,15 @@ class ChatCounter:
                 self._fit = self._fit._replace(revision=self._fit.revision + 1)
 
     def observe(self, messages: Sequence[Message], reported: int) -> None:
-        """Learn from the provider's reported prompt tokens for `messages`."""
+        """Learn from the provider's reported prompt tokens for `messages`.
+
+        A report under 1/`_MIN_REPORT_RATIO` of this counter's raw count is not taken:
+        fmai's counts err high by design, never by that much, while a server that reports a
+        constant (1 or 5 prompt tokens a call, say) or only the uncached part of a prompt
+        would shrink every count to the fit's floor and send prompts over the budget.
+        """
         counted = self.raw(messages)
-        if counted <= 0 or reported < 0:
+        if counted <= 0 or reported < 0 or reported * _MIN_REPORT_RATIO < counted:
             return
         reported = int(reported)
         with self._lock:
@@ -640,6 +646,8 @@ _FEW_REPORTS = 4
 _SCORE_WINDOW = 8
 # A provider's count of a text above this many times fmai's own (+8) is not learned.
 _LEARN_MAX_RATIO = 4.0
+# A prompt report under 1/this of the raw count is not a count of that prompt (see observe).
+_MIN_REPORT_RATIO = 8.0
 
 
 def _fit_affine(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 import re
@@ -110,8 +111,8 @@ class RecallIndex:
     recall never re-indexes the archive: a query costs what its terms match (bounded by
     `SCAN_LIMIT` postings for a term that is everywhere), not what the archive holds. A
     message is one document: its content terms plus its speaker's name and its date.
-    Structures only grow between `prune`s, so a policy worker abandoned past its deadline
-    may read them while the engine adds the next turn.
+    Structures only grow, or are replaced whole (`forget`, `prune`), so a policy worker
+    abandoned past its deadline may read them while the engine adds the next turn.
 
     Args:
         k1: BM25 term-frequency saturation.
@@ -140,6 +141,7 @@ class RecallIndex:
         self._lineage: list[tuple[object, object, tuple[Segment, ...], tuple[Segment, ...]]] = []
         # the last query's BM25: (key, scores, the matches best first once asked for)
         self._scored: list[Any] | None = None
+        self._epoch = 0  # changed by `forget`: a score of the index before is not reused
 
     @property
     def size(self) -> int:
@@ -163,20 +165,69 @@ class RecallIndex:
                 grouped.setdefault(s.message_id, []).append(s)
         texts: dict[int, str] = {}
         for mid, parts in grouped.items():
-            text = message_text(parts)
-            doc_terms = (*terms(text), *_meta_terms(parts[0]))
-            counts = Counter(doc_terms)
-            for term, tf in counts.items():
-                self._postings.setdefault(term, []).append((mid, tf))
-            self._total_length += len(doc_terms)
-            self._docs[mid] = _Doc(counts, len(doc_terms), entity_terms(text))
-            self._lengths[mid] = len(doc_terms)
-            texts[mid] = text
-            if parts[0].name:
-                self._names.add(parts[0].name)
+            texts[mid] = self._add_doc(mid, parts)
         todo = {m: t for m, t in texts.items() if m not in self._vectors}  # restored ones
         if embed is not None and todo:
             self.add_vectors(dict(zip(todo, embed(list(todo.values())))))
+
+    def _add_doc(self, mid: int, parts: Sequence[Segment]) -> str:
+        """Index message `mid` from its parts; return its text. Postings stay in message
+        order (a message indexed again after older ones goes in its place)."""
+        text = message_text(parts)
+        doc_terms = (*terms(text), *_meta_terms(parts[0]))
+        counts = Counter(doc_terms)
+        for term, tf in counts.items():
+            postings = self._postings.setdefault(term, [])
+            if postings and postings[-1][0] > mid:
+                bisect.insort(postings, (mid, tf))
+            else:
+                postings.append((mid, tf))
+        self._total_length += len(doc_terms)
+        self._docs[mid] = _Doc(counts, len(doc_terms), entity_terms(text))
+        self._lengths[mid] = len(doc_terms)
+        if parts[0].name:
+            self._names.add(parts[0].name)
+        return text
+
+    def forget(
+        self, message_ids: Collection[int], left: Mapping[int, Sequence[Segment]] | None = None
+    ) -> None:
+        """Forget messages a full archive dropped, and index again from `left` (their parts
+        still in memory, by message id) those it dropped only parts of.
+
+        The index is then what one built from the record alone holds (what `load` builds),
+        at the cost of the messages' terms, not of the index. An embedding of a message
+        indexed again is kept (it was computed for the message, as a checkpoint keeps it).
+        Posting lists are replaced, not changed in place: a policy worker abandoned past its
+        deadline may still read them.
+        """
+        left = left or {}
+        for mid in message_ids:
+            doc = self._docs.pop(mid, None)
+            if doc is None:
+                continue
+            del self._lengths[mid]
+            self._total_length -= doc.length
+            for term in doc.counts:
+                postings = self._postings[term]
+                at = bisect.bisect_left(postings, (mid, -1))
+                if at < len(postings) and postings[at][0] == mid:
+                    rest = postings[:at] + postings[at + 1 :]
+                else:  # not in message order after all: look it up
+                    rest = [p for p in postings if p[0] != mid]
+                if rest:
+                    self._postings[term] = rest
+                else:
+                    del self._postings[term]
+            if mid not in left and mid in self._vectors:
+                del self._vectors[mid]
+                self._rows = [m for m in self._rows if m != mid]
+                self._matrix = None
+        for mid in sorted(left):
+            if mid in message_ids and left[mid]:
+                self._add_doc(mid, left[mid])
+        self._scored = None
+        self._epoch += 1
 
     def add_vectors(self, vectors: Mapping[int, Sequence[float]]) -> None:
         """Store message embeddings (normalised to unit length).
@@ -258,7 +309,7 @@ class RecallIndex:
         terms). Of the matches, the `top` best come back (`None`: all; ties go to the newer
         message).
         """
-        key = (tuple(sorted(query.items())), len(self._docs), self._total_length)
+        key = (tuple(sorted(query.items())), len(self._docs), self._total_length, self._epoch)
         if not (self._scored and self._scored[0] == key):
             self._scored = [key, self._bm25(query), None]
         scores: dict[int, float] = self._scored[1]
