@@ -256,3 +256,28 @@ def test_loaded_conversation_plans_as_the_saved_one_after_a_full_archive_dropped
         for query in ("what is topic3 Alice", "topic7 Paris 42"):
             assert again.context(query) == llm.context(query), turn
     assert llm.state.archive_dropped > 0
+
+
+def test_saves_every_turn_encode_only_what_changed_and_equal_a_full_encoding(
+    tmp_path: Path,
+) -> None:
+    """`save` keeps its segments' JSON between calls (a conversation saved every turn, as
+    `fmai chat --checkpoint` does, encodes only its new segments): each file still equals
+    the whole document of that moment, through evictions, a reset and an extend, and loads
+    back to the same next prompt."""
+    from fmai_core.checkpoint import document
+
+    llm = FiniteMemoryLLM(
+        EchoBackend(), "hybrid", max_tokens=160, max_new_tokens=16, max_policy_ms=None
+    )
+    path = tmp_path / "c.json"
+    for i in range(14):
+        if i == 9:
+            llm.reset()
+        if i == 11:
+            llm.extend([Message("user", "an extended line"), Message("assistant", "noted")])
+        llm.chat(f"turn {i}: my cat Tom likes sardines number {i}. The weather is mild.")
+        llm.save(path)
+        assert json.loads(path.read_text(encoding="utf-8")) == document(llm.snapshot())
+    again = FiniteMemoryLLM.load(path, EchoBackend())
+    assert again.context("what does Tom like?") == llm.context("what does Tom like?")

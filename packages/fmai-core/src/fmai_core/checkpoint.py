@@ -288,6 +288,13 @@ def document_text(snap: Snapshot, fragments: dict[int, tuple[Segment, str]] | No
             segment object's `id()` and holding the object (so the id stays its own);
             refilled with the segments of `snap` only (one state's segments at most).
     """
+    return _document_text(snap, fragments)[0]
+
+
+def _document_text(
+    snap: Snapshot, fragments: dict[int, tuple[Segment, str]] | None
+) -> tuple[str, str]:
+    """`document_text` and the checksum it ends with."""
     state = snap.state
     cache = {} if fragments is None else fragments
     used: dict[int, tuple[Segment, str]] = {}
@@ -323,19 +330,28 @@ def document_text(snap: Snapshot, fragments: dict[int, tuple[Segment, str]] | No
     import hashlib
 
     digest = "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return f'{text[:-1]},"checksum":"{digest}"}}'
+    return f'{text[:-1]},"checksum":"{digest}"}}', digest
 
 
-def write_checkpoint(snap: Snapshot, path: str | PathLike[str]) -> str:
-    """Write `snap` to `path` atomically; return the checkpoint's checksum.
+def write_checkpoint(
+    snap: Snapshot,
+    path: str | PathLike[str],
+    fragments: dict[int, tuple[Segment, str]] | None = None,
+) -> str:
+    """Write `snap` to `path` atomically, as compact JSON; return the checkpoint's checksum.
+
+    `fragments` is a cache of the segments' JSON kept between calls for one conversation
+    (see [`document_text`][fmai_core.checkpoint.document_text]): a conversation saved every
+    turn then encodes only its new segments (5,963 archived segments: 8.8 ms a save against
+    63.4 ms for a whole indented encoding, `benchmarks/save_cost.py`).
 
     Raises:
         CheckpointWriteError: the file could not be written; an older checkpoint at `path`
             is left whole.
     """
-    data = document(snap)
-    write_atomic(Path(path), json.dumps(data, ensure_ascii=False, indent=1))
-    return str(data["checksum"])
+    text, digest = _document_text(snap, fragments)
+    write_atomic(Path(path), text)
+    return digest
 
 
 # -- writing ------------------------------------------------------------------------------

@@ -388,6 +388,9 @@ class FiniteMemoryLLM:
         else:
             self._split = split_sentences
         self._lock = threading.RLock()  # guards the state for short reads and commits
+        # the segments' JSON of the last save (a save encodes only what changed since)
+        self._save_fragments: dict[int, Any] = {}
+        self._save_lock = threading.Lock()
         self._turn = _TurnLock()  # held through a whole turn: plan, generate, commit
         self._state = MemoryState()
         self._version = 0
@@ -946,7 +949,9 @@ class FiniteMemoryLLM:
         """
         from fmai_core.checkpoint import write_checkpoint
 
-        digest = write_checkpoint(self.snapshot(), path)  # encode and fsync outside the lock
+        snap = self.snapshot()
+        with self._save_lock:  # encode and fsync outside the conversation's lock
+            digest = write_checkpoint(snap, path, self._save_fragments)
         if kv:
             save_kv = getattr(self.backend, "save_kv", None)
             if save_kv is None:
