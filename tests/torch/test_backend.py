@@ -199,6 +199,15 @@ def _gate_after(monkeypatch: pytest.MonkeyPatch, tokens: int):  # type: ignore[n
     return reached, release, lambda: count[0]
 
 
+async def _long_call(b, how: str) -> None:  # type: ignore[no-untyped-def]
+    """A 200-token reply through `agenerate` or read from `astream` to its end."""
+    if how == "agenerate":
+        await b.agenerate(MESSAGES, max_new_tokens=200, min_new_tokens=200)
+    else:
+        async for _ in b.astream(MESSAGES, max_new_tokens=200, min_new_tokens=200):
+            pass
+
+
 @pytest.mark.parametrize("how", ["agenerate", "astream"])
 async def test_cancelled_async_call_stops_the_model(
     make_backend, monkeypatch: pytest.MonkeyPatch, how: str
@@ -210,14 +219,7 @@ async def test_cancelled_async_call_stops_the_model(
     b = make_backend()
     reached, release, made = _gate_after(monkeypatch, 4)
 
-    async def read() -> None:
-        if how == "agenerate":
-            await b.agenerate(MESSAGES, max_new_tokens=200, min_new_tokens=200)
-        else:
-            async for _ in b.astream(MESSAGES, max_new_tokens=200, min_new_tokens=200):
-                pass
-
-    task = asyncio.create_task(read())
+    task = asyncio.create_task(_long_call(b, how))
     assert await asyncio.to_thread(reached.wait, 60)  # blocked at its 5th token
     task.cancel()
     # the cancellation reaches the call while its token waits (long enough for a close of
@@ -226,8 +228,7 @@ async def test_cancelled_async_call_stops_the_model(
     release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert b.handle.lock.acquire(blocking=False)  # the model is free: nothing runs on
-    b.handle.lock.release()
+    assert _model_free(b)  # nothing runs on
     assert made() <= 6  # of the 200 tokens the reply would have taken
     again = b.generate(MESSAGES, max_new_tokens=5)  # the cache is exact after the stop
     assert (
@@ -254,8 +255,7 @@ async def test_cancelled_turn_stops_the_model_and_stores_nothing(
     release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert b.handle.lock.acquire(blocking=False)  # the model is free: nothing runs on
-    b.handle.lock.release()
+    assert _model_free(b)  # nothing runs on
     assert made() <= 5
     assert llm.stats.turns == 1 and len(llm.messages()) == 2
     done = await llm.achat("what is my name ?", max_new_tokens=4)
@@ -285,14 +285,7 @@ async def test_a_second_cancel_still_waits_for_the_model(
     b = make_backend()
     reached, release, made = _gate_after(monkeypatch, 4)
 
-    async def read() -> None:
-        if how == "agenerate":
-            await b.agenerate(MESSAGES, max_new_tokens=200, min_new_tokens=200)
-        else:
-            async for _ in b.astream(MESSAGES, max_new_tokens=200, min_new_tokens=200):
-                pass
-
-    task = asyncio.create_task(read())
+    task = asyncio.create_task(_long_call(b, how))
     assert await asyncio.to_thread(reached.wait, 60)
     task.cancel()
     await _a_few_passes()
