@@ -20,9 +20,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from fmai_core.messages import Message
 
@@ -37,8 +38,38 @@ __all__ = [
     "Summarizer",
     "TextCounter",
     "Usage",
+    "to_thread_to_its_end",
     "token_count",
 ]
+
+_T = TypeVar("_T")
+
+
+async def to_thread_to_its_end(
+    call: Callable[..., _T], *args: Any, on_cancel: Callable[[], object] | None = None
+) -> _T:
+    """`call(*args)` in a worker thread, awaited so that a cancellation leaves nothing running.
+
+    Cancelled meanwhile, it calls `on_cancel()` (a backend sets the event its generation
+    checks after each token), waits for the thread's end however many cancellations arrive
+    (a second `cancel()`, or an anyio cancel scope, which repeats its cancel on every pass
+    of the loop), then raises the cancellation; the call's own result or error is dropped.
+    `asyncio.to_thread` alone returns at once and leaves the call running behind it.
+    """
+    import asyncio  # imported here: keeps `import fmai_core` fast
+
+    work = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        if on_cancel is not None:
+            on_cancel()
+        while not work.done():
+            with suppress(asyncio.CancelledError):  # the first one is raised, below
+                await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # retrieved: the cancellation is what is raised
+        raise
 
 
 def token_count(value: Any) -> int | None:

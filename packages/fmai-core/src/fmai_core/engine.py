@@ -10,16 +10,15 @@ import warnings
 from collections import deque
 from collections.abc import (
     AsyncGenerator,
-    Callable,
     Iterable,
     Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from os import PathLike
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from fmai_core.backend import (
     AsyncBackend,
@@ -30,6 +29,7 @@ from fmai_core.backend import (
     SentenceSplitter,
     Summarizer,
     Usage,
+    to_thread_to_its_end,
     token_count,
 )
 from fmai_core.config import MemoryConfig, _check_int
@@ -66,8 +66,6 @@ if TYPE_CHECKING:
     from fmai_core.trace import TurnTrace
 
 __all__ = ["GENERATION_PARAMS", "ChatResult", "FiniteMemoryLLM"]
-
-_T = TypeVar("_T")
 
 #: Generation parameters `FiniteMemoryLLM` takes as keyword arguments (what the backends
 #: document); any other backend parameter goes in its `generation=` mapping.
@@ -789,7 +787,7 @@ class FiniteMemoryLLM:
             with self._turn.guest():  # a hook that starts a turn here is refused
                 return self._finish(version, new, plan, gen, start, gen_start)
 
-        return await _in_thread_to_its_end(finish_here)
+        return await to_thread_to_its_end(finish_here)
 
     @staticmethod
     def _backend_error(exc: Exception) -> FMAIError:
@@ -885,7 +883,7 @@ class FiniteMemoryLLM:
         params = self._params(params)
         await self._turn.acquire_async()
         try:
-            version, _, new, plan, start = await _in_thread_to_its_end(self._plan_turn, text)
+            version, _, new, plan, start = await to_thread_to_its_end(self._plan_turn, text)
             gen_start = time.perf_counter()
             try:
                 if isinstance(self.backend, AsyncBackend):
@@ -905,7 +903,7 @@ class FiniteMemoryLLM:
         params = self._params(params)
         await self._turn.acquire_async()
         try:
-            version, _, new, plan, start = await _in_thread_to_its_end(self._plan_turn, text)
+            version, _, new, plan, start = await to_thread_to_its_end(self._plan_turn, text)
             gen_start = time.perf_counter()
             gen: Generation | None = None
             parts: list[str] = []
@@ -1116,26 +1114,6 @@ class FiniteMemoryLLM:
             role = cast(Role, head.role)
             out.append(Message(role, "".join(parts), head.name, head.timestamp))
         return out
-
-
-async def _in_thread_to_its_end(call: Callable[..., _T], *args: Any) -> _T:
-    """`call(*args)` in a worker thread. A cancellation that arrives meanwhile waits for
-    the call's end before it goes on (however many arrive: a second `cancel()`, or an
-    anyio cancel scope, which repeats its cancel on every pass of the loop), so a
-    cancelled turn leaves nothing running (planning under the conversation's lock, model
-    signals, a commit) after it has handed the conversation on."""
-    import asyncio
-
-    work = asyncio.ensure_future(asyncio.to_thread(call, *args))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        while not work.done():
-            with suppress(asyncio.CancelledError):  # the first one is raised, below
-                await asyncio.wait([work])
-        if not work.cancelled():
-            work.exception()  # retrieved: the cancellation is what is raised
-        raise
 
 
 def _usage(gen: Generation, counter: TokenCounter) -> tuple[Usage, list[str]]:

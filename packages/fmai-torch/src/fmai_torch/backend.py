@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
 from typing import Any, TypeVar
 
-from fmai_core.backend import Generation, StreamChunk
+from fmai_core.backend import Generation, StreamChunk, to_thread_to_its_end
 from fmai_core.errors import BackendError, ConfigurationError
 from fmai_core.messages import Message
 from fmai_torch.compiled import CompiledDecoder, resolve_compile
@@ -629,19 +629,9 @@ def _end_ids(model: Any, tokenizer: Any, name: str) -> list[int]:
 async def _cancellable(call: Callable[[threading.Event], T]) -> T:
     """`call(cancel)` in a worker thread. Cancelled, it sets `cancel` (the generation stops
     after its current token) and waits for the thread before the cancellation goes on: a
-    cancelled call leaves nothing running. (`asyncio.to_thread` alone would return at once
-    and leave the model generating to the end of the reply.)"""
+    cancelled call leaves nothing running (one token, or the end of a prefill under way)."""
     cancel = threading.Event()
-    work = asyncio.ensure_future(asyncio.to_thread(call, cancel))
-    # retrieved even when nobody awaits it any more (cancelled twice): the cancellation is
-    # what the caller sees
-    work.add_done_callback(lambda done: done.cancelled() or done.exception())
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        cancel.set()
-        await _outlast(work)  # one token, or the end of a prefill under way
-        raise
+    return await to_thread_to_its_end(call, cancel, on_cancel=cancel.set)
 
 
 class _Cancelled(Exception):
@@ -664,20 +654,6 @@ def _hold(lock: threading.Lock, cancel: threading.Event | None) -> bool:
         lock.release()
         return False
     return True
-
-
-async def _outlast(work: asyncio.Future[Any]) -> bool:
-    """Wait until `work` (a worker thread's future) is done, whatever cancellations arrive
-    meanwhile (a second `cancel()`, or an anyio cancel scope, which repeats its cancel on
-    every pass of the loop): so a cancelled call leaves nothing running behind it.
-    Returns whether a cancellation arrived (the caller raises it once the work is done)."""
-    cancelled = False
-    while not work.done():
-        try:
-            await asyncio.wait([work])
-        except asyncio.CancelledError:
-            cancelled = True
-    return cancelled
 
 
 async def _in_threads(
@@ -710,9 +686,4 @@ async def _in_threads(
             yield chunk
     finally:
         cancel.set()
-        closing = asyncio.ensure_future(asyncio.to_thread(close))
-        if await _outlast(closing):
-            if not closing.cancelled():
-                closing.exception()  # retrieved: the cancellation is what is raised
-            raise asyncio.CancelledError
-        closing.result()
+        await to_thread_to_its_end(close)
