@@ -14,10 +14,11 @@ import platform
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fmai_core import Message
 
-__all__ = ["Conversation", "Probe", "cpu_model", "make_conversation"]
+__all__ = ["Conversation", "Probe", "cpu_model", "free_port", "make_conversation", "wait_until_up"]
 
 
 def cpu_model() -> str:
@@ -29,6 +30,41 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a server the benchmark starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(
+    proc: Any, url: str, seconds: float, poll: float = 0.05, log: Path | None = None
+) -> None:
+    """Wait until `url` answers 2xx (a server's health route), while `proc` runs.
+
+    Raises:
+        RuntimeError: the process exited, or `seconds` passed; with the end of `log`.
+    """
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({proc.returncode}): {tail}")
+            raise RuntimeError(f"the server did not start within {seconds:g} s: {tail}")
+        time.sleep(poll)
 
 
 # -- a seeded chit-chat conversation with planted facts ----------------------------------------

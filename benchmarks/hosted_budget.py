@@ -40,17 +40,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from _common import free_port, wait_until_up
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_core.backend import Generation
 from fmai_core.backends import OpenAIBackend
@@ -80,12 +78,6 @@ USER = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class LlamaServer:
     """A `llama-server` child process on loopback, up until `close()`."""
 
@@ -97,17 +89,7 @@ class LlamaServer:
             "-c", str(ctx), "-np", "1", "-t", str(threads),
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited ({self.proc.returncode}): {self.tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.root}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError(f"llama-server did not become healthy: {self.tail()}")
+        wait_until_up(self.proc, f"{self.root}/health", 120, 0.3, Path(self.log.name))
 
     @property
     def root(self) -> str:

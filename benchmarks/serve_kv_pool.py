@@ -25,19 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model
+from _common import cpu_model, free_port, wait_until_up
 
 TOPICS = [
     "I am planning a trip to Japan in April with my sister Eve, who loves temples.",
@@ -58,17 +56,11 @@ FOLLOW = [
 ]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_setting(name: str, extra: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
     import openai
 
     tmp = Path(tempfile.mkdtemp(prefix="fmai-kv-pool-"))
-    port = _port()
+    port = free_port()
     cmd = [sys.executable, "-m", "fmai_torch.cli", "serve", "--port", str(port)]
     cmd += ["--store", f"sqlite:///{tmp / 'store.sqlite3'}", "--policy", args.policy]
     cmd += ["--max-tokens", str(args.max_tokens), "--max-new-tokens", str(args.max_new_tokens)]
@@ -78,17 +70,7 @@ def run_setting(name: str, extra: list[str], args: argparse.Namespace) -> list[d
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
     rows: list[dict[str, Any]] = []
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError((tmp / "serve.log").read_text()[-3000:])
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("fmai serve did not start") from None
-                time.sleep(0.2)
+        wait_until_up(proc, f"http://127.0.0.1:{port}/healthz", 600, 0.2, tmp / "serve.log")
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=600
         )

@@ -31,7 +31,6 @@ import pwd
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,16 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
 import openai
 from fakeserver import FakeProvider
 
-from _common import cpu_model
+from _common import cpu_model, free_port, wait_until_up
 from fmai_torch.serve.store import Store
 
 KEY = "sk-bench"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -64,7 +57,7 @@ class Server:
     def __init__(
         self, upstream: FakeProvider | None, store: str, *extra: str, max_new_tokens: int = 64
     ) -> None:
-        self.port, self.store = _port(), store
+        self.port, self.store = free_port(), store
         where = ["--upstream", upstream.openai_url, "--upstream-model", "fake"] if upstream else []
         self.cmd = [
             sys.executable,
@@ -104,16 +97,8 @@ class Server:
         else:
             with self.log.open("ab") as log:
                 self.proc = subprocess.Popen(self.cmd, env=env, stderr=log)
-        deadline = time.monotonic() + 900  # the embedded model's first load converts it
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url[:-3] + "/healthz", timeout=1):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("fmai serve exited") from None
-                time.sleep(0.02)
-        raise RuntimeError("fmai serve did not start")
+        # 900 s: the embedded model's first load converts it
+        wait_until_up(self.proc, self.url[:-3] + "/healthz", 900, 0.02, self.log)
 
     def cpu_s(self) -> float | None:
         """CPU seconds the server process has used (Linux `/proc`; `None` elsewhere)."""
@@ -445,7 +430,7 @@ class TempPostgres:
         bins += [p.parent for p in sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))]
         if not bins:
             raise SystemExit("no PostgreSQL: apt-get install postgresql (initdb, pg_ctl)")
-        self.bindir, self.port = bins[-1], _port()
+        self.bindir, self.port = bins[-1], free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="fmai-bench-pg-", dir="/tmp"))
         self.user = None
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root

@@ -24,13 +24,11 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,7 @@ import openai
 from fakeserver import FakeProvider
 from playwright.sync_api import sync_playwright
 
-from _common import cpu_model
+from _common import cpu_model, free_port, wait_until_up
 
 KEY = "sk-bench-ui"
 TOPICS = [
@@ -55,16 +53,10 @@ TOPICS = [
 ]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(
     upstream: FakeProvider, store: str, log: Path
 ) -> tuple[subprocess.Popen[bytes], str]:
-    port = _port()
+    port = free_port()
     cmd = [
         sys.executable, "-m", "fmai_torch.cli", "serve",
         "--upstream", upstream.openai_url, "--upstream-model", "fake",
@@ -76,15 +68,8 @@ def start_server(
     with log.open("ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            with urllib.request.urlopen(base + "/healthz", timeout=1):
-                return proc, base
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-    raise RuntimeError(f"fmai serve did not start: {log.read_text()[-2000:]}")
+    wait_until_up(proc, base + "/healthz", 30, 0.05, log)
+    return proc, base
 
 
 def make_conversation(base: str, cid: str, turns: int) -> float:
