@@ -30,6 +30,15 @@ PUNCT = list(".,?!:;'\"-()")
 SPECIAL = ["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
 torch.set_num_threads(1)  # tiny models: one thread is fastest, and steady on a busy machine
 
+#: Engine settings of the tests that recall with `hybrid` and a stable layout on the tiny
+#: model (each adds its budget); no policy deadline: decisions must not depend on timing.
+HYBRID_STABLE = {
+    "policy": "hybrid",
+    "system_prompt": "you are a good friend .",
+    "max_policy_ms": None,
+    "recall_layout": "stable",
+}
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

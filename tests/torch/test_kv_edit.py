@@ -11,6 +11,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="fmai-torch tests need torch")
 pytest.importorskip("transformers", reason="fmai-torch tests need transformers")
 
+from conftest import HYBRID_STABLE  # noqa: E402
+
 from fmai_core import FiniteMemoryLLM, Message  # noqa: E402
 from fmai_torch import HFBackend  # noqa: E402
 from fmai_torch.kv import KVCache, attention_bias  # noqa: E402
@@ -513,14 +515,7 @@ def test_keep_evicted_through_the_engine(make_backend) -> None:  # type: ignore[
     """hybrid, stable layout, rerotate with kept evictions: recalled segments come back from
     the kept keys and values, the stats count only cache-served tokens as reused, the budget
     holds; recompute ignores the setting and stays token-identical to reuse off."""
-    kwargs = {
-        "policy": "hybrid",
-        "max_tokens": 384,
-        "max_new_tokens": 16,
-        "system_prompt": "you are a good friend .",
-        "max_policy_ms": None,
-        "recall_layout": "stable",
-    }
+    kwargs = {**HYBRID_STABLE, "max_tokens": 384, "max_new_tokens": 16}
     edit = FiniteMemoryLLM(make_backend(kv_edit="rerotate", kv_keep_evicted=4096), **kwargs)
     on = FiniteMemoryLLM(make_backend(kv_keep_evicted=4096), **kwargs)
     off = FiniteMemoryLLM(make_backend(kv_reuse=False), **kwargs)

@@ -7,6 +7,8 @@ import pytest
 pytest.importorskip("torch", reason="fmai-torch tests need torch")
 pytest.importorskip("transformers", reason="fmai-torch tests need transformers")
 
+from conftest import HYBRID_STABLE
+
 from fmai_core import FiniteMemoryLLM, Message
 from fmai_torch.kv import common_prefix
 
@@ -150,14 +152,7 @@ def test_stable_recall_layout_identical_and_append_only(make_backend, policy: st
     """recall_layout="stable": reuse on and off agree turn by turn, the budget holds, and a
     turn that evicts nothing sends the previous prompt and reply unchanged (its recalled
     block included), so the cache serves all of them."""
-    kwargs = {
-        "policy": policy,
-        "max_tokens": 384,
-        "max_new_tokens": 16,
-        "system_prompt": "you are a good friend .",
-        "max_policy_ms": None,
-        "recall_layout": "stable",
-    }
+    kwargs = {**HYBRID_STABLE, "policy": policy, "max_tokens": 384, "max_new_tokens": 16}
     on = FiniteMemoryLLM(make_backend(kv_reuse=True), **kwargs)
     off = FiniteMemoryLLM(make_backend(kv_reuse=False), **kwargs)
     previous: list[Message] = []

@@ -9,6 +9,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="fmai-torch tests need torch")
 pytest.importorskip("transformers", reason="fmai-torch tests need transformers")
 
+from conftest import HYBRID_STABLE  # noqa: E402
+
 from fmai_core import FiniteMemoryLLM  # noqa: E402
 
 TALKS = {
@@ -125,15 +127,7 @@ def test_kept_evicted_tokens_go_to_disk_and_back(make_backend, tmp_path: Path) -
     """Pushed to disk, a conversation's kept evicted tokens are written with its cache and
     come back bit for bit (before, the disk tier dropped them): its replies and reuse stay
     those of a conversation whose cache never left the device."""
-    kw = {
-        **KW,
-        "policy": "hybrid",
-        "max_tokens": 200,
-        "max_new_tokens": 8,
-        "system_prompt": "you are a good friend .",
-        "max_policy_ms": None,
-        "recall_layout": "stable",
-    }
+    kw = {**KW, **HYBRID_STABLE, "max_tokens": 200, "max_new_tokens": 8}
     opts = {"kv_edit": "rerotate", "kv_keep_evicted": 4096}
     pooled = make_backend(**opts, kv_device_bytes=1, kv_host_bytes=1, kv_disk_dir=tmp_path)
     alone = make_backend(**opts)

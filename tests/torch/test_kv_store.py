@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="fmai-torch tests need torch")
 pytest.importorskip("transformers", reason="fmai-torch tests need transformers")
 
-from conftest import build_model  # noqa: E402
+from conftest import HYBRID_STABLE, build_model  # noqa: E402
 
 from fmai_core import FiniteMemoryLLM  # noqa: E402
 from fmai_core.engine import kv_path  # noqa: E402
@@ -171,14 +171,7 @@ def test_kept_evicted_tokens_are_saved_with_the_cache(make_backend, tmp_path: Pa
     damaged kept run is refused like the rest of the file."""
     from test_kv_exact import USER_TURNS
 
-    kw = {
-        "policy": "hybrid",
-        "max_tokens": 200,
-        "max_new_tokens": 8,
-        "system_prompt": "you are a good friend .",
-        "max_policy_ms": None,
-        "recall_layout": "stable",
-    }
+    kw = {**HYBRID_STABLE, "max_tokens": 200, "max_new_tokens": 8}
     warm = FiniteMemoryLLM(make_backend(kv_edit="rerotate", kv_keep_evicted=4096), **kw)
     for i in range(10):
         warm.chat(USER_TURNS[i % 8])
